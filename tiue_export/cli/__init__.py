@@ -1,0 +1,100 @@
+"""The ``tiue-export`` command line: a thin Click layer; each command lives in its own module.
+
+Subcommands are imported only when run, so ``tiue-export --help`` needs neither torch nor a GPU.
+Project errors (:class:`tiue_export.errors.TiueError`) print one line and exit with their code
+(2 for bad input, 1 for a failed job); anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import click
+
+from .. import __version__
+from ..errors import TiueError
+
+# name -> (module, attribute, one-line help): the help line is here so --help imports nothing.
+COMMANDS = {
+    "infer": ("tiue_export.cli.infer", "infer", "Generate images from prompts with the one-pass sampler."),
+}
+
+
+class LazyGroup(click.Group):
+    """A Click group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx):
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS:
+            return None
+        module, attr, _ = COMMANDS[name]
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx, formatter):
+        rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+class _OneLine(logging.Formatter):
+    def format(self, record):
+        return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
+def setup_logging(verbose: bool = False) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLine())
+    log = logging.getLogger("tiue_export")
+    log.handlers[:] = [handler]
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    log.propagate = False
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="tiue-export")
+@click.option("-v", "--verbose", is_flag=True, help="Show debug messages.")
+def cli(verbose: bool):
+    """tiue-export: export and edge inference for one-pass TiUE text-to-image students."""
+    setup_logging(verbose)
+
+
+def quiet_libraries() -> None:
+    """Silence the progress bars and advisories diffusers/transformers print while loading."""
+    import os
+    import warnings
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    try:
+        import diffusers.utils.logging as dlog
+        import transformers.utils.logging as tlog
+
+        tlog.set_verbosity_error()
+        tlog.disable_progress_bar()
+        dlog.set_verbosity_error()
+        dlog.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def main(argv=None) -> None:
+    try:
+        rv = cli.main(args=argv, prog_name="tiue-export", standalone_mode=False)
+        if isinstance(rv, int) and rv:
+            sys.exit(rv)
+    except TiueError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)

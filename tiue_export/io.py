@@ -1,0 +1,44 @@
+"""Atomic file writes and PNG output with metadata."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = ""):
+    """Yield a temporary path beside ``path``; on success rename it over ``path``, else remove it.
+
+    Works for files and directories (a directory target is replaced whole).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)) / (path.name + suffix)
+    try:
+        yield tmp
+        if path.is_dir() and not path.is_symlink() and tmp.is_dir():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+def write_png(path: str | os.PathLike, image, metadata: dict[str, str] | None = None) -> Path:
+    """Write an HWC uint8 image as PNG with text metadata, atomically."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    for key, value in (metadata or {}).items():
+        info.add_itxt(key, str(value))
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG", pnginfo=info)
+    return Path(path)

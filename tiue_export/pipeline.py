@@ -1,0 +1,292 @@
+"""The PyTorch reference pipeline: a diffusers-format model directory, sampled exactly.
+
+Text -> embeddings -> sampler (one-pass TiUE, the same student as a K-step loop, or the teacher's
+N-step DDIM with classifier-free guidance) -> VAE -> uint8 images. Every other backend is judged
+by its parity with this one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .errors import InputError, ModelError
+from .sampling import classifier_free_guidance, initial_noise, sample_ddim, sample_one_pass, to_uint8_images
+from .schedule import OnePassSchedule, ddim_prev_timesteps
+from .student import TiUEStudent
+from .tiue_config import StudentConfig
+
+log = logging.getLogger("tiue_export")
+
+COMPONENTS = ("tokenizer", "text_encoder", "vae", "unet", "scheduler")
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """A parsed ``--sampler`` value: ``one-pass``, ``loop`` or ``ddim:N``."""
+
+    kind: str
+    steps: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> "Sampler":
+        if text in ("one-pass", "loop"):
+            return cls(text)
+        if text.startswith("ddim:"):
+            try:
+                n = int(text[5:])
+            except ValueError:
+                n = 0
+            if n >= 1:
+                return cls("ddim", n)
+        raise InputError(f"unknown sampler {text!r}: use one-pass, loop or ddim:N (N >= 1)")
+
+    def __str__(self) -> str:
+        return f"ddim:{self.steps}" if self.kind == "ddim" else self.kind
+
+
+@dataclass
+class SampleResult:
+    """Images (uint8 NHWC) with the latents they came from and per-stage seconds."""
+
+    images: np.ndarray
+    latents: np.ndarray
+    seeds: list[int]
+    timings: dict[str, float] = field(default_factory=dict)
+    eps: np.ndarray | None = None
+
+
+def _load(component: str, path: Path, loader):
+    sub = path / component
+    if not sub.is_dir():
+        raise ModelError(f"{path}: missing component '{component}' (no {sub})")
+    try:
+        return loader(sub)
+    except ModelError:
+        raise
+    except Exception as exc:  # any loader failure is a corrupt component to the user
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{path}: cannot load '{component}': {reason}") from exc
+
+
+def _check_model_dir(path: Path) -> None:
+    if not path.exists():
+        raise ModelError(f"no such model directory: {path}")
+    if not path.is_dir():
+        raise ModelError(f"{path} is not a directory (expected a diffusers pipeline directory)")
+    if (path / "manifest.json").exists():
+        raise ModelError(f"{path} is an exported bundle: use --backend onnxruntime (or tensorrt) to run it")
+    if not (path / "model_index.json").exists() and not (path / "unet").is_dir():
+        raise ModelError(f"{path} is not a diffusers pipeline directory (no model_index.json)")
+
+
+class TorchPipeline:
+    """A diffusers-format TiUE student (or teacher) on PyTorch.
+
+    Use :func:`load_pipeline` to build one from a directory.
+    """
+
+    def __init__(self, path, tokenizer, text_encoder, vae, unet, scheduler, student_config: StudentConfig | None, k=None):
+        self.path = Path(path)
+        self.tokenizer = tokenizer
+        self.text_encoder = text_encoder
+        self.vae = vae
+        self.unet = unet
+        self.scheduler = scheduler
+        self.student_config = student_config
+        cfg = student_config or StudentConfig()
+        if k is not None and student_config is not None and k != cfg.k:
+            log.warning("--k %d overrides the student's K=%d from tiue.json", k, cfg.k)
+        self.schedule = OnePassSchedule.from_scheduler(
+            scheduler, k=k or cfg.k, encoder_timestep=None if k else cfg.encoder_timestep
+        )
+        if k is None and cfg.timesteps is not None and tuple(cfg.timesteps) != self.schedule.timesteps:
+            raise ModelError(
+                f"{self.path}/tiue.json lists timesteps {list(cfg.timesteps)} but the scheduler gives "
+                f"{list(self.schedule.timesteps)} for K={cfg.k}: fix one of them"
+            )
+        self.student = TiUEStudent(unet, self.schedule.timesteps, self.schedule.encoder_timestep)
+
+    # -- sizes --------------------------------------------------------------------------------
+    @property
+    def is_teacher(self) -> bool:
+        return self.student_config is not None and self.student_config.kind == "teacher"
+
+    @property
+    def default_sampler(self) -> str:
+        return "ddim:50" if self.is_teacher else "one-pass"
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sizes must be multiples of this: VAE factor times the UNet's downsampling."""
+        return self.vae_scale_factor * 2**self.unet.num_upsamplers
+
+    @property
+    def default_size(self) -> int:
+        return int(self.unet.config.sample_size) * self.vae_scale_factor
+
+    def latent_shape(self, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
+        """(C, h, w) of the latent for an image size; raises InputError on an impossible size."""
+        height = height or self.default_size
+        width = width or self.default_size
+        m = self.size_multiple
+        for name, v in (("height", height), ("width", width)):
+            if v <= 0 or v % m != 0:
+                raise InputError(f"{name} {v} is not possible for this model: use a positive multiple of {m}")
+            if v > 8192:
+                raise InputError(f"{name} {v} is larger than 8192 pixels")
+        f = self.vae_scale_factor
+        return (int(self.unet.config.in_channels), height // f, width // f)
+
+    # -- stages ---------------------------------------------------------------------------------
+    def tokenize(self, prompts: Sequence[str]) -> np.ndarray:
+        """Token ids padded to the tokenizer's max length; over-long prompts warn and truncate."""
+        max_len = self.tokenizer.model_max_length
+        for p in prompts:
+            n = len(self.tokenizer(p, truncation=False).input_ids)
+            if n > max_len:
+                log.warning("prompt has %d tokens, more than this model's %d: truncated: %r", n, max_len, p[:60])
+        ids = self.tokenizer(
+            list(prompts), padding="max_length", max_length=max_len, truncation=True, return_tensors="np"
+        ).input_ids
+        return ids.astype(np.int64)
+
+    @torch.no_grad()
+    def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
+        ids = torch.from_numpy(self.tokenize(prompts))
+        return self.text_encoder(ids)[0].to(self.unet.dtype)
+
+    @torch.no_grad()
+    def decode_latents(self, z0: torch.Tensor) -> np.ndarray:
+        """Latents to uint8 NHWC images: ``vae.decode(z0 / scaling_factor)``."""
+        x = self.vae.decode(z0.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
+        return to_uint8_images(x.float().numpy())
+
+    def _eps_full(self, cond: torch.Tensor):
+        """A denoiser ``eps(z, t)`` that runs the whole UNet (no encoder sharing)."""
+
+        def eps(z, t):
+            return self.unet(z, t, encoder_hidden_states=cond).sample
+
+        return eps
+
+    def _eps_cfg(self, cond: torch.Tensor, uncond: torch.Tensor, guidance: float):
+        both = torch.cat([uncond, cond])
+
+        def eps(z, t):
+            out = self.unet(torch.cat([z, z]), t, encoder_hidden_states=both).sample
+            eu, ec = out.chunk(2)
+            return classifier_free_guidance(eu, ec, guidance)
+
+        return eps
+
+    @torch.no_grad()
+    def sample(
+        self,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        sampler: str | Sampler = "one-pass",
+        guidance: float = 7.5,
+        height: int | None = None,
+        width: int | None = None,
+        noise: np.ndarray | None = None,
+    ) -> SampleResult:
+        """Sample one image per (prompt, seed) pair.
+
+        Args:
+            prompts: the prompts, one per image.
+            seeds: one seed per image (see :func:`tiue_export.sampling.initial_noise`).
+            sampler: ``one-pass`` (TiUE), ``loop`` (same student, K full-UNet DDIM steps) or
+                ``ddim:N`` (N-step DDIM with classifier-free guidance ``guidance``).
+            noise: optional z_T (B, C, h, w) that replaces the seeded noise.
+        """
+        sampler = Sampler.parse(sampler) if isinstance(sampler, str) else sampler
+        if len(prompts) != len(seeds):
+            raise InputError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        cond = self.encode_text(prompts)
+        timings["text_encoder"] = time.perf_counter() - t0
+        if noise is None:
+            noise = initial_noise(seeds, self.latent_shape(height, width))
+        z = torch.from_numpy(np.asarray(noise, dtype=np.float32)).to(self.unet.dtype)
+        eps_out = None
+        s = self.schedule
+        if sampler.kind == "one-pass":
+            t0 = time.perf_counter()
+            features = self.student.encode(z, cond)
+            timings["unet_encoder"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            eps = self.student.decode(features, cond)
+            timings["unet_decoder"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            z0, _ = sample_one_pass(z, cond, lambda *_: features, lambda *_: eps, s.S, s.E)
+            timings["sum"] = time.perf_counter() - t0
+            eps_out = eps.float().numpy()
+        else:
+            t0 = time.perf_counter()
+            alphas = self.scheduler.alphas_cumprod.double().numpy()
+            if sampler.kind == "loop":
+                z0 = sample_ddim(z, self._eps_full(cond), s.timesteps, s.prev_timesteps, alphas, s.final_alpha_cumprod)
+            else:
+                self.scheduler.set_timesteps(sampler.steps)
+                ts = [int(t) for t in self.scheduler.timesteps]
+                prev = ddim_prev_timesteps(ts, int(self.scheduler.config.num_train_timesteps))
+                uncond = self.encode_text([""] * len(prompts))
+                eps_fn = self._eps_cfg(cond, uncond, guidance) if guidance != 1.0 else self._eps_full(cond)
+                z0 = sample_ddim(z, eps_fn, ts, prev, alphas, float(self.scheduler.final_alpha_cumprod))
+            timings["unet"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        images = self.decode_latents(z0)
+        timings["vae_decoder"] = time.perf_counter() - t0
+        return SampleResult(images, z0.float().numpy(), list(seeds), timings, eps_out)
+
+
+def load_pipeline(path, k: int | None = None, dtype: torch.dtype = torch.float32) -> TorchPipeline:
+    """Load a diffusers-format pipeline directory (a TiUE student, the authors' or ours, or a teacher).
+
+    Args:
+        path: directory with tokenizer/, text_encoder/, vae/, unet/, scheduler/ and, optionally,
+            ``tiue.json`` (K, timesteps, encoder timestep, provenance).
+        k: override the number of decoder timesteps.
+        dtype: weights dtype (float32 by default: the highest precision on CPU).
+    """
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    path = Path(path)
+    _check_model_dir(path)
+    student_config = StudentConfig.read(path)
+
+    def scheduler_loader(sub):
+        cfg_file = sub / "scheduler_config.json"
+        if not cfg_file.exists():
+            raise ModelError(f"{path}: missing {cfg_file}")
+        try:
+            config = json.loads(cfg_file.read_text())
+        except ValueError as exc:
+            raise ModelError(f"{cfg_file}: not valid JSON ({exc})") from exc
+        if config.get("prediction_type", "epsilon") != "epsilon":
+            raise ModelError(f"{cfg_file}: prediction_type {config['prediction_type']!r}; only epsilon is supported")
+        # The one-pass sum is DDIM's; like the authors, any scheduler config is read as DDIM.
+        return DDIMScheduler.from_config(config)
+
+    tokenizer = _load("tokenizer", path, lambda p: CLIPTokenizer.from_pretrained(p))
+    text_encoder = _load("text_encoder", path, lambda p: CLIPTextModel.from_pretrained(p, torch_dtype=dtype))
+    vae = _load("vae", path, lambda p: AutoencoderKL.from_pretrained(p, torch_dtype=dtype))
+    unet = _load("unet", path, lambda p: UNet2DConditionModel.from_pretrained(p, torch_dtype=dtype))
+    scheduler = _load("scheduler", path, scheduler_loader)
+    for m in (text_encoder, vae, unet):
+        m.eval().requires_grad_(False)
+    return TorchPipeline(path, tokenizer, text_encoder, vae, unet, scheduler, student_config, k=k)

@@ -1,0 +1,60 @@
+"""Samplers as small pure functions over arrays and denoiser callables (numpy and torch alike).
+
+Nothing here imports torch: the torch-free runtime and the PyTorch reference share these.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .schedule import combine_one_pass, ddim_step_coefficients
+
+
+def initial_noise(seeds: Sequence[int], shape: Sequence[int]) -> np.ndarray:
+    """z_T for each seed: float32 N(0, I) of ``shape`` from numpy's PCG64, one generator per image.
+
+    One generator per image makes image i depend only on its own seed (not on the batch), and
+    every backend (PyTorch, ONNX Runtime, TensorRT, C++ given this array) starts from the same z_T.
+    """
+    return np.stack([np.random.default_rng(int(s)).standard_normal(tuple(shape), dtype=np.float32) for s in seeds])
+
+
+def sample_one_pass(noise, cond, encode: Callable, decode: Callable, S: float, E: Sequence[float]):
+    """The loop-free TiUE sampler: encoder once, K-batched decoder once, then paper Eq. 11.
+
+    Returns:
+        ``(z0, eps)``: the final latent and the K x B noise predictions.
+    """
+    features = encode(noise, cond)
+    eps = decode(features, cond)
+    return combine_one_pass(noise, eps, S, E), eps
+
+
+def sample_ddim(
+    noise,
+    eps_fn: Callable,
+    timesteps: Sequence[int],
+    prev_timesteps: Sequence[int],
+    alphas_cumprod: Sequence[float],
+    final_alpha_cumprod: float,
+):
+    """Sequential DDIM with eta=0 (Song et al. 2021, Eq. 12): ``z <- r_t z + c_t eps_fn(z, t)``."""
+    ac = np.asarray(alphas_cumprod, dtype=np.float64)
+    z = noise
+    for t, p in zip(timesteps, prev_timesteps):
+        r, c = ddim_step_coefficients(ac[int(t)], ac[p] if p >= 0 else final_alpha_cumprod)
+        z = r * z + c * eps_fn(z, int(t))
+    return z
+
+
+def classifier_free_guidance(eps_uncond, eps_cond, scale: float):
+    """Classifier-free guidance (Ho & Salimans 2022): ``eps_u + w (eps_c - eps_u)``."""
+    return eps_uncond + scale * (eps_cond - eps_uncond)
+
+
+def to_uint8_images(decoded: np.ndarray) -> np.ndarray:
+    """VAE output in [-1, 1], NCHW, to uint8 NHWC (``x * 127.5 + 128`` truncated, as the authors)."""
+    x = np.clip(np.floor(np.asarray(decoded, dtype=np.float32) * 127.5 + 128.0), 0, 255)
+    return x.astype(np.uint8).transpose(0, 2, 3, 1)
