@@ -1,0 +1,36 @@
+"""Shared fixtures: tiny random diffusers pipelines built in code, once per test session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """A factory ``tiny_models(variant) -> Path`` of cached tiny student directories."""
+    from tiue_export.tiny import build_tiny_pipeline
+
+    cache = {}
+    root = tmp_path_factory.mktemp("tiny-models")
+
+    def get(variant: str = "sd21"):
+        if variant not in cache:
+            cache[variant] = build_tiny_pipeline(root / variant, variant)
+        return cache[variant]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_sd21(tiny_models):
+    return tiny_models("sd21")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    """Keep the first-use model cache out of the user's home."""
+    monkeypatch.setenv("TIUE_EXPORT_CACHE", str(tmp_path / "cache"))
