@@ -138,8 +138,8 @@ class TorchPipeline:
 
     def latent_shape(self, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
         """(C, h, w) of the latent for an image size; raises InputError on an impossible size."""
-        height = height or self.default_size
-        width = width or self.default_size
+        height = self.default_size if height is None else height
+        width = self.default_size if width is None else width
         m = self.size_multiple
         for name, v in (("height", height), ("width", width)):
             if v <= 0 or v % m != 0:

@@ -1,0 +1,84 @@
+"""The CLI: help without heavy imports, infer end to end, one-line errors with exit codes."""
+
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from tiue_export.cli import main
+
+
+def run(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+        raise SystemExit(0)
+    out = capsys.readouterr()
+    return exc.value.code or 0, out.out, out.err
+
+
+def test_help_imports_no_heavy_module():
+    code = (
+        "import sys\nfrom tiue_export.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'onnxruntime', 'tensorrt') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "infer" in out.stdout
+
+
+def test_infer_writes_deterministic_pngs_with_metadata(tiny_sd21, tmp_path, capsys):
+    args = ["infer", "--model", str(tiny_sd21), "--prompt", "a red cube", "--prompt", "a cat", "--num-images", "2", "--seed", "7"]
+    code, out, err = run(args + ["--out", str(tmp_path / "a")], capsys)
+    assert code == 0, err
+    files = sorted((tmp_path / "a").glob("*.png"))
+    assert [f.name for f in files] == ["000-a-red-cube-s7.png", "001-a-red-cube-s8.png", "002-a-cat-s7.png", "003-a-cat-s8.png"]
+    assert "unet_encoder" in out and "unet_decoder" in out and "vae_decoder" in out
+    img = Image.open(files[1])
+    assert img.size == (16, 16)
+    assert img.text["prompt"] == "a red cube" and img.text["seed"] == "8" and img.text["sampler"] == "one-pass"
+    assert img.text["model"] == str(tiny_sd21)
+    code, _, _ = run(args + ["--out", str(tmp_path / "b")], capsys)
+    assert code == 0
+    for f in files:
+        assert f.read_bytes() == (tmp_path / "b" / f.name).read_bytes()
+
+
+def test_infer_single_file_and_prompts_file(tiny_sd21, tmp_path, capsys):
+    pf = tmp_path / "p.txt"
+    pf.write_text("a cat\n\n")
+    code, out, err = run(["infer", "--model", str(tiny_sd21), "--prompts-file", str(pf), "--out", str(tmp_path / "one.png"), "--sampler", "loop"], capsys)
+    assert code == 0, err
+    assert Image.open(tmp_path / "one.png").text["sampler"] == "loop"
+
+
+def test_infer_default_model_is_created_on_first_use(tmp_path, capsys):
+    code, out, err = run(["infer", "--prompt", "a cat", "--out", str(tmp_path / "d")], capsys)
+    assert code == 0, err
+    assert len(list((tmp_path / "d").glob("*.png"))) == 1
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--model", "/nonexistent/model"], "error: no such model directory: /nonexistent/model"),
+        (["--sampler", "euler"], "error: unknown sampler 'euler'"),
+        (["--height", "17"], "error: height 17 is not possible for this model"),
+        (["--prompts-file", "/nonexistent.txt"], "error: no such prompts file"),
+        (["--num-images", "2", "--out", "x.png"], "names one file but 2 images were asked for"),
+    ],
+)
+def test_infer_bad_input_is_one_line(tiny_sd21, tmp_path, capsys, extra, message):
+    argv = ["infer", "--prompt", "a cat", "--model", str(tiny_sd21), "--out", str(tmp_path / "o")] + extra
+    code, out, err = run(argv, capsys)
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()  # nothing half-written
+
+
+def test_infer_without_prompt(capsys):
+    code, _, err = run(["infer"], capsys)
+    assert code == 2 and "no prompt given" in err
