@@ -144,3 +144,12 @@ def test_non_epsilon_scheduler_is_refused(tiny_sd21, tmp_path):
     (d / "scheduler" / "scheduler_config.json").write_text(json.dumps(cfg))
     with pytest.raises(ModelError, match="only epsilon is supported"):
         load_pipeline(d)
+
+
+def test_torch_noise_source_matches_authors_draw(pipe):
+    res = pipe.sample(["a cat"], [42], sampler="ddim:1", guidance=1.0, noise_source="torch")
+    expected = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(42))
+    again = pipe.sample(["a cat"], [0], sampler="ddim:1", guidance=1.0, noise=expected.numpy())
+    np.testing.assert_array_equal(res.latents, again.latents)
+    with pytest.raises(InputError, match="unknown noise source"):
+        pipe.sample(["a cat"], [0], noise_source="cuda")

@@ -201,6 +201,7 @@ class TorchPipeline:
         height: int | None = None,
         width: int | None = None,
         noise: np.ndarray | None = None,
+        noise_source: str = "numpy",
     ) -> SampleResult:
         """Sample one image per (prompt, seed) pair.
 
@@ -210,6 +211,9 @@ class TorchPipeline:
             sampler: ``one-pass`` (TiUE), ``loop`` (same student, K full-UNet DDIM steps) or
                 ``ddim:N`` (N-step DDIM with classifier-free guidance ``guidance``).
             noise: optional z_T (B, C, h, w) that replaces the seeded noise.
+            noise_source: ``numpy`` (PCG64 per image, the same on every backend) or ``torch``
+                (``torch.randn`` from ``torch.Generator().manual_seed(seed)`` per image, as the
+                authors' script draws it, for comparing with images it made on the CPU).
         """
         sampler = Sampler.parse(sampler) if isinstance(sampler, str) else sampler
         if len(prompts) != len(seeds):
@@ -219,7 +223,13 @@ class TorchPipeline:
         cond = self.encode_text(prompts)
         timings["text_encoder"] = time.perf_counter() - t0
         if noise is None:
-            noise = initial_noise(seeds, self.latent_shape(height, width))
+            shape = self.latent_shape(height, width)
+            if noise_source == "numpy":
+                noise = initial_noise(seeds, shape)
+            elif noise_source == "torch":
+                noise = torch.cat([torch.randn((1, *shape), generator=torch.Generator().manual_seed(int(s))) for s in seeds]).numpy()
+            else:
+                raise InputError(f"unknown noise source {noise_source!r}: use numpy or torch")
         z = torch.from_numpy(np.asarray(noise, dtype=np.float32)).to(self.unet.dtype)
         eps_out = None
         s = self.schedule

@@ -55,8 +55,15 @@ def output_paths(out: str, jobs: list[tuple[str, int]]) -> list[Path]:
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=4, show_default=True)
 @click.option("--height", type=int, default=None, help="Image height [default: the model's].")
 @click.option("--width", type=int, default=None, help="Image width [default: the model's].")
+@click.option(
+    "--noise",
+    type=click.Choice(["numpy", "torch"]),
+    default="numpy",
+    show_default=True,
+    help="z_T source: numpy (same on every backend) or torch (torch.Generator per image, as the authors' script).",
+)
 @click.option("--out", default="outputs", show_default=True, help="Output directory, or FILE.png for one image.")
-def infer(prompts, prompts_file, model, backend, sampler, guidance, k, seed, num_images, batch_size, height, width, out):
+def infer(prompts, prompts_file, model, backend, sampler, guidance, k, seed, num_images, batch_size, height, width, noise, out):
     """Generate images from prompts with the one-pass sampler (or a reference sampler)."""
     from . import quiet_libraries
 
@@ -77,7 +84,9 @@ def infer(prompts, prompts_file, model, backend, sampler, guidance, k, seed, num
     written = []
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start : start + batch_size]
-        result = pipe.sample([p for p, _ in chunk], [s for _, s in chunk], sampler, guidance, height, width)
+        result = pipe.sample(
+            [p for p, _ in chunk], [s for _, s in chunk], sampler, guidance, height, width, noise_source=noise
+        )
         for key, v in result.timings.items():
             totals[key] = totals.get(key, 0.0) + v
         for (prompt, s), image, path in zip(chunk, result.images, paths[start : start + batch_size]):
@@ -88,6 +97,7 @@ def infer(prompts, prompts_file, model, backend, sampler, guidance, k, seed, num
                 "sampler": str(sampler),
                 "backend": backend,
                 "k": pipe.schedule.k,
+                "noise": noise,
                 "software": f"tiue-export {__version__}",
             }
             if sampler.kind == "ddim":
