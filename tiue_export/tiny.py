@@ -49,6 +49,19 @@ def _unet_config(variant: str) -> dict:
     )
 
 
+def write_model_index(root: Path) -> None:
+    """The ``model_index.json`` of a Stable Diffusion pipeline directory."""
+    index = {
+        "_class_name": "StableDiffusionPipeline",
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "scheduler": ["diffusers", "DDIMScheduler"],
+    }
+    (root / "model_index.json").write_text(json.dumps(index, indent=2))
+
+
 def build_tiny_pipeline(out_dir, variant: str = "sd21", seed: int = 0, student: bool = True) -> Path:
     """Write a tiny random diffusers pipeline directory (with ``tiue.json`` if ``student``)."""
     import torch
@@ -92,19 +105,7 @@ def build_tiny_pipeline(out_dir, variant: str = "sd21", seed: int = 0, student: 
         )
         (tmp / "scheduler").mkdir()
         (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(SD21_SCHEDULER_CONFIG, indent=2))
-        (tmp / "model_index.json").write_text(
-            json.dumps(
-                {
-                    "_class_name": "StableDiffusionPipeline",
-                    "tokenizer": ["transformers", "CLIPTokenizer"],
-                    "text_encoder": ["transformers", "CLIPTextModel"],
-                    "vae": ["diffusers", "AutoencoderKL"],
-                    "unet": ["diffusers", "UNet2DConditionModel"],
-                    "scheduler": ["diffusers", "DDIMScheduler"],
-                },
-                indent=2,
-            )
-        )
+        write_model_index(tmp)
         if student:
             (tmp / "tiue.json").write_text(
                 json.dumps({"k": 4, "kind": "tiue", "provenance": {"source": f"tiny random {variant}", "seed": seed}}, indent=2)
