@@ -25,7 +25,7 @@ def test_tiny_width_keeps_sd21_blocks(tmp_path):
     from tiue_export.shapes import build_sd_pipeline
 
     p = load_pipeline(build_sd_pipeline(tmp_path / "m", "sd21", width_div=16))
-    assert p.unet.config.down_block_types == ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",)
+    assert tuple(p.unet.config.down_block_types) == ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",)
     assert p.unet.config.use_linear_projection and p.size_multiple == 64 and p.default_size == 512
     res = p.sample(["a cat"], [0], height=64, width=64)
     assert res.images.shape == (1, 64, 64, 3)
