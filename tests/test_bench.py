@@ -1,0 +1,48 @@
+"""bench: per-stage timings, FLOP accounting and report files (no wall-clock assertions)."""
+
+import json
+
+import pytest
+
+from tiue_export.bench import BenchConfig, run_bench, to_markdown, unet_flops, write_report
+from tiue_export.errors import InputError
+
+
+def test_one_pass_flops_account_for_one_unet_step(tiny_sd21):
+    from diffusers import UNet2DConditionModel
+
+    cfg = dict(UNet2DConditionModel.load_config(tiny_sd21 / "unet"))
+    k4 = unet_flops(cfg, (751, 501, 251, 1), 2, (8, 8), 16)
+    k1 = unet_flops(cfg, (751,), 2, (8, 8), 16)
+    # encoder + one-timestep decoder is one full UNet forward (plus the decoder's own time MLP)
+    assert k1["unet_encoder"] + k1["unet_decoder"] == pytest.approx(k1["full_unet_step"], rel=1e-3)
+    # the K-batched decoder does K single-timestep decoders' work
+    assert k4["unet_decoder"] == 4 * k1["unet_decoder"]
+    assert k4["unet_encoder"] == k1["unet_encoder"] > 0
+
+
+@pytest.mark.slow
+def test_bench_writes_reports(tiny_sd21, tmp_path):
+    cfg = BenchConfig(model=str(tiny_sd21), backends=("torch", "torch-bf16"), runs=2, warmup=0, teacher_steps=4, teacher_timed_steps=2)
+    report = run_bench(cfg, progress=lambda m: None)
+    names = [r["name"] for r in report["results"]]
+    assert names == ["torch fp32 one-pass", "torch bf16 one-pass", "torch K-step loop", "torch teacher DDIM-4 CFG"]
+    one = report["results"][0]
+    assert set(one["stages"]) == {"text_encoder", "unet_encoder", "unet_decoder", "sum", "vae_decoder"}
+    assert one["stages"]["unet_decoder"]["n"] == 2 and one["unet_gflops"] > 0
+    assert "extrapolated from 2 timed steps" in report["results"][3]["note"]
+    md = to_markdown(report)
+    assert "x the K-step loop" in md and "Matmul peak" in md
+    paths = write_report(report, None, tmp_path)
+    assert json.loads((tmp_path / "bench.json").read_text())["k"] == 4
+    assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(paths) == 3
+
+
+def test_bench_bad_input(tiny_sd21):
+    with pytest.raises(InputError, match="unknown shape 'sd99'"):
+        run_bench(BenchConfig(shape="sd99"))
+    with pytest.raises(InputError, match="not both"):
+        run_bench(BenchConfig(model=str(tiny_sd21), shape="sd21-tiny"))
+    with pytest.raises(InputError, match="unknown or unavailable backend 'nope'"):
+        run_bench(BenchConfig(model=str(tiny_sd21), backends=("nope",), references=False, runs=1))

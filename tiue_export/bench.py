@@ -1,0 +1,473 @@
+"""Latency of every backend against the PyTorch reference, side by side, in one run.
+
+For each backend: warm-up, then N timed runs of the whole one-pass pipeline, timing every stage
+(text encoder, UNet encoder, K-batched decoder, sum, VAE) and the end to end; peak memory; the
+UNet's achieved FLOP rate (FLOPs counted once per shape on the meta device) against this
+machine's measured matrix-multiply rate. In the same run it times the references the method is
+about: the same student as a K-step loop (full UNet every step) and the teacher's N-step DDIM
+with classifier-free guidance.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import statistics
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .errors import InputError
+
+log = logging.getLogger("tiue_export")
+
+#: Benchmark shapes: name -> (architecture, image size, width divisor); "toy" = the model given.
+SHAPES = {
+    "toy": None,
+    "sd21-512": ("sd21", 512, 1),
+    "sd21-256": ("sd21", 256, 1),
+    "sd15-512": ("sd15", 512, 1),
+    "sd21-tiny": ("sd21", 256, 16),  # SD 2.1's blocks at 1/16 width: a quick smoke shape
+}
+
+STAGES = ("text_encoder", "unet_encoder", "unet_decoder", "sum", "vae_decoder")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What ``tiue-export bench`` measures."""
+
+    model: str | None = None  # a model directory or a bundle; None: the built-in (toy) model
+    shape: str = "toy"
+    backends: tuple[str, ...] = ("torch",)
+    batch: int = 1  # the latency case: one image
+    runs: int = 5  # timed runs per backend, after warmup
+    warmup: int = 1
+    references: bool = True  # also time the K-step loop and the teacher's DDIM
+    teacher_steps: int = 50  # the teacher's usual step count
+    teacher_timed_steps: int | None = None  # time only this many steps and extrapolate (big shapes)
+    guidance: float = 7.5
+    threads: int | None = None  # torch intra-op threads (None: torch's default)
+
+
+@dataclass
+class Timing:
+    name: str
+    stages: dict[str, list[float]] = field(default_factory=dict)
+    total: list[float] = field(default_factory=list)
+    peak_rss_mb: float | None = None
+    note: str = ""
+
+    def summary(self) -> dict:
+        def stat(xs):
+            return {"median_ms": 1000 * statistics.median(xs), "p90_ms": 1000 * float(np.percentile(xs, 90)), "n": len(xs)}
+
+        return {
+            "name": self.name,
+            "stages": {k: stat(v) for k, v in self.stages.items() if v},
+            "total": stat(self.total) if self.total else None,
+            "peak_rss_mb": self.peak_rss_mb,
+            "note": self.note,
+        }
+
+
+class PeakRSS:
+    """Peak resident memory of this process while the block runs (sampled every 5 ms)."""
+
+    def __enter__(self):
+        import psutil
+
+        self._proc = psutil.Process()
+        self.peak = self._proc.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._proc.memory_info().rss)
+
+    @property
+    def peak_mb(self) -> float:
+        return self.peak / 2**20
+
+
+def matmul_rate(dtype: str = "fp32", n: int = 2048, reps: int = 5) -> float:
+    """Best achieved GFLOP/s of an n x n x n torch matmul in ``dtype`` on this machine."""
+    import torch
+
+    dt = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    a = torch.randn(n, n).to(dt)
+    b = torch.randn(n, n).to(dt)
+    a @ b  # warm-up (oneDNN/MKL kernel selection)
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def unet_flops(unet_config: dict, timesteps, batch: int, latent_hw: tuple[int, int], seq_len: int) -> dict[str, int]:
+    """FLOPs of the one-pass UNet (encoder once, K-batched decoder once), counted on the meta device."""
+    import torch
+    from diffusers import UNet2DConditionModel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .student import TiUEStudent
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(unet_config)
+        student = TiUEStudent(unet, timesteps)
+        x = torch.empty(batch, unet.config.in_channels, *latent_hw)
+        ehs = torch.empty(batch, seq_len, unet.config.cross_attention_dim)
+        with FlopCounterMode(display=False) as fc:
+            feats = student.encode(x, ehs)
+        enc = fc.get_total_flops()
+        with FlopCounterMode(display=False) as fc:
+            student.decode(feats, ehs)
+        dec = fc.get_total_flops()
+        with FlopCounterMode(display=False) as fc:
+            unet(x, int(timesteps[0]), encoder_hidden_states=ehs)
+        full = fc.get_total_flops()
+    return {"unet_encoder": int(enc), "unet_decoder": int(dec), "one_pass_unet": int(enc + dec), "full_unet_step": int(full)}
+
+
+def time_pipeline(name: str, stages: dict[str, Callable], runs: int, warmup: int, note: str = "") -> Timing:
+    """Run ``stages`` (ordered name -> thunk taking the previous stage's output) warmup + runs times."""
+    timing = Timing(name, {k: [] for k in stages}, note=note)
+    with PeakRSS() as mem:
+        for i in range(warmup + runs):
+            value = None
+            t_start = time.perf_counter()
+            durations = {}
+            for stage, fn in stages.items():
+                t0 = time.perf_counter()
+                value = fn(value)
+                durations[stage] = time.perf_counter() - t0
+            total = time.perf_counter() - t_start
+            if i >= warmup:
+                for stage, d in durations.items():
+                    timing.stages[stage].append(d)
+                timing.total.append(total)
+    timing.peak_rss_mb = mem.peak_mb
+    return timing
+
+
+def torch_stages(pipe, batch: int, height: int, width: int, precision: str = "fp32") -> dict[str, Callable]:
+    """The one-pass pipeline on PyTorch as timed stages (fp32 eager, or bf16 weights)."""
+    import torch
+
+    from .sampling import initial_noise
+    from .schedule import combine_one_pass
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+    student = pipe.student if precision == "fp32" else _cast_student(pipe, dtype)
+    vae = pipe.vae if precision == "fp32" else _cast(pipe.vae, dtype)
+    text_encoder = pipe.text_encoder
+    ids = torch.from_numpy(pipe.tokenize(["a photo of a cat"] * batch))
+    noise = torch.from_numpy(initial_noise(range(batch), pipe.latent_shape(height, width))).to(dtype)
+    s = pipe.schedule
+    scale = vae.config.scaling_factor
+    state = {}
+
+    @torch.no_grad()
+    def text(_):
+        state["emb"] = text_encoder(ids)[0].to(dtype)
+        return state["emb"]
+
+    @torch.no_grad()
+    def encode(emb):
+        return student.encode(noise, emb)
+
+    @torch.no_grad()
+    def decode(feats):
+        return student.decode(feats, state["emb"])
+
+    @torch.no_grad()
+    def combine(eps):
+        return combine_one_pass(noise.float(), eps.float(), s.S, s.E)
+
+    @torch.no_grad()
+    def vae_decode(z0):
+        return vae.decode(z0.to(dtype) / scale).sample.float().numpy()
+
+    return {"text_encoder": text, "unet_encoder": encode, "unet_decoder": decode, "sum": combine, "vae_decoder": vae_decode}
+
+
+def _cast(module, dtype):
+    import copy
+
+    return copy.deepcopy(module).to(dtype)
+
+
+def _cast_student(pipe, dtype):
+    from .student import TiUEStudent
+
+    s = pipe.schedule
+    return TiUEStudent(_cast(pipe.unet, dtype), s.timesteps, s.encoder_timestep)
+
+
+def reference_stages(pipe, kind: str, batch: int, height: int, width: int, steps: int, guidance: float) -> dict[str, Callable]:
+    """The references as timed stages: ``loop`` (K full-UNet DDIM steps, the same student) or
+    ``ddim`` (the teacher's N-step DDIM with classifier-free guidance)."""
+    import torch
+
+    from .sampling import initial_noise, sample_ddim
+    from .schedule import ddim_prev_timesteps
+
+    prompts = ["a photo of a cat"] * batch
+    noise = torch.from_numpy(initial_noise(range(batch), pipe.latent_shape(height, width)))
+    alphas = pipe.scheduler.alphas_cumprod.double().numpy()
+    s = pipe.schedule
+    if kind == "loop":
+        timesteps, prev, final = s.timesteps, s.prev_timesteps, s.final_alpha_cumprod
+    else:
+        pipe.scheduler.set_timesteps(steps)
+        timesteps = [int(t) for t in pipe.scheduler.timesteps]
+        prev = ddim_prev_timesteps(timesteps, int(pipe.scheduler.config.num_train_timesteps))
+        final = float(pipe.scheduler.final_alpha_cumprod)
+    state = {}
+
+    @torch.no_grad()
+    def text(_):
+        state["cond"] = pipe.encode_text(prompts)
+        if kind != "loop":
+            state["uncond"] = pipe.encode_text([""] * batch)
+        return state["cond"]
+
+    @torch.no_grad()
+    def unet(cond):
+        eps = pipe._eps_full(cond) if kind == "loop" else pipe._eps_cfg(cond, state["uncond"], guidance)
+        return sample_ddim(noise, eps, timesteps, prev, alphas, final)
+
+    @torch.no_grad()
+    def vae(z0):
+        return pipe.decode_latents(z0)
+
+    return {"text_encoder": text, "unet": unet, "vae_decoder": vae}
+
+
+def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = log.info) -> dict:
+    """Measure every requested backend and reference; return the JSON-able report."""
+    import torch
+
+    from .models import resolve_model
+    from .pipeline import load_pipeline
+
+    if cfg.shape not in SHAPES:
+        raise InputError(f"unknown shape {cfg.shape!r}: choose from {', '.join(SHAPES)}")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    model_path, height, width = _model_for_shape(cfg, resolve_model)
+    pipe = load_pipeline(model_path)
+    height = height or pipe.default_size
+    width = width or pipe.default_size
+    c, h, w = pipe.latent_shape(height, width)
+
+    report: dict = {
+        "config": asdict(cfg),
+        "model": str(model_path),
+        "image_size": [height, width],
+        "latent_shape": [cfg.batch, c, h, w],
+        "k": pipe.schedule.k,
+        "machine": machine_info(),
+        "results": [],
+    }
+    progress("measuring matrix-multiply rates")
+    report["matmul_gflops"] = {"fp32": matmul_rate("fp32"), "bf16": matmul_rate("bf16")}
+    flops = unet_flops(dict(pipe.unet.config), pipe.schedule.timesteps, cfg.batch, (h, w), pipe.tokenizer.model_max_length)
+    report["flops"] = flops
+
+    timings: list[Timing] = []
+    for backend in cfg.backends:
+        progress(f"timing backend {backend}")
+        timings.append(_time_backend(backend, cfg, pipe, model_path, height, width))
+    if cfg.references:
+        progress("timing the K-step loop reference")
+        timings.append(
+            time_pipeline("torch K-step loop", reference_stages(pipe, "loop", cfg.batch, height, width, 0, 1.0), cfg.runs, cfg.warmup)
+        )
+        n_timed = cfg.teacher_timed_steps or cfg.teacher_steps
+        progress(f"timing the teacher's {cfg.teacher_steps}-step DDIM with CFG ({n_timed} steps timed)")
+        t = time_pipeline(
+            f"torch teacher DDIM-{cfg.teacher_steps} CFG",
+            reference_stages(pipe, "ddim", cfg.batch, height, width, n_timed, cfg.guidance),
+            max(1, min(cfg.runs, 3)),
+            0 if n_timed > 4 else 1,
+        )
+        if n_timed != cfg.teacher_steps:
+            factor = cfg.teacher_steps / n_timed
+            extra = [x * (factor - 1) for x in t.stages["unet"]]
+            t.stages["unet"] = [x * factor for x in t.stages["unet"]]
+            t.total = [x + e for x, e in zip(t.total, extra)]
+            t.note = f"extrapolated from {n_timed} timed steps x {factor:g}"
+        timings.append(t)
+    report["results"] = [t.summary() for t in timings]
+    _add_rates(report)
+    return report
+
+
+def _model_for_shape(cfg: BenchConfig, resolve_model):
+    spec = SHAPES[cfg.shape]
+    if spec is None:
+        return resolve_model(cfg.model), None, None
+    if cfg.model:
+        raise InputError("give either --model or an sd* --shape (random weights), not both")
+    from .models import cache_dir
+    from .shapes import build_sd_pipeline
+
+    arch, size, div = spec
+    path = cache_dir() / f"random-{arch}-w{div}"
+    if not (path / "model_index.json").exists():
+        log.info("writing a random-weight %s model to %s (once)", arch, path)
+        build_sd_pipeline(path, arch, width_div=div)
+    return path, size, size
+
+
+def _time_backend(backend: str, cfg: BenchConfig, pipe, model_path, height, width) -> Timing:
+    if backend in ("torch", "torch-fp32"):
+        return time_pipeline("torch fp32 one-pass", torch_stages(pipe, cfg.batch, height, width, "fp32"), cfg.runs, cfg.warmup)
+    if backend == "torch-bf16":
+        return time_pipeline("torch bf16 one-pass", torch_stages(pipe, cfg.batch, height, width, "bf16"), cfg.runs, cfg.warmup)
+    raise InputError(f"unknown or unavailable backend {backend!r}")
+
+
+def _add_rates(report: dict) -> None:
+    """UNet GFLOP/s of each one-pass result, and its share of the matching matmul peak."""
+    flops = report["flops"]["one_pass_unet"]
+    for r in report["results"]:
+        st = r["stages"]
+        if "unet_encoder" in st and "unet_decoder" in st:
+            sec = (st["unet_encoder"]["median_ms"] + st["unet_decoder"]["median_ms"]) / 1000
+            rate = flops / sec / 1e9
+            peak = report["matmul_gflops"]["bf16" if "bf16" in r["name"] or "int8" in r["name"] else "fp32"]
+            r["unet_gflops"] = rate
+            r["unet_share_of_matmul_peak"] = rate / peak
+
+
+def machine_info() -> dict:
+    import os
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+        isa = [f for f in ("avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8") if f in flags.split()]
+    except (OSError, StopIteration):
+        isa = []
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "isa": isa,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+
+
+def to_markdown(report: dict) -> str:
+    """A Markdown table of medians (ms) per stage and backend, with FLOP rates and ratios."""
+    rows = report["results"]
+    cols = ["text_encoder", "unet_encoder", "unet_decoder", "sum", "vae_decoder", "unet"]
+    present = [c for c in cols if any(c in r["stages"] for r in rows)]
+    head = "| backend | " + " | ".join(present) + " | end to end (p90) | UNet GFLOP/s (% of peak) | peak RSS MB |"
+    lines = [head, "|" + "---|" * (len(present) + 4)]
+    for r in rows:
+        cells = [f"{r['stages'][c]['median_ms']:.1f}" if c in r["stages"] else "" for c in present]
+        tot = r["total"]
+        rate = f"{r['unet_gflops']:.0f} ({100 * r['unet_share_of_matmul_peak']:.0f}%)" if "unet_gflops" in r else ""
+        note = f" ({r['note']})" if r.get("note") else ""
+        lines.append(
+            f"| {r['name']}{note} | " + " | ".join(cells) + f" | {tot['median_ms']:.1f} ({tot['p90_ms']:.1f}) | {rate} | {r['peak_rss_mb']:.0f} |"
+        )
+    m = report["machine"]
+    f = report["flops"]
+    lines += [
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), ISA {', '.join(m['isa'])}.",
+        f"Matmul peak: fp32 {report['matmul_gflops']['fp32']:.0f} GFLOP/s, bf16 {report['matmul_gflops']['bf16']:.0f} GFLOP/s.",
+        f"One-pass UNet: {f['one_pass_unet'] / 1e9:.1f} GFLOP (encoder {f['unet_encoder'] / 1e9:.1f}, K-batched decoder "
+        f"{f['unet_decoder'] / 1e9:.1f}); one full UNet step {f['full_unet_step'] / 1e9:.1f} GFLOP.",
+    ]
+    lines += ["", *ratio_lines(report)]
+    return "\n".join(lines) + "\n"
+
+
+def ratio_lines(report: dict) -> list[str]:
+    """Speed-ups of each one-pass backend over the references, measured in this run."""
+    res = {r["name"]: r for r in report["results"]}
+    loop = next((r for n, r in res.items() if "K-step loop" in n), None)
+    teacher = next((r for n, r in res.items() if "teacher" in n), None)
+    out = []
+    for name, r in res.items():
+        if "one-pass" not in name:
+            continue
+        unet_ms = sum(r["stages"][s]["median_ms"] for s in ("unet_encoder", "unet_decoder", "sum") if s in r["stages"])
+        if loop:
+            out.append(f"- {name}: {loop['stages']['unet']['median_ms'] / unet_ms:.2f}x the K-step loop (UNet part)")
+        if teacher:
+            out.append(f"- {name}: {teacher['stages']['unet']['median_ms'] / unet_ms:.1f}x the teacher's DDIM with CFG (UNet part)")
+    return out
+
+
+def write_chart(report: dict, path: Path) -> None:
+    """A stacked horizontal bar chart of per-stage medians for each backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["results"]
+    stages = ["text_encoder", "unet_encoder", "unet_decoder", "sum", "vae_decoder", "unet"]
+    fig, ax = plt.subplots(figsize=(9, 0.6 * len(rows) + 1.5))
+    left = np.zeros(len(rows))
+    for stage in stages:
+        vals = np.array([r["stages"].get(stage, {}).get("median_ms", 0.0) for r in rows])
+        if vals.any():
+            ax.barh([r["name"] for r in rows], vals, left=left, label=stage)
+            left += vals
+    ax.set_xlabel("median latency (ms)")
+    ax.set_xscale("log" if left.max() / max(left.min(), 1e-9) > 50 else "linear")
+    ax.invert_yaxis()
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(f"tiue-export bench: {report['config']['shape']} {report['image_size'][0]}x{report['image_size'][1]}, batch {report['config']['batch']}")
+    fig.tight_layout()
+    from .io import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def write_report(report: dict, json_path: Path | None, out_dir: Path) -> list[Path]:
+    from .io import atomic_path
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    paths = {"json": json_path or out_dir / "bench.json", "md": out_dir / "bench.md", "png": out_dir / "bench.png"}
+    with atomic_path(paths["json"]) as tmp:
+        tmp.write_text(json.dumps(report, indent=2))
+    written.append(paths["json"])
+    with atomic_path(paths["md"]) as tmp:
+        tmp.write_text(to_markdown(report))
+    written.append(paths["md"])
+    write_chart(report, paths["png"])
+    written.append(paths["png"])
+    return written

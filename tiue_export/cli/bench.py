@@ -1,0 +1,45 @@
+"""``tiue-export bench``: latency of every backend and of the references, in one run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("bench")
+@click.option("--model", type=click.Path(), help="Model directory or bundle [default: the built-in model].")
+@click.option("--shape", default="toy", show_default=True, help="toy | sd21-512 | sd21-256 | sd15-512 | sd21-tiny (random weights).")
+@click.option("--backends", default="torch,torch-bf16", show_default=True, help="Comma-separated backends.")
+@click.option("--batch", type=click.IntRange(1, 256), default=1, show_default=True)
+@click.option("--runs", type=click.IntRange(1, 1000), default=5, show_default=True)
+@click.option("--warmup", type=click.IntRange(0, 100), default=1, show_default=True)
+@click.option("--no-references", is_flag=True, help="Skip the K-step loop and teacher DDIM references.")
+@click.option("--teacher-steps", type=click.IntRange(1, 1000), default=50, show_default=True)
+@click.option("--teacher-timed-steps", type=click.IntRange(1, 1000), default=None, help="Time only this many teacher steps and extrapolate.")
+@click.option("--threads", type=click.IntRange(1, 1024), default=None, help="torch intra-op threads.")
+@click.option("--json", "json_path", type=click.Path(), default=None, help="Report JSON [default: OUT/bench.json].")
+@click.option("--out", default="bench-results", show_default=True, help="Directory for bench.json, bench.md, bench.png.")
+def bench(model, shape, backends, batch, runs, warmup, no_references, teacher_steps, teacher_timed_steps, threads, json_path, out):
+    """Time every backend per stage against the PyTorch reference and the references."""
+    from . import quiet_libraries
+
+    quiet_libraries()
+    from ..bench import BenchConfig, run_bench, to_markdown, write_report
+
+    cfg = BenchConfig(
+        model=model,
+        shape=shape,
+        backends=tuple(b.strip() for b in backends.split(",") if b.strip()),
+        batch=batch,
+        runs=runs,
+        warmup=warmup,
+        references=not no_references,
+        teacher_steps=teacher_steps,
+        teacher_timed_steps=teacher_timed_steps,
+        threads=threads,
+    )
+    report = run_bench(cfg, progress=lambda msg: click.echo(msg, err=True))
+    click.echo(to_markdown(report))
+    for path in write_report(report, Path(json_path) if json_path else None, Path(out)):
+        click.echo(f"wrote {path}")
