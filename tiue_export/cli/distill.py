@@ -1,0 +1,73 @@
+"""``tiue-export distill``: distil a teacher into a TiUE student (VSD + KL), one CPU to many GPUs.
+
+The same command runs alone or under ``accelerate launch``; see ``docs/distill.md``.
+"""
+
+from __future__ import annotations
+
+import click
+
+from ..distill.config import BASELINES, MIXED_PRECISION, DistillConfig
+from ..errors import InputError
+
+D = DistillConfig.__dataclass_fields__
+
+
+def _default(name):
+    return D[name].default
+
+
+@click.command("distill")
+@click.option("--teacher", type=click.Path(), default=None, help="Teacher pipeline directory [default: the built-in toy teacher].")
+@click.option("--prompts", required=True, type=click.Path(), help="Training prompts: .txt (one a line), .jsonl, .csv or .parquet.")
+@click.option("--out", required=True, type=click.Path(), help="Student directory to write (a diffusers pipeline + tiue.json).")
+@click.option("--run-dir", type=click.Path(), default=None, help="Checkpoints, log and config [default: OUT.run].")
+@click.option("--k", type=int, default=None, help=f"Decoder timesteps of the student  [default: {_default('k')}]")
+@click.option("--steps", type=int, default=None, help="Total optimisation steps (instead of --epochs).")
+@click.option("--epochs", type=int, default=None, help=f"Passes over the prompts  [default: {_default('epochs')}]")
+@click.option("--batch-size", type=int, default=_default("batch_size"), show_default=True, help="Prompts per device and step.")
+@click.option("--resolution", type=int, default=None, help="Image side in pixels [default: the teacher's].")
+@click.option("--lr", type=float, default=_default("lr"), show_default=True, help="Student learning rate (Adam).")
+@click.option("--lr-lora", type=float, default=_default("lr_lora"), show_default=True, help="LoRA teacher learning rate (Adam).")
+@click.option("--adam-beta1", type=float, default=_default("adam_beta1"), show_default=True)
+@click.option("--adam-beta2", type=float, default=_default("adam_beta2"), show_default=True)
+@click.option("--adam-eps", type=float, default=_default("adam_eps"), show_default=True)
+@click.option("--weight-decay", type=float, default=_default("weight_decay"), show_default=True)
+@click.option("--max-grad-norm", type=float, default=_default("max_grad_norm"), show_default=True, help="Gradient clipping of both networks.")
+@click.option("--ema-decay", type=float, default=_default("ema_decay"), show_default=True, help="EMA of the student (the saved weights).")
+@click.option("--guidance", type=float, default=_default("guidance"), show_default=True, help="CFG of both teachers in the VSD score.")
+@click.option("--vsd-t-min", type=int, default=_default("vsd_t_min"), show_default=True, help="Smallest VSD timestep.")
+@click.option("--vsd-t-max", type=int, default=_default("vsd_t_max"), show_default=True, help="Largest VSD timestep (inclusive).")
+@click.option("--lambda-kl", type=float, default=None, help="Weight of the KL term  [default: 0.1; 0 for --baseline one-step-vsd]")
+@click.option("--lora-rank", type=int, default=_default("lora_rank"), show_default=True)
+@click.option("--lora-alpha", type=float, default=_default("lora_alpha"), show_default=True)
+@click.option("--lora-uncond-prob", type=float, default=_default("lora_uncond_prob"), show_default=True, help="Chance the LoRA step uses the empty prompt.")
+@click.option("--mixed-precision", type=click.Choice(MIXED_PRECISION), default=_default("mixed_precision"), show_default=True, help="fp16 as the authors on GPUs; no on CPU.")
+@click.option("--gradient-checkpointing", is_flag=True, help="Recompute activations in the backward pass (less memory).")
+@click.option("--checkpoint-every", type=int, default=_default("checkpoint_every"), show_default=True, help="Steps between resumable checkpoints.")
+@click.option("--keep-checkpoints", type=int, default=_default("keep_checkpoints"), show_default=True, help="Checkpoints to keep (0: all).")
+@click.option("--seed", type=int, default=_default("seed"), show_default=True)
+@click.option("--resume", is_flag=True, help="Continue bit-for-bit from the latest checkpoint in the run directory.")
+@click.option("--baseline", type=click.Choice(BASELINES), default=None, help="Train an ablation baseline instead of the TiUE student.")
+@click.option("--log-tensorboard", is_flag=True, help="Also log to TensorBoard in the run directory.")
+def distill(**opts):
+    """Distil a teacher into a one-pass TiUE student with VSD and a KL term (Loopfree recipe)."""
+    from . import quiet_libraries
+
+    quiet_libraries()
+    if opts["steps"] is not None and opts["epochs"] is not None:
+        raise InputError("give --steps or --epochs, not both")
+    resume = opts.pop("resume")
+    if opts["baseline"] == "one-step-vsd":
+        if opts["k"] not in (None, 1):
+            raise InputError("--k does not apply to --baseline one-step-vsd (a one-step student)")
+        opts["k"] = 1
+        if opts["lambda_kl"] is None:
+            opts["lambda_kl"] = 0.0  # SwiftBrush has no KL term
+    opts = {k: v for k, v in opts.items() if v is not None}
+    cfg = DistillConfig(**opts)
+
+    from ..distill.train import distill as run
+
+    result = run(cfg, resume=resume)
+    click.echo(f"wrote {result.out} ({result.steps} steps)")

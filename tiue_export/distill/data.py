@@ -1,0 +1,97 @@
+"""Training prompts: read from .txt, .jsonl, .csv or .parquet, deduplicated in order, sharded by rank."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from ..errors import InputError, require
+
+#: Keys (JSONL) or columns (CSV, Parquet) that hold the prompt, in order of preference.
+CAPTION_KEYS = ("caption", "prompt", "text")
+FORMATS = (".txt", ".jsonl", ".csv", ".parquet")
+
+
+def dedupe(prompts) -> list[str]:
+    """Strip whitespace, drop empty entries and repeats, keep first-seen order."""
+    return list(dict.fromkeys(p.strip() for p in prompts if isinstance(p, str) and p.strip()))
+
+
+def _pick_key(keys, path: Path) -> str:
+    for key in CAPTION_KEYS:
+        if key in keys:
+            return key
+    raise InputError(f"{path}: no caption column: expected one of {', '.join(CAPTION_KEYS)}, found {', '.join(map(str, keys)) or 'none'}")
+
+
+def _read_jsonl(path: Path) -> list[str]:
+    out = []
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError as exc:
+                raise InputError(f"{path}:{n}: not valid JSON ({exc.msg})") from exc
+            if not isinstance(obj, dict):
+                raise InputError(f"{path}:{n}: expected a JSON object with a {'/'.join(CAPTION_KEYS)} key")
+            out.append(obj[_pick_key(list(obj), Path(f"{path}:{n}"))])
+    return out
+
+
+def _read_csv(path: Path) -> list[str]:
+    with path.open(encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        key = _pick_key(reader.fieldnames or [], path)
+        return [row[key] for row in reader]
+
+
+def _read_parquet(path: Path) -> list[str]:
+    pq = require("pyarrow.parquet", "pyarrow", "to read .parquet prompt files")
+    schema = pq.read_schema(path)
+    key = _pick_key(schema.names, path)
+    return pq.read_table(path, columns=[key]).column(key).to_pylist()
+
+
+def load_prompts(path) -> list[str]:
+    """Unique prompts of a file, in first-seen order.
+
+    Args:
+        path: ``.txt`` (one prompt a line), ``.jsonl`` (objects with a ``caption``, ``prompt`` or
+            ``text`` key), ``.csv`` or ``.parquet`` (a column of that name).
+
+    Raises:
+        InputError: missing file, unknown format, no caption column, or no prompt at all.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"no such prompts file: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        raw = path.read_text(encoding="utf-8").splitlines()
+    elif suffix == ".jsonl":
+        raw = _read_jsonl(path)
+    elif suffix == ".csv":
+        raw = _read_csv(path)
+    elif suffix == ".parquet":
+        raw = _read_parquet(path)
+    else:
+        raise InputError(f"{path}: unknown prompts format {suffix or '(none)'}: use one of {', '.join(FORMATS)}")
+    prompts = dedupe(raw)
+    if not prompts:
+        raise InputError(f"{path}: no prompts found")
+    return prompts
+
+
+def make_loader(prompts: list[str], batch_size: int, rank: int, world: int, seed: int):
+    """A DataLoader of prompt lists: shuffled per epoch by ``seed``, each rank its own shard.
+
+    ``DistributedSampler`` pads the epoch by wrapping around so every rank gets the same number
+    of batches; call ``loader.sampler.set_epoch(e)`` before each epoch.
+    """
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    sampler = DistributedSampler(prompts, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=False)
+    return DataLoader(prompts, batch_size=batch_size, sampler=sampler, collate_fn=list)

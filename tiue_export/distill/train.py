@@ -1,0 +1,525 @@
+"""The distillation loop: a TiUE student learns from a frozen teacher by VSD plus a KL term.
+
+Three networks start from the teacher's UNet: the student (a copy, run as a TiUE one-pass model),
+the frozen teacher, and a LoRA teacher that tracks the student's output distribution. The frozen
+teacher is the LoRA teacher with its adapters disabled, so the teacher's weights exist once.
+
+Each step (the authors' ``train_loopfree.py``, which builds on SwiftBrush):
+
+1. one TiUE pass from z_T ~ N(0, I) gives K x B noise predictions and, by Eq. 11, z0;
+2. VSD: noise z0 to t ~ U{20..980}; the teacher and the LoRA teacher (both with CFG) give the
+   score gradient; the KL of every noise prediction to N(0, 1) is added; Adam step on the student
+   and an EMA update;
+3. the LoRA teacher learns to denoise the (detached) z0 with the usual diffusion loss.
+
+Runs unchanged on one CPU or under ``accelerate launch`` on many GPUs: each rank draws its own
+prompts and noise, DDP averages the gradients, only the main process writes. Checkpoints hold
+everything needed to continue bit-for-bit (weights, EMA, both optimisers, every rank's RNG).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..errors import InputError, ModelError, require
+from ..io import atomic_path
+from ..models import ASSETS
+from ..sampling import classifier_free_guidance
+from ..schedule import OnePassSchedule, combine_one_pass
+from ..student import TiUEStudent
+from ..tiue_config import TIUE_JSON
+from .config import DistillConfig
+from .data import load_prompts, make_loader
+from .losses import diffuse, kl_loss, lora_denoising_loss, vsd_loss, vsd_score_gradient
+
+log = logging.getLogger("tiue_export")
+
+BUILTIN_TEACHER = "toy-teacher"
+CHECKPOINTS = "checkpoints"
+LOG_FILE = "log.jsonl"
+CONFIG_FILE = "config.json"
+#: The one-step baseline's scheduler: set_timesteps(1) gives t=999 and the DDIM step goes to
+#: alpha=1, so the one-pass sum is exactly x0 = (z_T - sqrt(1 - abar) eps) / sqrt(abar).
+BASELINE_SCHEDULER_OVERRIDES = {"timestep_spacing": "trailing", "set_alpha_to_one": True}
+
+
+@dataclass
+class DistillResult:
+    """What a run leaves in memory on every rank (the files are on the main process)."""
+
+    out: Path
+    steps: int
+    student: TiUEStudent  # raw (non-EMA) weights
+    ema: object  # diffusers.training_utils.EMAModel of the student UNet
+    lora_unet: torch.nn.Module  # teacher UNet with the trained LoRA adapter
+
+
+# -- small helpers --------------------------------------------------------------------------------
+def resolve_teacher(path) -> Path:
+    """``--teacher PATH`` or the built-in toy teacher."""
+    if path:
+        return Path(path)
+    builtin = ASSETS / BUILTIN_TEACHER
+    if not (builtin / "model_index.json").exists():
+        raise InputError(f"the built-in teacher is not installed ({builtin}): pass --teacher PATH")
+    return builtin
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """Independent per-rank seed: each rank draws its own noise and timesteps."""
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
+
+
+def sha256_of_weights(unet_dir: Path) -> str:
+    """SHA-256 of a UNet's weight files (sorted by name, concatenated)."""
+    h = hashlib.sha256()
+    files = sorted(p for p in Path(unet_dir).iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".ckpt"))
+    for p in files:
+        with p.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def scheduler_overrides(cfg: DistillConfig) -> dict:
+    """Changes to the teacher's scheduler config that the student directory carries."""
+    return dict(BASELINE_SCHEDULER_OVERRIDES) if cfg.baseline == "one-step-vsd" else {}
+
+
+def student_schedule(scheduler, cfg: DistillConfig) -> OnePassSchedule:
+    """The student's one-pass schedule: ``set_timesteps(K)`` of the (overridden) DDIM scheduler."""
+    from diffusers import DDIMScheduler
+
+    config = {**dict(scheduler.config), **scheduler_overrides(cfg)}
+    return OnePassSchedule.from_scheduler(DDIMScheduler.from_config(config), k=cfg.k)
+
+
+def guided_eps(unet, x_t, t, cond, uncond, scale: float):
+    """Noise prediction with classifier-free guidance, conditional and unconditional in one batch."""
+    out = unet(torch.cat([x_t, x_t]), torch.cat([t, t]), encoder_hidden_states=torch.cat([uncond, cond])).sample
+    eps_uncond, eps_cond = out.chunk(2)
+    return classifier_free_guidance(eps_uncond, eps_cond, scale)
+
+
+def checkpoint_dirs(run: Path) -> list[Path]:
+    """Finished checkpoints of a run, oldest first."""
+    root = run / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    dirs = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and (p / "state.json").exists()]
+    return sorted(dirs, key=lambda p: int(p.name.split("-")[1]))
+
+
+def lora_state(unet) -> dict[str, torch.Tensor]:
+    """The trainable (LoRA) tensors of the LoRA teacher, by parameter name."""
+    return {n: p.detach().cpu().contiguous() for n, p in unet.named_parameters() if p.requires_grad}
+
+
+def write_json(path: Path, data) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+
+
+# -- output ---------------------------------------------------------------------------------------
+def export_student(out: Path, teacher_dir: Path, overrides: dict, student: TiUEStudent, ema, provenance: dict, schedule) -> Path:
+    """Write the student pipeline directory atomically: the teacher's components, the EMA UNet, tiue.json."""
+    index = json.loads((teacher_dir / "model_index.json").read_text())
+    params = list(student.unet.parameters())
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        for name, value in index.items():
+            if name != "unet" and isinstance(value, list) and (teacher_dir / name).is_dir():
+                shutil.copytree(teacher_dir / name, tmp / name)
+        (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+        if overrides:
+            sched_file = tmp / "scheduler" / "scheduler_config.json"
+            sched_file.write_text(json.dumps({**json.loads(sched_file.read_text()), **overrides}, indent=2) + "\n")
+        ema.store(params)
+        ema.copy_to(params)
+        try:
+            student.unet.save_pretrained(tmp / "unet", safe_serialization=True)
+        finally:
+            ema.restore(params)
+        tiue = {
+            "k": schedule.k,
+            "timesteps": list(schedule.timesteps),
+            "encoder_timestep": schedule.encoder_timestep,
+            "kind": "tiue",
+            "provenance": provenance,
+        }
+        (tmp / TIUE_JSON).write_text(json.dumps(tiue, indent=2) + "\n")
+    return out
+
+
+def trim_log(path: Path, step: int) -> None:
+    """Drop log lines after ``step`` (they belong to steps a resume will redo)."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(line + "\n" for line in keep))
+
+
+# -- the networks and the two updates -------------------------------------------------------------
+@dataclass
+class Trainer:
+    """The live training state of one rank and the two updates of a step (student, LoRA teacher).
+
+    Build it with :func:`build_trainer`. ``student``/``lora_unet`` are the plain modules, the
+    ``*_ddp`` ones what ``accelerator.prepare`` returned (DDP-wrapped on several processes).
+    """
+
+    cfg: DistillConfig
+    accelerator: object
+    student: TiUEStudent
+    student_ddp: torch.nn.Module
+    lora_unet: torch.nn.Module
+    lora_ddp: torch.nn.Module
+    opt: object
+    opt_lora: object
+    ema: object
+    schedule: OnePassSchedule
+    alphas: torch.Tensor  # the scheduler's alphas_cumprod, float32 on the device
+    latent_shape: tuple[int, int, int]
+    text_encoder: torch.nn.Module
+    tokenizer: object
+    null: torch.Tensor  # embedding of the empty prompt (1, L, D)
+    generator: torch.Generator  # this rank's noise, timesteps and prompt dropping
+
+    @property
+    def device(self):
+        return self.accelerator.device
+
+    @torch.no_grad()
+    def encode(self, texts) -> torch.Tensor:
+        """Prompt embeddings (no CFG), float32 on the device; over-long prompts are truncated."""
+        tok = self.tokenizer
+        ids = tok(list(texts), padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
+        return self.text_encoder(ids.input_ids.to(self.device))[0].to(torch.float32)
+
+    def randn(self, shape) -> torch.Tensor:
+        return torch.randn(tuple(shape), generator=self.generator).to(self.device)
+
+    def randint(self, low: int, high_inclusive: int, n: int) -> torch.Tensor:
+        return torch.randint(low, high_inclusive + 1, (n,), generator=self.generator).to(self.device)
+
+    def student_update(self, cond: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Steps 1-2: one TiUE pass, VSD against both CFG teachers plus KL, Adam step, EMA update.
+
+        Returns:
+            The student's z0 (detached) and the step's losses and gradient norm.
+        """
+        cfg, acc = self.cfg, self.accelerator
+        b = cond.shape[0]
+        uncond = self.null.expand(b, -1, -1)
+        z_T = self.randn((b, *self.latent_shape))
+        eps = self.student_ddp(z_T, cond)  # K x B noise predictions, timestep-major
+        z0 = combine_one_pass(z_T, eps, self.schedule.S, self.schedule.E)  # Eq. 11, differentiable
+
+        t = self.randint(cfg.vsd_t_min, cfg.vsd_t_max, b)
+        abar = self.alphas[t]
+        x_t = diffuse(z0.detach(), self.randn(z0.shape), abar)
+        lora = acc.unwrap_model(self.lora_ddp)
+        with torch.no_grad():
+            lora.disable_adapters()  # the frozen teacher: same weights, adapters off
+            try:
+                eps_teacher = guided_eps(self.lora_ddp, x_t, t, cond, uncond, cfg.guidance)
+            finally:
+                lora.enable_adapters()
+            eps_lora = guided_eps(self.lora_ddp, x_t, t, cond, uncond, cfg.guidance)
+        loss_vsd = vsd_loss(z0, vsd_score_gradient(eps_teacher, eps_lora, abar))
+        loss_kl = kl_loss(eps, cfg.lambda_kl)
+        acc.backward(loss_vsd + loss_kl)
+        grad_norm = acc.clip_grad_norm_(self.student_ddp.parameters(), cfg.max_grad_norm)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.ema.step(self.student.unet.parameters())
+        return z0.detach(), {"loss_vsd": loss_vsd.detach(), "loss_kl": loss_kl.detach(), "grad_norm": grad_norm}
+
+    def lora_update(self, z0: torch.Tensor, cond: torch.Tensor) -> dict:
+        """Step 3: the LoRA teacher learns to denoise the student's samples (diffusion loss), Adam step."""
+        cfg, acc = self.cfg, self.accelerator
+        b = z0.shape[0]
+        t = self.randint(0, self.alphas.shape[0] - 1, b)
+        noise = self.randn(z0.shape)
+        x_t = diffuse(z0, noise, self.alphas[t])
+        drop = bool(torch.rand((), generator=self.generator) < cfg.lora_uncond_prob)  # whole batch
+        ehs = self.null.expand(b, -1, -1) if drop else cond
+        loss = lora_denoising_loss(self.lora_ddp(x_t, t, encoder_hidden_states=ehs).sample, noise, self.alphas[t])
+        acc.backward(loss)
+        grad_norm = acc.clip_grad_norm_(self.lora_ddp.parameters(), cfg.max_grad_norm)
+        self.opt_lora.step()
+        self.opt_lora.zero_grad(set_to_none=True)
+        return {"loss_lora": loss.detach(), "grad_norm_lora": grad_norm}
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def rng_state(self) -> dict:
+        states = {"generator": self.generator.get_state(), "torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            states["cuda"] = torch.cuda.get_rng_state_all()
+        return states
+
+    def save(self, path: Path, step: int, rng_states: list) -> Path:
+        """Write a checkpoint directory atomically (call on the main process only)."""
+        from safetensors.torch import save_file
+
+        with atomic_path(path) as tmp:
+            tmp.mkdir()
+            unet_state = {k: v.detach().cpu().contiguous() for k, v in self.student.unet.state_dict().items()}
+            save_file(unet_state, tmp / "student.safetensors")
+            save_file(lora_state(self.lora_unet), tmp / "lora.safetensors")
+            torch.save(self.ema.state_dict(), tmp / "ema.pt")
+            scaler = self.accelerator.scaler
+            opts = {"student": self.opt.state_dict(), "lora": self.opt_lora.state_dict(), "scaler": scaler.state_dict() if scaler else None}
+            torch.save(opts, tmp / "optimizers.pt")
+            torch.save(rng_states, tmp / "rng.pt")
+            (tmp / CONFIG_FILE).write_text(json.dumps(self.cfg.to_dict(), indent=2) + "\n")
+            (tmp / "state.json").write_text(json.dumps({"step": step, "world_size": self.accelerator.num_processes}) + "\n")
+        return path
+
+    def load(self, path: Path) -> int:
+        """Restore a checkpoint (weights, EMA, optimisers, this rank's RNG); returns its step."""
+        from safetensors.torch import load_file
+
+        acc = self.accelerator
+        state = json.loads((path / "state.json").read_text())
+        if state["world_size"] != acc.num_processes:
+            raise InputError(
+                f"{path} was written by {state['world_size']} process(es) but this run has {acc.num_processes}: "
+                "resume with the same number of processes"
+            )
+        self.student.unet.load_state_dict(load_file(path / "student.safetensors"))
+        lora = load_file(path / "lora.safetensors")
+        result = self.lora_unet.load_state_dict(lora, strict=False)
+        if result.unexpected_keys or set(lora) != set(lora_state(self.lora_unet)):
+            raise ModelError(f"{path}: the LoRA weights do not match this LoRA teacher (rank or targets changed?)")
+        self.ema.load_state_dict(torch.load(path / "ema.pt", weights_only=True))
+        self.ema.to(acc.device)
+        opts = torch.load(path / "optimizers.pt", weights_only=True)
+        self.opt.load_state_dict(opts["student"])
+        self.opt_lora.load_state_dict(opts["lora"])
+        if acc.scaler is not None and opts["scaler"] is not None:
+            acc.scaler.load_state_dict(opts["scaler"])
+        rng = torch.load(path / "rng.pt", weights_only=True)[acc.process_index]
+        self.generator.set_state(rng["generator"])
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        return int(state["step"])
+
+
+def make_accelerator(cfg: DistillConfig):
+    """The Accelerator of a run: mixed precision, TensorBoard if asked; fp16 needs a GPU."""
+    require("accelerate", "accelerate", "distillation")
+    if cfg.log_tensorboard:
+        require("tensorboard", "tensorboard", "--log-tensorboard")
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    # accelerate keeps its mixed-precision state per process; a second run in the same process
+    # (tests, notebooks) may use another precision. The distributed state is kept.
+    AcceleratorState._reset_state(reset_partial_state=False)
+    # Without a GPU (or other accelerator), say cpu=True: accelerate then runs several processes
+    # (torchrun, mpirun) as MULTI_CPU with gloo instead of as independent single-process runs.
+    has_accelerator = torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
+    acc = Accelerator(
+        cpu=not has_accelerator,
+        mixed_precision=cfg.mixed_precision,
+        log_with="tensorboard" if cfg.log_tensorboard else None,
+        project_dir=str(cfg.run_path),
+    )
+    if cfg.mixed_precision == "fp16" and acc.device.type == "cpu":
+        raise InputError("--mixed-precision fp16 needs a GPU: on CPU use bf16 or no")
+    return acc
+
+
+def build_trainer(cfg: DistillConfig, teacher_dir: Path, accelerator) -> Trainer:
+    """Load the teacher and build the student, the LoRA teacher, their optimisers and the EMA."""
+    require("peft", "peft", "the LoRA teacher of VSD")
+    from diffusers.training_utils import EMAModel
+    from peft import LoraConfig
+
+    from ..pipeline import load_pipeline
+
+    device = accelerator.device
+    weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.mixed_precision]
+    pipe = load_pipeline(teacher_dir)
+    if pipe.student_config is not None and pipe.student_config.kind == "tiue" and accelerator.is_main_process:
+        log.warning("%s is marked as a TiUE student in tiue.json; distilling from it as the teacher anyway", teacher_dir)
+    latent_shape = pipe.latent_shape(cfg.resolution, cfg.resolution)
+    schedule = student_schedule(pipe.scheduler, cfg)
+
+    # Trainable weights stay float32 (autocast does the mixed precision); the text encoder is
+    # frozen and cast once. The frozen teacher is the LoRA teacher with its adapters disabled.
+    student_unet = copy.deepcopy(pipe.unet).requires_grad_(True).train()
+    student = TiUEStudent(student_unet, schedule.timesteps, schedule.encoder_timestep)
+    lora_unet = pipe.unet.train()
+    torch.manual_seed(cfg.seed)  # LoRA's A matrices are random (B starts at zero)
+    lora_unet.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=list(cfg.lora_targets)))
+    lora_params = [p for p in lora_unet.parameters() if p.requires_grad]
+    if not lora_params:
+        raise ModelError(f"{teacher_dir}: no {'/'.join(cfg.lora_targets)} layers for the LoRA teacher")
+    if cfg.gradient_checkpointing:
+        student_unet.enable_gradient_checkpointing()
+        lora_unet.enable_gradient_checkpointing()
+    ema = EMAModel(student_unet.parameters(), decay=cfg.ema_decay)
+
+    def adam(params, lr):
+        betas = (cfg.adam_beta1, cfg.adam_beta2)
+        return torch.optim.Adam(params, lr=lr, betas=betas, eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
+
+    opt, opt_lora = adam(student_unet.parameters(), cfg.lr), adam(lora_params, cfg.lr_lora)
+    student_ddp, lora_ddp, opt, opt_lora = accelerator.prepare(student, lora_unet, opt, opt_lora)
+    ema.to(device)
+    trainer = Trainer(
+        cfg=cfg,
+        accelerator=accelerator,
+        student=student,
+        student_ddp=student_ddp,
+        lora_unet=lora_unet,
+        lora_ddp=lora_ddp,
+        opt=opt,
+        opt_lora=opt_lora,
+        ema=ema,
+        schedule=schedule,
+        alphas=pipe.scheduler.alphas_cumprod.to(device, torch.float32),
+        latent_shape=latent_shape,
+        text_encoder=pipe.text_encoder.to(device, dtype=weight_dtype),
+        tokenizer=pipe.tokenizer,
+        null=torch.empty(0),
+        generator=torch.Generator().manual_seed(rank_seed(cfg.seed, accelerator.process_index)),
+    )
+    trainer.null = trainer.encode([""])
+    return trainer
+
+
+# -- the run --------------------------------------------------------------------------------------
+def distill(cfg: DistillConfig, resume: bool = False) -> DistillResult:
+    """Distil a teacher into a TiUE student (or the one-step VSD baseline).
+
+    Args:
+        cfg: the recipe; ``cfg.out`` receives the student pipeline directory, ``cfg.run_path``
+            the checkpoints, the resolved config and ``log.jsonl``.
+        resume: continue from the latest checkpoint in ``cfg.run_path`` (from step 0 if none).
+
+    Returns:
+        The trained networks (on every rank) and where the student was written.
+    """
+    from accelerate.utils import gather_object
+    from tqdm.auto import tqdm
+
+    teacher_dir = resolve_teacher(cfg.teacher)
+    cfg = cfg.replace(teacher=str(teacher_dir))
+    run, out = cfg.run_path, Path(cfg.out)
+    ckpts = checkpoint_dirs(run)
+    if ckpts and not resume:
+        raise InputError(f"{run} holds checkpoints of an earlier run: pass --resume to continue it, or choose another --out")
+    if out.exists() and not resume:
+        raise InputError(f"--out {out} already exists: choose a new directory")
+    if resume and (run / CONFIG_FILE).exists():
+        changed = DistillConfig.from_dict(json.loads((run / CONFIG_FILE).read_text())).differences(cfg)
+        if changed:
+            raise InputError(f"--resume with a different recipe ({', '.join(changed)}): use the original options")
+    prompts = load_prompts(cfg.prompts)
+    accelerator = make_accelerator(cfg)
+    main = accelerator.is_main_process
+    tr = build_trainer(cfg, teacher_dir, accelerator)
+
+    rank, world = accelerator.process_index, accelerator.num_processes
+    loader = make_loader(prompts, cfg.batch_size, rank, world, cfg.seed)
+    per_epoch = len(loader)
+    total = cfg.steps or cfg.epochs * per_epoch
+    step = tr.load(ckpts[-1]) if resume and ckpts else 0
+    if main:
+        run.mkdir(parents=True, exist_ok=True)
+        write_json(run / CONFIG_FILE, cfg.to_dict())
+        trim_log(run / LOG_FILE, step)
+        if resume:
+            log.info("resuming at step %d from %s", step, ckpts[-1] if ckpts else "scratch (no checkpoint yet)")
+        log.info(
+            "distilling %s into a %s student: %d prompts, %d process(es) x batch %d, %d steps (%d per epoch); run dir %s",
+            teacher_dir, "one-step VSD" if cfg.baseline else f"K={cfg.k} TiUE", len(prompts), world, cfg.batch_size,
+            total, per_epoch, run,
+        )
+    if cfg.log_tensorboard:
+        flat = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in cfg.to_dict().items()}
+        accelerator.init_trackers("distill", config=flat)
+
+    bar = tqdm(total=total, initial=step, desc="distill", disable=not main, dynamic_ncols=True)
+    epoch, skip = divmod(step, per_epoch)
+    while step < total:
+        loader.sampler.set_epoch(epoch)  # same shuffle on every rank, each rank its own shard
+        for texts in itertools.islice(loader, skip, None):
+            t0 = time.perf_counter()
+            cond = tr.encode(texts)
+            z0, student_stats = tr.student_update(cond)
+            lora_stats = tr.lora_update(z0, cond)
+            step += 1
+
+            losses = torch.stack([student_stats["loss_vsd"], student_stats["loss_kl"], lora_stats["loss_lora"]]).float()
+            vsd, kl, lora = accelerator.reduce(losses, reduction="mean").tolist()
+            record = {
+                "step": step,
+                "epoch": epoch,
+                "loss_vsd": vsd,
+                "loss_kl": kl,
+                "loss_lora": lora,
+                "grad_norm": float(student_stats["grad_norm"]),
+                "grad_norm_lora": float(lora_stats["grad_norm_lora"]),
+                "ema_decay": float(tr.ema.cur_decay_value),
+                "seconds": time.perf_counter() - t0,
+            }
+            if main:
+                with (run / LOG_FILE).open("a") as f:
+                    f.write(json.dumps(record) + "\n")
+                bar.set_postfix(vsd=f"{vsd:.3g}", kl=f"{kl:.3g}", lora=f"{lora:.3g}")
+                bar.update(1)
+            if cfg.log_tensorboard:
+                accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
+            if step % cfg.checkpoint_every == 0 or step == total:
+                states = gather_object([tr.rng_state()])  # every rank's RNG, in rank order
+                if main:
+                    tr.save(run / CHECKPOINTS / f"step-{step:08d}", step, states)
+                    if cfg.keep_checkpoints:
+                        for old in checkpoint_dirs(run)[: -cfg.keep_checkpoints]:
+                            shutil.rmtree(old, ignore_errors=True)
+                accelerator.wait_for_everyone()
+            if step >= total:
+                break
+        epoch, skip = epoch + 1, 0
+    bar.close()
+
+    if main:
+        provenance = {
+            "recipe": cfg.to_dict(),
+            "teacher": str(teacher_dir.resolve()),
+            "teacher_unet_sha256": sha256_of_weights(teacher_dir / "unet"),
+            "steps": step,
+            "seed": cfg.seed,
+            "baseline": cfg.baseline,
+            "processes": world,
+            "global_batch_size": cfg.batch_size * world,
+            "software": f"tiue-export {__version__}",
+        }
+        if cfg.baseline == "one-step-vsd":
+            provenance["note"] = (
+                "one-step SwiftBrush-style student: K=1 at t=999; its scheduler uses trailing spacing and "
+                "set_alpha_to_one so the one-pass sampler computes x0 = (z_T - sqrt(1-abar) eps) / sqrt(abar)"
+            )
+        export_student(out, teacher_dir, scheduler_overrides(cfg), tr.student, tr.ema, provenance, tr.schedule)
+        log.info("wrote the student to %s (%d steps)", out, step)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return DistillResult(out=out, steps=step, student=tr.student, ema=tr.ema, lora_unet=tr.lora_unet)
