@@ -20,7 +20,6 @@ from ..errors import TiueError
 COMMANDS = {
     "infer": ("tiue_export.cli.infer", "infer", "Generate images from prompts with the one-pass sampler."),
     "distill": ("tiue_export.cli.distill", "distill", "Distil a teacher into a one-pass TiUE student (VSD + KL)."),
-    "distill": ("tiue_export.cli.distill", "distill", "Distil a teacher into a one-pass TiUE student (VSD + KL)."),
     "bench": ("tiue_export.cli.bench", "bench", "Time every backend per stage against the PyTorch references."),
 }
 
