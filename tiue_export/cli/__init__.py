@@ -19,6 +19,7 @@ from ..errors import TiueError
 # name -> (module, attribute, one-line help): the help line is here so --help imports nothing.
 COMMANDS = {
     "infer": ("tiue_export.cli.infer", "infer", "Generate images from prompts with the one-pass sampler."),
+    "export": ("tiue_export.cli.export", "export", "Export a student to a validated ONNX bundle."),
     "distill": ("tiue_export.cli.distill", "distill", "Distil a teacher into a one-pass TiUE student (VSD + KL)."),
     "bench": ("tiue_export.cli.bench", "bench", "Time every backend per stage against the PyTorch references."),
 }

@@ -46,7 +46,13 @@ def output_paths(out: str, jobs: list[tuple[str, int]]) -> list[Path]:
 @click.option("--prompt", "prompts", multiple=True, help="Prompt (repeatable).")
 @click.option("--prompts-file", type=click.Path(), help="Text file, one prompt per line.")
 @click.option("--model", type=click.Path(), help="Model directory or bundle [default: the built-in model].")
-@click.option("--backend", type=click.Choice(["torch"]), default="torch", show_default=True)
+@click.option(
+    "--backend",
+    type=click.Choice(["torch", "onnxruntime"]),
+    default="torch",
+    show_default=True,
+    help="torch: a model directory; onnxruntime: an exported bundle (no torch needed).",
+)
 @click.option("--sampler", default=None, help="one-pass | loop | ddim:N  [default: one-pass; ddim:50 for a teacher]")
 @click.option("--guidance", type=float, default=7.5, show_default=True, help="CFG scale of the ddim:N sampler.")
 @click.option("--k", type=click.IntRange(1, 1000), default=None, help="Override the number of decoder timesteps.")
@@ -65,6 +71,8 @@ def output_paths(out: str, jobs: list[tuple[str, int]]) -> list[Path]:
 @click.option("--out", default="outputs", show_default=True, help="Output directory, or FILE.png for one image.")
 def infer(prompts, prompts_file, model, backend, sampler, guidance, k, seed, num_images, batch_size, height, width, noise, out):
     """Generate images from prompts with the one-pass sampler (or a reference sampler)."""
+    if backend == "onnxruntime":
+        return infer_bundle(prompts, prompts_file, model, sampler, k, seed, num_images, batch_size, height, width, noise, out)
     from . import quiet_libraries
 
     quiet_libraries()
@@ -106,3 +114,49 @@ def infer(prompts, prompts_file, model, backend, sampler, guidance, k, seed, num
             click.echo(f"wrote {path}")
     stages = ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in totals.items())
     click.echo(f"{len(written)} image(s) from {model_path} [{backend}, {sampler}]: {stages}")
+
+
+def infer_bundle(prompts, prompts_file, model, sampler, k, seed, num_images, batch_size, height, width, noise, out):
+    """``--backend onnxruntime``: the torch-free runtime on an exported bundle."""
+    from .. import __version__
+    from ..io import write_png
+    from ..runtime import Pipeline
+
+    if not model:
+        raise InputError("--backend onnxruntime needs --model BUNDLE (make one with tiue-export export)")
+    if sampler not in (None, "one-pass"):
+        raise InputError(f"--backend onnxruntime runs the one-pass sampler only, not {sampler!r}")
+    if k is not None:
+        raise InputError("--k cannot change a bundle: K is fixed when it is exported")
+    if noise != "numpy":
+        raise InputError("--noise torch needs --backend torch (the runtime draws z_T with numpy)")
+    texts = read_prompts(prompts, prompts_file)
+    jobs = [(p, seed + j) for p in texts for j in range(num_images)]
+    paths = output_paths(out, jobs)
+    with Pipeline.load(model) as pipe:
+        size = pipe.image_size
+        asked = (height or size[0], width or size[1])
+        if asked != size:
+            raise InputError(f"{model} was exported for {size[0]}x{size[1]} images, not {asked[0]}x{asked[1]}: re-export it")
+        totals: dict[str, float] = {}
+        for start in range(0, len(jobs), batch_size):
+            chunk = jobs[start : start + batch_size]
+            result = pipe([p for p, _ in chunk], seeds=[s for _, s in chunk])
+            for key, v in result.timings.items():
+                totals[key] = totals.get(key, 0.0) + v
+            for (prompt, s), image, path in zip(chunk, result.images, paths[start : start + batch_size]):
+                meta = {
+                    "prompt": prompt,
+                    "seed": s,
+                    "model": str(model),
+                    "sampler": "one-pass",
+                    "backend": "onnxruntime",
+                    "provider": result.provider,
+                    "k": pipe.bundle.k,
+                    "noise": noise,
+                    "software": f"tiue-export {__version__}",
+                }
+                write_png(path, image, meta)
+                click.echo(f"wrote {path}")
+        stages = ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in totals.items())
+        click.echo(f"{len(jobs)} image(s) from {model} [onnxruntime {pipe.provider}, one-pass]: {stages}")

@@ -1,0 +1,51 @@
+"""``tiue-export export``: a TiUE student to a validated ONNX bundle (see docs/bundle.md)."""
+
+from __future__ import annotations
+
+import click
+
+from ..specs import DEFAULT_OPSET, BatchProfile
+
+
+@click.command("export")
+@click.option("--model", type=click.Path(), help="Student directory [default: the built-in model].")
+@click.option("--out", required=True, type=click.Path(), help="Bundle directory to write (replaced atomically).")
+@click.option("--height", type=int, default=None, help="Image height [default: the model's].")
+@click.option("--width", type=int, default=None, help="Image width [default: the model's].")
+@click.option("--batch", default="1:1:4", show_default=True, help="Batch sizes engines must take: N or min:opt:max.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True, help="ONNX opset.")
+@click.option(
+    "--external-data",
+    type=click.Choice(["auto", "always", "never"]),
+    default="auto",
+    show_default=True,
+    help="Weights in a .onnx.data file beside each graph: auto = only graphs over protobuf's 2 GB limit.",
+)
+def export(model, out, height, width, batch, precision, opset, external_data):
+    """Export a student to ONNX graphs + manifest, validated against PyTorch on ONNX Runtime."""
+    from . import quiet_libraries
+
+    quiet_libraries()
+    from ..export import ExportConfig, export_bundle
+    from ..models import resolve_model
+
+    cfg = ExportConfig(
+        model=resolve_model(model),
+        out=out,
+        height=height,
+        width=width,
+        batch=BatchProfile.parse(batch),
+        precision=precision,
+        opset=opset,
+        external_data=external_data,
+    )
+    report = export_bundle(cfg)
+    e2e = report.validation.get("end_to_end") or {}
+    psnr = e2e.get("psnr")
+    size = sum(report.sizes.values()) / 2**20
+    click.echo(
+        f"wrote {out}: {len(report.sizes)} graphs, {size:.1f} MiB, {precision}; "
+        f"ONNX Runtime vs PyTorch end to end: {'identical' if psnr is None and e2e else f'{psnr:.1f} dB'} "
+        f"({report.seconds.get('total', 0):.1f} s)"
+    )

@@ -1,0 +1,201 @@
+"""The torch-free one-pass pipeline: tokenizer -> text encoder -> unified encoder -> K-batched
+decoder (Eq. 11 inside the fused graph, or :func:`~tiue_export.sampling.sample_one_pass` outside
+it) -> VAE, all read from a bundle's manifest and run on ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import InputError, require
+from ..sampling import initial_noise, sample_one_pass, to_uint8_images
+from ..specs import BatchProfile
+from .bundle import Bundle
+from .session import OrtRunner, SessionLoader, choose_providers, tensorrt_options
+
+log = logging.getLogger("tiue_export")
+
+
+@dataclass
+class RuntimeResult:
+    """Images (uint8 NHWC), the z0 latents they came from, seeds and per-stage seconds."""
+
+    images: np.ndarray
+    latents: np.ndarray
+    seeds: list[int]
+    timings: dict[str, float] = field(default_factory=dict)
+    provider: str = ""
+
+
+class BundleTokenizer:
+    """CLIP tokenization with the ``tokenizers`` library, as ``CLIPTokenizer(padding="max_length",
+    truncation=True)``: ids padded with the bundle's pad id to its max length."""
+
+    def __init__(self, bundle: Bundle):
+        tokenizers = require("tokenizers", "tokenizers", why="the runtime's tokenizer")
+        info = bundle.manifest["tokenizer"]
+        path = bundle.path / info["file"]
+        self.max_length = int(info["model_max_length"])
+        self.tok = tokenizers.Tokenizer.from_file(str(path))
+        self.tok.enable_truncation(max_length=self.max_length)
+        self.tok.enable_padding(pad_id=int(info["pad_id"]), pad_token=info.get("pad_token", ""), length=self.max_length)
+
+    def __call__(self, prompts: Sequence[str]) -> np.ndarray:
+        encodings = self.tok.encode_batch(list(prompts))
+        for p, e in zip(prompts, encodings):
+            if e.overflowing:
+                log.warning("prompt is longer than this model's %d tokens: truncated: %r", self.max_length, p[:60])
+        return np.asarray([e.ids for e in encodings], dtype=np.int64)
+
+
+class Pipeline:
+    """A loaded bundle; call it with prompts. Sessions open on first use and close with :meth:`close`
+    (or at the end of a ``with`` block)."""
+
+    def __init__(self, bundle: Bundle, providers: Sequence[str] | None = None, threads: int = 0):
+        self.bundle = bundle
+        self.manifest = bundle.manifest
+        self.providers = choose_providers(providers)
+        self.tokenizer = BundleTokenizer(bundle)
+        self.threads = threads
+        self._runners: dict[str, OrtRunner] = {}
+
+    @classmethod
+    def load(cls, bundle, providers: Sequence[str] | None = None, verify: bool = True, threads: int = 0) -> "Pipeline":
+        """Open a bundle directory (checking every file's sha256 unless ``verify=False``).
+
+        Args:
+            bundle: the bundle directory written by ``tiue-export export``.
+            providers: ONNX Runtime execution providers, best first; default: TensorRT EP, CUDA EP
+                (when onnxruntime-gpu is installed), else the CPU.
+            verify: check files against the manifest's sha256 (seconds for multi-GB bundles).
+            threads: intra-op threads per session (0: ONNX Runtime's default).
+        """
+        return cls(Bundle.open(bundle, verify=verify), providers, threads)
+
+    # -- sessions -----------------------------------------------------------------------------
+    def _loader(self, name: str) -> SessionLoader:
+        options = {}
+        if "TensorrtExecutionProvider" in self.providers:
+            profile = BatchProfile(**self.manifest["batch_profile"])
+            spec = self.bundle.spec(name)
+            fp16 = self.manifest["graphs"][name].get("precision") == "fp16"
+            options["TensorrtExecutionProvider"] = tensorrt_options(spec.shape_profile(profile, self.bundle.k), fp16, None)
+        return SessionLoader(self.bundle.graph_path(name), self.providers, options, self.threads)
+
+    def runner(self, name: str) -> OrtRunner:
+        """The open runner of graph ``name`` (opened on first use)."""
+        if name not in self._runners:
+            self._runners[name] = OrtRunner(self._loader(name)).__enter__()
+        return self._runners[name]
+
+    @property
+    def provider(self) -> str:
+        """The provider the sessions use (the first one ONNX Runtime accepted)."""
+        runner = next(iter(self._runners.values()), None)
+        return runner.provider if runner else self.providers[0]
+
+    def close(self) -> None:
+        for runner in self._runners.values():
+            runner.__exit__(None, None, None)
+        self._runners.clear()
+
+    def __enter__(self) -> "Pipeline":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- stages -------------------------------------------------------------------------------
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return self.bundle.latent_shape
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        img = self.manifest["image"]
+        return int(img["height"]), int(img["width"])
+
+    def tokenize(self, prompts: Sequence[str]) -> np.ndarray:
+        return self.tokenizer(prompts)
+
+    def encode_text(self, prompts: Sequence[str]) -> np.ndarray:
+        return self.runner("text_encoder").infer({"input_ids": self.tokenize(prompts)})["text_embeddings"]
+
+    def encode(self, latents: np.ndarray, text: np.ndarray) -> dict[str, np.ndarray]:
+        return self.runner("unet_encoder").infer({"latents": latents, "text_embeddings": text})
+
+    def decode(self, features: dict[str, np.ndarray], text: np.ndarray) -> np.ndarray:
+        return self.runner("unet_decoder").infer({**features, "text_embeddings": text})["eps"]
+
+    def decode_fused(self, features: dict[str, np.ndarray], text: np.ndarray, latents: np.ndarray) -> np.ndarray:
+        return self.runner("unet_decoder_fused").infer({**features, "text_embeddings": text, "latents": latents})["z0"]
+
+    def decode_latents(self, z0: np.ndarray) -> np.ndarray:
+        """z0 to uint8 NHWC images (the graph divides by the VAE scaling factor itself)."""
+        return to_uint8_images(self.runner("vae_decoder").infer({"latents": z0})["images"])
+
+    def __call__(
+        self,
+        prompts: Sequence[str],
+        seeds: Sequence[int] | None = None,
+        seed: int = 0,
+        noise: np.ndarray | None = None,
+        fused: bool = True,
+    ) -> RuntimeResult:
+        """One image per prompt with the one-pass sampler.
+
+        Args:
+            prompts: the prompts.
+            seeds: one seed per prompt; default ``seed, seed+1, ...``.
+            noise: z_T (B, C, h, w) that replaces the seeded noise.
+            fused: run Eq. 11 inside ``unet_decoder_fused`` (True) or in numpy after
+                ``unet_decoder`` (False); both give the same latents up to float rounding.
+        """
+        prompts = list(prompts)
+        if not prompts:
+            raise InputError("no prompt given")
+        seeds = [seed + i for i in range(len(prompts))] if seeds is None else [int(s) for s in seeds]
+        if len(seeds) != len(prompts):
+            raise InputError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+        shape = (len(prompts), *self.latent_shape)
+        if noise is None:
+            noise = initial_noise(seeds, self.latent_shape)
+        noise = np.ascontiguousarray(noise, dtype=np.float32)
+        if noise.shape != shape:
+            raise InputError(f"noise has shape {list(noise.shape)}, this bundle needs {list(shape)}")
+        graphs = self.manifest["runtime"]["fused" if fused else "unfused"]
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        opened = [self.runner(g) for g in graphs if g not in self._runners]
+        if opened:  # sessions open on first use: report that apart from the stages
+            timings["load"] = time.perf_counter() - t0
+
+        def timed(stage, fn, *args):
+            t0 = time.perf_counter()
+            out = fn(*args)
+            timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - t0
+            return out
+
+        text = timed("text_encoder", self.encode_text, prompts)
+        features = timed("unet_encoder", self.encode, noise, text)
+        if fused:
+            z0 = timed("unet_decoder", self.decode_fused, features, text, noise)
+        else:
+            s = self.manifest["sampler"]
+            z0, _ = sample_one_pass(
+                noise,
+                text,
+                lambda *_: features,
+                lambda f, c: timed("unet_decoder", self.decode, f, c),
+                float(s["S"]),
+                [float(e) for e in s["E"]],
+            )
+        images = timed("vae_decoder", self.decode_latents, np.ascontiguousarray(z0, dtype=np.float32))
+        return RuntimeResult(images, np.asarray(z0, dtype=np.float32), seeds, timings, self.provider)
