@@ -1,0 +1,293 @@
+"""The distillation loop on tiny models: isolated updates, a loadable student, exact resume,
+the one-step baseline, two processes with gloo, and the CLI's one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tiue_export.cli import main
+from tiue_export.distill.config import DistillConfig
+from tiue_export.errors import InputError
+
+PROMPTS = ["a photo of a cat", "a red cube on a blue table", "a large yellow circle", "two dogs playing in the snow"]
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    from tiue_export.tiny import build_tiny_pipeline
+
+    return build_tiny_pipeline(tmp_path_factory.mktemp("teacher") / "teacher", "sd21", student=False)
+
+
+@pytest.fixture(scope="module")
+def prompts_file(tmp_path_factory):
+    p = tmp_path_factory.mktemp("prompts") / "prompts.txt"
+    p.write_text("\n".join(PROMPTS) + "\n")
+    return p
+
+
+def config(teacher, prompts_file, out, **kw):
+    kw = {"steps": 2, "batch_size": 2, "checkpoint_every": 2, **kw}
+    return DistillConfig(prompts=str(prompts_file), out=str(out), teacher=str(teacher), **kw)
+
+
+def snapshot(module, lora: bool | None = None):
+    return {
+        n: p.detach().clone()
+        for n, p in module.named_parameters()
+        if lora is None or ("lora_" in n) == lora
+    }
+
+
+def changed(before, module):
+    now = dict(module.named_parameters())
+    return {n for n, p in before.items() if not torch.equal(p, now[n])}
+
+
+def test_each_update_changes_only_its_own_network(teacher, prompts_file, tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    from tiue_export.distill.train import build_trainer, make_accelerator
+
+    cfg = config(teacher, prompts_file, tmp_path / "o")
+    tr = build_trainer(cfg, Path(teacher), make_accelerator(cfg))
+    student0, base0, lora0 = snapshot(tr.student), snapshot(tr.lora_unet, False), snapshot(tr.lora_unet, True)
+    assert lora0 and not any("lora_" in n for n in student0)
+
+    cond = tr.encode(PROMPTS[:2])
+    z0, stats = tr.student_update(cond)
+    assert z0.shape == (2, *tr.latent_shape) and not z0.requires_grad
+    assert changed(student0, tr.student), "the student did not move"
+    assert not changed(base0, tr.lora_unet) and not changed(lora0, tr.lora_unet)
+    assert stats["loss_kl"] > 0
+
+    student1 = snapshot(tr.student)
+    tr.lora_update(z0, cond)
+    assert changed(lora0, tr.lora_unet), "the LoRA teacher did not move"
+    assert not changed(student1, tr.student) and not changed(base0, tr.lora_unet)
+
+    # The frozen teacher is the LoRA teacher with adapters off: still exactly the original UNet.
+    original = UNet2DConditionModel.from_pretrained(Path(teacher) / "unet").eval()
+    x, t = torch.randn(2, *tr.latent_shape), torch.tensor([500, 30])
+    tr.lora_unet.disable_adapters()
+    try:
+        with torch.no_grad():
+            frozen = tr.lora_unet(x, t, encoder_hidden_states=cond).sample
+            reference = original(x, t, encoder_hidden_states=cond).sample
+    finally:
+        tr.lora_unet.enable_adapters()
+    assert torch.allclose(frozen, reference, rtol=0, atol=1e-5)  # same weights; peft's wrapper may reorder ops
+
+
+def test_end_to_end_student_is_loadable(teacher, prompts_file, tmp_path):
+    from tiue_export.distill.train import distill, sha256_of_weights
+    from tiue_export.pipeline import load_pipeline
+
+    out = tmp_path / "student"
+    result = distill(config(teacher, prompts_file, out, steps=3))
+    assert result.steps == 3
+    pipe = load_pipeline(out)
+    info = json.loads((out / "tiue.json").read_text())
+    assert info["kind"] == "tiue" and info["k"] == 4
+    assert info["timesteps"] == list(pipe.schedule.timesteps) == [751, 501, 251, 1]
+    assert info["encoder_timestep"] == 751
+    prov = info["provenance"]
+    assert prov["steps"] == 3 and prov["seed"] == 0 and prov["baseline"] is None
+    assert prov["teacher_unet_sha256"] == sha256_of_weights(Path(teacher) / "unet")
+    assert prov["recipe"]["lr"] == 1e-6 and prov["recipe"]["teacher"] == str(teacher)
+    # the saved UNet is the EMA of the student, not its raw weights
+    saved = dict(pipe.unet.named_parameters())
+    names = [n for n, _ in result.student.unet.named_parameters()]
+    for name, shadow in zip(names, result.ema.shadow_params):
+        assert torch.equal(saved[name], shadow)
+    assert (out / "tokenizer").is_dir() and (out / "vae").is_dir()
+    res = pipe.sample(PROMPTS[:1], [0])
+    assert res.images.shape[0] == 1 and np.isfinite(res.latents).all()
+
+    run = Path(str(out) + ".run")
+    assert DistillConfig.from_dict(json.loads((run / "config.json").read_text())).lr == 1e-6
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3]
+    assert {"loss_vsd", "loss_kl", "loss_lora"} <= set(log[0])
+    assert [p.name for p in sorted((run / "checkpoints").iterdir())] == ["step-00000002", "step-00000003"]
+
+
+def _checkpoint_tensors(path):
+    out = {f"student/{k}": v for k, v in load_file(path / "student.safetensors").items()}
+    out.update({f"lora/{k}": v for k, v in load_file(path / "lora.safetensors").items()})
+    ema = torch.load(path / "ema.pt", weights_only=True)
+    out.update({f"ema/{i}": v for i, v in enumerate(ema["shadow_params"])})
+    opts = torch.load(path / "optimizers.pt", weights_only=True)
+    for name in ("student", "lora"):
+        for i, state in opts[name]["state"].items():
+            out.update({f"opt-{name}/{i}/{k}": v for k, v in state.items()})
+    return out
+
+
+@pytest.mark.slow
+def test_resume_is_bit_for_bit(teacher, prompts_file, tmp_path):
+    from tiue_export.distill.train import distill
+
+    straight = tmp_path / "straight"
+    distill(config(teacher, prompts_file, straight, steps=4, checkpoint_every=2))
+    split = tmp_path / "split"
+    distill(config(teacher, prompts_file, split, steps=2, checkpoint_every=2))
+    with pytest.raises(InputError, match="pass --resume to continue it"):
+        distill(config(teacher, prompts_file, split, steps=4))
+    with pytest.raises(InputError, match=r"different recipe \(lr\)"):
+        distill(config(teacher, prompts_file, split, steps=4, lr=1e-5), resume=True)
+    distill(config(teacher, prompts_file, split, steps=4, checkpoint_every=2), resume=True)
+
+    a = _checkpoint_tensors(Path(f"{straight}.run/checkpoints/step-00000004"))
+    b = _checkpoint_tensors(Path(f"{split}.run/checkpoints/step-00000004"))
+    assert a.keys() == b.keys()
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+    ua = load_file(straight / "unet" / "diffusion_pytorch_model.safetensors")
+    ub = load_file(split / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(ua[k], ub[k]) for k in ua)
+
+    def losses(run):
+        return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in Path(run, "log.jsonl").read_text().splitlines()]
+
+    assert losses(f"{straight}.run") == losses(f"{split}.run")
+
+
+def test_resume_refuses_another_process_count(teacher, prompts_file, tmp_path):
+    from tiue_export.distill.train import distill
+
+    out = tmp_path / "o"
+    distill(config(teacher, prompts_file, out, steps=1, checkpoint_every=1))
+    state = Path(f"{out}.run/checkpoints/step-00000001/state.json")
+    state.write_text(json.dumps({"step": 1, "world_size": 2}))
+    with pytest.raises(InputError, match="written by 2 process"):
+        distill(config(teacher, prompts_file, out, steps=2, checkpoint_every=1), resume=True)
+
+
+def test_one_step_baseline_samples_x0_with_the_one_pass_sampler(teacher, prompts_file, tmp_path):
+    from tiue_export.distill.train import distill
+    from tiue_export.pipeline import load_pipeline
+
+    out = tmp_path / "baseline"
+    distill(config(teacher, prompts_file, out, steps=1, baseline="one-step-vsd", k=1, lambda_kl=0.0))
+    pipe = load_pipeline(out)
+    info = json.loads((out / "tiue.json").read_text())
+    assert (info["k"], info["timesteps"], info["encoder_timestep"]) == (1, [999], 999)
+    assert info["provenance"]["baseline"] == "one-step-vsd"
+    res = pipe.sample(PROMPTS[:2], [0, 1], height=None)
+    noise = torch.from_numpy(np.stack([np.asarray(n) for n in _noise(pipe, [0, 1])]))
+    with torch.no_grad():
+        cond = pipe.encode_text(PROMPTS[:2])
+        eps = pipe.unet(noise, 999, encoder_hidden_states=cond).sample.double()
+    abar = pipe.scheduler.alphas_cumprod.double()[999]
+    x0 = (noise.double() - (1 - abar).sqrt() * eps) / abar.sqrt()  # SwiftBrush's one-step sample
+    assert np.allclose(res.latents, x0.numpy(), atol=1e-4)
+
+
+def _noise(pipe, seeds):
+    from tiue_export.sampling import initial_noise
+
+    return initial_noise(seeds, pipe.latent_shape())
+
+
+@pytest.mark.slow
+def test_two_processes_keep_identical_weights(teacher, prompts_file, tmp_path):
+    script = tmp_path / "rank.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import hashlib, os, torch
+            from tiue_export.distill.config import DistillConfig
+            from tiue_export.distill.train import distill
+            r = distill(DistillConfig(prompts={str(prompts_file)!r}, out={str(tmp_path / 'o')!r},
+                                      teacher={str(teacher)!r}, steps=2, batch_size=1, checkpoint_every=2))
+            h = hashlib.sha256()
+            for _, v in sorted(r.student.unet.state_dict().items()):
+                h.update(v.numpy().tobytes())
+            for v in r.ema.shadow_params:
+                h.update(v.detach().numpy().tobytes())
+            for n, p in sorted(r.lora_unet.named_parameters()):
+                if p.requires_grad:
+                    h.update(p.detach().numpy().tobytes())
+            with open({str(tmp_path)!r} + "/hash-" + os.environ["RANK"], "w") as f:
+                f.write(h.hexdigest())
+            """
+        )
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    hashes = [(tmp_path / f"hash-{r}").read_text() for r in range(2)]
+    assert hashes[0] == hashes[1]
+    run = tmp_path / "o.run"
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2]  # only the main process writes
+    assert len(torch.load(run / "checkpoints" / "step-00000002" / "rng.pt", weights_only=True)) == 2
+    info = json.loads((tmp_path / "o" / "tiue.json").read_text())
+    assert info["provenance"]["processes"] == 2 and info["provenance"]["global_batch_size"] == 2
+
+
+# -- CLI ------------------------------------------------------------------------------------------
+def run_cli(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+        raise SystemExit(0)
+    out = capsys.readouterr()
+    return exc.value.code or 0, out.out, out.err
+
+
+def test_cli_distills(teacher, prompts_file, tmp_path, capsys):
+    out = tmp_path / "s"
+    argv = ["distill", "--teacher", str(teacher), "--prompts", str(prompts_file), "--out", str(out)]
+    code, stdout, err = run_cli(argv + ["--steps", "1", "--batch-size", "2", "--lora-rank", "4"], capsys)
+    assert code == 0, err
+    assert f"wrote {out} (1 steps)" in stdout
+    assert json.loads((out / "tiue.json").read_text())["provenance"]["recipe"]["lora_rank"] == 4
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--prompts", "/nonexistent.txt"], "error: no such prompts file: /nonexistent.txt"),
+        (["--teacher", "/nonexistent/teacher"], "error: no such model directory: /nonexistent/teacher"),
+        (["--steps", "2", "--epochs", "1"], "error: give --steps or --epochs, not both"),
+        (["--baseline", "one-step-vsd", "--k", "4"], "error: --k does not apply to --baseline one-step-vsd"),
+        (["--lora-uncond-prob", "2"], "error: --lora-uncond-prob must be in [0, 1], got 2.0"),
+        (["--batch-size", "0"], "error: --batch-size must be >= 1, got 0"),
+    ],
+)
+def test_cli_bad_input_is_one_line(teacher, prompts_file, tmp_path, capsys, extra, message):
+    argv = ["distill", "--teacher", str(teacher), "--prompts", str(prompts_file), "--out", str(tmp_path / "o")]
+    code, _, err = run_cli(argv + extra, capsys)
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o.run").exists()  # nothing half-written
+
+
+def test_cli_errors_without_builtin_teacher_and_on_existing_out(prompts_file, teacher, tmp_path, capsys, monkeypatch):
+    import tiue_export.distill.train as train
+
+    monkeypatch.setattr(train, "ASSETS", tmp_path / "no-assets")
+    code, _, err = run_cli(["distill", "--prompts", str(prompts_file), "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "the built-in teacher is not installed" in err and "pass --teacher PATH" in err
+
+    (tmp_path / "exists").mkdir()
+    argv = ["distill", "--teacher", str(teacher), "--prompts", str(prompts_file), "--out", str(tmp_path / "exists")]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2 and "--out" in err and "already exists: choose a new directory" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is allowed on a GPU")
+def test_cli_fp16_on_cpu_is_refused(teacher, prompts_file, tmp_path, capsys):
+    argv = ["distill", "--teacher", str(teacher), "--prompts", str(prompts_file), "--out", str(tmp_path / "o")]
+    code, _, err = run_cli(argv + ["--mixed-precision", "fp16"], capsys)
+    assert code == 2 and "fp16 needs a GPU: on CPU use bf16 or no" in err
