@@ -102,7 +102,7 @@ def test_end_to_end_student_is_loadable(teacher, prompts_file, tmp_path):
     prov = info["provenance"]
     assert prov["steps"] == 3 and prov["seed"] == 0 and prov["baseline"] is None
     assert prov["teacher_unet_sha256"] == sha256_of_weights(Path(teacher) / "unet")
-    assert prov["recipe"]["lr"] == 1e-6 and prov["recipe"]["teacher"] == str(teacher)
+    assert prov["recipe"]["lr"] == 1e-6 and prov["recipe"]["teacher"] == prov["teacher"] == str(Path(teacher).resolve())
     # the saved UNet is the EMA of the student, not its raw weights
     saved = dict(pipe.unet.named_parameters())
     names = [n for n, _ in result.student.unet.named_parameters()]

@@ -70,4 +70,5 @@ def distill(**opts):
     from ..distill.train import distill as run
 
     result = run(cfg, resume=resume)
-    click.echo(f"wrote {result.out} ({result.steps} steps)")
+    if result.is_main:
+        click.echo(f"wrote {result.out} ({result.steps} steps)")

@@ -64,6 +64,7 @@ class DistillResult:
     student: TiUEStudent  # raw (non-EMA) weights
     ema: object  # diffusers.training_utils.EMAModel of the student UNet
     lora_unet: torch.nn.Module  # teacher UNet with the trained LoRA adapter
+    is_main: bool = True  # whether this process wrote the files
 
 
 # -- small helpers --------------------------------------------------------------------------------
@@ -421,7 +422,8 @@ def distill(cfg: DistillConfig, resume: bool = False) -> DistillResult:
     from tqdm.auto import tqdm
 
     teacher_dir = resolve_teacher(cfg.teacher)
-    cfg = cfg.replace(teacher=str(teacher_dir))
+    # absolute paths: the recipe is compared on --resume and recorded in tiue.json
+    cfg = cfg.replace(teacher=str(teacher_dir.resolve()), prompts=str(Path(cfg.prompts).resolve()))
     run, out = cfg.run_path, Path(cfg.out)
     ckpts = checkpoint_dirs(run)
     if ckpts and not resume:
@@ -504,7 +506,7 @@ def distill(cfg: DistillConfig, resume: bool = False) -> DistillResult:
     if main:
         provenance = {
             "recipe": cfg.to_dict(),
-            "teacher": str(teacher_dir.resolve()),
+            "teacher": cfg.teacher,
             "teacher_unet_sha256": sha256_of_weights(teacher_dir / "unet"),
             "steps": step,
             "seed": cfg.seed,
@@ -522,4 +524,4 @@ def distill(cfg: DistillConfig, resume: bool = False) -> DistillResult:
         log.info("wrote the student to %s (%d steps)", out, step)
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return DistillResult(out=out, steps=step, student=tr.student, ema=tr.ema, lora_unet=tr.lora_unet)
+    return DistillResult(out=out, steps=step, student=tr.student, ema=tr.ema, lora_unet=tr.lora_unet, is_main=main)
