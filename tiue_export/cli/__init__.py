@@ -22,6 +22,7 @@ COMMANDS = {
     "export": ("tiue_export.cli.export", "export", "Export a student to a validated ONNX bundle."),
     "distill": ("tiue_export.cli.distill", "distill", "Distil a teacher into a one-pass TiUE student (VSD + KL)."),
     "bench": ("tiue_export.cli.bench", "bench", "Time every backend per stage against the PyTorch references."),
+    "calibrate": ("tiue_export.cli.calibrate", "calibrate", "Calibrate int8 Q/DQ UNet graphs into a bundle."),
 }
 
 

@@ -94,6 +94,24 @@ class Bundle:
     def graph_path(self, name: str) -> Path:
         return self.path / self.manifest["graphs"][name]["file"]
 
+    def with_precision(self, precision: str | None) -> "Bundle":
+        """This bundle with each graph's ``precision`` variant (the ``int8`` Q/DQ graphs that
+        ``tiue-export calibrate`` writes) in place of its exported file; graphs without one keep
+        theirs (the text encoder and VAE stay fp32). ``None`` or the bundle's own precision: as is."""
+        base = self.manifest.get("precision", "fp32")
+        if precision is None or precision == base:
+            return self
+        graphs = self.manifest["graphs"]
+        swapped = {n: {**g, **g["variants"][precision]} for n, g in graphs.items() if precision in g.get("variants", {})}
+        if not swapped:
+            fix = (
+                f"run tiue-export calibrate {self.path}"
+                if precision == "int8"
+                else f"export it with --precision {precision}"
+            )
+            raise ModelError(f"bundle {self.path} has no {precision} graphs (it is {base}): {fix}")
+        return Bundle(self.path, {**self.manifest, "precision": precision, "graphs": {**graphs, **swapped}})
+
     @property
     def k(self) -> int:
         return int(self.manifest["sampler"]["k"])
@@ -102,3 +120,21 @@ class Bundle:
     def latent_shape(self) -> tuple[int, int, int]:
         lat = self.manifest["latent"]
         return (int(lat["channels"]), int(lat["height"]), int(lat["width"]))
+
+
+def publish(root, staged: dict, manifest: dict) -> dict:
+    """Move ``staged`` files (``{relative path: temporary path}``, on the same file system) into
+    the bundle at ``root``, then rewrite ``manifest.json`` with every file's sha256, atomically and
+    last: a reader sees the old manifest or the new one, never a half-written one."""
+    import os
+
+    root = Path(root)
+    for rel, tmp in staged.items():
+        dest = root / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, dest)
+    manifest = {**manifest, "files": bundle_files(root)}
+    tmp = root / f".{MANIFEST}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2, allow_nan=False), encoding="utf-8")
+    os.replace(tmp, root / MANIFEST)
+    return manifest

@@ -67,7 +67,14 @@ class Pipeline:
         self._runners: dict[str, OrtRunner] = {}
 
     @classmethod
-    def load(cls, bundle, providers: Sequence[str] | None = None, verify: bool = True, threads: int = 0) -> "Pipeline":
+    def load(
+        cls,
+        bundle,
+        providers: Sequence[str] | None = None,
+        verify: bool = True,
+        threads: int = 0,
+        precision: str | None = None,
+    ) -> "Pipeline":
         """Open a bundle directory (checking every file's sha256 unless ``verify=False``).
 
         Args:
@@ -76,8 +83,10 @@ class Pipeline:
                 (when onnxruntime-gpu is installed), else the CPU.
             verify: check files against the manifest's sha256 (seconds for multi-GB bundles).
             threads: intra-op threads per session (0: ONNX Runtime's default).
+            precision: run each graph's variant of this precision (``int8``: the Q/DQ graphs of
+                ``tiue-export calibrate``); default: the graphs as exported.
         """
-        return cls(Bundle.open(bundle, verify=verify), providers, threads)
+        return cls(Bundle.open(bundle, verify=verify).with_precision(precision), providers, threads)
 
     # -- sessions -----------------------------------------------------------------------------
     def _loader(self, name: str) -> SessionLoader:
@@ -141,6 +150,22 @@ class Pipeline:
         """z0 to uint8 NHWC images (the graph divides by the VAE scaling factor itself)."""
         return to_uint8_images(self.runner("vae_decoder").infer({"latents": z0})["images"])
 
+    def prepare(self, prompts, seeds=None, seed: int = 0, noise=None) -> tuple[list[str], list[int], np.ndarray]:
+        """Checked ``(prompts, seeds, z_T)`` for a call: seeds default to ``seed, seed+1, ...``."""
+        prompts = list(prompts)
+        if not prompts:
+            raise InputError("no prompt given")
+        seeds = [seed + i for i in range(len(prompts))] if seeds is None else [int(s) for s in seeds]
+        if len(seeds) != len(prompts):
+            raise InputError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+        shape = (len(prompts), *self.latent_shape)
+        if noise is None:
+            noise = initial_noise(seeds, self.latent_shape)
+        noise = np.ascontiguousarray(noise, dtype=np.float32)
+        if noise.shape != shape:
+            raise InputError(f"noise has shape {list(noise.shape)}, this bundle needs {list(shape)}")
+        return prompts, seeds, noise
+
     def __call__(
         self,
         prompts: Sequence[str],
@@ -158,18 +183,7 @@ class Pipeline:
             fused: run Eq. 11 inside ``unet_decoder_fused`` (True) or in numpy after
                 ``unet_decoder`` (False); both give the same latents up to float rounding.
         """
-        prompts = list(prompts)
-        if not prompts:
-            raise InputError("no prompt given")
-        seeds = [seed + i for i in range(len(prompts))] if seeds is None else [int(s) for s in seeds]
-        if len(seeds) != len(prompts):
-            raise InputError(f"{len(prompts)} prompts but {len(seeds)} seeds")
-        shape = (len(prompts), *self.latent_shape)
-        if noise is None:
-            noise = initial_noise(seeds, self.latent_shape)
-        noise = np.ascontiguousarray(noise, dtype=np.float32)
-        if noise.shape != shape:
-            raise InputError(f"noise has shape {list(noise.shape)}, this bundle needs {list(shape)}")
+        prompts, seeds, noise = self.prepare(prompts, seeds, seed, noise)
         graphs = self.manifest["runtime"]["fused" if fused else "unfused"]
         timings: dict[str, float] = {}
         t0 = time.perf_counter()

@@ -1,0 +1,50 @@
+"""``tiue-export calibrate``: int8 Q/DQ UNet graphs for a bundle (see docs/engines.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..quantize import METHODS
+
+
+@click.command("calibrate")
+@click.argument("bundle", type=click.Path())
+@click.option(
+    "--prompts",
+    type=click.Path(),
+    default=None,
+    help="Calibration prompts, one per line [default: calibration/toy_prompts.txt for the built-in toy "
+    "models, calibration/prompts.txt otherwise].",
+)
+@click.option("--num", type=int, default=64, show_default=True, help="Calibration images (prompts repeat with new seeds).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the prompt order; image i uses seed+i.")
+@click.option("--method", type=click.Choice(METHODS), default="minmax", show_default=True, help="Activation range estimator.")
+@click.option("--percentile", type=float, default=99.999, show_default=True, help="Range percentile of --method percentile.")
+@click.option("--batch", type=int, default=4, show_default=True, help="Images per calibration batch.")
+@click.option(
+    "--keep-float",
+    multiple=True,
+    help="Regular expression of node names to keep in float (repeatable; replaces the default /conv_in/, /conv_out/).",
+)
+@click.option("--eval-prompts", type=int, default=4, show_default=True, help="Held-out prompts for the int8 vs fp32 PSNR.")
+def calibrate(bundle, prompts, num, seed, method, percentile, batch, keep_float, eval_prompts):
+    """Calibrate int8 Q/DQ graphs of the UNet encoder and decoders on the bundle's own pipeline."""
+    from ..quantize import CalibrationConfig, calibrate_bundle, quality_line
+
+    cfg = CalibrationConfig(
+        bundle=Path(bundle),
+        prompts=Path(prompts) if prompts else None,
+        num=num,
+        seed=seed,
+        method=method,
+        batch=batch,
+        keep_float=tuple(keep_float) if keep_float else None,
+        percentile=percentile,
+        eval_prompts=eval_prompts,
+    )
+    report = calibrate_bundle(cfg)
+    files = ", ".join(e["file"] for e in report.graphs.values())
+    click.echo(f"wrote {files} into {bundle} ({report.seconds.get('total', 0):.1f} s)")
+    click.echo(quality_line(report.quality))

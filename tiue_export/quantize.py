@@ -1,0 +1,475 @@
+"""``tiue-export calibrate``: int8 Q/DQ graphs of the UNet encoder and decoders, calibrated on the
+real inputs those graphs see when the bundle's own pipeline runs calibration prompts.
+
+ONNX Runtime's static quantization writes explicit QuantizeLinear/DequantizeLinear pairs (QDQ
+format) with symmetric int8 activations and symmetric per-channel int8 weights: the form TensorRT
+needs for explicit quantization, and one that ONNX Runtime's CPU provider also runs. Only Conv,
+MatMul and Gemm with constant weights are quantized; norms, softmax, GELU, resampling and Eq. 11's
+arithmetic stay float, and so do the fragile layers of :data:`KEEP_FLOAT` (docs/engines.md has the
+measurements behind that list). Torch-free: it runs the bundle with the ONNX runtime.
+
+The new graphs go into the bundle as ``<graph>.int8.onnx`` with a ``variants.int8`` entry per
+graph and a top-level ``calibration`` entry; files are staged beside the bundle, moved in, and the
+manifest is rewritten last (:func:`tiue_export.runtime.bundle.publish`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from . import __version__
+from .compare import compare_arrays
+from .errors import InputError, ModelError, TiueError, require
+from .runtime.bundle import Bundle, publish, sha256_file
+from .sampling import initial_noise, to_uint8_images
+
+log = logging.getLogger("tiue_export")
+
+#: The graphs that get an int8 variant. The text encoder runs once per prompt and is small next to
+#: the UNet; the SD VAE decoder is known to lose visible quality in int8 (and is not distilled).
+QUANTIZED_GRAPHS = ("unet_encoder", "unet_decoder", "unet_decoder_fused")
+
+METHODS = ("minmax", "entropy", "percentile")
+
+#: Weighted ops worth int8. Everything else stays float: it is either cheap (elementwise) or
+#: fragile at 8 bits (normalisations, softmax, GELU's Erf).
+OP_TYPES = ("Conv", "MatMul", "Gemm")
+
+#: Node-name patterns kept in float, besides the structural rules of :func:`keep_float_nodes`:
+#: the first conv sees raw z_T (4 channels: per-tensor activation scales lose the most there) and
+#: the last one writes eps itself, whose error Eq. 11 multiplies by |E_k| (up to ~2.5 for K=4).
+KEEP_FLOAT = (r"/conv_in/", r"/conv_out/")
+
+#: Where the shipped prompt sets live (a source checkout; pass --prompts for an installed package).
+CALIBRATION_DIR = Path(__file__).resolve().parent.parent / "calibration"
+TOY_MODELS = ("toy-student", "toy-teacher")
+
+#: The image PSNR (int8 vs fp32, same prompts and seeds) under which calibrate warns.
+TARGET_PSNR = 30.0
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """Everything ``calibrate`` needs; written to the manifest's ``calibration`` entry."""
+
+    bundle: Path
+    prompts: Path | None = None  # None: calibration/toy_prompts.txt for the built-in toy models, else prompts.txt
+    num: int = 64  # calibration images: ranges of SD-sized UNets settle by a few dozen prompts
+    seed: int = 0  # seed of the prompt order and of image i's z_T (seed + i)
+    method: str = "minmax"  # symmetric max-abs: what TensorRT's own explicit-quantization recipes use for int8
+    batch: int = 4  # images per calibration batch (the runtime's default batch profile max)
+    # Extra node-name patterns (regular expressions) to keep in float; None: the default KEEP_FLOAT.
+    keep_float: tuple[str, ...] | None = None
+    percentile: float = 99.999  # for method=percentile: the |activation| percentile that becomes the range
+    eval_prompts: int = 4  # held-out prompts for the int8 vs fp32 measurement
+    threads: int = 0  # ONNX Runtime intra-op threads (0: its default)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(bundle=str(self.bundle), prompts=str(self.prompts) if self.prompts else None)
+        d["keep_float"] = list(self.keep_patterns)
+        return d
+
+    @property
+    def keep_patterns(self) -> tuple[str, ...]:
+        return KEEP_FLOAT if self.keep_float is None else tuple(self.keep_float)
+
+
+@dataclass
+class CalibrationReport:
+    bundle: Path
+    graphs: dict[str, dict]
+    quality: dict
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+# -- prompts --------------------------------------------------------------------------------------
+def default_prompts_file(manifest: dict) -> Path:
+    """The shipped prompt set that suits the bundle: toy captions for the built-in toy models."""
+    source = Path(str(manifest.get("source", {}).get("model", ""))).name
+    return CALIBRATION_DIR / ("toy_prompts.txt" if source in TOY_MODELS else "prompts.txt")
+
+
+def read_prompt_file(path: Path) -> list[str]:
+    """Non-empty lines, ``#`` comments skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"no such prompts file: {path}")
+    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    prompts = [ln for ln in lines if ln and not ln.startswith("#")]
+    if not prompts:
+        raise InputError(f"{path} holds no prompts")
+    return prompts
+
+
+def split_prompts(prompts: Sequence[str], num: int, n_eval: int, seed: int) -> tuple[list[str], list[str]]:
+    """``num`` calibration prompts and ``n_eval`` held-out ones, in a seeded order.
+
+    Prompts repeat (with new seeds, so new z_T) when the file has fewer than ``num``; the held-out
+    prompts come from the end of the order and are disjoint from the calibration ones when the
+    file is long enough.
+    """
+    order = [prompts[i] for i in np.random.default_rng(seed).permutation(len(prompts))]
+    held = order[-n_eval:] if len(order) > n_eval and n_eval else []
+    pool = order[: len(order) - len(held)] or order
+    calib = [pool[i % len(pool)] for i in range(num)]
+    if n_eval and not held:
+        held = [order[i % len(order)] for i in range(n_eval)]
+    return calib, held
+
+
+# -- which nodes stay float -----------------------------------------------------------------------
+def _has_const_weight(node, consts: set[str]) -> bool:
+    return len(node.input) > 1 and node.input[1] in consts
+
+
+def keep_float_nodes(model, patterns: Sequence[str]) -> dict[str, str]:
+    """``{node name: reason}`` for every Conv/MatMul/Gemm that stays float.
+
+    Structural rules first: a matmul of two activations (attention's QK^T and PV: per-tensor
+    scales on softmax outputs and keys cost accuracy for no weight savings); a node whose inputs
+    do not depend on the graph inputs' values (the baked time-embedding table and every
+    ``time_emb_proj``: constants per timestep, so int8 would only add error). Then ``patterns``
+    (regular expressions searched in node names).
+    """
+    graph = model.graph
+    consts = {t.name for t in graph.initializer}
+    consts |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    value_dep = {i.name for i in graph.input}
+    reasons: dict[str, str] = {}
+    compiled = [re.compile(p) for p in patterns]
+    for node in graph.node:  # ONNX graphs are stored in topological order
+        depends = node.op_type != "Shape" and any(i in value_dep for i in node.input)
+        if depends:
+            value_dep.update(node.output)
+        if node.op_type not in OP_TYPES:
+            continue
+        if not _has_const_weight(node, consts):
+            reasons[node.name] = "activation x activation"
+        elif not depends:
+            reasons[node.name] = "constant per timestep (time embedding)"
+        else:
+            hit = next((p.pattern for p in compiled if p.search(node.name)), None)
+            if hit:
+                reasons[node.name] = f"matches {hit}"
+    return reasons
+
+
+# -- calibration data -----------------------------------------------------------------------------
+def graph_feeds(pipe, graph: str, prompts: Sequence[str], seeds: Sequence[int], batch: int) -> Iterator[dict]:
+    """The real inputs of ``graph`` while the fp32 pipeline runs ``prompts``, one batch at a time
+    (computed lazily: an SD UNet's features take ~26 MB per image)."""
+    for start in range(0, len(prompts), batch):
+        ps, ss = list(prompts[start : start + batch]), list(seeds[start : start + batch])
+        text = pipe.encode_text(ps)
+        noise = initial_noise(ss, pipe.latent_shape)
+        if graph == "unet_encoder":
+            yield {"latents": noise, "text_embeddings": text}
+            continue
+        feats = pipe.encode(noise, text)
+        feed = {**feats, "text_embeddings": text}
+        if graph == "unet_decoder_fused":
+            feed["latents"] = noise
+        yield feed
+
+
+def data_reader(make: Callable[[], Iterator[dict]]):
+    """An ONNX Runtime ``CalibrationDataReader`` over the feeds of ``make()`` (restartable)."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = None
+
+        def get_next(self):
+            if self.it is None:
+                self.it = make()
+            return next(self.it, None)
+
+        def rewind(self):
+            self.it = None
+
+    return Reader()
+
+
+# -- quantization ---------------------------------------------------------------------------------
+def quantize_graph(src: Path, dst: Path, reader, keep: dict[str, str], cfg: CalibrationConfig, external: bool) -> None:
+    """ONNX Runtime static quantization, QDQ, symmetric int8 activations and per-channel weights."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
+    extra = {
+        "ActivationSymmetric": True,  # TensorRT: int8 zero points must be 0
+        "WeightSymmetric": True,
+        "MatMulConstBOnly": True,
+        "QuantizeBias": False,  # TensorRT has no int32 DequantizeLinear: it fuses float biases itself
+        "CalibMaxIntermediateOutputs": 4,  # merge ranges every 4 batches: bounded memory, same result
+    }
+    if cfg.method == "percentile":
+        extra["CalibPercentile"] = cfg.percentile
+    quantize_static(
+        str(src),
+        str(dst),
+        reader,
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=list(OP_TYPES),
+        per_channel=True,
+        reduce_range=False,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=sorted(keep),
+        use_external_data_format=external,
+        calibrate_method=method[cfg.method],
+        calibration_providers=["CPUExecutionProvider"],
+        extra_options=extra,
+    )
+
+
+def count_quantized(path: Path) -> dict[str, int]:
+    """How many weights and activations a quantized graph holds in int8."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    inits = {t.name for t in model.graph.initializer}
+    dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    weights = sum(1 for n in dq if n.input[0] in inits)
+    return {"weights": weights, "activations": sum(1 for n in model.graph.node if n.op_type == "QuantizeLinear")}
+
+
+# -- measurement ----------------------------------------------------------------------------------
+def _range_psnr(ref: np.ndarray, out: np.ndarray, name: str) -> dict:
+    """Output comparison with PSNR over the reference's peak-to-peak range."""
+    span = float(np.ptp(ref)) or 1.0
+    return compare_arrays(ref, out, None, name=name, data_range=span).to_dict()
+
+
+def _image_psnr(ref: np.ndarray, out: np.ndarray, name: str) -> dict:
+    return compare_arrays(ref, out, None, name=name, data_range=255.0).to_dict()
+
+
+def measure(fp32, int8, prompts: Sequence[str], seeds: Sequence[int]) -> dict:
+    """int8 vs fp32 on held-out prompts: each graph's outputs on fp32 inputs, the image with only
+    that graph in int8, and the image with every UNet graph in int8 (fused and unfused paths)."""
+    import math
+
+    from .schedule import combine_one_pass
+
+    s = fp32.manifest["sampler"]
+    S, E = float(s["S"]), [float(e) for e in s["E"]]
+    text = fp32.encode_text(prompts)
+    noise = initial_noise(seeds, fp32.latent_shape)
+    feats = fp32.encode(noise, text)
+    eps = fp32.decode(feats, text)
+    z0 = fp32.decode_fused(feats, text, noise)
+    ref = fp32.decode_latents(z0)
+
+    feats_q = int8.encode(noise, text)
+    eps_q = int8.decode(feats, text)
+    z0_q = int8.decode_fused(feats, text, noise)
+    graphs = {
+        "unet_encoder": {
+            "outputs": {n: _range_psnr(feats[n], feats_q[n], n) for n in feats},
+            "image": _image_psnr(ref, fp32.decode_latents(fp32.decode_fused(feats_q, text, noise)), "images"),
+        },
+        "unet_decoder": {
+            "outputs": {"eps": _range_psnr(eps, eps_q, "eps")},
+            "image": _image_psnr(ref, fp32.decode_latents(combine_one_pass(noise, eps_q, S, E).astype(np.float32)), "images"),
+        },
+        "unet_decoder_fused": {
+            "outputs": {"z0": _range_psnr(z0, z0_q, "z0")},
+            "image": _image_psnr(ref, fp32.decode_latents(z0_q), "images"),
+        },
+    }
+    fused = int8.decode_latents(int8.decode_fused(feats_q, text, noise))
+    unfused = int8.decode_latents(combine_one_pass(noise, int8.decode(feats_q, text), S, E).astype(np.float32))
+    end_to_end = {"fused": _image_psnr(ref, fused, "images"), "unfused": _image_psnr(ref, unfused, "images")}
+    worst = min((r["psnr"] if r["psnr"] is not None else math.inf) for r in end_to_end.values())
+    return {
+        "prompts": list(prompts),
+        "seeds": list(seeds),
+        "graphs": graphs,
+        "end_to_end": end_to_end,
+        "min_psnr_db": None if math.isinf(worst) else worst,
+        "target_psnr_db": TARGET_PSNR,
+        "ok": bool(worst >= TARGET_PSNR),
+    }
+
+
+def quality_line(quality: dict) -> str:
+    """One line: per-graph image PSNR and the end-to-end PSNR."""
+
+    def db(r):
+        return "inf" if r["psnr"] is None else f"{r['psnr']:.1f}"
+
+    parts = [f"{g} {db(v['image'])} dB" for g, v in quality["graphs"].items()]
+    e2e = quality["end_to_end"]
+    return f"int8 vs fp32 image PSNR: {', '.join(parts)}; end to end fused {db(e2e['fused'])} dB, unfused {db(e2e['unfused'])} dB"
+
+
+# -- the command ----------------------------------------------------------------------------------
+def check_config(cfg: CalibrationConfig) -> None:
+    if cfg.method not in METHODS:
+        raise InputError(f"unknown --method {cfg.method!r}: use one of {', '.join(METHODS)}")
+    if cfg.num < 1:
+        raise InputError(f"--num must be at least 1, got {cfg.num}")
+    if cfg.batch < 1:
+        raise InputError(f"--batch must be at least 1, got {cfg.batch}")
+    if not 50.0 < cfg.percentile <= 100.0:
+        raise InputError(f"--percentile must be in (50, 100], got {cfg.percentile}")
+    for p in cfg.keep_patterns:
+        try:
+            re.compile(p)
+        except re.error as exc:
+            raise InputError(f"bad --keep-float pattern {p!r}: {exc}") from exc
+
+
+def open_fp32_bundle(path: Path) -> Bundle:
+    """The bundle, verified; refuses fp16 bundles (calibration quantizes the fp32 graphs)."""
+    bundle = Bundle.open(path, verify=True)
+    precision = bundle.manifest.get("precision", "fp32")
+    if precision != "fp32":
+        raise InputError(
+            f"{path} is an {precision} bundle: calibrate needs the fp32 graphs (tiue-export export --precision fp32)"
+        )
+    return bundle
+
+
+def calibrate_bundle(cfg: CalibrationConfig) -> CalibrationReport:
+    """Calibrate and write the int8 graphs of the bundle at ``cfg.bundle``.
+
+    Raises:
+        InputError: bad options, not an fp32 bundle, a missing prompts file. TiueError:
+            quantization failed (the bundle is left as it was).
+    """
+    import onnx
+
+    from .runtime import Pipeline
+
+    check_config(cfg)
+    require("onnxruntime.quantization", "onnxruntime", why="int8 calibration")
+    t_start = time.perf_counter()
+    bundle = open_fp32_bundle(Path(cfg.bundle))
+    prompts_file = Path(cfg.prompts) if cfg.prompts else default_prompts_file(bundle.manifest)
+    calib, held = split_prompts(read_prompt_file(prompts_file), cfg.num, cfg.eval_prompts, cfg.seed)
+    seeds = [cfg.seed + i for i in range(len(calib))]
+    eval_seeds = [cfg.seed + 1_000_000 + i for i in range(len(held))]
+    log.info("calibrating %s on %d prompts from %s (%s)", bundle.path, len(calib), prompts_file, cfg.method)
+
+    seconds: dict[str, float] = {}
+    entries: dict[str, dict] = {}
+    root = bundle.path
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.calibrate-", dir=root.parent))
+    try:
+        fp32 = Pipeline(bundle, ["CPUExecutionProvider"], threads=cfg.threads)
+        for name in QUANTIZED_GRAPHS:
+            t0 = time.perf_counter()
+            src = bundle.graph_path(name)
+            keep = keep_float_nodes(onnx.load(str(src), load_external_data=False), cfg.keep_patterns)
+            external = bool(bundle.manifest["graphs"][name].get("external_data"))
+            out = staging / f"{name}.int8.onnx"
+            reader = data_reader(lambda name=name: graph_feeds(fp32, name, calib, seeds, cfg.batch))
+            try:
+                with quiet_ort_quantization():
+                    quantize_graph(src, out, reader, keep, cfg, external)
+            except (ValueError, RuntimeError, onnx.checker.ValidationError) as exc:
+                raise TiueError(f"quantizing {name} failed: {_first_line(exc)}") from exc
+            data = sorted(p.name for p in staging.iterdir() if p.name.startswith(out.name) and p != out)
+            entries[name] = {
+                "file": out.name,
+                "precision": "int8",
+                "external_data": data,
+                "sha256": sha256_file(out),
+                "quantized": count_quantized(out),
+                "kept_float": dict(sorted(keep.items())),
+            }
+            seconds[f"quantize_{name}"] = time.perf_counter() - t0
+            q = entries[name]["quantized"]
+            log.info("  %s: %d weights and %d activations in int8, %d weighted nodes kept float", name, q["weights"], q["activations"], len(keep))
+
+        t0 = time.perf_counter()
+        staged_manifest = _with_variants(bundle.manifest, entries, prefix=os.path.relpath(staging, root))
+        with Pipeline(Bundle(root, staged_manifest).with_precision("int8"), ["CPUExecutionProvider"], threads=cfg.threads) as int8:
+            quality = measure(fp32, int8, held, eval_seeds)
+        fp32.close()
+        seconds["measure"] = time.perf_counter() - t0
+        log.info("  %s", quality_line(quality))
+        if not quality["ok"]:
+            log.warning(
+                "int8 images are below the %.0f dB target: try --method percentile or keep more layers float (--keep-float)",
+                TARGET_PSNR,
+            )
+
+        seconds["total"] = time.perf_counter() - t_start
+        manifest = _with_variants(bundle.manifest, entries, prefix="")
+        manifest["calibration"] = {
+            "tool": "onnxruntime.quantization.quantize_static",
+            "format": "QDQ",
+            "activations": "int8 symmetric per-tensor",
+            "weights": "int8 symmetric per-channel",
+            "op_types": list(OP_TYPES),
+            "prompts_file": str(prompts_file),
+            "prompts_sha256": sha256_file(prompts_file),
+            "num": len(calib),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "config": cfg.to_dict(),
+            "quality": quality,
+            "seconds": seconds,
+            "versions": {"tiue_export": __version__, "onnxruntime": _ort_version()},
+        }
+        staged = {}
+        for entry in entries.values():
+            for f in [entry["file"], *entry["external_data"]]:
+                staged[f] = staging / f
+        publish(root, staged, manifest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return CalibrationReport(root, entries, quality, seconds)
+
+
+def _with_variants(manifest: dict, entries: dict[str, dict], prefix: str) -> dict:
+    """A copy of ``manifest`` whose graphs carry ``variants.int8`` (files under ``prefix``)."""
+    graphs = {}
+    for name, g in manifest["graphs"].items():
+        g = dict(g)
+        if name in entries:
+            e = dict(entries[name])
+            if prefix:
+                e["file"] = f"{prefix}/{e['file']}"
+            g["variants"] = {**g.get("variants", {}), "int8": e}
+        graphs[name] = g
+    return {**manifest, "graphs": graphs}
+
+
+@contextlib.contextmanager
+def quiet_ort_quantization():
+    """ONNX Runtime's quantizer logs advice through the root logger at WARNING; keep it out of
+    the one-line CLI output while it runs (our own summary says what matters)."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
