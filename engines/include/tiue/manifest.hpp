@@ -1,0 +1,108 @@
+// The bundle manifest (manifest.json, schema_version 1): the contract between `tiue-export export`
+// and every runtime. Mirrors tiue_export/specs.py and tiue_export/schemas/manifest.schema.json.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "tiue/tensor.hpp"
+
+namespace tiue {
+
+/// The newest manifest schema this library reads.
+constexpr int kSchemaVersion = 1;
+
+/// One axis of a declared shape: a fixed size, or the symbol "B" (batch) or "KB" (K*B).
+struct Dim {
+  int64_t value = 0;   // > 0 when fixed
+  std::string symbol;  // "B" or "KB" when symbolic
+};
+
+/// One graph input or output, as TensorSpec in specs.py.
+struct TensorSpec {
+  std::string name;
+  DType dtype = DType::Float32;
+  std::vector<Dim> shape;
+  std::optional<std::pair<int64_t, int64_t>> value_range;  // [low, high) of token ids
+
+  /// The shape for `batch` images of a K-timestep student (B -> batch, KB -> k * batch).
+  Shape concrete(int64_t batch, int64_t k) const;
+};
+
+/// One exported graph (an entry of manifest["graphs"]).
+struct GraphSpec {
+  std::string name;
+  std::string file;       // relative to the bundle
+  std::string precision;  // "fp32" | "fp16" (I/O stays float32 either way)
+  std::vector<TensorSpec> inputs;
+  std::vector<TensorSpec> outputs;
+  std::vector<std::string> external_data;
+
+  const TensorSpec& input(const std::string& name) const;
+  const TensorSpec& output(const std::string& name) const;
+};
+
+/// The one-pass sampler: paper Eq. 11, z0 = S z_T + sum_k E[k] eps_k (eps timestep-major).
+struct SamplerSpec {
+  int k = 0;
+  std::vector<int64_t> timesteps;
+  int64_t encoder_timestep = 0;
+  double S = 0.0;
+  std::vector<double> E;
+};
+
+/// What the Python tokenizer needs to agree with the graphs (the C++ side takes token ids).
+struct TokenizerSpec {
+  std::string file;  // tokenizer.json, relative to the bundle
+  int64_t max_length = 0;
+  int64_t pad_id = 0, bos_id = 0, eos_id = 0;
+};
+
+/// Batch sizes the engines were built for (TensorRT optimisation profile).
+struct BatchProfile {
+  int64_t min = 1, opt = 1, max = 1;
+};
+
+struct Manifest {
+  std::filesystem::path dir;
+  int schema_version = 0;
+  std::string precision;
+  std::map<std::string, GraphSpec> graphs;
+  std::vector<std::string> fused;    // graph order of the fused one-pass pipeline
+  std::vector<std::string> unfused;  // ... with Eq. 11 outside the graphs
+  SamplerSpec sampler;
+  std::array<int64_t, 3> latent{};  // C, h, w
+  std::array<int64_t, 2> image{};   // H, W
+  TokenizerSpec tokenizer;
+  BatchProfile batch_profile;
+  std::map<std::string, std::string> files;    // relative path -> sha256 hex
+  std::map<std::string, std::string> engines;  // graph -> TensorRT plan, if the manifest lists any
+
+  /// Read and check `dir`/manifest.json. Throws InputError: not a bundle, a newer schema, a
+  /// missing or mistyped field.
+  static Manifest load(const std::filesystem::path& dir);
+
+  const GraphSpec& graph(const std::string& name) const;
+  std::filesystem::path graph_path(const std::string& name) const { return dir / graph(name).file; }
+  /// The unified encoder's outputs (mid, skip_0, ...), which both decoders take by name.
+  std::vector<std::string> feature_names() const;
+  /// z_T's shape for `batch` images.
+  Shape latent_shape(int64_t batch) const { return {batch, latent[0], latent[1], latent[2]}; }
+
+  /// Check every listed file's presence and sha256. Throws InputError on a missing or altered
+  /// file, Error when built without OpenSSL (sha256 unavailable).
+  void verify() const;
+};
+
+/// Hex sha256 of a file (OpenSSL); throws Error when built without it.
+std::string sha256_file(const std::filesystem::path& path);
+/// Whether this build can compute sha256 (was OpenSSL found at configure time).
+bool have_sha256();
+
+}  // namespace tiue

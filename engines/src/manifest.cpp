@@ -1,0 +1,228 @@
+#include "tiue/manifest.hpp"
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "tiue/error.hpp"
+
+#ifdef TIUE_WITH_OPENSSL
+#include <openssl/evp.h>
+#endif
+
+namespace tiue {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+Shape TensorSpec::concrete(int64_t batch, int64_t k) const {
+  Shape out;
+  for (const auto& d : shape) {
+    if (d.symbol.empty()) out.push_back(d.value);
+    else if (d.symbol == "B") out.push_back(batch);
+    else if (d.symbol == "KB") out.push_back(k * batch);
+    else throw InputError("tensor " + name + ": unknown symbolic axis '" + d.symbol + "'");
+  }
+  return out;
+}
+
+const TensorSpec& GraphSpec::input(const std::string& n) const {
+  for (const auto& t : inputs)
+    if (t.name == n) return t;
+  throw InputError("graph " + name + " has no input '" + n + "': re-export the bundle");
+}
+
+const TensorSpec& GraphSpec::output(const std::string& n) const {
+  for (const auto& t : outputs)
+    if (t.name == n) return t;
+  throw InputError("graph " + name + " has no output '" + n + "': re-export the bundle");
+}
+
+namespace {
+
+TensorSpec tensor_spec(const json& j) {
+  TensorSpec t;
+  t.name = j.at("name").get<std::string>();
+  t.dtype = dtype_from_name(j.at("dtype").get<std::string>());
+  for (const auto& d : j.at("shape")) {
+    if (d.is_string()) t.shape.push_back({0, d.get<std::string>()});
+    else t.shape.push_back({d.get<int64_t>(), ""});
+  }
+  if (j.contains("value_range")) {
+    const auto& vr = j.at("value_range");
+    t.value_range = std::make_pair(vr.at(0).get<int64_t>(), vr.at(1).get<int64_t>());
+  }
+  return t;
+}
+
+GraphSpec graph_spec(const std::string& name, const json& j) {
+  GraphSpec g;
+  g.name = name;
+  g.file = j.at("file").get<std::string>();
+  g.precision = j.value("precision", "fp32");
+  for (const auto& t : j.at("inputs")) g.inputs.push_back(tensor_spec(t));
+  for (const auto& t : j.at("outputs")) g.outputs.push_back(tensor_spec(t));
+  if (j.contains("external_data")) g.external_data = j.at("external_data").get<std::vector<std::string>>();
+  return g;
+}
+
+/// The dotted path of the field a json exception is about is not reported by nlohmann; the
+/// caller names the section it was reading instead.
+template <typename F>
+auto section(const fs::path& mpath, const char* name, F&& read) -> decltype(read()) {
+  try {
+    return read();
+  } catch (const json::exception& e) {
+    throw InputError(mpath.string() + ": bad or incomplete '" + name + "' (" + first_line(e.what()) + "): re-export the bundle");
+  }
+}
+
+}  // namespace
+
+Manifest Manifest::load(const fs::path& dir) {
+  const fs::path mpath = dir / "manifest.json";
+  if (!fs::is_directory(dir)) throw InputError("bundle " + dir.string() + " is not a directory");
+  if (!fs::is_regular_file(mpath))
+    throw InputError("bundle " + dir.string() + " has no manifest.json: not a tiue-export bundle (tiue-export export --out DIR writes one)");
+  json j;
+  {
+    std::ifstream in(mpath);
+    try {
+      j = json::parse(in);
+    } catch (const json::exception& e) {
+      throw InputError(mpath.string() + ": not valid JSON (" + first_line(e.what()) + ")");
+    }
+  }
+  if (!j.is_object() || !j.contains("schema_version") || !j["schema_version"].is_number_integer())
+    throw InputError(mpath.string() + ": no schema_version: not a tiue-export manifest");
+
+  Manifest m;
+  m.dir = dir;
+  m.schema_version = j["schema_version"].get<int>();
+  if (m.schema_version > kSchemaVersion)
+    throw InputError(mpath.string() + ": manifest schema_version " + std::to_string(m.schema_version) +
+                     " is newer than this runtime reads (" + std::to_string(kSchemaVersion) + "): rebuild tiue_engines");
+  m.precision = j.value("precision", "fp32");
+
+  section(mpath, "axis_relations", [&] {
+    const auto kb = j.at("axis_relations").at("KB").get<std::string>();
+    if (kb != "K*B") throw InputError(mpath.string() + ": axis KB is '" + kb + "', this runtime knows only K*B");
+    return 0;
+  });
+  section(mpath, "graphs", [&] {
+    for (const auto& [name, entry] : j.at("graphs").items()) m.graphs.emplace(name, graph_spec(name, entry));
+    return 0;
+  });
+  section(mpath, "runtime", [&] {
+    m.fused = j.at("runtime").at("fused").get<std::vector<std::string>>();
+    m.unfused = j.at("runtime").at("unfused").get<std::vector<std::string>>();
+    return 0;
+  });
+  section(mpath, "sampler", [&] {
+    const auto& s = j.at("sampler");
+    if (s.at("kind").get<std::string>() != "one-pass")
+      throw InputError(mpath.string() + ": sampler kind '" + s.at("kind").get<std::string>() + "' is not one-pass");
+    m.sampler.k = s.at("k").get<int>();
+    m.sampler.timesteps = s.at("timesteps").get<std::vector<int64_t>>();
+    m.sampler.encoder_timestep = s.at("encoder_timestep").get<int64_t>();
+    m.sampler.S = s.at("S").get<double>();
+    m.sampler.E = s.at("E").get<std::vector<double>>();
+    return 0;
+  });
+  if (m.sampler.k < 1 || static_cast<int>(m.sampler.E.size()) != m.sampler.k)
+    throw InputError(mpath.string() + ": sampler has k=" + std::to_string(m.sampler.k) + " but " +
+                     std::to_string(m.sampler.E.size()) + " coefficients E: re-export the bundle");
+  section(mpath, "latent", [&] {
+    const auto& l = j.at("latent");
+    m.latent = {l.at("channels").get<int64_t>(), l.at("height").get<int64_t>(), l.at("width").get<int64_t>()};
+    return 0;
+  });
+  section(mpath, "image", [&] {
+    m.image = {j.at("image").at("height").get<int64_t>(), j.at("image").at("width").get<int64_t>()};
+    return 0;
+  });
+  section(mpath, "tokenizer", [&] {
+    const auto& t = j.at("tokenizer");
+    m.tokenizer = {t.at("file").get<std::string>(), t.at("model_max_length").get<int64_t>(), t.at("pad_id").get<int64_t>(),
+                   t.at("bos_id").get<int64_t>(), t.at("eos_id").get<int64_t>()};
+    return 0;
+  });
+  section(mpath, "batch_profile", [&] {
+    const auto& b = j.at("batch_profile");
+    m.batch_profile = {b.at("min").get<int64_t>(), b.at("opt").get<int64_t>(), b.at("max").get<int64_t>()};
+    return 0;
+  });
+  section(mpath, "files", [&] {
+    m.files = j.at("files").get<std::map<std::string, std::string>>();
+    return 0;
+  });
+  // Optional: plans written by a TensorRT build step, {"tensorrt": {"engines": {graph: file}}}.
+  section(mpath, "tensorrt", [&] {
+    if (j.contains("tensorrt") && j["tensorrt"].contains("engines"))
+      m.engines = j["tensorrt"]["engines"].get<std::map<std::string, std::string>>();
+    return 0;
+  });
+
+  for (const auto* chain : {&m.fused, &m.unfused})
+    for (const auto& g : *chain)
+      if (!m.graphs.count(g)) throw InputError(mpath.string() + ": runtime lists graph '" + g + "' that the manifest lacks: re-export the bundle");
+  if (!m.graphs.count("unet_encoder")) throw InputError(mpath.string() + ": no unet_encoder graph: re-export the bundle");
+  return m;
+}
+
+const GraphSpec& Manifest::graph(const std::string& name) const {
+  auto it = graphs.find(name);
+  if (it == graphs.end()) throw InputError("bundle " + dir.string() + " has no graph '" + name + "'");
+  return it->second;
+}
+
+std::vector<std::string> Manifest::feature_names() const {
+  std::vector<std::string> names;
+  for (const auto& t : graph("unet_encoder").outputs) names.push_back(t.name);
+  return names;
+}
+
+bool have_sha256() {
+#ifdef TIUE_WITH_OPENSSL
+  return true;
+#else
+  return false;
+#endif
+}
+
+std::string sha256_file(const fs::path& path) {
+#ifdef TIUE_WITH_OPENSSL
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw InputError(path.string() + ": cannot open");
+  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+  EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr);
+  std::vector<char> buf(1 << 22);  // 4 MiB chunks: bundles hold multi-GB external data
+  while (in) {
+    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+    EVP_DigestUpdate(ctx, buf.data(), static_cast<std::size_t>(in.gcount()));
+  }
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_DigestFinal_ex(ctx, digest, &len);
+  EVP_MD_CTX_free(ctx);
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  for (unsigned int i = 0; i < len; ++i) {
+    out += hex[digest[i] >> 4];
+    out += hex[digest[i] & 0xf];
+  }
+  return out;
+#else
+  throw Error("cannot check " + path.string() + ": tiue_engines was built without OpenSSL (no sha256)");
+#endif
+}
+
+void Manifest::verify() const {
+  if (!have_sha256()) throw Error("--verify needs sha256, and tiue_engines was built without OpenSSL: rebuild with libssl-dev installed");
+  for (const auto& [rel, digest] : files) {
+    const fs::path f = dir / rel;
+    if (!fs::is_regular_file(f)) throw InputError("bundle " + dir.string() + ": " + rel + " is missing: re-export the bundle");
+    if (sha256_file(f) != digest) throw InputError("bundle " + dir.string() + ": " + rel + " was altered (sha256 mismatch): re-export the bundle");
+  }
+}
+
+}  // namespace tiue
