@@ -23,6 +23,7 @@ COMMANDS = {
     "distill": ("tiue_export.cli.distill", "distill", "Distil a teacher into a one-pass TiUE student (VSD + KL)."),
     "bench": ("tiue_export.cli.bench", "bench", "Time every backend per stage against the PyTorch references."),
     "calibrate": ("tiue_export.cli.calibrate", "calibrate", "Calibrate int8 Q/DQ UNet graphs into a bundle."),
+    "build-trt": ("tiue_export.cli.build_trt", "build_trt", "Build TensorRT engines for this GPU into a bundle."),
 }
 
 

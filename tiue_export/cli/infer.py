@@ -48,10 +48,17 @@ def output_paths(out: str, jobs: list[tuple[str, int]]) -> list[Path]:
 @click.option("--model", type=click.Path(), help="Model directory or bundle [default: the built-in model].")
 @click.option(
     "--backend",
-    type=click.Choice(["torch", "onnxruntime"]),
+    type=click.Choice(["torch", "onnxruntime", "tensorrt"]),
     default="torch",
     show_default=True,
-    help="torch: a model directory; onnxruntime: an exported bundle (no torch needed).",
+    help="torch: a model directory; onnxruntime: an exported bundle (no torch needed); tensorrt: a bundle's engines.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "int8"]),
+    default=None,
+    help="Bundle graphs to run: int8 = the Q/DQ graphs of tiue-export calibrate; with tensorrt, which engines "
+    "[default: the bundle's own / its only engines].",
 )
 @click.option("--sampler", default=None, help="one-pass | loop | ddim:N  [default: one-pass; ddim:50 for a teacher]")
 @click.option("--guidance", type=float, default=7.5, show_default=True, help="CFG scale of the ddim:N sampler.")
@@ -69,10 +76,14 @@ def output_paths(out: str, jobs: list[tuple[str, int]]) -> list[Path]:
     help="z_T source: numpy (same on every backend) or torch (torch.Generator per image, as the authors' script).",
 )
 @click.option("--out", default="outputs", show_default=True, help="Output directory, or FILE.png for one image.")
-def infer(prompts, prompts_file, model, backend, sampler, guidance, k, seed, num_images, batch_size, height, width, noise, out):
+def infer(prompts, prompts_file, model, backend, precision, sampler, guidance, k, seed, num_images, batch_size, height, width, noise, out):
     """Generate images from prompts with the one-pass sampler (or a reference sampler)."""
-    if backend == "onnxruntime":
-        return infer_bundle(prompts, prompts_file, model, sampler, k, seed, num_images, batch_size, height, width, noise, out)
+    if backend in ("onnxruntime", "tensorrt"):
+        return infer_bundle(
+            prompts, prompts_file, model, sampler, k, seed, num_images, batch_size, height, width, noise, out, backend, precision
+        )
+    if precision not in (None, "fp32"):
+        raise InputError(f"--precision {precision} runs a bundle: use --backend onnxruntime or tensorrt")
     from . import quiet_libraries
 
     quiet_libraries()
@@ -116,16 +127,18 @@ def infer(prompts, prompts_file, model, backend, sampler, guidance, k, seed, num
     click.echo(f"{len(written)} image(s) from {model_path} [{backend}, {sampler}]: {stages}")
 
 
-def infer_bundle(prompts, prompts_file, model, sampler, k, seed, num_images, batch_size, height, width, noise, out):
-    """``--backend onnxruntime``: the torch-free runtime on an exported bundle."""
+def infer_bundle(
+    prompts, prompts_file, model, sampler, k, seed, num_images, batch_size, height, width, noise, out, backend="onnxruntime", precision=None
+):
+    """``--backend onnxruntime`` / ``tensorrt``: the torch-free runtime on an exported bundle."""
     from .. import __version__
     from ..io import write_png
     from ..runtime import Pipeline
 
     if not model:
-        raise InputError("--backend onnxruntime needs --model BUNDLE (make one with tiue-export export)")
+        raise InputError(f"--backend {backend} needs --model BUNDLE (make one with tiue-export export)")
     if sampler not in (None, "one-pass"):
-        raise InputError(f"--backend onnxruntime runs the one-pass sampler only, not {sampler!r}")
+        raise InputError(f"--backend {backend} runs the one-pass sampler only, not {sampler!r}")
     if k is not None:
         raise InputError("--k cannot change a bundle: K is fixed when it is exported")
     if noise != "numpy":
@@ -133,7 +146,14 @@ def infer_bundle(prompts, prompts_file, model, sampler, k, seed, num_images, bat
     texts = read_prompts(prompts, prompts_file)
     jobs = [(p, seed + j) for p in texts for j in range(num_images)]
     paths = output_paths(out, jobs)
-    with Pipeline.load(model) as pipe:
+    if backend == "tensorrt":
+        from ..trt.runtime import TrtPipeline
+
+        loaded = TrtPipeline.load(model, precision=precision)
+        batch_size = min(batch_size, int(loaded.entry["batch_profile"]["max"]))
+    else:
+        loaded = Pipeline.load(model, precision=precision)
+    with loaded as pipe:
         size = pipe.image_size
         asked = (height or size[0], width or size[1])
         if asked != size:
@@ -150,8 +170,9 @@ def infer_bundle(prompts, prompts_file, model, sampler, k, seed, num_images, bat
                     "seed": s,
                     "model": str(model),
                     "sampler": "one-pass",
-                    "backend": "onnxruntime",
+                    "backend": backend,
                     "provider": result.provider,
+                    "precision": pipe.bundle.manifest["precision"] if backend == "onnxruntime" else pipe.precision,
                     "k": pipe.bundle.k,
                     "noise": noise,
                     "software": f"tiue-export {__version__}",
@@ -159,4 +180,4 @@ def infer_bundle(prompts, prompts_file, model, sampler, k, seed, num_images, bat
                 write_png(path, image, meta)
                 click.echo(f"wrote {path}")
         stages = ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in totals.items())
-        click.echo(f"{len(jobs)} image(s) from {model} [onnxruntime {pipe.provider}, one-pass]: {stages}")
+        click.echo(f"{len(jobs)} image(s) from {model} [{backend} {pipe.provider}, one-pass]: {stages}")

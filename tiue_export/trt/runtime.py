@@ -1,0 +1,397 @@
+"""The TensorRT backend: a bundle's engines run as the same one-pass pipeline as ONNX Runtime.
+
+    from tiue_export.trt.runtime import TrtPipeline
+    with TrtPipeline.load("bundle/", precision="fp16") as pipe:
+        images = pipe(["a photo of a cat"], seed=0).images
+
+:class:`TrtPipeline` is a :class:`tiue_export.runtime.Pipeline` whose runners are TensorRT engines,
+so every stage method (``encode_text``, ``encode``, ``decode``, ``decode_fused``,
+``decode_latents``) works unchanged for ``check`` and ``bench``; its ``__call__`` keeps the
+intermediate tensors on the GPU (z_T, text embeddings and the encoder features are uploaded or
+produced once, consumed in place).
+
+Memory and streams come from cuda-python (``cuda.bindings.runtime``) rather than torch: the runtime
+is torch-free by design (a deployment image needs no 2 GB CUDA torch wheel), and cuda-python is what
+TensorRT's own samples use. Per engine: one execution context with user-managed scratch memory
+(all engines share one buffer of the largest ``device_memory_size_v2``: they run one after another
+on one stream), one device buffer per I/O tensor sized for the profile's largest batch (tensors
+passed between engines share one buffer), ``set_input_shape`` + ``set_tensor_address`` +
+``execute_async_v3``, and a CUDA graph captured after the first run at each shape and replayed
+after that (addresses never change, so the captured graph stays valid).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from ..errors import InputError, ModelError, TiueError
+from ..runtime.bundle import Bundle
+from ..runtime.pipeline import Pipeline, RuntimeResult
+from ..sampling import to_uint8_images
+from ..schedule import combine_one_pass
+from ..specs import GraphSpec, TensorSpec
+from .build import pipeline_graphs
+from .checks import check_engines, cuda_call, import_cudart, import_tensorrt, query_gpu
+
+log = logging.getLogger("tiue_export")
+
+def links(graphs: Sequence[str], specs: Mapping[str, GraphSpec]) -> dict[tuple[str, str], tuple[str, str]]:
+    """``{(graph, input): (graph, tensor)}``: the inputs that another engine of the pipeline
+    produces or shares; each pair gets one device buffer, so chaining engines copies nothing."""
+    out: dict[tuple[str, str], tuple[str, str]] = {}
+    features = specs["unet_encoder"].output_names
+    for g in graphs:
+        for name in specs[g].input_names:
+            if g != "text_encoder" and name == "text_embeddings":
+                out[(g, name)] = ("text_encoder", "text_embeddings")
+            elif g.startswith("unet_decoder") and name in features:
+                out[(g, name)] = ("unet_encoder", name)
+            elif g == "unet_decoder_fused" and name == "latents":
+                out[(g, name)] = ("unet_encoder", "latents")  # the same z_T
+            elif g == "vae_decoder" and name == "latents" and "unet_decoder_fused" in graphs:
+                out[(g, name)] = ("unet_decoder_fused", "z0")
+    return out
+
+
+class Cuda:
+    """The CUDA runtime calls this backend makes (cuda-python), each checked."""
+
+    def __init__(self, device: int = 0):
+        self.rt = import_cudart()
+        cuda_call(self.rt.cudaSetDevice(device), "cudaSetDevice")
+
+    def __getattr__(self, name):
+        fn = getattr(self.rt, name)
+        return lambda *args: cuda_call(fn(*args), name)
+
+    def copy(self, dst: int, src: int, nbytes: int, kind: str, stream) -> None:
+        kinds = self.rt.cudaMemcpyKind
+        k = {"h2d": kinds.cudaMemcpyHostToDevice, "d2h": kinds.cudaMemcpyDeviceToHost, "d2d": kinds.cudaMemcpyDeviceToDevice}[kind]
+        self.cudaMemcpyAsync(dst, src, nbytes, k, stream)
+
+
+@dataclass
+class Buffer:
+    """One device tensor of at most ``capacity`` bytes, with a pinned host mirror for copies."""
+
+    dtype: np.dtype
+    capacity: int
+    device: int
+    host_ptr: int
+    host: np.ndarray  # uint8 view of the pinned memory
+
+
+def _pinned_view(ptr: int, nbytes: int) -> np.ndarray:
+    return np.frombuffer((ctypes.c_uint8 * nbytes).from_address(ptr), dtype=np.uint8)
+
+
+class TrtRunner:
+    """One engine: its context, tensor addresses and CUDA graphs. ``infer(feed)`` takes and returns
+    numpy arrays (the ONNX runner's interface); :meth:`execute` runs on what is already on the GPU."""
+
+    def __init__(self, session: "TrtSession", name: str, engine, spec: GraphSpec, buffers: Mapping[str, Buffer]):
+        trt = session.trt
+        self.session, self.name, self.engine, self.spec = session, name, engine, spec
+        self.context = engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+        if self.context is None:
+            raise TiueError(f"TensorRT could not create an execution context for {name}")
+        self.context.set_device_memory(session.scratch, session.scratch_bytes)
+        self.buffers = dict(buffers)
+        for tensor, buf in self.buffers.items():
+            self.context.set_tensor_address(tensor, buf.device)
+        self.graphs: dict[tuple, object] = {}  # input shapes -> instantiated CUDA graph
+        self.shapes: tuple | None = None
+        self.use_graphs = session.cuda_graphs
+
+    @property
+    def provider(self) -> str:
+        return f"TensorRT {self.session.trt.__version__}"
+
+    def shapes_for(self, batch: int) -> tuple[tuple[str, tuple[int, ...]], ...]:
+        return tuple((t.name, t.concrete(batch, self.session.k)) for t in self.spec.inputs)
+
+    def execute(self, shapes: tuple) -> None:
+        """Enqueue the engine for these input shapes on the session's stream: replay its CUDA
+        graph when one was captured at these shapes, else run it (and capture one)."""
+        cuda, stream = self.session.cuda, self.session.stream
+        graph = self.graphs.get(shapes)
+        if graph is not None:
+            cuda.cudaGraphLaunch(graph, stream)
+            return
+        if shapes != self.shapes:
+            for name, shape in shapes:
+                if not self.context.set_input_shape(name, shape):
+                    raise InputError(f"{self.name}: input {name} of shape {list(shape)} is outside the engine's profile")
+            self.shapes = shapes
+        if not self.context.execute_async_v3(int(stream)):
+            raise TiueError(f"TensorRT failed to run {self.name}")
+        if self.use_graphs:
+            self.graphs[shapes] = self._capture(shapes)
+
+    def _capture(self, shapes):
+        """Record one enqueue as a CUDA graph (the run just before settled TensorRT's lazy state);
+        None, and no more tries for this engine, when the engine cannot be captured."""
+        cuda, stream, rt = self.session.cuda, self.session.stream, self.session.cuda.rt
+        cuda.cudaStreamBeginCapture(stream, rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal)
+        ok = self.context.execute_async_v3(int(stream))
+        err, graph = rt.cudaStreamEndCapture(stream)
+        if not ok or int(getattr(err, "value", err)) != 0:
+            rt.cudaGetLastError()  # clear the capture error
+            log.debug("%s: CUDA graph capture failed; running without graphs", self.name)
+            self.use_graphs = False
+            return None
+        exe = cuda.cudaGraphInstantiate(graph, 0)
+        cuda.cudaGraphDestroy(graph)
+        return exe
+
+    def output_shape(self, name: str, batch: int) -> tuple[int, ...]:
+        spec = next(t for t in self.spec.outputs if t.name == name)
+        return spec.concrete(batch, self.session.k)
+
+    def upload(self, name: str, array: np.ndarray) -> None:
+        buf = self.buffers[name]
+        array = np.ascontiguousarray(array, dtype=buf.dtype)
+        if array.nbytes > buf.capacity:
+            raise InputError(f"{self.name}: input {name} of shape {list(array.shape)} is larger than the engine's profile allows")
+        buf.host[: array.nbytes] = array.reshape(-1).view(np.uint8)
+        self.session.cuda.copy(buf.device, buf.host_ptr, array.nbytes, "h2d", self.session.stream)
+
+    def download(self, name: str, shape: Sequence[int]) -> np.ndarray:
+        """Enqueue the copy of output ``name`` to its pinned mirror; read it after a sync."""
+        buf = self.buffers[name]
+        nbytes = int(np.prod(shape)) * buf.dtype.itemsize
+        self.session.cuda.copy(buf.host_ptr, buf.device, nbytes, "d2h", self.session.stream)
+        return buf.host[:nbytes].view(buf.dtype).reshape(shape)
+
+    def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Host in, host out: upload ``feed``, run, download every output."""
+        missing = [n for n in self.spec.input_names if n not in feed]
+        if missing:
+            raise InputError(f"{self.name}: missing input(s) {missing}")
+        batch = _batch_of(self.spec.inputs, feed, self.session.k)
+        for name in self.spec.input_names:
+            self.upload(name, feed[name])
+        self.execute(self.shapes_for(batch))
+        views = {t.name: self.download(t.name, t.concrete(batch, self.session.k)) for t in self.spec.outputs}
+        self.session.sync()
+        return {n: v.copy() for n, v in views.items()}
+
+    def close(self) -> None:
+        for graph in self.graphs.values():
+            if graph is not None:
+                self.session.cuda.cudaGraphExecDestroy(graph)
+        self.graphs.clear()
+        self.context = None
+
+
+def _batch_of(inputs: Sequence[TensorSpec], feed: Mapping[str, np.ndarray], k: int) -> int:
+    """The batch B of a feed, from its first input with a B (or KB) axis."""
+    for t in inputs:
+        for axis, d in enumerate(t.shape):
+            if d == "B":
+                return int(np.shape(feed[t.name])[axis])
+            if d == "KB":
+                return int(np.shape(feed[t.name])[axis]) // k
+    return 1
+
+
+@dataclass
+class TrtSession:
+    """The engines of one pipeline on one GPU: contexts, shared scratch memory, I/O buffers, one stream."""
+
+    bundle: Bundle
+    entry: dict
+    cuda_graphs: bool = True
+    device: int = 0
+    runners: dict[str, TrtRunner] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.trt = import_tensorrt()
+        self.cuda = Cuda(self.device)
+        self.k = self.bundle.k
+        self.batch_max = int(self.entry["batch_profile"]["max"])
+        self.logger = self.trt.Logger(self.trt.Logger.WARNING)
+        self.runtime = self.trt.Runtime(self.logger)  # must outlive the engines it deserializes
+        self.stream = self.cuda.cudaStreamCreate()
+        self._device_ptrs: list[int] = []
+        self._host_ptrs: list[int] = []
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self) -> None:
+        graphs = list(self.entry["pipeline"])
+        specs = {g: GraphSpec.from_manifest(g, {**self.bundle.manifest["graphs"][g], **self.entry["graphs"][g]}) for g in graphs}
+        engines = {g: self._deserialize(g) for g in graphs}
+        self.scratch_bytes = max(int(e.device_memory_size_v2) for e in engines.values())
+        self.scratch = self._malloc(self.scratch_bytes)
+        shared = links(graphs, specs)
+        owned: dict[tuple[str, str], Buffer] = {}
+        for g in graphs:  # producers come before consumers in pipeline order
+            buffers = {}
+            for t in specs[g].inputs + specs[g].outputs:
+                key = shared.get((g, t.name), (g, t.name))
+                if key not in owned:
+                    owned[key] = self._buffer(engines[g], t)
+                buffers[t.name] = owned[key]
+            self.runners[g] = TrtRunner(self, g, engines[g], specs[g], buffers)
+
+    def _deserialize(self, name: str):
+        path = self.bundle.path / self.entry["graphs"][name]["file"]
+        if not path.is_file():
+            raise ModelError(f"bundle {self.bundle.path}: engine {path.name} is missing: rebuild with tiue-export build-trt")
+        engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
+        if engine is None:
+            raise ModelError(f"TensorRT cannot load {path.name} (another TensorRT or GPU?): rebuild with tiue-export build-trt")
+        return engine
+
+    def _malloc(self, nbytes: int) -> int:
+        ptr = self.cuda.cudaMalloc(max(int(nbytes), 256))
+        self._device_ptrs.append(ptr)
+        return ptr
+
+    def _buffer(self, engine, t: TensorSpec) -> Buffer:
+        dtype = np.dtype(self.trt.nptype(engine.get_tensor_dtype(t.name)))
+        if dtype != np.dtype(t.dtype):
+            raise ModelError(f"engine tensor {t.name} is {dtype}, the manifest says {t.dtype}: rebuild with tiue-export build-trt")
+        nbytes = int(np.prod(t.concrete(self.batch_max, self.k))) * dtype.itemsize
+        host_ptr = self.cuda.cudaMallocHost(nbytes)
+        self._host_ptrs.append(host_ptr)
+        return Buffer(dtype, nbytes, self._malloc(nbytes), host_ptr, _pinned_view(host_ptr, nbytes))
+
+    def sync(self) -> None:
+        self.cuda.cudaStreamSynchronize(self.stream)
+
+    def close(self) -> None:
+        """Free every graph, context, buffer and the stream (safe to call twice)."""
+        if not hasattr(self, "cuda"):
+            return
+        try:
+            self.sync()
+        finally:
+            for r in self.runners.values():
+                r.close()
+            self.runners.clear()
+            for ptr in self._device_ptrs:
+                self.cuda.cudaFree(ptr)
+            for ptr in self._host_ptrs:
+                self.cuda.cudaFreeHost(ptr)
+            self._device_ptrs, self._host_ptrs = [], []
+            if self.stream is not None:
+                self.cuda.cudaStreamDestroy(self.stream)
+                self.stream = None
+
+
+def engine_entry(bundle: Bundle, precision: str | None) -> tuple[str, dict]:
+    """``(precision, manifest entry)`` of the engines to run: ``precision``, or the only set built."""
+    engines = bundle.manifest.get("engines") or {}
+    if not engines:
+        raise ModelError(f"bundle {bundle.path} has no TensorRT engines: run tiue-export build-trt {bundle.path} --precision fp16")
+    if precision is None:
+        if len(engines) > 1:
+            raise InputError(f"bundle {bundle.path} has {', '.join(sorted(engines))} engines: choose one with --precision")
+        precision = next(iter(engines))
+    if precision not in engines:
+        raise ModelError(
+            f"bundle {bundle.path} has no {precision} engines (it has {', '.join(sorted(engines))}): "
+            f"run tiue-export build-trt {bundle.path} --precision {precision}"
+        )
+    return precision, engines[precision]
+
+
+class TrtPipeline(Pipeline):
+    """The one-pass pipeline on TensorRT engines (see the module docstring)."""
+
+    def __init__(self, bundle: Bundle, precision: str | None = None, cuda_graphs: bool = True, device: int = 0):
+        self.precision, self.entry = engine_entry(bundle, precision)
+        trt = import_tensorrt()
+        check_engines(self.entry, bundle.manifest["files"], trt.__version__, query_gpu(device), str(bundle.path), self.precision)
+        super().__init__(bundle, ["CPUExecutionProvider"])  # the tokenizer and manifest handling; no ORT session opens
+        self.session = TrtSession(bundle, self.entry, cuda_graphs, device)
+        self._runners = dict(self.session.runners)
+
+    @classmethod
+    def load(cls, bundle, precision: str | None = None, verify: bool = True, cuda_graphs: bool = True, device: int = 0) -> "TrtPipeline":
+        """Open a bundle's ``precision`` engines (default: the only set it has) on CUDA ``device``.
+
+        Raises:
+            MissingDependency: no TensorRT / cuda-python. TiueError: no GPU. ModelError: no such
+                engines, or engines built for another TensorRT, GPU or graph ("rebuild with ...").
+        """
+        return cls(Bundle.open(bundle, verify=verify), precision, cuda_graphs, device)
+
+    def runner(self, name: str) -> TrtRunner:
+        if name not in self._runners:
+            other = "--no-fused" if name == "unet_decoder" else "--fused"
+            raise InputError(f"the {self.precision} engines have no {name}: rebuild with tiue-export build-trt {other}")
+        return self._runners[name]
+
+    @property
+    def provider(self) -> str:
+        return f"TensorRT {self.session.trt.__version__} ({self.precision})"
+
+    def close(self) -> None:
+        self.session.close()
+        self._runners.clear()
+
+    def __call__(self, prompts, seeds=None, seed: int = 0, noise=None, fused: bool | None = None) -> RuntimeResult:
+        """Images for ``prompts``, every intermediate tensor kept on the GPU.
+
+        ``fused`` must match how the engines were built (default: whatever they are); per-stage
+        timings are GPU times from CUDA events.
+        """
+        built_fused = bool(self.entry.get("fused", True))
+        if fused is not None and fused != built_fused:
+            raise InputError(f"the engines were built {'with' if built_fused else 'without'} the fused decoder: rebuild with build-trt {'--fused' if fused else '--no-fused'}")
+        prompts, seeds, noise = self.prepare(prompts, seeds, seed, noise)
+        b = len(prompts)
+        profile = self.entry["batch_profile"]
+        if not profile["min"] <= b <= profile["max"]:
+            raise InputError(f"{b} images per call is outside the engines' batch profile {profile['min']}..{profile['max']}: rebuild with --batch")
+        r = self._runners
+        cuda, stream = self.session.cuda, self.session.stream
+        events = [cuda.cudaEventCreate() for _ in range(5)]
+        try:
+            r["text_encoder"].upload("input_ids", self.tokenize(prompts))
+            r["unet_encoder"].upload("latents", noise)
+            cuda.cudaEventRecord(events[0], stream)
+            r["text_encoder"].execute(r["text_encoder"].shapes_for(b))
+            cuda.cudaEventRecord(events[1], stream)
+            r["unet_encoder"].execute(r["unet_encoder"].shapes_for(b))
+            cuda.cudaEventRecord(events[2], stream)
+            if built_fused:
+                dec = r["unet_decoder_fused"]
+                dec.execute(dec.shapes_for(b))
+            else:
+                dec = r["unet_decoder"]
+                dec.execute(dec.shapes_for(b))
+                eps = dec.download("eps", dec.output_shape("eps", b))
+                self.session.sync()
+                s = self.manifest["sampler"]
+                z0 = combine_one_pass(noise, eps, float(s["S"]), [float(e) for e in s["E"]]).astype(np.float32)
+                r["vae_decoder"].upload("latents", z0)
+            cuda.cudaEventRecord(events[3], stream)
+            vae = r["vae_decoder"]
+            vae.execute(vae.shapes_for(b))
+            cuda.cudaEventRecord(events[4], stream)
+            images = vae.download("images", vae.output_shape("images", b))
+            z0_view = r["unet_decoder_fused"].download("z0", (b, *self.latent_shape)) if built_fused else None
+            self.session.sync()
+            z0 = z0_view.copy() if built_fused else z0
+            stages = ("text_encoder", "unet_encoder", "unet_decoder", "vae_decoder")
+            timings = {s: cuda.cudaEventElapsedTime(events[i], events[i + 1]) / 1000.0 for i, s in enumerate(stages)}
+            return RuntimeResult(to_uint8_images(images), z0, seeds, timings, self.provider)
+        finally:
+            for ev in events:
+                cuda.cudaEventDestroy(ev)
+
+
+__all__ = ["TrtPipeline", "TrtRunner", "TrtSession", "engine_entry", "links", "pipeline_graphs"]
