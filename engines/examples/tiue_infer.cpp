@@ -42,14 +42,15 @@ options:
   --backend NAME      onnxruntime (default) or tensorrt (when built with TIUE_WITH_TENSORRT)
   --provider NAME     ONNX Runtime provider: cpu (default) or cuda
   --threads N         ONNX Runtime intra-op threads (default: all cores)
-  --engines DIR       TensorRT plans <graph>.plan (default: the manifest's, else the bundle)
+  --precision NAME    TensorRT engine set to run (fp16, int8, fp32; default: the only one built)
+  --device N          CUDA device for --backend tensorrt (default 0)
   --verify            check every bundle file's sha256 first
   --version           print versions and exit
 )";
 
 struct Args {
-  std::string bundle, ids, noise, out, latents, images, backend = "onnxruntime", provider = "cpu", engines;
-  int threads = 0;
+  std::string bundle, ids, noise, out, latents, images, backend = "onnxruntime", provider = "cpu", precision;
+  int threads = 0, device = 0;
   bool unfused = false, verify = false, version = false, help = false;
 };
 
@@ -58,23 +59,27 @@ Args parse(int argc, char** argv) {
   const std::map<std::string, std::string*> values = {
       {"--bundle", &a.bundle},   {"--ids", &a.ids},         {"--noise", &a.noise},       {"--out", &a.out},
       {"--latents", &a.latents}, {"--images", &a.images},   {"--backend", &a.backend},   {"--provider", &a.provider},
-      {"--engines", &a.engines}};
+      {"--precision", &a.precision}};
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--unfused") a.unfused = true;
     else if (arg == "--verify") a.verify = true;
     else if (arg == "--version") a.version = true;
     else if (arg == "-h" || arg == "--help") a.help = true;
-    else if (arg == "--threads" || values.count(arg)) {
+    else if (arg == "--threads" || arg == "--device" || values.count(arg)) {
       if (i + 1 >= argc) throw tiue::InputError(arg + " needs a value");
       const std::string v = argv[++i];
-      if (arg == "--threads") {
+      if (arg == "--threads" || arg == "--device") {
+        int n = 0;
         try {
-          a.threads = std::stoi(v);
+          std::size_t used = 0;
+          n = std::stoi(v, &used);
+          if (used != v.size()) throw std::invalid_argument(v);
         } catch (const std::exception&) {
-          throw tiue::InputError("--threads needs an integer, got '" + v + "'");
+          throw tiue::InputError(arg + " needs an integer, got '" + v + "'");
         }
-        if (a.threads < 0) throw tiue::InputError("--threads must be >= 0");
+        if (n < 0) throw tiue::InputError(arg + " must be >= 0");
+        (arg == "--threads" ? a.threads : a.device) = n;
       } else {
         *values.at(arg) = v;
       }
@@ -93,10 +98,21 @@ Args parse(int argc, char** argv) {
   return a;
 }
 
-std::unique_ptr<tiue::Backend> make_backend(const Args& a, const tiue::Manifest& m, const std::vector<std::string>& graphs) {
-  if (a.backend == "onnxruntime") return std::make_unique<tiue::OrtBackend>(m, graphs, tiue::OrtOptions{a.provider, a.threads});
+/// The backend, the graphs it runs and whether its decoder is the fused one.
+std::unique_ptr<tiue::Backend> make_backend(const Args& a, const tiue::Manifest& m, bool& fused) {
+  if (a.backend == "onnxruntime") {
+    if (!a.precision.empty()) throw tiue::InputError("--precision chooses TensorRT engines: use it with --backend tensorrt");
+    fused = !a.unfused;
+    return std::make_unique<tiue::OrtBackend>(m, fused ? m.fused : m.unfused, tiue::OrtOptions{a.provider, a.threads});
+  }
 #ifdef TIUE_WITH_TENSORRT
-  if (a.backend == "tensorrt") return std::make_unique<tiue::TrtBackend>(m, graphs, a.engines);
+  if (a.backend == "tensorrt") {
+    auto trt = std::make_unique<tiue::TrtBackend>(m, tiue::TrtOptions{a.precision, a.device});
+    fused = trt->engines().fused;
+    if (a.unfused && fused)
+      throw tiue::InputError("the " + trt->engines().precision + " engines were built with the fused decoder: drop --unfused");
+    return trt;
+  }
 #endif
   if (a.backend == "tensorrt") throw tiue::InputError("this tiue_infer was built without TensorRT: rebuild with -DTIUE_WITH_TENSORRT=ON");
   throw tiue::InputError("unknown backend '" + a.backend + "': use onnxruntime or tensorrt");
@@ -127,13 +143,13 @@ int run(int argc, char** argv) {
   const tiue::Tensor ids = tiue::read_token_ids(a.ids);
   const tiue::Tensor noise = tiue::read_npy(a.noise);
 
-  const auto& graphs = a.unfused ? manifest.unfused : manifest.fused;
+  bool fused = true;
   const auto t0 = std::chrono::steady_clock::now();
-  auto backend = make_backend(a, manifest, graphs);
+  auto backend = make_backend(a, manifest, fused);
   const double load = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   tiue::Pipeline pipe(manifest, std::move(backend));
   pipe.check_inputs(ids, noise);  // before the run, so a bad input costs nothing
-  tiue::Result r = pipe.run(ids, noise, !a.unfused);
+  tiue::Result r = pipe.run(ids, noise, fused);
 
   if (!a.latents.empty()) tiue::write_npy(a.latents, r.latents);
   if (!a.images.empty()) tiue::write_npy(a.images, r.images);
@@ -143,7 +159,7 @@ int run(int argc, char** argv) {
     for (int64_t i = 0; i < b; ++i) tiue::write_ppm(image_path(a.out, i, b), pixels.data() + i * h * w * 3, h, w);
   }
   std::cout << "tiue_infer: " << r.images.shape[0] << " image(s) " << r.images.shape[2] << "x" << r.images.shape[3] << " on "
-            << pipe.backend().name() << (a.unfused ? " (unfused)" : "") << "; seconds: load " << load;
+            << pipe.backend().name() << (fused ? "" : " (unfused)") << "; seconds: load " << load;
   for (const auto& [stage, s] : r.seconds) std::cout << ", " << stage << " " << s;
   std::cout << "\n";
   return 0;

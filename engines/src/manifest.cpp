@@ -155,10 +155,25 @@ Manifest Manifest::load(const fs::path& dir) {
     m.files = j.at("files").get<std::map<std::string, std::string>>();
     return 0;
   });
-  // Optional: plans written by a TensorRT build step, {"tensorrt": {"engines": {graph: file}}}.
-  section(mpath, "tensorrt", [&] {
-    if (j.contains("tensorrt") && j["tensorrt"].contains("engines"))
-      m.engines = j["tensorrt"]["engines"].get<std::map<std::string, std::string>>();
+  // Optional: TensorRT plans written by `tiue-export build-trt`, one set per precision.
+  section(mpath, "engines", [&] {
+    if (!j.contains("engines")) return 0;
+    for (const auto& [precision, e] : j.at("engines").items()) {
+      EngineSet set;
+      set.precision = precision;
+      set.tensorrt = e.at("tensorrt").get<std::string>();
+      set.gpu_name = e.at("gpu").value("name", "?");
+      set.compute_capability = e.at("gpu").at("compute_capability").get<std::string>();
+      const auto& b = e.at("batch_profile");
+      set.batch_profile = {b.at("min").get<int64_t>(), b.at("opt").get<int64_t>(), b.at("max").get<int64_t>()};
+      set.fused = e.value("fused", true);
+      set.pipeline = e.at("pipeline").get<std::vector<std::string>>();
+      for (const auto& [graph, g] : e.at("graphs").items()) set.files[graph] = g.at("file").get<std::string>();
+      for (const auto& graph : set.pipeline)
+        if (!set.files.count(graph) || !m.graphs.count(graph))
+          throw InputError(mpath.string() + ": the " + precision + " engines lack a plan for " + graph + ": rebuild them with tiue-export build-trt");
+      m.engines.emplace(precision, std::move(set));
+    }
     return 0;
   });
 

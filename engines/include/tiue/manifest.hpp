@@ -69,6 +69,18 @@ struct BatchProfile {
   int64_t min = 1, opt = 1, max = 1;
 };
 
+/// One set of TensorRT plans written by `tiue-export build-trt` (manifest["engines"][precision]).
+struct EngineSet {
+  std::string precision;           // "fp16" | "int8" | "fp32"
+  std::string tensorrt;            // the TensorRT version that built them ("10.x.y...")
+  std::string gpu_name;
+  std::string compute_capability;  // "8.9": plans do not move between capabilities
+  BatchProfile batch_profile;
+  bool fused = true;               // unet_decoder_fused (Eq. 11 inside) or unet_decoder
+  std::vector<std::string> pipeline;          // graph order
+  std::map<std::string, std::string> files;   // graph -> plan file, relative to the bundle
+};
+
 struct Manifest {
   std::filesystem::path dir;
   int schema_version = 0;
@@ -82,7 +94,7 @@ struct Manifest {
   TokenizerSpec tokenizer;
   BatchProfile batch_profile;
   std::map<std::string, std::string> files;    // relative path -> sha256 hex
-  std::map<std::string, std::string> engines;  // graph -> TensorRT plan, if the manifest lists any
+  std::map<std::string, EngineSet> engines;     // precision -> TensorRT plans, if any were built
 
   /// Read and check `dir`/manifest.json. Throws InputError: not a bundle, a newer schema, a
   /// missing or mistyped field.
