@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 import warnings
@@ -250,7 +251,6 @@ def export_onnx(module: nn.Module, spec: GraphSpec, feed: dict, scratch: Path):
     """TorchScript-based export with the spec's names and axes, then onnxslim; returns the model."""
     import onnx
 
-    onnxslim = require("onnxslim", "onnxslim", why="graph folding at export")
     scratch.mkdir(parents=True, exist_ok=True)
     path = scratch / spec.file
     args = tuple(torch.from_numpy(feed[n]) for n in spec.input_names)
@@ -272,12 +272,17 @@ def export_onnx(module: nn.Module, spec: GraphSpec, feed: dict, scratch: Path):
     except Exception as exc:
         raise TiueError(f"exporting {spec.name} failed: {_first_line(exc)}") from exc
     model = onnx.load(str(path))  # pulls in external data if the exporter wrote any (> 2 GB)
-    try:
-        model = onnxslim.slim(model)
-    except Exception as exc:
-        raise TiueError(f"optimising {spec.name} with onnxslim failed: {_first_line(exc)}") from exc
     shutil.rmtree(scratch, ignore_errors=True)
-    return model
+    return slim(model, spec.name)
+
+
+def slim(model, name: str):
+    """onnxslim: constant folding, symbolic shape inference, dead-code removal, topological sort."""
+    onnxslim = require("onnxslim", "onnxslim", why="graph folding at export")
+    try:
+        return onnxslim.slim(model)
+    except Exception as exc:
+        raise TiueError(f"optimising {name} with onnxslim failed: {_first_line(exc)}") from exc
 
 
 def to_fp16(model):
@@ -316,6 +321,7 @@ def save_onnx(model, path: Path, policy: str) -> list[str]:
         onnx.save_model(
             model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data, size_threshold=1024
         )
+        os.chmod(path.parent / data, 0o644)  # onnx creates it private; a bundle is meant to be shared
         return [data]
     onnx.save_model(model, str(path))
     return []
@@ -477,7 +483,7 @@ def export_bundle(cfg: ExportConfig, pipe=None) -> ExportReport:
             t0 = time.perf_counter()
             model = export_onnx(modules[name], spec, inputs[name], tmp / ".scratch" / name)
             if cfg.precision == "fp16" and spec.fp16:
-                model = to_fp16(model)
+                model = slim(to_fp16(model), name)  # the converter appends Casts out of order: re-sort
             path = tmp / spec.file
             data_files = save_onnx(model, path, cfg.external_data)
             del model
