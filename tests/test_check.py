@@ -1,0 +1,78 @@
+"""check: every available backend against the PyTorch reference; a corrupted bundle fails."""
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from _bundles import tiny_bundle
+from tiue_export.cli import main
+from tiue_export.runtime.bundle import sha256_file
+
+
+def run(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+        raise SystemExit(0)
+    out = capsys.readouterr()
+    return exc.value.code or 0, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_models, tmp_path_factory):
+    return tiny_bundle(tiny_models, tmp_path_factory, "sd21")
+
+
+def test_check_passes_on_a_good_bundle(bundle, tmp_path, capsys):
+    code, out, err = run(["check", str(bundle), "--json", str(tmp_path / "c.json"), "--image", str(tmp_path / "c.png")], capsys)
+    assert code == 0, out + err
+    assert "check passed: torch, onnxruntime" in out
+    data = json.loads((tmp_path / "c.json").read_text())
+    assert data["ok"] is True
+    ort = next(b for b in data["backends"] if b["backend"] == "onnxruntime")
+    graphs = {g["name"]: g for g in ort["graphs"]}
+    assert set(graphs) == {"tokenizer", "text_encoder", "unet_encoder", "unet_decoder", "unet_decoder_fused", "vae_decoder"}
+    assert graphs["unet_decoder"]["outputs"]["eps"]["cosine"] > 0.99999
+    assert ort["end_to_end"]["outputs"]["images_uint8"]["psnr"] is None or ort["end_to_end"]["outputs"]["images_uint8"]["psnr"] >= 40
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_check_fails_on_a_corrupted_graph(bundle, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    shutil.copytree(bundle, bad)
+    path = bad / "unet_decoder.onnx"
+    model = onnx.load(str(path))
+    # Perturb the output convolution: the graph still runs, its numbers are wrong.
+    init = max(model.graph.initializer, key=lambda t: ("conv_out" in t.name, np.prod(t.dims)))
+    arr = numpy_helper.to_array(init)
+    init.CopyFrom(numpy_helper.from_array(arr * 1.5 + 0.01, init.name))
+    onnx.save(model, str(path))
+    manifest = json.loads((bad / "manifest.json").read_text())
+    manifest["files"]["unet_decoder.onnx"] = sha256_file(path)  # a consistent but wrong bundle
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    code, out, err = run(["check", str(bad), "--backends", "onnxruntime", "--image", str(tmp_path / "c.png")], capsys)
+    assert code == 1
+    assert "check FAILED: onnxruntime" in err
+    line = next(x for x in out.splitlines() if x.startswith("onnxruntime") and "unet_decoder " in x)
+    assert "FAIL eps:" in line and "would need atol>=" in line
+
+
+def test_check_bad_input(bundle, tmp_path, capsys):
+    code, _, err = run(["check", str(bundle), "--backends", "nope"], capsys)
+    assert code == 2 and "unknown backend 'nope'" in err
+    code, _, err = run(["check", str(tmp_path / "missing")], capsys)
+    assert code == 2 and "no such bundle directory" in err
+    moved = tmp_path / "moved"
+    shutil.copytree(bundle, moved)
+    code, _, err = run(["check", str(moved), "--model", str(tmp_path / "gone")], capsys)
+    assert code == 2 and "source model" in err and "--model PATH" in err
+
+
+def test_unavailable_backend_is_reported_not_passed(bundle, tmp_path, capsys):
+    code, out, err = run(["check", str(bundle), "--backends", "onnxruntime-int8", "--image", str(tmp_path / "c.png")], capsys)
+    assert code == 1
+    assert "unavailable: no int8 graphs in this bundle: run tiue-export calibrate BUNDLE first" in out
+    assert "no backend could be checked" in err

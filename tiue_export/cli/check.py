@@ -1,0 +1,49 @@
+"""``tiue-export check``: parity of every backend with the PyTorch reference."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+
+@click.command("check")
+@click.argument("bundle", type=click.Path())
+@click.option("--backends", default=None, help="Comma-separated: torch,onnxruntime,onnxruntime-int8,tensorrt-fp16,tensorrt-int8 [default: all available].")
+@click.option("--prompt", "prompts", multiple=True, help="Prompt (repeatable) [default: two built-in prompts].")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--model", type=click.Path(), default=None, help="The PyTorch source model [default: the one the manifest names].")
+@click.option("--json", "json_path", type=click.Path(), default=None, help="Write the results as JSON.")
+@click.option("--image", "image_path", type=click.Path(), default="check.png", show_default=True, help="PNG of reference vs backend images and their differences.")
+def check(bundle, backends, prompts, seed, model, json_path, image_path):
+    """Compare every backend with the PyTorch reference, per graph and end to end.
+
+    Exits 0 only if every backend checked is within tolerance.
+    """
+    from . import quiet_libraries
+
+    quiet_libraries()
+    from ..check import DEFAULT_PROMPTS, CheckConfig, run_check, table, write_image_grid, write_json
+
+    cfg = CheckConfig(
+        bundle=bundle,
+        backends=tuple(b.strip() for b in backends.split(",") if b.strip()) if backends else None,
+        prompts=tuple(prompts) or DEFAULT_PROMPTS,
+        seed=seed,
+        model=model,
+    )
+    reports, ref = run_check(cfg)
+    click.echo(table(reports))
+    if json_path:
+        write_json(reports, cfg, Path(json_path))
+        click.echo(f"wrote {json_path}")
+    image = Path(image_path)
+    write_image_grid(reports, ref, cfg.prompts, image)
+    click.echo(f"wrote {image}")
+    checked = [r for r in reports if r.available]
+    failed = [r.backend for r in checked if not r.ok]
+    if failed or not checked:
+        click.echo(f"check FAILED: {', '.join(failed) or 'no backend could be checked'}", err=True)
+        sys.exit(1)
+    click.echo(f"check passed: {', '.join(r.backend for r in checked)}")
