@@ -20,6 +20,15 @@ from tiue_export.errors import InputError
 PROMPTS = ["a photo of a cat", "a red cube on a blue table", "a large yellow circle", "two dogs playing in the snow"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models: one intra-op thread is as fast, and far faster when other jobs share the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     from tiue_export.tiny import build_tiny_pipeline
