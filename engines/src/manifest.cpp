@@ -80,6 +80,7 @@ auto section(const fs::path& mpath, const char* name, F&& read) -> decltype(read
 
 Manifest Manifest::load(const fs::path& dir) {
   const fs::path mpath = dir / "manifest.json";
+  if (!fs::exists(dir)) throw InputError("bundle " + dir.string() + " does not exist");
   if (!fs::is_directory(dir)) throw InputError("bundle " + dir.string() + " is not a directory");
   if (!fs::is_regular_file(mpath))
     throw InputError("bundle " + dir.string() + " has no manifest.json: not a tiue-export bundle (tiue-export export --out DIR writes one)");

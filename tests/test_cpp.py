@@ -1,0 +1,197 @@
+"""The C++ runtime (engines/, tiue_infer) against the Python runtime on a tiny bundle.
+
+scripts/build_cpp.sh fetches ONNX Runtime's headers from the npm registry, pairs them with the
+onnxruntime wheel's library and builds with CMake, cached in ``TIUE_CPP_CACHE`` (default
+``~/.cache/tiue-export/cpp``). Where a prerequisite cannot be had (no cmake, no nlohmann-json,
+no registry) the script exits 3 and these tests skip with its reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _bundles import tiny_bundle
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))
+import python_embed  # noqa: E402
+
+PROMPTS = ["a photo of a cat", "a red cube on a blue table"]
+
+
+@pytest.fixture(scope="module")
+def tiue_infer() -> Path:
+    """The built example (skips with the build script's reason when it cannot be built here)."""
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "build_cpp.sh")], capture_output=True, text=True, timeout=1200)
+    if proc.returncode == 3:
+        pytest.skip(proc.stderr.strip().splitlines()[-1])
+    assert proc.returncode == 0, f"build_cpp.sh failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
+    exe = Path(proc.stdout.strip().splitlines()[-1])
+    assert exe.is_file()
+    return exe
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_models, tmp_path_factory) -> Path:
+    return tiny_bundle(tiny_models, tmp_path_factory, "sd21")
+
+
+@pytest.fixture(scope="module")
+def python_run(bundle, tmp_path_factory):
+    """ids, z_T and Python's z0/images/PNGs from examples/python_embed.py --save-inputs."""
+    out = tmp_path_factory.mktemp("python-run")
+    assert python_embed.main([str(bundle), *PROMPTS, "--seed", "3", "--out", str(out / "py.png"), "--save-inputs", str(out)]) == 0
+    return out
+
+
+def run(exe: Path, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def read_ppm(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def test_version(tiue_infer):
+    import onnxruntime
+
+    proc = run(tiue_infer, "--version")
+    assert proc.returncode == 0
+    assert f"onnxruntime {onnxruntime.__version__}" in proc.stdout
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "unfused"])
+def test_matches_python_runtime(tiue_infer, bundle, python_run, tmp_path, fused):
+    """Same ids and z_T: z0 and images as the Python runtime's (the same ORT library: bit-equal
+    in practice; the bound leaves room for another ORT build's kernels)."""
+    args = ["--bundle", bundle, "--ids", python_run / "ids.npy", "--noise", python_run / "noise.npy"]
+    args += ["--out", tmp_path / "cpp.ppm", "--latents", tmp_path / "z0.npy", "--images", tmp_path / "images.npy"]
+    proc = run(tiue_infer, *args, *([] if fused else ["--unfused"]))
+    assert proc.returncode == 0, proc.stderr
+    assert "2 image(s) 16x16 on onnxruntime:CPUExecutionProvider" in proc.stdout
+    z0, ref = np.load(tmp_path / "z0.npy"), np.load(python_run / "latents.npy")
+    assert z0.dtype == np.float32 and z0.shape == ref.shape == (2, 4, 8, 8)
+    assert np.abs(z0 - ref).max() < 1e-4
+    assert np.abs(np.load(tmp_path / "images.npy") - np.load(python_run / "images.npy")).max() < 1e-4
+    for i in range(2):
+        ours, theirs = read_ppm(tmp_path / f"cpp_{i}.ppm"), read_ppm(python_run / f"py_{i}.png")
+        assert ours.shape == theirs.shape == (16, 16, 3)
+        assert np.abs(ours.astype(int) - theirs.astype(int)).max() <= 1
+
+
+def test_text_ids_and_single_image(tiue_infer, bundle, python_run, tmp_path):
+    """Ids as text (one prompt per line); one prompt writes exactly --out."""
+    ids = np.load(python_run / "ids.npy")[:1]
+    (tmp_path / "ids.txt").write_text(" ".join(map(str, ids[0])) + "\n")
+    np.save(tmp_path / "noise.npy", np.load(python_run / "noise.npy")[:1])
+    proc = run(tiue_infer, "--bundle", bundle, "--ids", tmp_path / "ids.txt", "--noise", tmp_path / "noise.npy", "--out", tmp_path / "one.ppm",
+               "--latents", tmp_path / "z0.npy", "--verify", "--threads", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert read_ppm(tmp_path / "one.ppm").shape == (16, 16, 3)
+    assert np.abs(np.load(tmp_path / "z0.npy") - np.load(python_run / "latents.npy")[:1]).max() < 1e-4
+
+
+# -- errors: one line, the right exit code, nothing written -------------------------------------
+@pytest.fixture
+def inputs(python_run):
+    return ["--ids", python_run / "ids.npy", "--noise", python_run / "noise.npy"]
+
+
+def expect_error(proc, code: int, text: str, out: Path | None = None) -> None:
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tiue_infer: error: "), proc.stderr
+    assert text in lines[0]
+    if out is not None:
+        assert not out.exists() and not list(out.parent.glob(f".{out.name}*"))
+
+
+def test_error_not_a_bundle(tiue_infer, tmp_path, inputs):
+    expect_error(run(tiue_infer, "--bundle", tmp_path, *inputs, "--out", tmp_path / "x.ppm"), 2, "has no manifest.json: not a tiue-export bundle", tmp_path / "x.ppm")
+    expect_error(run(tiue_infer, "--bundle", tmp_path / "nope", *inputs, "--out", tmp_path / "x.ppm"), 2, "nope does not exist")
+
+
+def test_error_newer_schema_and_broken_manifest(tiue_infer, bundle, tmp_path, inputs):
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps({**manifest, "schema_version": 99}))
+    expect_error(run(tiue_infer, "--bundle", copy, *inputs, "--out", tmp_path / "x.ppm"), 2, "schema_version 99 is newer than this runtime reads (1)")
+    del manifest["sampler"]["S"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    expect_error(run(tiue_infer, "--bundle", copy, *inputs, "--out", tmp_path / "x.ppm"), 2, "bad or incomplete 'sampler'")
+    (copy / "manifest.json").write_text("{not json")
+    expect_error(run(tiue_infer, "--bundle", copy, *inputs, "--out", tmp_path / "x.ppm"), 2, "not valid JSON")
+
+
+def test_error_verify_altered_file(tiue_infer, bundle, tmp_path, inputs):
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    with open(copy / "vae_decoder.onnx", "ab") as f:
+        f.write(b"\0")
+    expect_error(run(tiue_infer, "--bundle", copy, *inputs, "--out", tmp_path / "x.ppm", "--verify"), 2, "vae_decoder.onnx was altered (sha256 mismatch)")
+    (copy / "vae_decoder.onnx").unlink()
+    expect_error(run(tiue_infer, "--bundle", copy, *inputs, "--out", tmp_path / "x.ppm"), 2, "vae_decoder.onnx is missing: re-export the bundle")
+
+
+def test_error_bad_inputs(tiue_infer, bundle, python_run, tmp_path):
+    ids, noise = python_run / "ids.npy", python_run / "noise.npy"
+    out = tmp_path / "x.ppm"
+    np.save(tmp_path / "noise1.npy", np.load(noise)[:1])
+    expect_error(run(tiue_infer, "--bundle", bundle, "--ids", ids, "--noise", tmp_path / "noise1.npy", "--out", out), 2,
+                 "noise has shape [1, 4, 8, 8], this bundle needs [2, 4, 8, 8] for 2 prompt(s)", out)
+    np.save(tmp_path / "short.npy", np.load(ids)[:, :5])
+    expect_error(run(tiue_infer, "--bundle", bundle, "--ids", tmp_path / "short.npy", "--noise", noise, "--out", out), 2,
+                 "token ids have shape [2, 5], this bundle needs [2, 16]", out)
+    big = np.load(ids).copy()
+    big[0, 1] = 10**6
+    np.save(tmp_path / "big.npy", big)
+    expect_error(run(tiue_infer, "--bundle", bundle, "--ids", tmp_path / "big.npy", "--noise", noise, "--out", out), 2,
+                 "token id 1000000 is outside this bundle's vocabulary", out)
+    np.save(tmp_path / "f16ids.npy", np.zeros((2, 16), dtype=np.float16))
+    expect_error(run(tiue_infer, "--bundle", bundle, "--ids", tmp_path / "f16ids.npy", "--noise", noise, "--out", out), 2, "unsupported .npy dtype '<f2'")
+    (tmp_path / "bad.npy").write_bytes(b"hello")
+    expect_error(run(tiue_infer, "--bundle", bundle, "--ids", ids, "--noise", tmp_path / "bad.npy", "--out", out), 2, "not a .npy file (bad magic)")
+    (tmp_path / "ids.txt").write_text("1 2 3\n4 5\n")
+    expect_error(run(tiue_infer, "--bundle", bundle, "--ids", tmp_path / "ids.txt", "--noise", noise, "--out", out), 2, "line 2 has 2 ids, line 1 has 3")
+    expect_error(run(tiue_infer, "--bundle", bundle, "--ids", tmp_path / "missing.npy", "--noise", noise, "--out", out), 2, "cannot open (no such file?)")
+
+
+def test_error_usage(tiue_infer, bundle, inputs, tmp_path):
+    expect_error(run(tiue_infer, "--bundle", bundle, *inputs), 2, "nothing to write: give --out, --latents or --images")
+    expect_error(run(tiue_infer, "--bundle", bundle, *inputs, "--out", tmp_path / "no" / "x.ppm"), 2, "its directory does not exist")
+    expect_error(run(tiue_infer, "--ids", "a.npy"), 2, "missing --bundle")
+    expect_error(run(tiue_infer, "--frobnicate"), 2, "unknown option '--frobnicate'")
+    expect_error(run(tiue_infer, "--bundle", bundle, *inputs, "--out", tmp_path / "x.ppm", "--threads", "two"), 2, "--threads needs an integer, got 'two'")
+    expect_error(run(tiue_infer, "--bundle", bundle, *inputs, "--out", tmp_path / "x.ppm", "--backend", "tensorrt"), 2,
+                 "built without TensorRT: rebuild with -DTIUE_WITH_TENSORRT=ON")
+    expect_error(run(tiue_infer, "--bundle", bundle, *inputs, "--out", tmp_path / "x.ppm", "--provider", "npu"), 2, "unknown ONNX Runtime provider 'npu'")
+    assert run(tiue_infer, "--help").stdout.startswith("usage: tiue_infer")
+
+
+def test_build_script_reports_missing_prerequisite(tmp_path):
+    """No npm and an empty cache: exit 3 with the reason the tests skip on."""
+    env = {k: v for k, v in os.environ.items() if k != "ONNXRUNTIME_ROOT"}
+    env.update(TIUE_CPP_CACHE=str(tmp_path / "cache"), PATH=str(tmp_path / "bin"))
+    (tmp_path / "bin").mkdir()
+    for tool in ("cmake", "g++", "python3", "bash", "dirname", "mkdir", "cat", "tail", "rm"):
+        found = shutil.which(tool)
+        if found:
+            (tmp_path / "bin" / tool).symlink_to(found)
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "build_cpp.sh")], capture_output=True, text=True, env=env, timeout=60)
+    if not shutil.which("cmake") or not Path("/usr/include/nlohmann/json.hpp").exists():
+        assert proc.returncode == 3
+        return
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "build_cpp: cannot build here: npm is not installed (needed to fetch the ONNX Runtime headers)"
