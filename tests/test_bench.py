@@ -39,6 +39,18 @@ def test_bench_writes_reports(tiny_sd21, tmp_path):
     assert len(paths) == 3
 
 
+@pytest.mark.slow
+def test_bench_times_a_bundle_on_onnxruntime(tiny_models, tmp_path_factory):
+    from _bundles import tiny_bundle
+
+    bundle = tiny_bundle(tiny_models, tmp_path_factory, "sd21")
+    report = run_bench(BenchConfig(model=str(bundle), backends=("onnxruntime",), runs=1, warmup=0, references=False), progress=lambda m: None)
+    (res,) = report["results"]
+    assert res["name"] == "onnxruntime fp32 one-pass (CPUExecutionProvider)"
+    assert set(res["stages"]) == {"text_encoder", "unet_encoder", "unet_decoder", "vae_decoder"}
+    assert report["model"] == str(tiny_models("sd21"))  # the bundle's source model is the reference
+
+
 def test_bench_bad_input(tiny_sd21):
     with pytest.raises(InputError, match="unknown shape 'sd99'"):
         run_bench(BenchConfig(shape="sd99"))

@@ -206,6 +206,32 @@ def torch_stages(pipe, batch: int, height: int, width: int, precision: str = "fp
     return {"text_encoder": text, "unet_encoder": encode, "unet_decoder": decode, "sum": combine, "vae_decoder": vae_decode}
 
 
+def ort_stages(bundle_path, batch: int, precision: str | None = None, threads: int = 0) -> tuple[dict[str, Callable], object]:
+    """The torch-free runtime's one-pass pipeline as timed stages (fused decoder: the sum is in it)."""
+    from .runtime import Pipeline
+    from .sampling import initial_noise, to_uint8_images
+
+    pipe = Pipeline.load(bundle_path, precision=precision, verify=False, threads=threads)
+    ids = pipe.tokenize(["a photo of a cat"] * batch)
+    noise = initial_noise(range(batch), pipe.latent_shape)
+    state = {}
+
+    def text(_):
+        state["text"] = pipe.runner("text_encoder").infer({"input_ids": ids})["text_embeddings"]
+        return state["text"]
+
+    def encode(t):
+        return pipe.encode(noise, t)
+
+    def decode(feats):
+        return pipe.decode_fused(feats, state["text"], noise)
+
+    def vae(z0):
+        return to_uint8_images(pipe.runner("vae_decoder").infer({"latents": z0})["images"])
+
+    return {"text_encoder": text, "unet_encoder": encode, "unet_decoder": decode, "vae_decoder": vae}, pipe
+
+
 def _cast(module, dtype):
     import copy
 
@@ -271,6 +297,14 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = log.info) -> d
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model_path, height, width = _model_for_shape(cfg, resolve_model)
+    bundle_path = None
+    if (Path(model_path) / "manifest.json").exists():
+        bundle_path = Path(model_path)
+        manifest = json.loads((bundle_path / "manifest.json").read_text())
+        model_path = Path(manifest["source"]["model"])
+        height, width = manifest["image"]["height"], manifest["image"]["width"]
+        if not model_path.exists():
+            raise InputError(f"the bundle's source model {model_path} is not here: bench needs it for the PyTorch reference")
     pipe = load_pipeline(model_path)
     height = height or pipe.default_size
     width = width or pipe.default_size
@@ -292,8 +326,10 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = log.info) -> d
 
     timings: list[Timing] = []
     for backend in cfg.backends:
+        if backend.startswith("onnxruntime") and bundle_path is None:
+            bundle_path = _cached_bundle(model_path, height, width, progress)
         progress(f"timing backend {backend}")
-        timings.append(_time_backend(backend, cfg, pipe, model_path, height, width))
+        timings.append(_time_backend(backend, cfg, pipe, bundle_path, height, width))
     if cfg.references:
         progress("timing the K-step loop reference")
         timings.append(
@@ -336,11 +372,34 @@ def _model_for_shape(cfg: BenchConfig, resolve_model):
     return path, size, size
 
 
-def _time_backend(backend: str, cfg: BenchConfig, pipe, model_path, height, width) -> Timing:
+def _cached_bundle(model_path, height: int, width: int, progress) -> Path:
+    """An fp32 bundle of ``model_path`` at this size, exported once into the cache directory."""
+    import hashlib
+
+    from .export import ExportConfig, export_bundle
+    from .models import cache_dir
+
+    key = hashlib.sha256(f"{Path(model_path).resolve()}:{height}x{width}".encode()).hexdigest()[:12]
+    out = cache_dir() / "bundles" / f"{Path(model_path).name}-{height}x{width}-{key}"
+    if not (out / "manifest.json").exists():
+        progress(f"exporting {model_path} to {out} (once)")
+        export_bundle(ExportConfig(model=Path(model_path), out=out, height=height, width=width, validate_batch=1))
+    return out
+
+
+def _time_backend(backend: str, cfg: BenchConfig, pipe, bundle_path, height, width) -> Timing:
     if backend in ("torch", "torch-fp32"):
         return time_pipeline("torch fp32 one-pass", torch_stages(pipe, cfg.batch, height, width, "fp32"), cfg.runs, cfg.warmup)
     if backend == "torch-bf16":
         return time_pipeline("torch bf16 one-pass", torch_stages(pipe, cfg.batch, height, width, "bf16"), cfg.runs, cfg.warmup)
+    if backend in ("onnxruntime", "onnxruntime-int8"):
+        precision = "int8" if backend.endswith("int8") else None
+        stages, rt = ort_stages(bundle_path, cfg.batch, precision, cfg.threads or 0)
+        try:
+            name = f"onnxruntime {precision or rt.manifest.get('precision', 'fp32')} one-pass ({rt.provider})"
+            return time_pipeline(name, stages, cfg.runs, cfg.warmup, note="fused decoder: the sum is inside unet_decoder")
+        finally:
+            rt.close()
     raise InputError(f"unknown or unavailable backend {backend!r}")
 
 
@@ -403,8 +462,8 @@ def to_markdown(report: dict) -> str:
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), ISA {', '.join(m['isa'])}.",
         f"Matmul peak: fp32 {report['matmul_gflops']['fp32']:.0f} GFLOP/s, bf16 {report['matmul_gflops']['bf16']:.0f} GFLOP/s.",
-        f"One-pass UNet: {f['one_pass_unet'] / 1e9:.1f} GFLOP (encoder {f['unet_encoder'] / 1e9:.1f}, K-batched decoder "
-        f"{f['unet_decoder'] / 1e9:.1f}); one full UNet step {f['full_unet_step'] / 1e9:.1f} GFLOP.",
+        f"One-pass UNet: {f['one_pass_unet'] / 1e9:.4g} GFLOP (encoder {f['unet_encoder'] / 1e9:.4g}, K-batched decoder "
+        f"{f['unet_decoder'] / 1e9:.4g}); one full UNet step {f['full_unet_step'] / 1e9:.4g} GFLOP.",
     ]
     lines += ["", *ratio_lines(report)]
     return "\n".join(lines) + "\n"
