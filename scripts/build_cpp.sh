@@ -41,7 +41,16 @@ if [ -n "${ONNXRUNTIME_ROOT:-}" ]; then
 else
   ORT="$CACHE/onnxruntime"
   TGZ="$CACHE/npm/$NPM_PKG-$NPM_VERSION.tgz"
-  if [ ! -f "$ORT/include/onnxruntime_cxx_api.h" ] || [ ! -f "$ORT/lib/libonnxruntime.so" ]; then
+  # The library: the Python wheel's (what tiue_export.runtime runs), else the npm package's.
+  WHEEL_LIB="$(python3 - <<'PY' 2>/dev/null || true
+import glob, os
+import onnxruntime
+libs = sorted(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), "capi", "libonnxruntime.so*")))
+print(libs[0] if libs else "")
+PY
+)"
+  if [ ! -f "$ORT/include/onnxruntime_cxx_api.h" ] || [ ! -f "$ORT/lib/libonnxruntime.so" ] \
+     || { [ -n "$WHEEL_LIB" ] && [ ! -f "$ORT/lib/$(basename "$WHEEL_LIB")" ]; }; then
     if [ ! -f "$TGZ" ]; then
       command -v npm >/dev/null || unavailable "npm is not installed (needed to fetch the ONNX Runtime headers)"
       mkdir -p "$CACHE/npm"
@@ -49,7 +58,7 @@ else
       (cd "$CACHE/npm" && npm pack --silent "$NPM_PKG@$NPM_VERSION" >/dev/null 2>"$CACHE/npm/pack.log") \
         || unavailable "npm pack $NPM_PKG@$NPM_VERSION failed (no access to the npm registry?): $(tail -n1 "$CACHE/npm/pack.log")"
     fi
-    got="sha512-$(openssl dgst -sha512 -binary "$TGZ" | base64 -w0)"
+    got="$(python3 -c 'import base64, hashlib, sys; print("sha512-" + base64.b64encode(hashlib.sha512(open(sys.argv[1], "rb").read()).digest()).decode())' "$TGZ")"
     if [ "$got" != "$NPM_INTEGRITY" ]; then
       rm -f "$TGZ"
       echo "build_cpp: $TGZ does not match the pinned integrity $NPM_INTEGRITY" >&2
@@ -58,14 +67,6 @@ else
     rm -rf "$ORT.tmp" && mkdir -p "$ORT.tmp/x" "$ORT.tmp/include" "$ORT.tmp/lib"
     tar -xzf "$TGZ" -C "$ORT.tmp/x" "$HEADERS_IN_TGZ" "$LIB_IN_TGZ"
     cp "$ORT.tmp/x/$HEADERS_IN_TGZ"/*.h "$ORT.tmp/include/"
-    # The library: the Python wheel's (what tiue_export.runtime runs), else the npm package's.
-    WHEEL_LIB="$(python3 - <<'PY' 2>/dev/null || true
-import glob, os
-import onnxruntime
-libs = sorted(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), "capi", "libonnxruntime.so*")))
-print(libs[0] if libs else "")
-PY
-)"
     if [ -n "$WHEEL_LIB" ]; then
       log "library: $WHEEL_LIB (onnxruntime wheel)"
       cp "$WHEEL_LIB" "$ORT.tmp/lib/"
