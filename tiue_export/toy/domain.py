@@ -159,12 +159,13 @@ def render(a: Attributes, rng: np.random.Generator, resolution: int = 64) -> np.
         raise InputError(f"resolution must be at least 16 pixels, got {resolution}")
     ss = SUPERSAMPLE
     big = resolution * ss
-    # Background: a jittered shade plus a faint linear gradient in a random direction.
+    # Background: a jittered shade plus a faint linear gradient in a random direction (evaluated at
+    # pixel centres: the box average of a linear ramp over a pixel is its value at the centre).
     bg = _jitter(COLORS[a.background], rng)
     theta = rng.uniform(0, 2 * np.pi)
-    yy, xx = np.mgrid[0:big, 0:big] / (big - 1) - 0.5
-    ramp = (np.cos(theta) * xx + np.sin(theta) * yy) * GRADIENT
-    canvas = np.clip(bg[None, None, :] + ramp[..., None], 0, 255).astype(np.uint8)
+    centres = (np.arange(resolution) * ss + (ss - 1) / 2) / (big - 1) - 0.5
+    ramp = (np.cos(theta) * centres[None, :] + np.sin(theta) * centres[:, None]) * GRADIENT
+    background = bg[None, None, :] + ramp[..., None]
     # Object: radius within its size class, random rotation, placed fully inside a 2-pixel margin.
     lo, hi = SIZE_RANGES[a.size]
     radius = rng.uniform(lo, hi) * big
@@ -174,10 +175,12 @@ def render(a: Attributes, rng: np.random.Generator, resolution: int = 64) -> np.
     (x0, y0), (x1, y1) = pts.min(0), pts.max(0)
     cx = rng.uniform(margin - x0, big - margin - x1)
     cy = rng.uniform(margin - y0, big - margin - y1)
-    fg = tuple(int(round(v)) for v in _jitter(COLORS[a.color], rng))
-    img = Image.fromarray(canvas)
-    ImageDraw.Draw(img).polygon([(float(x + cx), float(y + cy)) for x, y in pts], fill=fg)
-    return np.asarray(img.reduce(ss), dtype=np.uint8)
+    fg = np.round(_jitter(COLORS[a.color], rng))
+    # Anti-aliasing: the object's coverage drawn at SUPERSAMPLE x, box-downsampled by Pillow.
+    mask = Image.new("L", (big, big), 0)
+    ImageDraw.Draw(mask).polygon([(float(x + cx), float(y + cy)) for x, y in pts], fill=255)
+    cover = np.asarray(mask.reduce(ss), dtype=np.float64)[..., None] / 255.0
+    return np.clip(np.round(background * (1 - cover) + fg * cover), 0, 255).astype(np.uint8)
 
 
 def _triples() -> list[tuple[str, str, str]]:
