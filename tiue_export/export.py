@@ -10,6 +10,7 @@ leaves nothing behind. docs/bundle.md explains the choices (exporter, optimiser,
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -38,6 +39,9 @@ log = logging.getLogger("tiue_export")
 EXTERNAL_DATA = ("auto", "always", "never")
 #: protobuf cannot serialise a message of 2 GiB or more; leave room for the graph itself.
 PROTOBUF_LIMIT = 2**31 - 2**27
+#: Export order: the text encoder and the VAE first, so that their PyTorch weights can be dropped
+#: before the UNet graphs (the SD 2.1 fp32 decoders need every GiB the exporter can get).
+EXPORT_ORDER = ("text_encoder", "vae_decoder", "unet_encoder", "unet_decoder", "unet_decoder_fused")
 #: ops kept in fp32 in an fp16 bundle: reductions whose fp16 range or rounding breaks SD
 #: (softmax over 4096 keys, group/layer/instance norms, the variance's Pow/Sqrt, GELU's Erf).
 FP16_KEEP_FP32 = (
@@ -249,8 +253,6 @@ def reference(pipe, modules, specs, cfg: ExportConfig) -> tuple[dict, dict]:
 
 def export_onnx(module: nn.Module, spec: GraphSpec, feed: dict, scratch: Path):
     """TorchScript-based export with the spec's names and axes, then onnxslim; returns the model."""
-    import onnx
-
     scratch.mkdir(parents=True, exist_ok=True)
     path = scratch / spec.file
     args = tuple(torch.from_numpy(feed[n]) for n in spec.input_names)
@@ -271,9 +273,9 @@ def export_onnx(module: nn.Module, spec: GraphSpec, feed: dict, scratch: Path):
             )
     except Exception as exc:
         raise TiueError(f"exporting {spec.name} failed: {_first_line(exc)}") from exc
-    model = onnx.load(str(path))  # pulls in external data if the exporter wrote any (> 2 GB)
+    model = slim(str(path), spec.name)  # onnxslim loads it, external data (> 2 GB) included
     shutil.rmtree(scratch, ignore_errors=True)
-    return slim(model, spec.name)
+    return model
 
 
 def slim(model, name: str):
@@ -369,10 +371,8 @@ def validate_graph(path: Path, spec: GraphSpec, feed: dict, ref: dict, precision
 def chain_feed(name: str, inputs: dict, chain: dict, specs) -> dict | None:
     """The inputs of graph ``name`` in the ORT-only chain (fused path): every tensor that an
     earlier graph produced comes from ONNX Runtime, the rest (ids, z_T) from ``inputs``."""
-    if name == "unet_decoder" or (name != "text_encoder" and not chain):
-        return None
-    if name == "vae_decoder":
-        return {"latents": chain["z0"]} if "z0" in chain else None
+    if name in ("unet_decoder", "vae_decoder") or (name != "text_encoder" and not chain):
+        return None  # the VAE runs on the chain's z0 after the UNet graphs (see export_bundle)
     return {n: chain.get(n, inputs[name][n]) if n != "latents" else inputs[name][n] for n in specs[name].input_names}
 
 
@@ -459,7 +459,8 @@ def export_bundle(cfg: ExportConfig, pipe=None) -> ExportReport:
     check_config(cfg)
     require("onnxslim", "onnxslim", why="graph folding at export")
     t_start = time.perf_counter()
-    if pipe is None:
+    owned = pipe is None  # a pipeline we loaded ourselves may lose modules as soon as they are exported
+    if owned:
         pipe = load_pipeline(cfg.model)
     if pipe.is_teacher:
         raise InputError(f"{pipe.path} is a teacher (tiue.json kind=teacher): export needs a TiUE student")
@@ -471,13 +472,14 @@ def export_bundle(cfg: ExportConfig, pipe=None) -> ExportReport:
     inputs, refs = reference(pipe, modules, specs, cfg)
     seconds = {"load_and_reference": time.perf_counter() - t_start}
     s = pipe.schedule
+    vae_info = {"scaling_factor": float(pipe.vae.config.scaling_factor), "scale_in_graph": True}
     report = ExportReport(Path(cfg.out), {}, seconds)
 
     with atomic_path(cfg.out) as tmp:
         tmp.mkdir()
         graphs, results, failures = {}, {}, []
         chain_values: dict[str, np.ndarray] = {}
-        for name in GRAPHS:
+        for name in [g for g in EXPORT_ORDER if g in GRAPHS]:
             spec = specs[name]
             log.info("exporting %s", name)
             t0 = time.perf_counter()
@@ -500,12 +502,21 @@ def export_bundle(cfg: ExportConfig, pipe=None) -> ExportReport:
             else:
                 results[name] = comparison
             chain_values.update(chain_out or {})
+            modules.pop(name)
+            if owned and name in ("text_encoder", "vae_decoder"):  # done with these weights
+                setattr(pipe, "vae" if name == "vae_decoder" else name, None)
+            gc.collect()
             entry = spec.to_manifest(cfg.precision)
             entry["external_data"] = data_files
             graphs[name] = entry
             report.sizes[spec.file] = sum((tmp / f).stat().st_size for f in [spec.file] + data_files)
 
         end_to_end = None
+        if "z0" in chain_values and "vae_decoder" in graphs:
+            from .runtime.session import OrtRunner, SessionLoader
+
+            with OrtRunner(SessionLoader(tmp / specs["vae_decoder"].file, ["CPUExecutionProvider"])) as runner:
+                chain_values.update(runner.infer({"latents": chain_values["z0"]}))
         if "images" in chain_values:
             from .sampling import to_uint8_images
 
@@ -530,7 +541,7 @@ def export_bundle(cfg: ExportConfig, pipe=None) -> ExportReport:
             "opset": cfg.opset,
             "axes": dict(AXES),
             "axis_relations": {"KB": "K*B"},
-            "graphs": graphs,
+            "graphs": {g: graphs[g] for g in GRAPHS if g in graphs},
             "runtime": {
                 "fused": ["text_encoder", "unet_encoder", "unet_decoder_fused", "vae_decoder"],
                 "unfused": ["text_encoder", "unet_encoder", "unet_decoder", "vae_decoder"],
@@ -549,7 +560,7 @@ def export_bundle(cfg: ExportConfig, pipe=None) -> ExportReport:
             },
             "latent": dict(zip(("channels", "height", "width"), geo.latent)),
             "image": {"height": geo.image[0], "width": geo.image[1], "channels": 3, "range": [-1.0, 1.0]},
-            "vae": {"scaling_factor": float(pipe.vae.config.scaling_factor), "scale_in_graph": True},
+            "vae": vae_info,
             "features": geo.to_dict()["features"],
             "tokenizer": tokenizer,
             "batch_profile": cfg.batch.to_dict(),
