@@ -1,0 +1,148 @@
+"""The toy classifier (shipped weights) and ``tiue-export toy eval`` end to end."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tiue_export.errors import InputError, ModelError
+from tiue_export.toy import domain
+from tiue_export.toy.classifier import (
+    DEFAULT_CLASSIFIER,
+    TrainConfig,
+    load_classifier,
+    render_pool,
+    train_classifier,
+)
+from tiue_export.toy.evaluate import EvalConfig, evaluate, generate, parse_splits, real_images
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    return load_classifier()
+
+
+def run_cli(capsys, *args):
+    from tiue_export.cli import main
+
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+# -- classifier -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("split", ["train", "heldout"])
+def test_shipped_classifier_is_right_on_fresh_renders(classifier, split):
+    # Seed 777 is neither the training pool's (0) nor the stored check's (10000, 10001).
+    images, attrs = render_pool(200, 777, domain.combos(split), 64)
+    acc = classifier.accuracy(images, attrs)
+    assert acc["all"] >= 0.98, acc
+
+
+def test_shipped_classifier_records_its_accuracy(classifier):
+    acc = json.loads((DEFAULT_CLASSIFIER / "config.json").read_text())["accuracy"]
+    assert acc["train"]["all"] >= 0.98 and acc["heldout"]["all"] >= 0.98
+    assert classifier.meta["accuracy"] == acc
+
+
+def test_classifier_resizes_other_resolutions(classifier):
+    images, attrs = render_pool(40, 778, domain.combos("train"), 128)
+    pred = classifier.predict(images)
+    assert pred.features.shape == (40, classifier.config.feature_dim)
+    assert classifier.accuracy(images, attrs)["all"] >= 0.9
+
+
+def test_missing_classifier_is_model_error(tmp_path):
+    with pytest.raises(ModelError, match=r"not a toy classifier directory \(no config.json\)"):
+        load_classifier(tmp_path)
+
+
+def test_train_classifier_writes_a_loadable_directory(tmp_path):
+    cfg = TrainConfig(steps=2, batch_size=8, pool_size=32, eval_images=4)
+    meta = train_classifier(tmp_path / "clf", config=cfg, seed=3)
+    assert sorted(p.name for p in (tmp_path / "clf").iterdir()) == ["config.json", "model.safetensors"]
+    assert meta["train"]["seed"] == 3 and set(meta["accuracy"]) == {"train", "heldout"}
+    assert load_classifier(tmp_path / "clf").meta == json.loads((tmp_path / "clf" / "config.json").read_text())
+
+
+# -- evaluator on stand-in samplers ---------------------------------------------------------------
+def test_real_renders_score_like_real_images(classifier):
+    # A "model" that renders the domain itself: accuracy at the classifier's ceiling, FD near 0.
+    cfg = EvalConfig(prompts=3, seeds=3, splits=("train",))
+    res = evaluate(lambda p, s: real_images(p, seed=99, resolution=64), cfg, classifier)
+    s = res.report["splits"]["train"]
+    assert s["images"] == 9 and s["prompt_accuracy"] >= 8 / 9
+    assert s["precision"] > 0.5 and s["coverage"] > 0.5
+    gray = evaluate(lambda p, s: np.full((len(p), 32, 32, 3), 128, np.uint8), cfg, classifier)
+    g = gray.report["splits"]["train"]
+    assert g["fd"] > 10 * max(s["fd"], 1e-3)
+    # Identical fakes have k-NN radius 0 (mode collapse): no real point is recalled.
+    assert g["recall"] == 0.0 and g["prompt_accuracy"] < s["prompt_accuracy"]
+
+
+def test_bad_sampler_output_is_input_error():
+    with pytest.raises(InputError, match=r"the sampler returned float64 \(2, 8, 8, 3\); expected uint8 \(2, H, W, 3\)"):
+        generate(lambda p, s: np.zeros((len(p), 8, 8, 3)), ["a", "b"], [0, 1], batch_size=4)
+
+
+def test_parse_splits():
+    assert parse_splits("both") == ("train", "heldout") and parse_splits("heldout") == ("heldout",)
+    with pytest.raises(InputError, match="unknown split 'test': use train, heldout or both"):
+        parse_splits("test")
+
+
+# -- CLI ------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_cli_eval_end_to_end_on_a_tiny_model(tiny_sd21, tmp_path, capsys):
+    out_json, out_png = tmp_path / "r" / "eval.json", tmp_path / "r" / "grid.png"
+    code, out, err = run_cli(
+        capsys, "toy", "eval", "--model", str(tiny_sd21), "--prompts", "2", "--seeds", "2",
+        "--json", str(out_json), "--grid", str(out_png),
+    )
+    assert code == 0, err
+    report = json.loads(out_json.read_text())
+    assert report["model"] == str(tiny_sd21) and report["backend"] == "torch"
+    assert report["sampler"] == "one-pass" and report["guidance"] is None
+    assert report["seeds"] == [0, 1] and report["config"]["prompts"] == 2
+    assert set(report["versions"]) >= {"tiue-export", "torch", "numpy"}
+    for split in ("train", "heldout"):
+        s = report["splits"][split]
+        assert s["images"] == 4 and 0.0 <= s["prompt_accuracy"] <= 1.0 and s["fd"] >= 0.0
+        assert s["precision"] is None  # 4 images: too few for k=5 balls, reported as null
+        assert set(s["attribute_accuracy"]) == set(domain.ATTRIBUTES)
+    assert "precision/recall/density/coverage need more than k=5 images" in err
+    with Image.open(out_png) as im:
+        assert im.size == (220 + 2 * 100 + 4, 4 * 100 + 4)  # 2 splits x 2 prompts rows, 2 seeds
+    assert "train" in out and "heldout" in out and f"wrote {out_json}" in out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--split", "test"], "error: unknown split 'test': use train, heldout or both"),
+        (["--split", "heldout", "--prompts", "30"], "error: the heldout split has 26 distinct prompts; asked for 30"),
+        (["--seeds", "0"], "error: --seeds must be >= 1, got 0"),
+        (["--sampler", "euler"], "error: unknown sampler 'euler': use one-pass, loop or ddim:N (N >= 1)"),
+        (["--backend", "tensorflow"], "error: unknown backend 'tensorflow': use torch"),
+        (["--grid", "grid.jpg"], "error: --grid grid.jpg: the file name must end in .png"),
+    ],
+)
+def test_cli_bad_input_is_one_line_exit_2(capsys, tmp_path, args, message):
+    out_json = tmp_path / "eval.json"
+    code, _, err = run_cli(capsys, "toy", "eval", *args, "--json", str(out_json))
+    assert code == 2
+    assert err.strip() == message
+    assert not out_json.exists()
+
+
+def test_cli_missing_model_is_one_line_exit_2(capsys, tmp_path):
+    out_json = tmp_path / "eval.json"
+    code, _, err = run_cli(capsys, "toy", "eval", "--model", str(tmp_path / "nope"), "--json", str(out_json))
+    assert code == 2
+    assert err.strip() == f"error: no such model directory: {tmp_path / 'nope'}"
+    assert not out_json.exists()

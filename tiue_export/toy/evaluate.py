@@ -1,0 +1,305 @@
+"""Score a text-to-image model on the toy domain: prompt accuracy, per-attribute accuracy, FD, PRDC.
+
+The model is any ``sample_fn(prompts, seeds) -> uint8 NHWC images``; :func:`make_sample_fn`
+builds one per backend (PyTorch now; others plug into :data:`BACKENDS`). For each split the
+evaluator samples ``seeds`` images for each of ``prompts`` captions, classifies them with the toy
+classifier, and compares the classifier's features with those of as many real renders of the
+same captions.
+
+- prompt accuracy: share of images whose every stated attribute is classified right (the
+  toy's stand-in for a CLIP score);
+- FD: Frechet distance of Gaussian fits of classifier features (the toy's FID);
+- precision / recall / density / coverage: Naeem et al. 2020, k=5, real vs generated features.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..errors import InputError
+from ..io import atomic_path, write_png
+from . import domain
+from .metrics import NEAREST_K, frechet_distance, prdc
+
+log = logging.getLogger("tiue_export")
+
+#: ``sample_fn(prompts, seeds) -> uint8 (N, H, W, 3)``: one image per (prompt, seed) pair.
+SampleFn = Callable[[Sequence[str], Sequence[int]], np.ndarray]
+
+SPLITS = ("train", "heldout")
+
+
+def parse_splits(text: str) -> tuple[str, ...]:
+    """``train``, ``heldout`` or ``both`` -> the splits to evaluate."""
+    if text == "both":
+        return SPLITS
+    if text in SPLITS:
+        return (text,)
+    raise InputError(f"unknown split {text!r}: use train, heldout or both")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What ``tiue-export toy eval`` measures; saved in the JSON report."""
+
+    prompts: int = 20  # per split: the held-out split has only 26 distinct captions
+    seeds: int = 4  # images per prompt, seeds 0..seeds-1: enough for k=5 PRDC balls per split
+    splits: tuple[str, ...] = SPLITS
+    batch_size: int = 8  # images per sample_fn call (CFG doubles the UNet batch)
+    prompt_seed: int = 0  # which captions, in which order (domain.eval_prompts)
+    real_seed: int = 1234  # the real reference renders; fixed so every model meets the same set
+    nearest_k: int = NEAREST_K
+
+    def __post_init__(self):
+        if self.prompts < 1:
+            raise InputError(f"--prompts must be >= 1, got {self.prompts}")
+        if self.seeds < 1:
+            raise InputError(f"--seeds must be >= 1, got {self.seeds}")
+        if self.batch_size < 1:
+            raise InputError(f"--batch-size must be >= 1, got {self.batch_size}")
+        for s in self.splits:
+            parse_splits(s)
+
+    def prompts_for(self, split: str) -> list[str]:
+        """The evaluated captions of ``split`` (raises InputError if it has fewer than asked)."""
+        return domain.eval_prompts(split, self.prompts, seed=self.prompt_seed)
+
+    def jobs(self, split: str) -> tuple[list[str], list[int]]:
+        """(prompt, seed) of every image, prompt-major: prompt i's seeds are images i*S..i*S+S-1."""
+        prompts = self.prompts_for(split)
+        return [p for p in prompts for _ in range(self.seeds)], [s for _ in prompts for s in range(self.seeds)]
+
+
+def real_images(prompts: Sequence[str], seed: int, resolution: int) -> np.ndarray:
+    """One real render per entry of ``prompts`` (repeat a prompt for more), from one seeded stream."""
+    rng = np.random.default_rng(seed)
+    return np.stack([domain.render(domain.parse_caption(p), rng, resolution) for p in prompts])
+
+
+def generate(sample_fn: SampleFn, prompts: Sequence[str], seeds: Sequence[int], batch_size: int, desc: str = "") -> np.ndarray:
+    """Run ``sample_fn`` over (prompt, seed) pairs in batches, with a progress bar on stderr."""
+    from tqdm.auto import tqdm
+
+    out = []
+    with tqdm(total=len(prompts), desc=desc, unit="img", leave=False, disable=None) as bar:
+        for start in range(0, len(prompts), batch_size):
+            images = np.asarray(sample_fn(list(prompts[start : start + batch_size]), list(seeds[start : start + batch_size])))
+            n = min(batch_size, len(prompts) - start)
+            if images.dtype != np.uint8 or images.ndim != 4 or images.shape[0] != n or images.shape[-1] != 3:
+                raise InputError(f"the sampler returned {images.dtype} {images.shape}; expected uint8 ({n}, H, W, 3)")
+            out.append(images)
+            bar.update(n)
+    return np.concatenate(out)
+
+
+def _finite(x: float) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def score_split(classifier, prompts: Sequence[str], fake: np.ndarray, real: np.ndarray, k: int = NEAREST_K) -> dict:
+    """Accuracy of ``fake`` against the attributes its prompts state, and FD/PRDC against ``real``."""
+    from .classifier import score
+
+    attrs = [domain.parse_caption(p) for p in prompts]
+    targets = classifier.targets(attrs)
+    fp, rp = classifier.predict(fake), classifier.predict(real)
+    acc, real_acc = score(fp.labels, targets), score(rp.labels, targets)
+    right = np.logical_and.reduce([fp.labels[n] == targets[n] for n in targets])
+    by_prompt: dict[str, list[bool]] = {}
+    for p, r in zip(prompts, right):
+        by_prompt.setdefault(p, []).append(bool(r))
+    n = len(prompts)
+    if n > k:
+        pr = prdc(rp.features, fp.features, k).to_dict()
+    else:
+        log.warning("precision/recall/density/coverage need more than k=%d images per split, got %d: reported as null", k, n)
+        pr = dict.fromkeys(("precision", "recall", "density", "coverage"))
+    return {
+        "images": n,
+        "prompt_accuracy": acc["all"],
+        "attribute_accuracy": acc["per_attribute"],
+        "fd": _finite(frechet_distance(rp.features, fp.features)) if n >= 2 else None,
+        **pr,
+        # The same classifier on real renders of the same prompts: the ceiling of the accuracies.
+        "real": {"prompt_accuracy": real_acc["all"], "attribute_accuracy": real_acc["per_attribute"]},
+        "per_prompt": {p: sum(v) / len(v) for p, v in by_prompt.items()},
+        "_right": right,  # per-image verdicts for the grid; removed from the JSON report
+    }
+
+
+@dataclass
+class EvalResult:
+    """The JSON-able report plus, per split, the generated images and their prompts (for the grid)."""
+
+    report: dict
+    images: dict[str, np.ndarray] = field(default_factory=dict)
+    prompts: dict[str, list[str]] = field(default_factory=dict)
+    right: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def evaluate(sample_fn: SampleFn, config: EvalConfig = EvalConfig(), classifier=None, info: dict | None = None) -> EvalResult:
+    """Sample, classify and score every split of ``config``.
+
+    Args:
+        sample_fn: ``(prompts, seeds) -> uint8 NHWC`` images; any resolution (resized for the classifier).
+        config: counts, splits and seeds.
+        classifier: a :class:`~tiue_export.toy.classifier.ToyClassifier` (default: the shipped one).
+        info: extra fields for the report (model, backend, sampler, guidance ...).
+    """
+    from .. import __version__
+    from .classifier import load_classifier
+
+    jobs = {split: config.jobs(split) for split in config.splits}  # validates counts before any work
+    classifier = classifier or load_classifier()
+    result = EvalResult(report={})
+    splits, seconds = {}, 0.0
+    for split, (prompts, seeds) in jobs.items():
+        t0 = time.perf_counter()
+        fake = generate(sample_fn, prompts, seeds, config.batch_size, desc=f"{split} prompts")
+        seconds += time.perf_counter() - t0
+        real = real_images(prompts, config.real_seed + SPLITS.index(split), classifier.config.resolution)
+        scores = score_split(classifier, prompts, fake, real, config.nearest_k)
+        result.right[split] = scores.pop("_right")
+        result.images[split], result.prompts[split] = fake, prompts
+        splits[split] = scores
+    result.report = {
+        **(info or {}),
+        "config": {**asdict(config), "splits": list(config.splits)},
+        "seeds": list(range(config.seeds)),
+        "classifier": {"path": str(classifier.path) if classifier.path else None, "accuracy": classifier.meta.get("accuracy")},
+        "splits": splits,
+        "sampling_seconds": round(seconds, 2),
+        "versions": versions(),
+        "software": f"tiue-export {__version__}",
+    }
+    return result
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages that decide the numbers."""
+    import platform
+    from importlib import metadata
+
+    from .. import __version__
+
+    out = {"tiue-export": __version__, "python": platform.python_version()}
+    for name in ("torch", "diffusers", "transformers", "numpy", "Pillow"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+# -- backends -------------------------------------------------------------------------------------
+def _torch_sample_fn(model: Path, sampler: str | None, guidance: float | None) -> tuple[SampleFn, dict]:
+    from ..pipeline import Sampler, load_pipeline
+
+    pipe = load_pipeline(model)
+    parsed = Sampler.parse(sampler or pipe.default_sampler)
+    g = default_guidance(pipe) if guidance is None else guidance
+
+    def sample_fn(prompts, seeds):
+        return pipe.sample(prompts, seeds, parsed, g).images
+
+    info = {"sampler": str(parsed), "guidance": g if parsed.kind == "ddim" else None, "k": pipe.schedule.k}
+    return sample_fn, info
+
+
+def default_guidance(pipe) -> float:
+    """The CFG scale a model was made for (``tiue.json`` provenance ``guidance``), else 7.5 as ``infer``."""
+    prov = pipe.student_config.provenance if pipe.student_config else {}
+    value = prov.get("guidance", prov.get("default_guidance"))
+    try:
+        return float(value) if value is not None else 7.5
+    except (TypeError, ValueError):
+        return 7.5
+
+
+#: backend name -> ``(model_path, sampler or None, guidance or None) -> (sample_fn, info)``.
+BACKENDS: dict[str, Callable[..., tuple[SampleFn, dict]]] = {"torch": _torch_sample_fn}
+
+
+def make_sample_fn(backend: str, model: Path, sampler: str | None = None, guidance: float | None = None) -> tuple[SampleFn, dict]:
+    """Build ``sample_fn`` for ``backend`` and the report fields that describe it."""
+    if backend not in BACKENDS:
+        raise InputError(f"unknown backend {backend!r}: use {', '.join(BACKENDS)}")
+    fn, info = BACKENDS[backend](Path(model), sampler, guidance)
+    return fn, {"model": str(model), "backend": backend, **info}
+
+
+# -- output ---------------------------------------------------------------------------------------
+def write_report(path: str | Path, report: dict) -> Path:
+    """Write the JSON report atomically (NaN written as null)."""
+
+    def clean(x):
+        if isinstance(x, float):
+            return _finite(x)
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        return x
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(clean(report), indent=2) + "\n")
+    return Path(path)
+
+
+def image_grid(result: EvalResult, seeds: int, cell: int = 96, label_width: int = 220) -> np.ndarray:
+    """One row per prompt (all splits, in order), ``seeds`` images per row, caption at the left.
+
+    Each image has a green frame if the classifier finds every stated attribute, else red.
+    """
+    from PIL import Image, ImageDraw
+
+    rows = [(split, p) for split in result.images for p in dict.fromkeys(result.prompts[split])]
+    pad = 4
+    grid = Image.new("RGB", (label_width + seeds * (cell + pad) + pad, len(rows) * (cell + pad) + pad), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    r = 0
+    for split, images in result.images.items():
+        for j, im in enumerate(images):
+            row, col = r + j // seeds, j % seeds
+            x, y = label_width + pad + col * (cell + pad), pad + row * (cell + pad)
+            ok = bool(result.right[split][j])
+            draw.rectangle([x - 3, y - 3, x + cell + 2, y + cell + 2], fill=(40, 170, 60) if ok else (210, 40, 40))
+            grid.paste(Image.fromarray(im).resize((cell, cell), Image.NEAREST), (x, y))
+        for i, p in enumerate(dict.fromkeys(result.prompts[split])):
+            y = pad + (r + i) * (cell + pad) + cell // 2 - 12
+            words = p.split(" on ")
+            draw.text((pad, y), f"[{split}] {words[0]}", fill=(0, 0, 0))
+            draw.text((pad, y + 14), "on " + " on ".join(words[1:]), fill=(0, 0, 0))
+        r += len(dict.fromkeys(result.prompts[split]))
+    return np.asarray(grid)
+
+
+def write_grid(path: str | Path, result: EvalResult, seeds: int, metadata: dict | None = None) -> Path:
+    """Write :func:`image_grid` as a PNG, atomically."""
+    return write_png(path, image_grid(result, seeds), metadata)
+
+
+def summary_table(report: dict) -> str:
+    """A fixed-width table of the headline numbers, one line per split."""
+    attrs = domain.ATTRIBUTES
+    head = f"{'split':<8} {'images':>6} {'prompt':>7} " + " ".join(f"{a[:5]:>6}" for a in attrs)
+    head += f" {'FD':>8} {'prec':>5} {'rec':>5} {'dens':>5} {'cov':>5}"
+    lines = [head]
+
+    def f(v, w, d):
+        return f"{'-':>{w}}" if v is None else f"{v:>{w}.{d}f}"
+
+    for split, s in report["splits"].items():
+        line = f"{split:<8} {s['images']:>6} {f(s['prompt_accuracy'], 7, 3)} "
+        line += " ".join(f(s["attribute_accuracy"][a], 6, 3) for a in attrs)
+        line += f" {f(s['fd'], 8, 3)} " + " ".join(f(s[m], 5, 2) for m in ("precision", "recall", "density", "coverage"))
+        lines.append(line)
+    return "\n".join(lines)
