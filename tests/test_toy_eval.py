@@ -146,3 +146,10 @@ def test_cli_missing_model_is_one_line_exit_2(capsys, tmp_path):
     assert code == 2
     assert err.strip() == f"error: no such model directory: {tmp_path / 'nope'}"
     assert not out_json.exists()
+
+
+def test_cli_train_classifier_bad_steps(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "toy", "train-classifier", "--out", str(tmp_path / "clf"), "--steps", "0")
+    assert code == 2
+    assert err.strip() == "error: --steps must be >= 1, got 0"
+    assert not (tmp_path / "clf").exists()

@@ -14,6 +14,7 @@ import click
 
 TOY_COMMANDS = {
     "eval": ("tiue_export.cli.toy_eval", "eval_cmd", "Score a model on the toy domain (attribute accuracy, FD, ...)."),
+    "train-classifier": ("tiue_export.cli.toy_eval", "train_classifier_cmd", "Train the attribute classifier that toy eval measures with."),
 }
 
 
