@@ -78,6 +78,7 @@ def test_real_renders_score_like_real_images(classifier):
     s = res.report["splits"]["train"]
     assert s["images"] == 9 and s["prompt_accuracy"] >= 8 / 9
     assert s["precision"] > 0.5 and s["coverage"] > 0.5
+    assert s["reference"]["prompt_accuracy"] == 1.0 and s["reference"]["fd"] > 0.0
     gray = evaluate(lambda p, s: np.full((len(p), 32, 32, 3), 128, np.uint8), cfg, classifier)
     g = gray.report["splits"]["train"]
     assert g["fd"] > 10 * max(s["fd"], 1e-3)
@@ -115,6 +116,7 @@ def test_cli_eval_end_to_end_on_a_tiny_model(tiny_sd21, tmp_path, capsys):
         assert s["images"] == 4 and 0.0 <= s["prompt_accuracy"] <= 1.0 and s["fd"] >= 0.0
         assert s["precision"] is None  # 4 images: too few for k=5 balls, reported as null
         assert set(s["attribute_accuracy"]) == set(domain.ATTRIBUTES)
+        assert s["reference"]["prompt_accuracy"] == 1.0 and s["reference"]["images"] == 4
     assert "precision/recall/density/coverage need more than k=5 images" in err
     with Image.open(out_png) as im:
         assert im.size == (220 + 2 * 100 + 4, 4 * 100 + 4)  # 2 splits x 2 prompts rows, 2 seeds
