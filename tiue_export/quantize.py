@@ -65,7 +65,7 @@ class CalibrationConfig:
 
     bundle: Path
     prompts: Path | None = None  # None: calibration/toy_prompts.txt for the built-in toy models, else prompts.txt
-    num: int = 64  # calibration images: ranges of SD-sized UNets settle by a few dozen prompts
+    num: int = 64  # calibration images (rounded up to whole batches): SD-sized UNets' ranges settle by a few dozen
     seed: int = 0  # seed of the prompt order and of image i's z_T (seed + i)
     method: str = "minmax"  # symmetric max-abs: what TensorRT's own explicit-quantization recipes use for int8
     batch: int = 4  # images per calibration batch (the runtime's default batch profile max)
@@ -167,10 +167,11 @@ def keep_float_nodes(model, patterns: Sequence[str]) -> dict[str, str]:
 
 
 # -- calibration data -----------------------------------------------------------------------------
-def graph_feeds(pipe, graph: str, prompts: Sequence[str], seeds: Sequence[int], batch: int) -> Iterator[dict]:
-    """The real inputs of ``graph`` while the fp32 pipeline runs ``prompts``, one batch at a time
-    (computed lazily: an SD UNet's features take ~26 MB per image)."""
-    for start in range(0, len(prompts), batch):
+def graph_feeds(pipe, graph: str, prompts: Sequence[str], seeds: Sequence[int], batch: int, first: int = 0, stop: int | None = None) -> Iterator[dict]:
+    """The real inputs of ``graph`` while the fp32 pipeline runs ``prompts``: batches ``first`` to
+    ``stop`` (computed lazily: an SD UNet's features take ~26 MB per image)."""
+    starts = list(range(0, len(prompts), batch))[first:stop]
+    for start in starts:
         ps, ss = list(prompts[start : start + batch]), list(seeds[start : start + batch])
         text = pipe.encode_text(ps)
         noise = initial_noise(ss, pipe.latent_shape)
@@ -184,23 +185,36 @@ def graph_feeds(pipe, graph: str, prompts: Sequence[str], seeds: Sequence[int], 
         yield feed
 
 
-def data_reader(make: Callable[[], Iterator[dict]]):
-    """An ONNX Runtime ``CalibrationDataReader`` over the feeds of ``make()`` (restartable)."""
+def data_reader(make: Callable[[int, int], Iterator[dict]], batches: int):
+    """An ONNX Runtime ``CalibrationDataReader`` over ``batches`` feeds, ``make(first, stop)``
+    yielding a range of them: ``quantize_static`` reads it in strides (``set_range``) and merges
+    each stride's ranges, so only one stride's activations are ever held in memory."""
     from onnxruntime.quantization import CalibrationDataReader
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.it = None
+            self.range, self.it = (0, batches), None
+
+        def __len__(self):
+            return batches
+
+        def set_range(self, start_index: int, end_index: int):
+            self.range, self.it = (start_index, end_index), None
 
         def get_next(self):
             if self.it is None:
-                self.it = make()
+                self.it = make(*self.range)
             return next(self.it, None)
 
         def rewind(self):
             self.it = None
 
     return Reader()
+
+
+def stride_for(batches: int, most: int = 4) -> int:
+    """The largest stride <= ``most`` that divides ``batches`` (ONNX Runtime requires one)."""
+    return max(d for d in range(1, most + 1) if batches % d == 0)
 
 
 # -- quantization ---------------------------------------------------------------------------------
@@ -214,7 +228,9 @@ def quantize_graph(src: Path, dst: Path, reader, keep: dict[str, str], cfg: Cali
         "WeightSymmetric": True,
         "MatMulConstBOnly": True,
         "QuantizeBias": False,  # TensorRT has no int32 DequantizeLinear: it fuses float biases itself
-        "CalibMaxIntermediateOutputs": 4,  # merge ranges every 4 batches: bounded memory, same result
+        # Ranges merged every few batches: bounded memory, same result. (Not CalibMaxIntermediateOutputs:
+        # ONNX Runtime 1.31 drops the batches it holds when that limit is reached.)
+        "CalibStridedMinMax": stride_for(len(reader)),
     }
     if cfg.method == "percentile":
         extra["CalibPercentile"] = cfg.percentile
@@ -361,7 +377,9 @@ def calibrate_bundle(cfg: CalibrationConfig) -> CalibrationReport:
     t_start = time.perf_counter()
     bundle = open_fp32_bundle(Path(cfg.bundle))
     prompts_file = Path(cfg.prompts) if cfg.prompts else default_prompts_file(bundle.manifest)
-    calib, held = split_prompts(read_prompt_file(prompts_file), cfg.num, cfg.eval_prompts, cfg.seed)
+    # Whole batches only: the histogram calibrators stack a stride's batches into one array.
+    num = -(-cfg.num // cfg.batch) * cfg.batch
+    calib, held = split_prompts(read_prompt_file(prompts_file), num, cfg.eval_prompts, cfg.seed)
     seeds = [cfg.seed + i for i in range(len(calib))]
     eval_seeds = [cfg.seed + 1_000_000 + i for i in range(len(held))]
     log.info("calibrating %s on %d prompts from %s (%s)", bundle.path, len(calib), prompts_file, cfg.method)
@@ -378,7 +396,8 @@ def calibrate_bundle(cfg: CalibrationConfig) -> CalibrationReport:
             keep = keep_float_nodes(onnx.load(str(src), load_external_data=False), cfg.keep_patterns)
             external = bool(bundle.manifest["graphs"][name].get("external_data"))
             out = staging / f"{name}.int8.onnx"
-            reader = data_reader(lambda name=name: graph_feeds(fp32, name, calib, seeds, cfg.batch))
+            batches = -(-len(calib) // cfg.batch)
+            reader = data_reader(lambda a, b, name=name: graph_feeds(fp32, name, calib, seeds, cfg.batch, a, b), batches)
             try:
                 with quiet_ort_quantization():
                     quantize_graph(src, out, reader, keep, cfg, external)
@@ -455,11 +474,14 @@ def _with_variants(manifest: dict, entries: dict[str, dict], prefix: str) -> dic
 def quiet_ort_quantization():
     """ONNX Runtime's quantizer logs advice through the root logger at WARNING; keep it out of
     the one-line CLI output while it runs (our own summary says what matters)."""
+    import io
+
     root = logging.getLogger()
     level = root.level
     root.setLevel(max(level, logging.ERROR))
     try:
-        yield
+        with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print progress
+            yield
     finally:
         root.setLevel(level)
 
