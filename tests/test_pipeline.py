@@ -153,3 +153,11 @@ def test_torch_noise_source_matches_authors_draw(pipe):
     np.testing.assert_array_equal(res.latents, again.latents)
     with pytest.raises(InputError, match="unknown noise source"):
         pipe.sample(["a cat"], [0], noise_source="cuda")
+
+
+def test_default_guidance_from_tiue_json(tiny_sd21, tmp_path):
+    d = _copy(tiny_sd21, tmp_path / "m")
+    assert load_pipeline(d).default_guidance == 7.5
+    (d / "tiue.json").write_text(json.dumps({"k": 4, "kind": "teacher", "provenance": {"guidance": 5.0}}))
+    p = load_pipeline(d)
+    assert p.default_guidance == 5.0 and p.default_sampler == "ddim:50"

@@ -124,6 +124,13 @@ class TorchPipeline:
         return "ddim:50" if self.is_teacher else "one-pass"
 
     @property
+    def default_guidance(self) -> float:
+        """The CFG scale the model was made for (``tiue.json`` provenance ``guidance``), else 7.5."""
+        prov = self.student_config.provenance if self.student_config else {}
+        value = prov.get("guidance", prov.get("default_guidance"))
+        return float(value) if value is not None else 7.5
+
+    @property
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 

@@ -61,7 +61,7 @@ def output_paths(out: str, jobs: list[tuple[str, int]]) -> list[Path]:
     "[default: the bundle's own / its only engines].",
 )
 @click.option("--sampler", default=None, help="one-pass | loop | ddim:N  [default: one-pass; ddim:50 for a teacher]")
-@click.option("--guidance", type=float, default=7.5, show_default=True, help="CFG scale of the ddim:N sampler.")
+@click.option("--guidance", type=float, default=None, help="CFG scale of the ddim:N sampler [default: the model's, else 7.5].")
 @click.option("--k", type=click.IntRange(1, 1000), default=None, help="Override the number of decoder timesteps.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the first image; image j uses seed+j.")
 @click.option("--num-images", type=click.IntRange(1, 10000), default=1, show_default=True, help="Images per prompt.")
@@ -98,6 +98,8 @@ def infer(prompts, prompts_file, model, backend, precision, sampler, guidance, k
     model_path = resolve_model(model)
     pipe = load_pipeline(model_path, k=k)
     sampler = Sampler.parse(sampler or pipe.default_sampler)
+    if guidance is None:
+        guidance = pipe.default_guidance
     pipe.latent_shape(height, width)  # validate the size before any work
     totals: dict[str, float] = {}
     written = []
