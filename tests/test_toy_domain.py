@@ -130,6 +130,18 @@ def test_object_in_frame_and_sizes_separated():
     assert min(areas["small"]) > 30  # a small object still has enough pixels to classify
 
 
+def test_render_with_box_bounds_the_object():
+    rng = np.random.default_rng(5)
+    for a in d.combos("train")[::7]:
+        state = rng.bit_generator.state
+        image, (x0, y0, x1, y1) = d.render_with_box(a, rng)
+        rng.bit_generator.state = state
+        np.testing.assert_array_equal(image, d.render(a, rng))
+        ys, xs = np.nonzero(_object_mask(image, a))
+        assert 2 <= x0 < x1 <= 62 and 2 <= y0 < y1 <= 62
+        assert xs.min() >= np.floor(x0) - 1 and xs.max() <= np.ceil(x1) and ys.min() >= np.floor(y0) - 1 and ys.max() <= np.ceil(y1)
+
+
 def test_eval_prompts():
     p = d.eval_prompts("train", 20, seed=1)
     assert len(p) == len(set(p)) == 20

@@ -72,12 +72,17 @@ def test_losses_hand_values():
     assert T.epsilon_loss(pred, noise, torch.tensor([1.0, 0.0])).item() == pytest.approx(0.5)
 
 
-def test_random_crop_and_image_tensor():
-    img = np.arange(8 * 8 * 3, dtype=np.uint8).reshape(8, 8, 3)
+def test_object_crop_holds_the_object_centre_and_image_tensor():
+    from tiue_export.toy import domain
+
     rng = np.random.default_rng(0)
-    crop = T.random_crop(img, 4, rng)
-    assert crop.shape == (4, 4, 3)
-    assert any((img[y : y + 4, x : x + 4] == crop).all() for y in range(5) for x in range(5))
+    for a in domain.combos("train")[:40]:
+        img, (x0, y0, x1, y1) = domain.render_with_box(a, rng)
+        crop = T.object_crop(img, (x0, y0, x1, y1), 32, rng)
+        assert crop.shape == (32, 32, 3)
+        hits = [(y, x) for y in range(33) for x in range(33) if (img[y : y + 32, x : x + 32] == crop).all()]
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        assert any(x - 1 <= cx <= x + 33 and y - 1 <= cy <= y + 33 for y, x in hits)
     x = T.images_to_tensor(np.array([[[[0, 255, 127]]]], dtype=np.uint8))
     assert x.shape == (1, 3, 1, 1) and x.min().item() == -1.0 and x.max().item() == 1.0
 

@@ -153,6 +153,11 @@ def shape_polygon(shape: str, radius: float, angle_deg: float) -> np.ndarray:
 
 def render(a: Attributes, rng: np.random.Generator, resolution: int = 64) -> np.ndarray:
     """One random image (H x W x 3 uint8) showing exactly the attributes ``a``; deterministic per ``rng``."""
+    return render_with_box(a, rng, resolution)[0]
+
+
+def render_with_box(a: Attributes, rng: np.random.Generator, resolution: int = 64) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """:func:`render` and the object's bounding box ``(x0, y0, x1, y1)`` in pixels."""
     from PIL import Image, ImageDraw
 
     if resolution < 16:
@@ -180,7 +185,9 @@ def render(a: Attributes, rng: np.random.Generator, resolution: int = 64) -> np.
     mask = Image.new("L", (big, big), 0)
     ImageDraw.Draw(mask).polygon([(float(x + cx), float(y + cy)) for x, y in pts], fill=255)
     cover = np.asarray(mask.reduce(ss), dtype=np.float64)[..., None] / 255.0
-    return np.clip(np.round(background * (1 - cover) + fg * cover), 0, 255).astype(np.uint8)
+    image = np.clip(np.round(background * (1 - cover) + fg * cover), 0, 255).astype(np.uint8)
+    box = ((x0 + cx) / ss, (y0 + cy) / ss, (x1 + cx) / ss, (y1 + cy) / ss)
+    return image, tuple(float(v) for v in box)
 
 
 def _triples() -> list[tuple[str, str, str]]:

@@ -49,18 +49,22 @@ class TeacherConfig:
     # --- VAE: 64x64x3 <-> 8x8x4 (factor 8, as SD), trained first ---
     vae_channels: tuple[int, ...] = (8, 16, 32, 64)  # 4 levels = factor 8; narrow at full resolution, where the cost is
     vae_layers_per_block: int = 1  # the shapes are flat colours: one resnet per level is enough
+    vae_norm_groups: int = 1  # GroupNorm over all channels: per-channel groups would subtract each flat colour away
     vae_mid_attention: bool = False  # fully convolutional, so it can train on crops and run on whole images
-    vae_crop: int = 32  # train on random 32x32 crops of 64x64 renders: 4x cheaper, same scale and edges
-    vae_steps: int = 2000  # reconstruction PSNR plateaus around here on this domain
+    vae_crop: int = 32  # train on 32x32 crops around the object of 64x64 renders: 4x cheaper, same scale and edges
+    vae_steps: int = 4000  # ~25 minutes; shapes and colours are still sharpening at 2000
     vae_batch: int = 16  # fresh renders every step: small batches, many steps
+    vae_warmup: int = 50  # then cosine decay to 0: the last, small steps sharpen the edges
     vae_lr: float = 1e-3  # Adam on a 1M-parameter conv net from scratch
     vae_kl_weight: float = 1e-6  # as SD's VAE: a hint of KL keeps latents bounded, reconstructions sharp
+    vae_logvar_init: float = -6.0  # start with little posterior noise: at the default (std 1) a fresh
+    # decoder sees mostly noise and learns blurry averages for hundreds of steps
     # --- UNet (SD 2.x blocks on an 8x8x4 latent) ---
-    unet_channels: tuple[int, ...] = (32, 64)  # 8x8 then 4x4 (+ cross-attention mid block); CPU time decides the width
+    unet_channels: tuple[int, ...] = (64, 128)  # 8x8 then 4x4 (+ cross-attention mid block); 3.2M parameters
     unet_down_blocks: tuple[str, ...] = ("CrossAttnDownBlock2D", "DownBlock2D")  # SD 2.x: attention above, plain below
     unet_up_blocks: tuple[str, ...] = ("UpBlock2D", "CrossAttnUpBlock2D")
     unet_layers_per_block: int = 1  # depth costs CPU time linearly; width buys more here
-    unet_head_dim: tuple[int, ...] = (2, 4)  # heads per level (diffusers' attention_head_dim): 16-dim heads
+    unet_head_dim: tuple[int, ...] = (4, 8)  # heads per level (diffusers' attention_head_dim): 16-dim heads
     # --- joint UNet + text-encoder training ---
     latent_pool: int = 12000  # rendered, encoded once (~60 images per caption); the VAE encoder is not rerun per step
     unet_steps: int = 4000  # about 35 minutes on 2 idle cores
@@ -99,6 +103,7 @@ TINY = TeacherConfig(
     vae_crop=16,
     vae_steps=3,
     vae_batch=2,
+    vae_warmup=1,
     unet_channels=(8, 16),
     unet_head_dim=(2, 2),
     latent_pool=8,
@@ -141,6 +146,7 @@ def build_tokenizer(config: TeacherConfig, out_dir: Path):
 
 def build_models(config: TeacherConfig, tokenizer):
     """Fresh (text_encoder, vae, unet), initialised from the current torch seed."""
+    import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -167,10 +173,12 @@ def build_models(config: TeacherConfig, tokenizer):
         block_out_channels=config.vae_channels,
         layers_per_block=config.vae_layers_per_block,
         latent_channels=4,
-        norm_num_groups=8,
+        norm_num_groups=config.vae_norm_groups,
         sample_size=config.resolution,
         mid_block_add_attention=config.vae_mid_attention,
     )
+    with torch.no_grad():  # quant_conv's outputs are (mean, log-variance) of the posterior
+        vae.quant_conv.bias[vae.config.latent_channels :] = config.vae_logvar_init
     unet = UNet2DConditionModel(
         sample_size=config.latent_size,
         in_channels=4,
@@ -187,10 +195,20 @@ def build_models(config: TeacherConfig, tokenizer):
     return text_encoder, vae, unet
 
 
-def random_crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-    """A random ``size`` x ``size`` crop of an HWC image (the whole image if it is that small)."""
+def object_crop(image: np.ndarray, box, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A random ``size`` x ``size`` crop of an HWC image whose central half holds the object's centre.
+
+    Most pixels of a toy image are background; centring crops on the object spends the VAE's
+    training on the shapes and colours that matter.
+    """
     h, w = image.shape[:2]
-    y, x = rng.integers(0, h - size + 1), rng.integers(0, w - size + 1)
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    offsets = []
+    for c, n in ((cy, h), (cx, w)):
+        lo = int(np.clip(np.floor(c - 3 * size / 4), 0, n - size))
+        hi = int(np.clip(np.ceil(c - size / 4), 0, n - size))
+        offsets.append(int(rng.integers(lo, max(lo, hi) + 1)))
+    y, x = offsets
     return image[y : y + size, x : x + size]
 
 
@@ -323,12 +341,16 @@ def train_teacher(
         return elapsed_before + time.perf_counter() - t_start
 
     # (a) VAE --------------------------------------------------------------------------------
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+
     vae_opt = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
+    vae_sched = get_cosine_schedule_with_warmup(vae_opt, config.vae_warmup, max(config.vae_steps, 1))
     vae_step, vae_losses = 0, {}
     if state is not None:
         vae.load_state_dict(state["vae"])
         if state["stage"] == "vae":
             vae_opt.load_state_dict(state["vae_opt"])
+            vae_sched.load_state_dict(state["vae_sched"])
             _set_rng_state(state["rng"], data_rng)
         vae_step = state["vae_step"]
         vae_losses = state.get("vae_losses", {})
@@ -337,6 +359,7 @@ def train_teacher(
         _save_checkpoint(
             ckpt_path,
             {"stage": "vae", "vae_step": vae_step, "vae": vae.state_dict(), "vae_opt": vae_opt.state_dict(),
+             "vae_sched": vae_sched.state_dict(),
              "rng": _rng_state(data_rng), "vae_losses": vae_losses, "elapsed": elapsed()},
         )
 
@@ -351,13 +374,16 @@ def train_teacher(
                 bar.close()
                 return None
             batch = [train_combos[i] for i in data_rng.integers(0, len(train_combos), config.vae_batch)]
-            x = images_to_tensor(np.stack([random_crop(domain.render(a, data_rng, config.resolution), config.vae_crop, data_rng) for a in batch]))
+            x = images_to_tensor(
+                np.stack([object_crop(*domain.render_with_box(a, data_rng, config.resolution), config.vae_crop, data_rng) for a in batch])
+            )
             post = vae.encode(x).latent_dist
             recon = vae.decode(post.sample()).sample
             loss = vae_loss(recon, x, post.kl(), config.vae_kl_weight)
             vae_opt.zero_grad(set_to_none=True)
             loss.backward()
             vae_opt.step()
+            vae_sched.step()
             vae_step += 1
             if budget[0] is not None:
                 budget[0] -= 1
@@ -370,8 +396,10 @@ def train_teacher(
                 log.info("vae step %d/%d: loss %.5f (PSNR %.1f dB)", vae_step, config.vae_steps, smooth, psnr)
                 save_vae()
         bar.close()
-    del vae_opt
+    del vae_opt, vae_sched
     vae.eval().requires_grad_(False)
+    if budget[0] is not None and budget[0] <= 0:
+        return None
 
     # The latent pool: rendered and encoded once with the frozen VAE; sets SD's scaling_factor.
     pool_path = work / LATENTS
@@ -385,7 +413,6 @@ def train_teacher(
 
     # (b) UNet + text encoder ------------------------------------------------------------------
     from diffusers import DDIMScheduler
-    from diffusers.optimization import get_cosine_schedule_with_warmup
     from diffusers.training_utils import EMAModel, compute_snr
 
     noise_scheduler = DDIMScheduler.from_config(SD21_SCHEDULER_CONFIG)
