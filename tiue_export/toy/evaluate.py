@@ -216,23 +216,13 @@ def _torch_sample_fn(model: Path, sampler: str | None, guidance: float | None) -
 
     pipe = load_pipeline(model)
     parsed = Sampler.parse(sampler or pipe.default_sampler)
-    g = default_guidance(pipe) if guidance is None else guidance
+    g = pipe.default_guidance if guidance is None else guidance
 
     def sample_fn(prompts, seeds):
         return pipe.sample(prompts, seeds, parsed, g).images
 
     info = {"sampler": str(parsed), "guidance": g if parsed.kind == "ddim" else None, "k": pipe.schedule.k}
     return sample_fn, info
-
-
-def default_guidance(pipe) -> float:
-    """The CFG scale a model was made for (``tiue.json`` provenance ``guidance``), else 7.5 as ``infer``."""
-    prov = pipe.student_config.provenance if pipe.student_config else {}
-    value = prov.get("guidance", prov.get("default_guidance"))
-    try:
-        return float(value) if value is not None else 7.5
-    except (TypeError, ValueError):
-        return 7.5
 
 
 #: backend name -> ``(model_path, sampler or None, guidance or None) -> (sample_fn, info)``.
