@@ -298,8 +298,6 @@ def to_fp16(model):
 
 def tensor_bytes(model) -> int:
     """Bytes of every initializer and constant tensor (what protobuf would have to serialise)."""
-    from onnx import numpy_helper  # noqa: F401  (documents the kind of data counted)
-
     total = sum(len(t.raw_data) or (np.prod(t.dims, dtype=np.int64) * 4) for t in model.graph.initializer)
     for node in model.graph.node:
         for a in node.attribute:
