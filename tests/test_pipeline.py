@@ -77,8 +77,13 @@ def test_authors_format_directory_without_tiue_json(tiny_sd21, tmp_path):
 
 def test_prompt_longer_than_tokenizer_warns_and_truncates(pipe, caplog):
     long = " ".join(["red cube"] * 40)
-    with caplog.at_level(logging.WARNING, logger="tiue_export"):
-        ids = pipe.tokenize([long])
+    logger = logging.getLogger("tiue_export")  # the CLI stops propagation: listen on it directly
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="tiue_export"):
+            ids = pipe.tokenize([long])
+    finally:
+        logger.removeHandler(caplog.handler)
     assert ids.shape == (1, pipe.tokenizer.model_max_length)
     assert "truncated" in caplog.text
 
