@@ -54,6 +54,9 @@ class TeacherConfig:
     vae_crop: int = 32  # train on 32x32 crops around the object of 64x64 renders: 4x cheaper, same scale and edges
     vae_steps: int = 4000  # ~25 minutes; shapes and colours are still sharpening at 2000
     vae_batch: int = 16  # fresh renders every step: small batches, many steps
+    vae_crop_steps: int = 3000  # then whole images: GroupNorm statistics span the image, so the VAE must
+    # finish on the size it runs on (crop-trained, whole-image backgrounds drift in colour)
+    vae_full_batch: int = 8  # whole images cost 4 crops each
     vae_warmup: int = 50  # then cosine decay to 0: the last, small steps sharpen the edges
     vae_lr: float = 1e-3  # Adam on a 1M-parameter conv net from scratch
     vae_kl_weight: float = 1e-6  # as SD's VAE: a hint of KL keeps latents bounded, reconstructions sharp
@@ -102,6 +105,8 @@ TINY = TeacherConfig(
     vae_channels=(8, 8),
     vae_crop=16,
     vae_steps=3,
+    vae_crop_steps=2,
+    vae_full_batch=2,
     vae_batch=2,
     vae_warmup=1,
     unet_channels=(8, 16),
@@ -373,10 +378,13 @@ def train_teacher(
                 save_vae()
                 bar.close()
                 return None
-            batch = [train_combos[i] for i in data_rng.integers(0, len(train_combos), config.vae_batch)]
-            x = images_to_tensor(
-                np.stack([object_crop(*domain.render_with_box(a, data_rng, config.resolution), config.vae_crop, data_rng) for a in batch])
-            )
+            if vae_step < config.vae_crop_steps:
+                batch = [train_combos[i] for i in data_rng.integers(0, len(train_combos), config.vae_batch)]
+                images = [object_crop(*domain.render_with_box(a, data_rng, config.resolution), config.vae_crop, data_rng) for a in batch]
+            else:
+                batch = [train_combos[i] for i in data_rng.integers(0, len(train_combos), config.vae_full_batch)]
+                images = [domain.render(a, data_rng, config.resolution) for a in batch]
+            x = images_to_tensor(np.stack(images))
             post = vae.encode(x).latent_dist
             recon = vae.decode(post.sample()).sample
             loss = vae_loss(recon, x, post.kl(), config.vae_kl_weight)
