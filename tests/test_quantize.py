@@ -121,7 +121,7 @@ def test_calibrate_writes_int8_variants_into_the_manifest(int8_bundle):
     assert "variants" not in manifest["graphs"]["text_encoder"] and "variants" not in manifest["graphs"]["vae_decoder"]
     cal = manifest["calibration"]
     assert cal["num"] == 4 and cal["config"]["num"] == 3  # rounded up to whole batches of 2
-    assert cal["config"]["method"] == "minmax" and cal["quality"]["prompts"]
+    assert cal["config"]["method"] == "percentile" and cal["quality"]["prompts"]
     assert cal["quality"]["min_psnr_db"] >= quantize.TARGET_PSNR and cal["quality"]["ok"]
 
 

@@ -566,6 +566,17 @@ def test_backend_plumbing_on_stand_ins_matches_onnxruntime(fp32_bundle, fake_gpu
         with pytest.raises(InputError, match="have no unet_decoder: rebuild with tiue-export build-trt --no-fused"):
             pipe.decode(pipe.encode(noise, text), text)
         assert set(first.timings) == {"text_encoder", "unet_encoder", "unet_decoder", "vae_decoder"}
+    from tiue_export.trt.runtime import open_stages
+
+    stages = open_stages(bundle, "fp32")  # what tiue-export check drives
+    try:
+        ids = stages.tokenize(prompts[:2])
+        text = stages.text(ids)
+        z0 = stages.decode_fused(stages.encode(noise, text), text, noise)
+        assert np.array_equal(stages.vae(z0), ort.runner("vae_decoder").infer({"latents": z0})["images"])
+        assert stages.graphs[2] == "unet_decoder_fused"
+    finally:
+        stages.close()
     assert np.array_equal(first.images, ref.images) and np.array_equal(first.latents, ref.latents)
     assert np.array_equal(again.images, ref.images) and np.array_equal(two.images, ref2.images)
     assert np.array_equal(stage, ref2.images)

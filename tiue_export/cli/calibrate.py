@@ -20,7 +20,7 @@ from ..quantize import METHODS
 )
 @click.option("--num", type=int, default=64, show_default=True, help="Calibration images (prompts repeat with new seeds).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the prompt order; image i uses seed+i.")
-@click.option("--method", type=click.Choice(METHODS), default="minmax", show_default=True, help="Activation range estimator.")
+@click.option("--method", type=click.Choice(METHODS), default="percentile", show_default=True, help="Activation range estimator.")
 @click.option("--percentile", type=float, default=99.999, show_default=True, help="Range percentile of --method percentile.")
 @click.option("--batch", type=int, default=4, show_default=True, help="Images per calibration batch.")
 @click.option(
