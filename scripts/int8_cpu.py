@@ -16,6 +16,7 @@ import json
 import shutil
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -35,13 +36,15 @@ def export(args, out: Path) -> Path:
     return out
 
 
-def calibrate(bundle: Path, args, keep=None, method="minmax") -> dict:
+def calibrate(bundle: Path, args, keep=None, method=None) -> dict:
     from tiue_export.quantize import CalibrationConfig, calibrate_bundle
 
     cfg = CalibrationConfig(
-        bundle=bundle, prompts=Path(args.prompts) if args.prompts else None, num=args.num, method=method,
+        bundle=bundle, prompts=Path(args.prompts) if args.prompts else None, num=args.num,
         keep_float=keep, eval_prompts=args.eval, threads=args.threads,
     )
+    if method:
+        cfg = replace(cfg, method=method)
     return calibrate_bundle(cfg).quality
 
 
@@ -132,7 +135,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ablate", action="store_true")
-    ap.add_argument("--methods", nargs="+", default=["minmax"])
+    ap.add_argument("--methods", nargs="+", default=["percentile"], help="methods the ablation tries")
     args = ap.parse_args()
 
     from tiue_export.cli import setup_logging

@@ -429,8 +429,8 @@ def calibrate_bundle(cfg: CalibrationConfig) -> CalibrationReport:
     entries: dict[str, dict] = {}
     root = bundle.path
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.calibrate-", dir=root.parent))
+    fp32 = Pipeline(bundle, ["CPUExecutionProvider"], threads=cfg.threads)
     try:
-        fp32 = Pipeline(bundle, ["CPUExecutionProvider"], threads=cfg.threads)
         for name in QUANTIZED_GRAPHS:
             t0 = time.perf_counter()
             src = bundle.graph_path(name)
@@ -461,12 +461,11 @@ def calibrate_bundle(cfg: CalibrationConfig) -> CalibrationReport:
         staged_manifest = _with_variants(bundle.manifest, entries, prefix=os.path.relpath(staging, root))
         with Pipeline(Bundle(root, staged_manifest).with_precision("int8"), ["CPUExecutionProvider"], threads=cfg.threads) as int8:
             quality = measure(fp32, int8, held, eval_seeds)
-        fp32.close()
         seconds["measure"] = time.perf_counter() - t0
         log.info("  %s", quality_line(quality))
         if not quality["ok"]:
             log.warning(
-                "int8 images are below the %.0f dB target: try --method percentile or keep more layers float (--keep-float)",
+                "int8 images are below the %.0f dB target: try another --method, more --num, or keep more layers float (--keep-float)",
                 TARGET_PSNR,
             )
 
@@ -493,6 +492,7 @@ def calibrate_bundle(cfg: CalibrationConfig) -> CalibrationReport:
                 staged[f] = staging / f
         publish(root, staged, manifest)
     finally:
+        fp32.close()
         shutil.rmtree(staging, ignore_errors=True)
     return CalibrationReport(root, entries, quality, seconds)
 
