@@ -561,6 +561,8 @@ def test_backend_plumbing_on_stand_ins_matches_onnxruntime(fp32_bundle, fake_gpu
         noise = pipe.prepare(prompts[:2], seed=3)[2]
         text = pipe.encode_text(prompts[:2])  # the stage interface check and bench use
         stage = pipe.decode_latents(pipe.decode_fused(pipe.encode(noise, text), text, noise))
+        with pytest.raises(InputError, match=r"unet_encoder: input text_embeddings has shape \[1, "):
+            pipe.encode(noise, text[:1])
         with pytest.raises(InputError, match="outside the engines' batch profile 1..4"):
             pipe(["a"] * 5)
         with pytest.raises(InputError, match="have no unet_decoder: rebuild with tiue-export build-trt --no-fused"):

@@ -175,9 +175,12 @@ class TrtRunner:
         if missing:
             raise InputError(f"{self.name}: missing input(s) {missing}")
         batch = _batch_of(self.spec.inputs, feed, self.session.k)
-        for name in self.spec.input_names:
+        shapes = self.shapes_for(batch)
+        for name, shape in shapes:
+            if tuple(np.shape(feed[name])) != shape:
+                raise InputError(f"{self.name}: input {name} has shape {list(np.shape(feed[name]))}, expected {list(shape)}")
             self.upload(name, feed[name])
-        self.execute(self.shapes_for(batch))
+        self.execute(shapes)
         views = {t.name: self.download(t.name, t.concrete(batch, self.session.k)) for t in self.spec.outputs}
         self.session.sync()
         return {n: v.copy() for n, v in views.items()}
