@@ -9,16 +9,8 @@ import pytest
 from onnx import numpy_helper
 
 from _bundles import tiny_bundle
-from tiue_export.cli import main
+from _cli import run_cli as run
 from tiue_export.runtime.bundle import sha256_file
-
-
-def run(argv, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return exc.value.code or 0, out.out, out.err
 
 
 @pytest.fixture(scope="module")

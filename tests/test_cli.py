@@ -6,15 +6,7 @@ import sys
 import pytest
 from PIL import Image
 
-from tiue_export.cli import main
-
-
-def run(argv, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return exc.value.code or 0, out.out, out.err
+from _cli import run_cli as run
 
 
 def test_help_imports_no_heavy_module():

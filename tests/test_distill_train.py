@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tiue_export.cli import main
+from _cli import run_cli
 from tiue_export.distill.config import DistillConfig
 from tiue_export.errors import InputError
 
@@ -245,12 +245,6 @@ def test_two_processes_keep_identical_weights(teacher, prompts_file, tmp_path):
 
 
 # -- CLI ------------------------------------------------------------------------------------------
-def run_cli(argv, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return exc.value.code or 0, out.out, out.err
 
 
 def test_cli_distills(teacher, prompts_file, tmp_path, capsys):

@@ -10,21 +10,13 @@ import onnx
 import pytest
 
 from _bundles import VARIANTS, tiny_bundle
+from _cli import run_cli as run
 from tiue_export import export as export_mod
 from tiue_export import specs as specs_mod
-from tiue_export.cli import main
 from tiue_export.errors import InputError, TiueError
 from tiue_export.export import ExportConfig, export_bundle, save_onnx
 from tiue_export.runtime.bundle import sha256_file
 from tiue_export.specs import GRAPHS, Tolerance
-
-
-def run(argv, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return exc.value.code or 0, out.out, out.err
 
 
 def bundle_for(variant, tiny_models, tmp_path_factory):

@@ -12,20 +12,12 @@ import pytest
 from PIL import Image
 
 from _bundles import VARIANTS, tiny_bundle
-from tiue_export.cli import main
+from _cli import run_cli as run
 from tiue_export.compare import compare_arrays
 from tiue_export.errors import InputError, ModelError
 from tiue_export.runtime import Bundle, OrtRunner, Pipeline, SessionLoader
 
 PROMPTS = ["a photo of a cat", "a red cube on a blue table", "two dogs playing in the snow"]
-
-
-def run(argv, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return exc.value.code or 0, out.out, out.err
 
 
 @pytest.fixture(scope="session")
