@@ -95,12 +95,14 @@ def speed(bundle: Path, args) -> dict:
 
 def ablate(bundle: Path, args) -> list[dict]:
     """Re-calibrate copies with other float-kept sets; one row per set: image PSNRs."""
+    io = ("/conv_in/", "/conv_out/")
     sets = {
-        "default (conv_in, conv_out)": None,
         "nothing kept by name": (),
-        "+ cross-attention k/v": ("/conv_in/", "/conv_out/", r"attn2/to_[kv]/"),
-        "+ proj_in/proj_out": ("/conv_in/", "/conv_out/", r"/proj_(in|out)/"),
-        "+ skip convs (conv_shortcut)": ("/conv_in/", "/conv_out/", r"/conv_shortcut/"),
+        "conv_in, conv_out": io,
+        "+ cross-attention k/v": io + (r"attn2/to_[kv]/",),
+        "+ proj_in/proj_out": io + (r"/proj_(in|out)/",),
+        "+ conv_shortcut": io + (r"/conv_shortcut/",),
+        "+ proj_in/proj_out + conv_shortcut (default)": None,
     }
     rows = []
     for label, keep in sets.items():

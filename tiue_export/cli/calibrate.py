@@ -26,7 +26,8 @@ from ..quantize import METHODS
 @click.option(
     "--keep-float",
     multiple=True,
-    help="Regular expression of node names to keep in float (repeatable; replaces the default /conv_in/, /conv_out/).",
+    help="Regular expression of node names to keep in float (repeatable; replaces the default: conv_in, conv_out, "
+    "proj_in/proj_out, conv_shortcut).",
 )
 @click.option("--eval-prompts", type=int, default=4, show_default=True, help="Held-out prompts for the int8 vs fp32 PSNR.")
 def calibrate(bundle, prompts, num, seed, method, percentile, batch, keep_float, eval_prompts):
