@@ -90,7 +90,7 @@ def test_object_crop_holds_the_object_centre_and_image_tensor():
 def test_config_round_trip_and_unknown_keys():
     cfg = T.TeacherConfig()
     assert T.TeacherConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
-    assert cfg.latent_size == 8  # 64 px / factor 8
+    assert cfg.latent_size == 16  # 64 px / factor 4
     with pytest.raises(InputError, match="unknown teacher config keys: bogus"):
         T.TeacherConfig.from_dict({"bogus": 1})
 
@@ -186,7 +186,7 @@ def test_shipped_teacher_loads_and_samples():
     meta = json.loads((SHIPPED / "tiue.json").read_text())
     assert meta["kind"] == "teacher" and meta["provenance"]["unet_steps"] > 0
     pipe = load_pipeline(SHIPPED)
-    assert pipe.is_teacher and pipe.latent_shape() == (4, 8, 8)
+    assert pipe.is_teacher and pipe.latent_shape() == (4, 16, 16)
     result = pipe.sample(["a large yellow square on a black background"] * 2, [0, 1], "ddim:1", guidance=5.0)
     assert result.images.shape == (2, 64, 64, 3)
     assert result.images.std() > 0  # not a blank image
