@@ -29,3 +29,29 @@ def test_tiny_width_keeps_sd21_blocks(tmp_path):
     assert p.unet.config.use_linear_projection and p.size_multiple == 64 and p.default_size == 512
     res = p.sample(["a cat"], [0], height=64, width=64)
     assert res.images.shape == (1, 64, 64, 3)
+
+
+@pytest.mark.slow
+def test_sd21_shaped_tiny_width_bundle_parity(tmp_path):
+    """SD 2.1-base's exact block layout (width / 16) exports, validates and runs on ONNX Runtime
+    with images equal to PyTorch's (>= 40 dB)."""
+    import json
+
+    import numpy as np
+
+    from tiue_export.compare import psnr
+    from tiue_export.export import ExportConfig, export_bundle
+    from tiue_export.pipeline import load_pipeline
+    from tiue_export.runtime import Pipeline
+    from tiue_export.shapes import build_sd_pipeline
+
+    model = build_sd_pipeline(tmp_path / "m", "sd21", width_div=16)
+    bundle = export_bundle(ExportConfig(model=model, out=tmp_path / "b", height=64, width=64)).path
+    validation = json.loads((bundle / "validation.json").read_text())
+    assert validation["ok"] is True
+    prompts = ["a photo of a cat", "a red cube on a blue table"]
+    ref = load_pipeline(model).sample(prompts, [3, 4], height=64, width=64)
+    with Pipeline.load(bundle) as pipe:
+        out = pipe(prompts, seeds=[3, 4])
+    np.testing.assert_allclose(out.latents, ref.latents, atol=1e-4)
+    assert psnr(ref.images, out.images, 255.0) >= 40.0
