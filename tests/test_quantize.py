@@ -13,6 +13,7 @@ import pytest
 from onnx import numpy_helper
 
 from _bundles import tiny_bundle
+from _cli import run_cli as run
 from tiue_export import quantize
 from tiue_export.cli import main
 from tiue_export.errors import ModelError, TiueError
@@ -20,14 +21,6 @@ from tiue_export.quantize import CalibrationConfig, calibrate_bundle, keep_float
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = ["a photo of a cat", "a red cube on a blue table", "an oil painting of a lighthouse at night", "two dogs playing in the snow"]
-
-
-def run(argv, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return exc.value.code or 0, out.out, out.err
 
 
 @pytest.fixture(scope="session")

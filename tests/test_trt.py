@@ -15,7 +15,7 @@ import onnx
 import pytest
 
 from _bundles import tiny_bundle
-from tiue_export.cli import main
+from _cli import run_cli as run
 from tiue_export.errors import InputError, MissingDependency, ModelError, TiueError
 from tiue_export.runtime import Bundle
 from tiue_export.specs import BatchProfile, GraphSpec, TensorSpec, Tolerance
@@ -25,14 +25,6 @@ from tiue_export.trt.build import BuildConfig, build_engines, pipeline_graphs, p
 from tiue_export.trt.checks import GpuInfo, check_engines
 
 NO_TRT = "error: TensorRT is not installed: pip install tensorrt cuda-python (or pip install 'tiue-export[tensorrt]')"
-
-
-def run(argv, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return exc.value.code or 0, out.out, out.err
 
 
 @pytest.fixture(scope="session")

@@ -30,9 +30,9 @@ import numpy as np
 
 from . import __version__
 from .compare import compare_arrays
-from .errors import InputError, ModelError, TiueError, require
+from .errors import InputError, TiueError, require
 from .runtime.bundle import Bundle, publish, sha256_file
-from .sampling import initial_noise, to_uint8_images
+from .sampling import initial_noise
 
 log = logging.getLogger("tiue_export")
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import ctypes
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
