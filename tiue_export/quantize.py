@@ -30,7 +30,7 @@ import numpy as np
 
 from . import __version__
 from .compare import compare_arrays
-from .errors import InputError, TiueError, require
+from .errors import InputError, MissingDependency, TiueError, require
 from .runtime.bundle import Bundle, publish, sha256_file
 from .sampling import initial_noise
 
@@ -265,7 +265,11 @@ def quantize_graph(src: Path, dst: Path, reader, keep: dict[str, str], cfg: Cali
     """Calibrate, then ONNX Runtime's static quantizer: QDQ, symmetric int8 activations and
     symmetric per-channel int8 weights, float biases."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.calibrate import save_tensors_data
+
+    try:  # ranges computed here reach quantize_static through its calibration cache (recent releases)
+        from onnxruntime.quantization.calibrate import save_tensors_data
+    except ImportError as exc:
+        raise MissingDependency(f"onnxruntime {_ort_version()} is too old for calibrate: pip install -U onnxruntime") from exc
 
     with tempfile.TemporaryDirectory(prefix="tiue-calibrate-") as tmp:
         ranges = collect_ranges(src, reader, cfg, external, Path(tmp))
