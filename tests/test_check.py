@@ -68,3 +68,42 @@ def test_unavailable_backend_is_reported_not_passed(bundle, tmp_path, capsys):
     assert code == 1
     assert "unavailable: no int8 graphs in this bundle: run tiue-export calibrate BUNDLE first" in out
     assert "no backend could be checked" in err
+
+
+def test_backend_with_only_the_unfused_decoder(bundle, tiny_models):
+    """An engine set built --no-fused has no fused decoder: check compares what it has and runs
+    the end to end through the K-batched decoder and Eq. 11."""
+    from tiue_export.check import _OrtStages, check_backend, reference
+    from tiue_export.pipeline import load_pipeline
+    from tiue_export.runtime import Bundle
+    from tiue_export.sampling import initial_noise
+
+    manifest = Bundle.open(bundle).manifest
+    pipe = load_pipeline(tiny_models("sd21"))
+    prompts = ["a photo of a cat"]
+    noise = initial_noise([0], pipe.latent_shape())
+    ref = reference(pipe, pipe.tokenize(prompts), noise, manifest["sampler"])
+    stages = _OrtStages(bundle, None)
+    stages.graphs = ("text_encoder", "unet_encoder", "unet_decoder", "vae_decoder")
+    try:
+        report = check_backend("onnxruntime", stages, "fp32", manifest, ref, prompts, noise)
+    finally:
+        stages.close()
+    names = [c.name for c in report.graphs]
+    assert "unet_decoder" in names and "unet_decoder_fused" not in names
+    assert report.ok, [str(c) for c in report.graphs + [report.end_to_end]]
+
+
+def test_available_backends_without_tensorrt():
+    from tiue_export.check import available_backends
+
+    manifest = {"graphs": {"unet_encoder": {"variants": {"int8": {}}}}, "engines": {"fp16": {}}}
+    # No TensorRT or GPU here: engines in the manifest are not offered, int8 graphs are.
+    pytest.importorskip("onnxruntime")
+    try:
+        import tensorrt  # noqa: F401
+
+        pytest.skip("TensorRT is installed here")
+    except ImportError:
+        pass
+    assert available_backends(manifest) == ["torch", "onnxruntime", "onnxruntime-int8"]
