@@ -73,7 +73,7 @@ def test_unavailable_backend_is_reported_not_passed(bundle, tmp_path, capsys):
 def test_backend_with_only_the_unfused_decoder(bundle, tiny_models):
     """An engine set built --no-fused has no fused decoder: check compares what it has and runs
     the end to end through the K-batched decoder and Eq. 11."""
-    from tiue_export.check import _OrtStages, check_backend, reference
+    from tiue_export.check import check_backend, ort_stages, reference
     from tiue_export.pipeline import load_pipeline
     from tiue_export.runtime import Bundle
     from tiue_export.sampling import initial_noise
@@ -83,7 +83,7 @@ def test_backend_with_only_the_unfused_decoder(bundle, tiny_models):
     prompts = ["a photo of a cat"]
     noise = initial_noise([0], pipe.latent_shape())
     ref = reference(pipe, pipe.tokenize(prompts), noise, manifest["sampler"])
-    stages = _OrtStages(bundle, None)
+    stages = ort_stages(bundle, None)
     stages.graphs = ("text_encoder", "unet_encoder", "unet_decoder", "vae_decoder")
     try:
         report = check_backend("onnxruntime", stages, "fp32", manifest, ref, prompts, noise)

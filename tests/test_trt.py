@@ -560,9 +560,9 @@ def test_backend_plumbing_on_stand_ins_matches_onnxruntime(fp32_bundle, fake_gpu
         with pytest.raises(InputError, match="have no unet_decoder: rebuild with tiue-export build-trt --no-fused"):
             pipe.decode(pipe.encode(noise, text), text)
         assert set(first.timings) == {"text_encoder", "unet_encoder", "unet_decoder", "vae_decoder"}
-    from tiue_export.trt.runtime import open_stages
+    from tiue_export.check import trt_stages
 
-    stages = open_stages(bundle, "fp32")  # what tiue-export check drives
+    stages = trt_stages(bundle, "fp32")  # what tiue-export check drives
     try:
         ids = stages.tokenize(prompts[:2])
         text = stages.text(ids)

@@ -102,13 +102,16 @@ def reference(pipe, ids: np.ndarray, noise: np.ndarray, schedule) -> dict:
 
 
 # -- backends -------------------------------------------------------------------------------------
-class _OrtStages:
-    """The bundle's graphs on ONNX Runtime, stage by stage (the torch-free runtime's runners)."""
+class PipelineStages:
+    """A runtime pipeline (ONNX Runtime's or TensorRT's: they share one interface) as the stages
+    check drives: ``tokenize``, ``text``, ``encode``, ``decode``, ``decode_fused``, ``vae``.
 
-    def __init__(self, bundle_path, precision: str | None):
-        from .runtime import Pipeline
+    ``graphs`` names the decoders the backend has (a TensorRT engine set holds only one).
+    """
 
-        self.pipe = Pipeline.load(bundle_path, precision=precision, verify=False)
+    def __init__(self, pipe, graphs=None):
+        self.pipe = pipe
+        self.graphs = tuple(graphs) if graphs else ("text_encoder", "unet_encoder", "unet_decoder", "unet_decoder_fused", "vae_decoder")
 
     def tokenize(self, prompts):
         return self.pipe.tokenize(prompts)
@@ -132,21 +135,31 @@ class _OrtStages:
         self.pipe.close()
 
 
+def ort_stages(bundle_path, precision: str | None) -> PipelineStages:
+    from .runtime import Pipeline
+
+    return PipelineStages(Pipeline.load(bundle_path, precision=precision, verify=False))
+
+
+def trt_stages(bundle_path, precision: str | None, device: int = 0) -> PipelineStages:
+    """The ``precision`` engines of a bundle (raises like ``TrtPipeline.load``)."""
+    from .trt.runtime import TrtPipeline
+
+    pipe = TrtPipeline.load(bundle_path, precision, verify=False, device=device)
+    return PipelineStages(pipe, graphs=pipe.entry["pipeline"])
+
+
 def _open_backend(name: str, bundle_path: Path, manifest: dict):
     """``(stages, precision)`` for a backend, or raise ``TiueError`` saying why it is unavailable."""
     if name == "onnxruntime":
-        return _OrtStages(bundle_path, None), manifest.get("precision", "fp32")
+        return ort_stages(bundle_path, None), manifest.get("precision", "fp32")
     if name == "onnxruntime-int8":
         if not _has_variant(manifest, "int8"):
             raise TiueError("no int8 graphs in this bundle: run tiue-export calibrate BUNDLE first")
-        return _OrtStages(bundle_path, "int8"), "int8"
+        return ort_stages(bundle_path, "int8"), "int8"
     if name.startswith("tensorrt-"):
         precision = name.split("-", 1)[1]
-        try:
-            from .trt.runtime import open_stages  # the TensorRT backend's stage interface
-        except ImportError as exc:
-            raise TiueError(f"the TensorRT backend is not available: {exc}") from exc
-        return open_stages(bundle_path, precision), precision
+        return trt_stages(bundle_path, precision), precision
     raise InputError(f"unknown backend {name!r}: choose from {', '.join(BACKENDS)}")
 
 
@@ -332,7 +345,7 @@ def write_image_grid(reports: Sequence[BackendReport], ref: dict, prompts: Seque
     label_h = 14
     canvas = Image.new("RGB", (cols * cw, label_h + n * ch), "white")
     draw = ImageDraw.Draw(canvas)
-    labels = ["reference"] + [x for r in shown for x in (r.backend, f"|diff| x8")]
+    labels = ["reference"] + [x for r in shown for x in (r.backend, "|diff| x8")]
     for c, text in enumerate(labels):
         draw.text((c * cw + 2, 1), text[: max(4, cw // 6)], fill="black")
 

@@ -396,40 +396,4 @@ class TrtPipeline(Pipeline):
                 cuda.cudaEventDestroy(ev)
 
 
-class TrtStages:
-    """The stage interface ``tiue-export check`` drives (``tokenize``, ``text``, ``encode``,
-    ``decode``, ``decode_fused``, ``vae``), on a bundle's engines."""
-
-    def __init__(self, pipe: TrtPipeline):
-        self.pipe = pipe
-        self.graphs = tuple(pipe.entry["pipeline"])  # one decoder: the fused or the K-batched one
-
-    def tokenize(self, prompts):
-        return self.pipe.tokenize(prompts)
-
-    def text(self, ids):
-        return self.pipe.runner("text_encoder").infer({"input_ids": ids})["text_embeddings"]
-
-    def encode(self, latents, text):
-        return self.pipe.encode(latents, text)
-
-    def decode(self, features, text):
-        return self.pipe.decode(features, text)
-
-    def decode_fused(self, features, text, latents):
-        return self.pipe.decode_fused(features, text, latents)
-
-    def vae(self, z0):
-        return self.pipe.runner("vae_decoder").infer({"latents": z0})["images"]
-
-    def close(self):
-        self.pipe.close()
-
-
-def open_stages(bundle, precision: str | None = None, device: int = 0) -> TrtStages:
-    """The ``precision`` engines of ``bundle`` behind :class:`TrtStages` (raises like
-    :meth:`TrtPipeline.load`; a graph the engine set lacks raises InputError naming the rebuild)."""
-    return TrtStages(TrtPipeline.load(bundle, precision, verify=False, device=device))
-
-
-__all__ = ["TrtPipeline", "TrtRunner", "TrtSession", "TrtStages", "engine_entry", "links", "open_stages", "pipeline_graphs"]
+__all__ = ["TrtPipeline", "TrtRunner", "TrtSession", "engine_entry", "links", "pipeline_graphs"]
