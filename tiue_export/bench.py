@@ -206,12 +206,11 @@ def torch_stages(pipe, batch: int, height: int, width: int, precision: str = "fp
     return {"text_encoder": text, "unet_encoder": encode, "unet_decoder": decode, "sum": combine, "vae_decoder": vae_decode}
 
 
-def ort_stages(bundle_path, batch: int, precision: str | None = None, threads: int = 0) -> tuple[dict[str, Callable], object]:
-    """The torch-free runtime's one-pass pipeline as timed stages (fused decoder: the sum is in it)."""
-    from .runtime import Pipeline
+def runtime_stages(pipe, batch: int) -> dict[str, Callable]:
+    """A runtime pipeline (ONNX Runtime or TensorRT) as timed one-pass stages; the fused decoder
+    applies the sum itself."""
     from .sampling import initial_noise, to_uint8_images
 
-    pipe = Pipeline.load(bundle_path, precision=precision, verify=False, threads=threads)
     ids = pipe.tokenize(["a photo of a cat"] * batch)
     noise = initial_noise(range(batch), pipe.latent_shape)
     state = {}
@@ -229,7 +228,7 @@ def ort_stages(bundle_path, batch: int, precision: str | None = None, threads: i
     def vae(z0):
         return to_uint8_images(pipe.runner("vae_decoder").infer({"latents": z0})["images"])
 
-    return {"text_encoder": text, "unet_encoder": encode, "unet_decoder": decode, "vae_decoder": vae}, pipe
+    return {"text_encoder": text, "unet_encoder": encode, "unet_decoder": decode, "vae_decoder": vae}
 
 
 def _cast(module, dtype):
@@ -326,7 +325,7 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = log.info) -> d
 
     timings: list[Timing] = []
     for backend in cfg.backends:
-        if backend.startswith("onnxruntime") and bundle_path is None:
+        if backend.startswith(("onnxruntime", "tensorrt")) and bundle_path is None:
             bundle_path = _cached_bundle(model_path, height, width, progress)
         progress(f"timing backend {backend}")
         timings.append(_time_backend(backend, cfg, pipe, bundle_path, height, width))
@@ -392,12 +391,19 @@ def _time_backend(backend: str, cfg: BenchConfig, pipe, bundle_path, height, wid
         return time_pipeline("torch fp32 one-pass", torch_stages(pipe, cfg.batch, height, width, "fp32"), cfg.runs, cfg.warmup)
     if backend == "torch-bf16":
         return time_pipeline("torch bf16 one-pass", torch_stages(pipe, cfg.batch, height, width, "bf16"), cfg.runs, cfg.warmup)
-    if backend in ("onnxruntime", "onnxruntime-int8"):
-        precision = "int8" if backend.endswith("int8") else None
-        stages, rt = ort_stages(bundle_path, cfg.batch, precision, cfg.threads or 0)
+    if backend in ("onnxruntime", "onnxruntime-int8", "tensorrt-fp16", "tensorrt-int8"):
+        precision = backend.split("-", 1)[1] if "-" in backend else None
+        if backend.startswith("tensorrt"):
+            from .trt.runtime import TrtPipeline
+
+            rt = TrtPipeline.load(bundle_path, precision, verify=False)
+        else:
+            from .runtime import Pipeline
+
+            rt = Pipeline.load(bundle_path, precision=precision, verify=False, threads=cfg.threads or 0)
         try:
-            name = f"onnxruntime {precision or rt.manifest.get('precision', 'fp32')} one-pass ({rt.provider})"
-            return time_pipeline(name, stages, cfg.runs, cfg.warmup, note="fused decoder: the sum is inside unet_decoder")
+            name = f"{backend.split('-')[0]} {precision or rt.manifest.get('precision', 'fp32')} one-pass ({rt.provider})"
+            return time_pipeline(name, runtime_stages(rt, cfg.batch), cfg.runs, cfg.warmup, note="fused decoder: the sum is inside unet_decoder")
         finally:
             rt.close()
     raise InputError(f"unknown or unavailable backend {backend!r}")

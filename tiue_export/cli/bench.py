@@ -10,7 +10,7 @@ import click
 @click.command("bench")
 @click.option("--model", type=click.Path(), help="Model directory or bundle [default: the built-in model].")
 @click.option("--shape", default="toy", show_default=True, help="toy | sd21-512 | sd21-256 | sd15-512 | sd21-tiny (random weights).")
-@click.option("--backends", default="torch,torch-bf16,onnxruntime", show_default=True, help="Comma-separated: torch, torch-bf16, onnxruntime, onnxruntime-int8.")
+@click.option("--backends", default="torch,torch-bf16,onnxruntime", show_default=True, help="Comma-separated: torch, torch-bf16, onnxruntime, onnxruntime-int8, tensorrt-fp16, tensorrt-int8.")
 @click.option("--batch", type=click.IntRange(1, 256), default=1, show_default=True)
 @click.option("--runs", type=click.IntRange(1, 1000), default=5, show_default=True)
 @click.option("--warmup", type=click.IntRange(0, 100), default=1, show_default=True)
