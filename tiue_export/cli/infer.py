@@ -29,6 +29,29 @@ def _slug(text: str, n: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:n] or "image"
 
 
+def generate(jobs, paths, batch_size: int, sample, meta) -> dict[str, float]:
+    """Sample ``jobs`` (prompt, seed) in batches with ``sample(prompts, seeds) -> result`` and write
+    one PNG per image, its text metadata from ``meta(result)``; returns summed stage seconds."""
+    from .. import __version__
+    from ..io import write_png
+
+    totals: dict[str, float] = {}
+    for start in range(0, len(jobs), batch_size):
+        chunk = jobs[start : start + batch_size]
+        result = sample([p for p, _ in chunk], [s for _, s in chunk])
+        for key, v in result.timings.items():
+            totals[key] = totals.get(key, 0.0) + v
+        for (prompt, s), image, path in zip(chunk, result.images, paths[start : start + batch_size]):
+            info = {"prompt": prompt, "seed": s, **meta(result), "software": f"tiue-export {__version__}"}
+            write_png(path, image, info)
+            click.echo(f"wrote {path}")
+    return totals
+
+
+def stage_summary(totals: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in totals.items())
+
+
 def output_paths(out: str, jobs: list[tuple[str, int]]) -> list[Path]:
     """One PNG per (prompt, seed): ``out`` itself if it ends in .png and there is one image,
     else files named ``NNN-prompt-slug-sSEED.png`` inside the directory ``out``."""
@@ -89,8 +112,6 @@ def infer(prompts, prompts_file, model, backend, precision, sampler, guidance, k
     quiet_libraries()
     from ..models import resolve_model
     from ..pipeline import Sampler, load_pipeline
-    from ..io import write_png
-    from .. import __version__
 
     texts = read_prompts(prompts, prompts_file)
     jobs = [(p, seed + j) for p in texts for j in range(num_images)]
@@ -101,40 +122,20 @@ def infer(prompts, prompts_file, model, backend, precision, sampler, guidance, k
     if guidance is None:
         guidance = pipe.default_guidance
     pipe.latent_shape(height, width)  # validate the size before any work
-    totals: dict[str, float] = {}
-    written = []
-    for start in range(0, len(jobs), batch_size):
-        chunk = jobs[start : start + batch_size]
-        result = pipe.sample(
-            [p for p, _ in chunk], [s for _, s in chunk], sampler, guidance, height, width, noise_source=noise
-        )
-        for key, v in result.timings.items():
-            totals[key] = totals.get(key, 0.0) + v
-        for (prompt, s), image, path in zip(chunk, result.images, paths[start : start + batch_size]):
-            meta = {
-                "prompt": prompt,
-                "seed": s,
-                "model": str(model_path),
-                "sampler": str(sampler),
-                "backend": backend,
-                "k": pipe.schedule.k,
-                "noise": noise,
-                "software": f"tiue-export {__version__}",
-            }
-            if sampler.kind == "ddim":
-                meta["guidance"] = guidance
-            written.append(write_png(path, image, meta))
-            click.echo(f"wrote {path}")
-    stages = ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in totals.items())
-    click.echo(f"{len(written)} image(s) from {model_path} [{backend}, {sampler}]: {stages}")
+    meta = {"model": str(model_path), "sampler": str(sampler), "backend": backend, "k": pipe.schedule.k, "noise": noise}
+    if sampler.kind == "ddim":
+        meta["guidance"] = guidance
 
+    def sample(prompts, seeds):
+        return pipe.sample(prompts, seeds, sampler, guidance, height, width, noise_source=noise)
+
+    totals = generate(jobs, paths, batch_size, sample, lambda result: meta)
+    click.echo(f"{len(jobs)} image(s) from {model_path} [{backend}, {sampler}]: {stage_summary(totals)}")
 
 def infer_bundle(
     prompts, prompts_file, model, sampler, k, seed, num_images, batch_size, height, width, noise, out, backend="onnxruntime", precision=None
 ):
     """``--backend onnxruntime`` / ``tensorrt``: the torch-free runtime on an exported bundle."""
-    from .. import __version__
-    from ..io import write_png
     from ..runtime import Pipeline
 
     if not model:
@@ -160,26 +161,17 @@ def infer_bundle(
         asked = (height or size[0], width or size[1])
         if asked != size:
             raise InputError(f"{model} was exported for {size[0]}x{size[1]} images, not {asked[0]}x{asked[1]}: re-export it")
-        totals: dict[str, float] = {}
-        for start in range(0, len(jobs), batch_size):
-            chunk = jobs[start : start + batch_size]
-            result = pipe([p for p, _ in chunk], seeds=[s for _, s in chunk])
-            for key, v in result.timings.items():
-                totals[key] = totals.get(key, 0.0) + v
-            for (prompt, s), image, path in zip(chunk, result.images, paths[start : start + batch_size]):
-                meta = {
-                    "prompt": prompt,
-                    "seed": s,
-                    "model": str(model),
-                    "sampler": "one-pass",
-                    "backend": backend,
-                    "provider": result.provider,
-                    "precision": pipe.bundle.manifest["precision"] if backend == "onnxruntime" else pipe.precision,
-                    "k": pipe.bundle.k,
-                    "noise": noise,
-                    "software": f"tiue-export {__version__}",
-                }
-                write_png(path, image, meta)
-                click.echo(f"wrote {path}")
-        stages = ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in totals.items())
-        click.echo(f"{len(jobs)} image(s) from {model} [{backend} {pipe.provider}, one-pass]: {stages}")
+        meta = {
+            "model": str(model),
+            "sampler": "one-pass",
+            "backend": backend,
+            "precision": pipe.bundle.manifest["precision"] if backend == "onnxruntime" else pipe.precision,
+            "k": pipe.bundle.k,
+            "noise": noise,
+        }
+
+        def sample(prompts, seeds):
+            return pipe(prompts, seeds=seeds)
+
+        totals = generate(jobs, paths, batch_size, sample, lambda result: {**meta, "provider": result.provider})
+        click.echo(f"{len(jobs)} image(s) from {model} [{backend} {pipe.provider}, one-pass]: {stage_summary(totals)}")
