@@ -81,7 +81,8 @@ PY
 fi
 
 # -- configure + build -------------------------------------------------------------------------
-BUILD="$CACHE/build"
+# One build tree per source checkout: CMake refuses a cache made from another source directory.
+BUILD="$CACHE/build-$(printf %s "$ROOT" | sha256sum | cut -c1-12)"
 # shellcheck disable=SC2086
 cmake -S "$ROOT/engines" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DONNXRUNTIME_ROOT="$ORT" ${TIUE_CMAKE_ARGS:-} >&2
 cmake --build "$BUILD" -j "${TIUE_BUILD_JOBS:-2}" >&2
