@@ -155,6 +155,24 @@ def test_resume_with_other_options_is_refused(tmp_path):
     assert "--resume with a different config than" in text and "use the same options" in text
 
 
+def test_resume_with_more_steps_extends_a_finished_run(tmp_path):
+    out = tmp_path / "model"
+    code, text = run_cli("toy", "train-teacher", "--out", str(out), "--tiny", "--no-progress")
+    assert code == 0, text
+    before = _weights(out)
+    n = T.TINY.unet_steps
+    code, text = run_cli("toy", "train-teacher", "--out", str(out), "--tiny", "--no-progress", "--resume", "--steps", str(n + 2))
+    assert code == 0, text
+    prov = json.loads((out / "tiue.json").read_text())["provenance"]
+    assert prov["unet_steps"] == n + 2 and prov["unet_schedule_lengths"] == [n, n + 2]
+    after = _weights(out)
+    assert any(not np.array_equal(before[k], after[k]) for k in before if k.startswith("unet."))
+    assert all(np.array_equal(before[k], after[k]) for k in before if k.startswith("vae."))  # VAE stage not rerun
+    # Fewer steps than the checkpoint's schedule is not an extension.
+    code, text = run_cli("toy", "train-teacher", "--out", str(out), "--tiny", "--no-progress", "--resume", "--steps", str(n))
+    assert code == 2 and "only --steps may grow" in text
+
+
 # --- the command group ----------------------------------------------------------------------------
 
 

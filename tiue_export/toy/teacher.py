@@ -325,8 +325,18 @@ def train_teacher(
     cfg_file = work / CONFIG_JSON
     if resume and ckpt_path.exists():
         saved = TeacherConfig.from_dict(json.loads(cfg_file.read_text()))
-        if replace(saved, threads=config.threads) != config:
-            raise InputError(f"--resume with a different config than {cfg_file} was written with; use the same options")
+        extended = config.unet_steps > saved.unet_steps
+        if replace(saved, threads=config.threads, unet_steps=config.unet_steps if extended else saved.unet_steps) != config:
+            raise InputError(
+                f"--resume with a different config than {cfg_file} was written with; use the same options "
+                "(only --steps may grow, to extend the UNet stage)"
+            )
+        if extended:
+            # A warm restart: the cosine schedule is recomputed for the new length, so the
+            # learning rate jumps back up from where the shorter schedule had decayed it.
+            log.info("extending the UNet stage from %d to %d steps", saved.unet_steps, config.unet_steps)
+            with atomic_path(cfg_file) as tmp:
+                tmp.write_text(json.dumps(config.to_dict(), indent=2))
     else:
         if resume:
             log.info("no checkpoint in %s: starting from scratch", work)
@@ -440,7 +450,7 @@ def train_teacher(
         tokenizer(captions + [""], padding="max_length", max_length=config.text_max_tokens, truncation=True, return_tensors="np").input_ids
     ).long()
     empty = len(captions)
-    unet_step, unet_losses = 0, {}
+    unet_step, unet_losses, unet_segments = 0, {}, []
     if state is not None and state["stage"] == "unet":
         unet.load_state_dict(state["unet"])
         text_encoder.load_state_dict(state["text_encoder"])
@@ -450,6 +460,9 @@ def train_teacher(
         _set_rng_state(state["rng"], data_rng)
         unet_step = state["unet_step"]
         unet_losses = state.get("unet_losses", {})
+        unet_segments = list(state.get("unet_segments", [state["unet_step"]] if state["unet_step"] else []))
+    if not unet_segments or unet_segments[-1] != config.unet_steps:
+        unet_segments.append(config.unet_steps)
 
     def save_unet():
         _save_checkpoint(
@@ -457,7 +470,8 @@ def train_teacher(
             {"stage": "unet", "vae_step": vae_step, "unet_step": unet_step, "vae": vae.state_dict(),
              "unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(), "opt": opt.state_dict(),
              "lr_sched": lr_sched.state_dict(), "ema": ema.state_dict(), "rng": _rng_state(data_rng),
-             "vae_losses": vae_losses, "unet_losses": unet_losses, "elapsed": elapsed()},
+             "vae_losses": vae_losses, "unet_losses": unet_losses, "unet_segments": unet_segments,
+             "elapsed": elapsed()},
         )
 
     unet.train()
@@ -506,6 +520,9 @@ def train_teacher(
         "seed": config.seed,
         "vae_steps": config.vae_steps,
         "unet_steps": config.unet_steps,
+        # The cosine schedule's successive lengths: more than one entry means the run was
+        # extended with --resume --steps (a warm restart at each boundary).
+        "unet_schedule_lengths": unet_segments,
         "data": f"tiue_export.toy.domain, split 'train' ({len(domain.combos('train'))} captions); "
         f"{config.latent_pool} encoded images for the UNet, fresh renders for the VAE",
         "final_losses": {"vae": vae_losses, "unet": unet_losses},
