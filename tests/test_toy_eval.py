@@ -123,6 +123,33 @@ def test_cli_eval_end_to_end_on_a_tiny_model(tiny_sd21, tmp_path, capsys):
     assert "train" in out and "heldout" in out and f"wrote {out_json}" in out
 
 
+@pytest.mark.slow
+def test_onnxruntime_backend_matches_torch_on_a_bundle(tiny_models, tmp_path_factory, capsys, tmp_path):
+    from _bundles import tiny_bundle
+    from tiue_export.toy.evaluate import make_sample_fn
+
+    bundle = tiny_bundle(tiny_models, tmp_path_factory)
+    prompts, seeds = ["a small red circle on a blue background", "a large green cross on a white background"], [3, 4]
+    ort_fn, ort_info = make_sample_fn("onnxruntime", bundle)
+    torch_fn, _ = make_sample_fn("torch", tiny_models("sd21"), "one-pass")
+    a, b = ort_fn(prompts, seeds), torch_fn(prompts, seeds)
+    assert a.shape == b.shape and a.dtype == np.uint8
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 2
+    assert ort_info["backend"] == "onnxruntime" and ort_info["sampler"] == "one-pass"
+    out_json = tmp_path / "eval.json"
+    code, out, err = run_cli(capsys, "toy", "eval", "--backend", "onnxruntime", "--model", str(bundle),
+                             "--prompts", "1", "--seeds", "1", "--split", "train", "--json", str(out_json))
+    assert code == 0, err
+    assert json.loads(out_json.read_text())["backend"] == "onnxruntime"
+    # A bundle runs one-pass only, and int8 needs calibrated graphs.
+    code, _, err = run_cli(capsys, "toy", "eval", "--backend", "onnxruntime", "--model", str(bundle), "--sampler", "ddim:4")
+    assert code == 2 and err.strip() == "error: --sampler ddim:4: a bundle runs the one-pass sampler only"
+    code, _, err = run_cli(capsys, "toy", "eval", "--backend", "onnxruntime", "--model", str(bundle), "--precision", "int8")
+    assert code == 2 and "int8" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(capsys, "toy", "eval", "--backend", "onnxruntime", "--model", str(tiny_models("sd21")))
+    assert code == 2 and "is not a bundle (no manifest.json)" in err
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -130,7 +157,7 @@ def test_cli_eval_end_to_end_on_a_tiny_model(tiny_sd21, tmp_path, capsys):
         (["--split", "heldout", "--prompts", "30"], "error: the heldout split has 26 distinct prompts; asked for 30"),
         (["--seeds", "0"], "error: --seeds must be >= 1, got 0"),
         (["--sampler", "euler"], "error: unknown sampler 'euler': use one-pass, loop or ddim:N (N >= 1)"),
-        (["--backend", "tensorflow"], "error: unknown backend 'tensorflow': use torch"),
+        (["--backend", "tensorflow"], "error: unknown backend 'tensorflow': use torch, onnxruntime"),
         (["--grid", "grid.jpg"], "error: --grid grid.jpg: the file name must end in .png"),
     ],
 )

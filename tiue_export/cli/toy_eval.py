@@ -27,7 +27,10 @@ def _check_out(path: str | None, suffix: str, option: str) -> Path | None:
 @click.option("--model", type=click.Path(), default=None, help="Model directory [default: the built-in model].")
 @click.option("--sampler", default=None, help="one-pass | loop | ddim:N  [default: one-pass; ddim:50 for a teacher]")
 @click.option("--guidance", type=float, default=None, help="CFG scale of ddim:N [default: the model's, else 7.5].")
-@click.option("--backend", default="torch", show_default=True, metavar="torch", help="Where the model runs.")
+@click.option("--backend", default="torch", show_default=True, metavar="torch|onnxruntime",
+              help="Where the model runs: torch (a model directory) or onnxruntime (a bundle from tiue-export export).")
+@click.option("--precision", type=click.Choice(["fp32", "int8"]), default=None,
+              help="onnxruntime: run the bundle's int8 Q/DQ graphs (tiue-export calibrate) [default: as exported].")
 @click.option("--prompts", "n_prompts", type=int, default=20, show_default=True, help="Prompts per split.")
 @click.option("--seeds", type=int, default=4, show_default=True, help="Images per prompt (seeds 0..S-1).")
 @click.option("--split", default="both", show_default=True, metavar="train|heldout|both", help="Which prompts to score.")
@@ -35,7 +38,7 @@ def _check_out(path: str | None, suffix: str, option: str) -> Path | None:
 @click.option("--classifier", type=click.Path(), default=None, help="Classifier directory [default: the shipped one].")
 @click.option("--json", "json_out", type=click.Path(), default=None, help="Write the full report to FILE.json.")
 @click.option("--grid", type=click.Path(), default=None, help="Write the images to FILE.png, one row per prompt.")
-def eval_cmd(model, sampler, guidance, backend, n_prompts, seeds, split, batch_size, classifier, json_out, grid):
+def eval_cmd(model, sampler, guidance, backend, precision, n_prompts, seeds, split, batch_size, classifier, json_out, grid):
     """Score a model on the toy domain: prompt and per-attribute accuracy, FD, precision/recall/density/coverage.
 
     For each split, samples SEEDS images for each of PROMPTS captions, classifies them with the
@@ -65,9 +68,9 @@ def eval_cmd(model, sampler, guidance, backend, n_prompts, seeds, split, batch_s
 
     clf = load_classifier(classifier)
     model_path = resolve_model(model)
-    sample_fn, info = make_sample_fn(backend, model_path, sampler, guidance)
+    sample_fn, info = make_sample_fn(backend, model_path, sampler, guidance, precision)
     result = evaluate(sample_fn, config, clf, info)
-    what = f"{model_path} [{backend}, {info['sampler']}" + (f", guidance {info['guidance']:g}]" if info.get("guidance") is not None else "]")
+    what = f"{model_path} [{backend}" + (f" {precision}" if precision else "") + f", {info['sampler']}" + (f", guidance {info['guidance']:g}]" if info.get("guidance") is not None else "]")
     click.echo(f"toy eval of {what}: {config.prompts} prompts x {config.seeds} seeds per split")
     click.echo(summary_table(result.report))
     if json_path:

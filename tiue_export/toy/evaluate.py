@@ -211,9 +211,11 @@ def versions() -> dict[str, str]:
 
 
 # -- backends -------------------------------------------------------------------------------------
-def _torch_sample_fn(model: Path, sampler: str | None, guidance: float | None) -> tuple[SampleFn, dict]:
+def _torch_sample_fn(model: Path, sampler: str | None, guidance: float | None, precision: str | None) -> tuple[SampleFn, dict]:
     from ..pipeline import Sampler, load_pipeline
 
+    if precision not in (None, "fp32"):
+        raise InputError(f"--precision {precision} is for bundles: use --backend onnxruntime with a bundle from tiue-export export")
     pipe = load_pipeline(model)
     parsed = Sampler.parse(sampler or pipe.default_sampler)
     g = pipe.default_guidance if guidance is None else guidance
@@ -225,15 +227,36 @@ def _torch_sample_fn(model: Path, sampler: str | None, guidance: float | None) -
     return sample_fn, info
 
 
-#: backend name -> ``(model_path, sampler or None, guidance or None) -> (sample_fn, info)``.
-BACKENDS: dict[str, Callable[..., tuple[SampleFn, dict]]] = {"torch": _torch_sample_fn}
+def _onnxruntime_sample_fn(model: Path, sampler: str | None, guidance: float | None, precision: str | None) -> tuple[SampleFn, dict]:
+    """A bundle's fused one-pass sampler on ONNX Runtime (``precision="int8"``: its Q/DQ graphs)."""
+    from ..runtime import Pipeline
+
+    if sampler not in (None, "one-pass"):
+        raise InputError(f"--sampler {sampler}: a bundle runs the one-pass sampler only")
+    if guidance is not None:
+        raise InputError("--guidance is for ddim:N on the torch backend; a bundle's one-pass sampler has no guidance")
+    if not (model / "manifest.json").is_file():
+        raise InputError(f"{model} is not a bundle (no manifest.json): make one with tiue-export export --model ... --out {model}")
+    pipe = Pipeline.load(model, precision=None if precision in (None, "fp32") else precision)
+
+    def sample_fn(prompts, seeds):
+        return pipe(prompts, seeds).images
+
+    info = {"sampler": "one-pass", "guidance": None, "k": pipe.bundle.k, "precision": precision or "as exported"}
+    return sample_fn, info
 
 
-def make_sample_fn(backend: str, model: Path, sampler: str | None = None, guidance: float | None = None) -> tuple[SampleFn, dict]:
+#: backend name -> ``(model_path, sampler, guidance, precision) -> (sample_fn, info)`` (None: default).
+BACKENDS: dict[str, Callable[..., tuple[SampleFn, dict]]] = {"torch": _torch_sample_fn, "onnxruntime": _onnxruntime_sample_fn}
+
+
+def make_sample_fn(
+    backend: str, model: Path, sampler: str | None = None, guidance: float | None = None, precision: str | None = None
+) -> tuple[SampleFn, dict]:
     """Build ``sample_fn`` for ``backend`` and the report fields that describe it."""
     if backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}: use {', '.join(BACKENDS)}")
-    fn, info = BACKENDS[backend](Path(model), sampler, guidance)
+    fn, info = BACKENDS[backend](Path(model), sampler, guidance, precision)
     return fn, {"model": str(model), "backend": backend, **info}
 
 
