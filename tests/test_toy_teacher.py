@@ -164,7 +164,7 @@ def test_resume_with_more_steps_extends_a_finished_run(tmp_path):
     code, text = run_cli("toy", "train-teacher", "--out", str(out), "--tiny", "--no-progress", "--resume", "--steps", str(n + 2))
     assert code == 0, text
     prov = json.loads((out / "tiue.json").read_text())["provenance"]
-    assert prov["unet_steps"] == n + 2 and prov["unet_schedule_lengths"] == [n, n + 2]
+    assert prov["unet_steps"] == n + 2 and prov["unet_schedule_lengths"] == [[0, n], [n, n + 2]]
     after = _weights(out)
     assert any(not np.array_equal(before[k], after[k]) for k in before if k.startswith("unet."))
     assert all(np.array_equal(before[k], after[k]) for k in before if k.startswith("vae."))  # VAE stage not rerun

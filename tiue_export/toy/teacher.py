@@ -460,9 +460,9 @@ def train_teacher(
         _set_rng_state(state["rng"], data_rng)
         unet_step = state["unet_step"]
         unet_losses = state.get("unet_losses", {})
-        unet_segments = list(state.get("unet_segments", [state["unet_step"]] if state["unet_step"] else []))
-    if not unet_segments or unet_segments[-1] != config.unet_steps:
-        unet_segments.append(config.unet_steps)
+        unet_segments = [list(x) for x in state.get("unet_segments", [[0, state["unet_step"]]] if state["unet_step"] else [])]
+    if not unet_segments or unet_segments[-1][1] != config.unet_steps:
+        unet_segments.append([unet_step, config.unet_steps])
 
     def save_unet():
         _save_checkpoint(
@@ -520,8 +520,8 @@ def train_teacher(
         "seed": config.seed,
         "vae_steps": config.vae_steps,
         "unet_steps": config.unet_steps,
-        # The cosine schedule's successive lengths: more than one entry means the run was
-        # extended with --resume --steps (a warm restart at each boundary).
+        # [from step, schedule length] of each cosine schedule: more than one entry means the
+        # run was extended with --resume --steps N at that step (a warm restart).
         "unet_schedule_lengths": unet_segments,
         "data": f"tiue_export.toy.domain, split 'train' ({len(domain.combos('train'))} captions); "
         f"{config.latent_pool} encoded images for the UNet, fresh renders for the VAE",
