@@ -32,5 +32,5 @@ def tiny_sd21(tiny_models):
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
-    """Keep the first-use model cache out of the user's home."""
+    """Keep the model and bundle cache (bench's random-weight models and exports) out of the user's home."""
     monkeypatch.setenv("TIUE_EXPORT_CACHE", str(tmp_path / "cache"))

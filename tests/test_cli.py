@@ -46,10 +46,16 @@ def test_infer_single_file_and_prompts_file(tiny_sd21, tmp_path, capsys):
     assert Image.open(tmp_path / "one.png").text["sampler"] == "loop"
 
 
-def test_infer_default_model_is_created_on_first_use(tmp_path, capsys):
-    code, out, err = run(["infer", "--prompt", "a cat", "--out", str(tmp_path / "d")], capsys)
+def test_infer_default_model_is_the_shipped_one(tmp_path, capsys):
+    from tiue_export.models import ASSETS, BUILTIN, default_model
+
+    shipped = next(ASSETS / n for n in BUILTIN if (ASSETS / n / "model_index.json").exists())
+    assert default_model() == shipped
+    code, out, err = run(["infer", "--prompt", "a small red circle on a blue background", "--out", str(tmp_path / "d")], capsys)
     assert code == 0, err
-    assert len(list((tmp_path / "d").glob("*.png"))) == 1
+    (png,) = (tmp_path / "d").glob("*.png")
+    with Image.open(png) as img:
+        assert img.size == (64, 64) and img.text["model"] == str(shipped)
 
 
 @pytest.mark.parametrize(

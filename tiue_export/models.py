@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
-log = logging.getLogger("tiue_export")
 
 ASSETS = Path(__file__).parent / "assets"
 #: Built-in models, best first: the distilled toy student, then the toy teacher it came from.
@@ -18,18 +16,13 @@ def cache_dir() -> Path:
 
 
 def default_model() -> Path:
-    """The shipped default model, or (until one ships) a tiny random SD 2.1-shaped student
-    created on first use in the cache directory."""
+    """The shipped default model: the distilled toy student, else the toy teacher."""
     for name in BUILTIN:
         if (ASSETS / name / "model_index.json").exists():
             return ASSETS / name
-    tiny = cache_dir() / "tiny-sd21"
-    if not (tiny / "model_index.json").exists():
-        from .tiny import build_tiny_pipeline
+    from .errors import ModelError
 
-        log.info("creating the tiny first-use model in %s", tiny)
-        build_tiny_pipeline(tiny, "sd21")
-    return tiny
+    raise ModelError(f"the built-in model is missing from this install ({ASSETS}/{{{','.join(BUILTIN)}}}): reinstall tiue-export, or pass --model PATH")
 
 
 def resolve_model(path: str | os.PathLike | None) -> Path:

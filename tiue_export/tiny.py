@@ -1,4 +1,4 @@
-"""Tiny random diffusers pipelines built in code, for tests and the first-use quick start.
+"""Tiny random diffusers pipelines built in code, for tests.
 
 Same component classes and block types as Stable Diffusion (``sd21``: linear projections, as
 SD 2.x; ``sd15``: conv projections, as SD 1.x; ``two-level``: a non-SD layout), tiny widths.
