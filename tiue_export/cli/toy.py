@@ -70,8 +70,8 @@ def toy():
 def train_teacher_cmd(out, work_dir, vae_steps, steps, seed, threads, checkpoint_every, resume, no_progress, tiny, stop_after):
     """Train the toy teacher (VAE, then UNet + text encoder) into a diffusers pipeline directory.
 
-    The defaults take about an hour on 2 CPU cores; the result is what ships as the built-in
-    toy-teacher. Interrupted runs continue with --resume.
+    The defaults take about 50 minutes on 2 CPU cores; the shipped toy-teacher is that run
+    extended with --resume --steps 7000 (docs/toy.md). Interrupted runs continue with --resume.
     """
     import os
     from dataclasses import replace
