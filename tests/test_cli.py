@@ -58,6 +58,16 @@ def test_infer_default_model_is_the_shipped_one(tmp_path, capsys):
         assert img.size == (64, 64) and img.text["model"] == str(shipped)
 
 
+def test_missing_builtin_model_is_one_line(tmp_path, capsys, monkeypatch):
+    import tiue_export.models
+
+    monkeypatch.setattr(tiue_export.models, "ASSETS", tmp_path / "assets")
+    code, out, err = run(["infer", "--prompt", "a cat", "--out", str(tmp_path / "d")], capsys)
+    assert code != 0 and "built-in model is missing" in err and "--model PATH" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "d").exists()
+
+
 @pytest.mark.parametrize(
     "extra,message",
     [
