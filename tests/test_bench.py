@@ -56,5 +56,5 @@ def test_bench_bad_input(tiny_sd21):
         run_bench(BenchConfig(shape="sd99"))
     with pytest.raises(InputError, match="not both"):
         run_bench(BenchConfig(model=str(tiny_sd21), shape="sd21-tiny"))
-    with pytest.raises(InputError, match="unknown or unavailable backend 'nope'"):
+    with pytest.raises(InputError, match="unknown backend 'nope': choose from torch, torch-bf16, onnxruntime"):
         run_bench(BenchConfig(model=str(tiny_sd21), backends=("nope",), references=False, runs=1))

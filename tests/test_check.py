@@ -1,5 +1,6 @@
 """check: every available backend against the PyTorch reference; a corrupted bundle fails."""
 
+import importlib.util
 import json
 import shutil
 
@@ -106,4 +107,5 @@ def test_available_backends_without_tensorrt():
         pytest.skip("TensorRT is installed here")
     except ImportError:
         pass
-    assert available_backends(manifest) == ["torch", "onnxruntime", "onnxruntime-int8"]
+    openvino = ["openvino", "openvino-int8"] if importlib.util.find_spec("openvino") else []
+    assert available_backends(manifest) == ["torch", "onnxruntime", "onnxruntime-int8", *openvino]

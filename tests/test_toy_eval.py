@@ -150,6 +150,26 @@ def test_onnxruntime_backend_matches_torch_on_a_bundle(tiny_models, tmp_path_fac
     assert code == 2 and "is not a bundle (no manifest.json)" in err
 
 
+def test_openvino_backend_matches_onnxruntime_on_a_bundle(tiny_models, tmp_path_factory, capsys, tmp_path):
+    pytest.importorskip("openvino", reason="openvino is not installed (pip install 'tiue-export[openvino]')")
+    from _bundles import tiny_bundle
+    from tiue_export.toy.evaluate import make_sample_fn
+
+    bundle = tiny_bundle(tiny_models, tmp_path_factory)
+    prompts, seeds = ["a small red circle on a blue background"], [3]
+    ov_fn, ov_info = make_sample_fn("openvino", bundle, precision="fp32")
+    ort_fn, _ = make_sample_fn("onnxruntime", bundle)
+    assert np.abs(ov_fn(prompts, seeds).astype(int) - ort_fn(prompts, seeds).astype(int)).max() <= 1
+    assert ov_info["backend"] == "openvino" and ov_info["provider"] == "OpenVINO CPU fp32"
+    out_json = tmp_path / "eval.json"
+    code, _, err = run_cli(capsys, "toy", "eval", "--backend", "openvino", "--model", str(bundle),
+                           "--prompts", "1", "--seeds", "1", "--split", "train", "--json", str(out_json))
+    assert code == 0, err
+    assert json.loads(out_json.read_text())["backend"] == "openvino"
+    code, _, err = run_cli(capsys, "toy", "eval", "--backend", "openvino", "--model", str(bundle), "--sampler", "loop")
+    assert code == 2 and err.strip() == "error: --sampler loop: a bundle runs the one-pass sampler only"
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -157,7 +177,7 @@ def test_onnxruntime_backend_matches_torch_on_a_bundle(tiny_models, tmp_path_fac
         (["--split", "heldout", "--prompts", "30"], "error: the heldout split has 26 distinct prompts; asked for 30"),
         (["--seeds", "0"], "error: --seeds must be >= 1, got 0"),
         (["--sampler", "euler"], "error: unknown sampler 'euler': use one-pass, loop or ddim:N (N >= 1)"),
-        (["--backend", "tensorflow"], "error: unknown backend 'tensorflow': use torch, onnxruntime"),
+        (["--backend", "tensorflow"], "error: unknown backend 'tensorflow': use torch, onnxruntime, openvino"),
         (["--grid", "grid.jpg"], "error: --grid grid.jpg: the file name must end in .png"),
     ],
 )

@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, TiueError
 
 log = logging.getLogger("tiue_export")
 
@@ -53,6 +53,7 @@ class BenchConfig:
     teacher_timed_steps: int | None = None  # time only this many steps and extrapolate (big shapes)
     guidance: float = 7.5
     threads: int | None = None  # torch intra-op threads (None: torch's default)
+    runtime_memory: bool = True  # also run each CPU runtime backend alone in a fresh process for its peak memory
 
 
 @dataclass
@@ -62,6 +63,7 @@ class Timing:
     total: list[float] = field(default_factory=list)
     peak_rss_mb: float | None = None
     note: str = ""
+    extra: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
         def stat(xs):
@@ -73,6 +75,7 @@ class Timing:
             "total": stat(self.total) if self.total else None,
             "peak_rss_mb": self.peak_rss_mb,
             "note": self.note,
+            **self.extra,
         }
 
 
@@ -325,10 +328,14 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = log.info) -> d
 
     timings: list[Timing] = []
     for backend in cfg.backends:
-        if backend.startswith(("onnxruntime", "tensorrt")) and bundle_path is None:
+        if backend in RUNTIME_BACKENDS and bundle_path is None:
             bundle_path = _cached_bundle(model_path, height, width, progress)
         progress(f"timing backend {backend}")
-        timings.append(_time_backend(backend, cfg, pipe, bundle_path, height, width))
+        timing = _time_backend(backend, cfg, pipe, bundle_path, height, width)
+        if cfg.runtime_memory and backend in RUNTIME_BACKENDS and not backend.startswith("tensorrt"):
+            progress(f"measuring the {backend} runtime's peak memory in a fresh process")
+            timing.extra["runtime_memory"] = runtime_memory(backend, bundle_path, cfg.threads or 0)
+        timings.append(timing)
     if cfg.references:
         progress("timing the K-step loop reference")
         timings.append(
@@ -391,22 +398,93 @@ def _time_backend(backend: str, cfg: BenchConfig, pipe, bundle_path, height, wid
         return time_pipeline("torch fp32 one-pass", torch_stages(pipe, cfg.batch, height, width, "fp32"), cfg.runs, cfg.warmup)
     if backend == "torch-bf16":
         return time_pipeline("torch bf16 one-pass", torch_stages(pipe, cfg.batch, height, width, "bf16"), cfg.runs, cfg.warmup)
-    if backend in ("onnxruntime", "onnxruntime-int8", "tensorrt-fp16", "tensorrt-int8"):
-        precision = backend.split("-", 1)[1] if "-" in backend else None
-        if backend.startswith("tensorrt"):
-            from .trt.runtime import TrtPipeline
-
-            rt = TrtPipeline.load(bundle_path, precision, verify=False)
-        else:
-            from .runtime import Pipeline
-
-            rt = Pipeline.load(bundle_path, precision=precision, verify=False, threads=cfg.threads or 0)
+    if backend in RUNTIME_BACKENDS:
+        rt = open_runtime(backend, bundle_path, cfg.threads or 0)
         try:
-            name = f"{backend.split('-')[0]} {precision or rt.manifest.get('precision', 'fp32')} one-pass ({rt.provider})"
-            return time_pipeline(name, runtime_stages(rt, cfg.batch), cfg.runs, cfg.warmup, note="fused decoder: the sum is inside unet_decoder")
+            timing = time_pipeline(backend, runtime_stages(rt, cfg.batch), cfg.runs, cfg.warmup, note="fused decoder: the sum is inside unet_decoder")
+            engine, _, word = backend.partition("-")
+            if not word and engine == "onnxruntime":
+                word = rt.manifest.get("precision", "fp32")
+            # The provider (and OpenVINO's compute precision) is known once the graphs are loaded.
+            timing.name = f"{engine} {word + ' ' if word else ''}one-pass ({rt.provider})"
+            return timing
         finally:
             rt.close()
-    raise InputError(f"unknown or unavailable backend {backend!r}")
+    raise InputError(f"unknown backend {backend!r}: choose from torch, torch-bf16, {', '.join(RUNTIME_BACKENDS)}")
+
+
+#: Backends that run a bundle (the torch-free runtime or TensorRT engines).
+RUNTIME_BACKENDS = (
+    "onnxruntime",
+    "onnxruntime-int8",
+    "openvino",
+    "openvino-fp32",
+    "openvino-bf16",
+    "openvino-int8",
+    "tensorrt-fp16",
+    "tensorrt-int8",
+)
+
+
+def open_runtime(backend: str, bundle_path, threads: int = 0):
+    """A loaded bundle pipeline for a runtime ``backend`` name (``onnxruntime-int8``, ``openvino``, ...)."""
+    engine, _, word = backend.partition("-")
+    if engine == "tensorrt":
+        from .trt.runtime import TrtPipeline
+
+        return TrtPipeline.load(bundle_path, word, verify=False)
+    from .runtime import Pipeline
+
+    graphs = "int8" if word == "int8" else None
+    if engine == "openvino":
+        return Pipeline.load(bundle_path, precision=graphs, verify=False, threads=threads, engine="openvino", inference_precision=None if word in ("", "int8") else word)
+    if word not in ("", "int8"):
+        raise InputError(f"unknown backend {backend!r}")
+    return Pipeline.load(bundle_path, precision=graphs, verify=False, threads=threads)
+
+
+def runtime_memory(backend: str, bundle_path, threads: int = 0, timeout: float = 3600) -> dict:
+    """Peak resident memory of the torch-free runtime alone: a fresh Python process that loads the
+    bundle with ``backend`` and makes one image, against the bytes of the weights it loads."""
+    import subprocess
+    import sys
+
+    # VmHWM, not ru_maxrss: Linux carries the forking parent's high-water mark into ru_maxrss
+    # across exec, so a child of a big process would report the parent's memory.
+    code = (
+        "import json, resource, sys\n"
+        "from tiue_export.bench import open_runtime\n"
+        "rt = open_runtime(sys.argv[1], sys.argv[2], int(sys.argv[3]))\n"
+        "rt(['a photo of a cat'], seed=0)\n"
+        "try:\n"
+        "    hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0].split()[1]\n"
+        "    peak = int(hwm) / 1024\n"
+        "except OSError:\n"
+        "    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
+        "print(json.dumps({'peak_rss_mb': peak, 'torch_loaded': 'torch' in sys.modules}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, backend, str(bundle_path), str(threads)], capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise TiueError(f"the {backend} runtime failed in its own process: {tail}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    weights = _runtime_weight_bytes(bundle_path, "int8" if backend.endswith("int8") else None)
+    out["weight_mb"] = weights / 2**20
+    out["peak_over_weights"] = out["peak_rss_mb"] / out["weight_mb"]
+    return out
+
+
+def _runtime_weight_bytes(bundle_path, precision: str | None) -> int:
+    """Bytes on disk of the graphs (and their external data) one fused one-pass run loads."""
+    from .runtime import Bundle
+
+    bundle = Bundle.open(bundle_path, verify=False).with_precision(precision)
+    total = 0
+    for name in bundle.manifest["runtime"]["fused"]:
+        path = bundle.graph_path(name)
+        total += path.stat().st_size
+        total += sum(f.stat().st_size for f in path.parent.glob(path.name + ".data*"))
+    return total
 
 
 def _add_rates(report: dict) -> None:
@@ -472,6 +550,13 @@ def to_markdown(report: dict) -> str:
         f"{f['unet_decoder'] / 1e9:.4g}); one full UNet step {f['full_unet_step'] / 1e9:.4g} GFLOP.",
     ]
     lines += ["", *ratio_lines(report)]
+    for r in rows:
+        mem = r.get("runtime_memory")
+        if mem:
+            lines.append(
+                f"- {r['name']}: the torch-free runtime alone (fresh process, load + one image) peaks at "
+                f"{mem['peak_rss_mb']:.0f} MB = {mem['peak_over_weights']:.2f}x the {mem['weight_mb']:.0f} MB of weights it loads"
+            )
     return "\n".join(lines) + "\n"
 
 

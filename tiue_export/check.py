@@ -8,6 +8,7 @@ tolerance from the bundle manifest (the graph specs) before anything is judged.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 from dataclasses import asdict, dataclass, field
@@ -22,13 +23,25 @@ from .specs import Tolerance
 
 log = logging.getLogger("tiue_export")
 
-BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8", "tensorrt-fp16", "tensorrt-int8")
+BACKENDS = (
+    "torch",
+    "onnxruntime",
+    "onnxruntime-int8",
+    "openvino",  # the CPU's default precision: bf16 where it has bf16 units (AMX, AVX-512-BF16)
+    "openvino-fp32",
+    "openvino-bf16",
+    "openvino-int8",
+    "tensorrt-fp16",
+    "tensorrt-int8",
+)
 
 #: End-to-end image PSNR (uint8, dB) each precision must reach against the fp32 PyTorch images.
-MIN_PSNR = {"fp32": 40.0, "fp16": 30.0, "int8": 30.0}
+MIN_PSNR = {"fp32": 40.0, "fp16": 30.0, "bf16": 30.0, "int8": 30.0}
 #: int8 graphs: activations round to 8 bits, so elementwise bounds are meaningless; judge
 #: direction (cosine) per graph and the image by PSNR.
 INT8_TOL = Tolerance(atol=float("inf"), rtol=float("inf"), min_cosine=0.99)
+#: bf16 compute (8-bit mantissa) on fp32 graphs: the same kind of bound, a little tighter.
+BF16_TOL = Tolerance(atol=float("inf"), rtol=float("inf"), min_cosine=0.995)
 
 #: Bit-exact: zero elementwise error (the cosine bound is implied by it).
 EXACT = Tolerance(atol=0.0, rtol=0.0, min_cosine=0.0)
@@ -109,8 +122,9 @@ class PipelineStages:
     ``graphs`` names the decoders the backend has (a TensorRT engine set holds only one).
     """
 
-    def __init__(self, pipe, graphs=None):
+    def __init__(self, pipe, graphs=None, compute: str = "fp32"):
         self.pipe = pipe
+        self.compute = compute  # what graphs without a quantized variant run in (bf16 on OpenVINO's default)
         self.graphs = tuple(graphs) if graphs else ("text_encoder", "unet_encoder", "unet_decoder", "unet_decoder_fused", "vae_decoder")
 
     def tokenize(self, prompts):
@@ -149,8 +163,26 @@ def trt_stages(bundle_path, precision: str | None, device: int = 0) -> PipelineS
     return PipelineStages(pipe, graphs=pipe.entry["pipeline"])
 
 
+def openvino_stages(bundle_path, precision: str | None, inference_precision: str | None) -> PipelineStages:
+    from .runtime import Pipeline
+
+    from .runtime import openvino_default_precision
+
+    pipe = Pipeline.load(bundle_path, precision=precision, verify=False, engine="openvino", inference_precision=inference_precision)
+    return PipelineStages(pipe, compute=inference_precision or openvino_default_precision())
+
+
 def _open_backend(name: str, bundle_path: Path, manifest: dict):
     """``(stages, precision)`` for a backend, or raise ``TiueError`` saying why it is unavailable."""
+    if name.startswith("openvino"):
+        from .runtime import openvino_default_precision
+
+        word = name.split("-", 1)[1] if "-" in name else None
+        if word == "int8":
+            if not _has_variant(manifest, "int8"):
+                raise TiueError("no int8 graphs in this bundle: run tiue-export calibrate BUNDLE first")
+            return openvino_stages(bundle_path, "int8", None), "int8"
+        return openvino_stages(bundle_path, None, word), word or openvino_default_precision()
     if name == "onnxruntime":
         return ort_stages(bundle_path, None), manifest.get("precision", "fp32")
     if name == "onnxruntime-int8":
@@ -167,11 +199,14 @@ def _has_variant(manifest: dict, precision: str) -> bool:
     return any(precision in (g.get("variants") or {}) for g in manifest.get("graphs", {}).values())
 
 
-def _tolerance(manifest: dict, graph: str, precision: str) -> Tolerance:
+def _tolerance(manifest: dict, graph: str, precision: str, compute: str = "fp32") -> Tolerance:
+    """The bound for ``graph`` on a backend of ``precision`` whose unquantized graphs run in ``compute``."""
     entry = manifest["graphs"][graph]
     if precision == "int8" and graph.startswith("unet"):
         variant = (entry.get("variants") or {}).get("int8", {})
         return Tolerance.from_dict(variant["tolerance"]) if "tolerance" in variant else INT8_TOL
+    if "bf16" in (precision, compute):
+        return BF16_TOL
     return Tolerance.from_dict(entry["tolerance"])
 
 
@@ -180,7 +215,7 @@ def check_backend(name: str, stages, precision: str, manifest: dict, ref: dict, 
     from .sampling import sample_one_pass, to_uint8_images
 
     report = BackendReport(name, precision, True)
-    tol = lambda g: _tolerance(manifest, g, precision)  # noqa: E731
+    tol = lambda g: _tolerance(manifest, g, precision, getattr(stages, "compute", "fp32"))  # noqa: E731
     ids = stages.tokenize(prompts)
     report.graphs.append(
         Comparison("tokenizer", [compare_arrays(ref["ids"], ids, EXACT, name="input_ids")])
@@ -238,6 +273,10 @@ def available_backends(manifest: dict) -> list[str]:
     out = ["torch", "onnxruntime"]
     if _has_variant(manifest, "int8"):
         out.append("onnxruntime-int8")
+    if importlib.util.find_spec("openvino") is not None:
+        out.append("openvino")
+        if _has_variant(manifest, "int8"):
+            out.append("openvino-int8")
     engines = manifest.get("engines") or {}
     if engines:
         from .trt.checks import require_tensorrt_gpu

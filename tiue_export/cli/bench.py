@@ -10,7 +10,7 @@ import click
 @click.command("bench")
 @click.option("--model", type=click.Path(), help="Model directory or bundle [default: the built-in model].")
 @click.option("--shape", default="toy", show_default=True, help="toy | sd21-512 | sd21-256 | sd15-512 | sd21-tiny (random weights).")
-@click.option("--backends", default="torch,torch-bf16,onnxruntime", show_default=True, help="Comma-separated: torch, torch-bf16, onnxruntime, onnxruntime-int8, tensorrt-fp16, tensorrt-int8.")
+@click.option("--backends", default="torch,torch-bf16,onnxruntime", show_default=True, help="Comma-separated: torch, torch-bf16, onnxruntime, onnxruntime-int8, openvino (bf16 on CPUs with bf16 units), openvino-fp32, openvino-int8, tensorrt-fp16, tensorrt-int8.")
 @click.option("--batch", type=click.IntRange(1, 256), default=1, show_default=True)
 @click.option("--runs", type=click.IntRange(1, 1000), default=5, show_default=True)
 @click.option("--warmup", type=click.IntRange(0, 100), default=1, show_default=True)
@@ -18,9 +18,10 @@ import click
 @click.option("--teacher-steps", type=click.IntRange(1, 1000), default=50, show_default=True)
 @click.option("--teacher-timed-steps", type=click.IntRange(1, 1000), default=None, help="Time only this many teacher steps and extrapolate.")
 @click.option("--threads", type=click.IntRange(1, 1024), default=None, help="torch intra-op threads.")
+@click.option("--no-runtime-memory", is_flag=True, help="Skip the fresh-process peak-memory run of each CPU runtime backend.")
 @click.option("--json", "json_path", type=click.Path(), default=None, help="Report JSON [default: OUT/bench.json].")
 @click.option("--out", default="bench-results", show_default=True, help="Directory for bench.json, bench.md, bench.png.")
-def bench(model, shape, backends, batch, runs, warmup, no_references, teacher_steps, teacher_timed_steps, threads, json_path, out):
+def bench(model, shape, backends, batch, runs, warmup, no_references, teacher_steps, teacher_timed_steps, threads, no_runtime_memory, json_path, out):
     """Time every backend per stage against the PyTorch reference and the references."""
     from . import quiet_libraries
 
@@ -38,6 +39,7 @@ def bench(model, shape, backends, batch, runs, warmup, no_references, teacher_st
         teacher_steps=teacher_steps,
         teacher_timed_steps=teacher_timed_steps,
         threads=threads,
+        runtime_memory=not no_runtime_memory,
     )
     report = run_bench(cfg, progress=lambda msg: click.echo(msg, err=True))
     click.echo(to_markdown(report))

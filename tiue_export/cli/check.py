@@ -10,7 +10,7 @@ import click
 
 @click.command("check")
 @click.argument("bundle", type=click.Path())
-@click.option("--backends", default=None, help="Comma-separated: torch,onnxruntime,onnxruntime-int8,tensorrt-fp16,tensorrt-int8 [default: all available].")
+@click.option("--backends", default=None, help="Comma-separated: torch, onnxruntime[-int8], openvino[-fp32|-bf16|-int8], tensorrt-fp16, tensorrt-int8 [default: all available].")
 @click.option("--prompt", "prompts", multiple=True, help="Prompt (repeatable) [default: two built-in prompts].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--model", type=click.Path(), default=None, help="The PyTorch source model [default: the one the manifest names].")

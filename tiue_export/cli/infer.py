@@ -71,17 +71,18 @@ def output_paths(out: str, jobs: list[tuple[str, int]]) -> list[Path]:
 @click.option("--model", type=click.Path(), help="Model directory or bundle [default: the built-in model].")
 @click.option(
     "--backend",
-    type=click.Choice(["torch", "onnxruntime", "tensorrt"]),
+    type=click.Choice(["torch", "onnxruntime", "openvino", "tensorrt"]),
     default="torch",
     show_default=True,
-    help="torch: a model directory; onnxruntime: an exported bundle (no torch needed); tensorrt: a bundle's engines.",
+    help="torch: a model directory; onnxruntime / openvino: an exported bundle (no torch needed); tensorrt: a bundle's engines.",
 )
 @click.option(
     "--precision",
-    type=click.Choice(["fp32", "fp16", "int8"]),
+    type=click.Choice(["fp32", "fp16", "bf16", "int8"]),
     default=None,
-    help="Bundle graphs to run: int8 = the Q/DQ graphs of tiue-export calibrate; with tensorrt, which engines "
-    "[default: the bundle's own / its only engines].",
+    help="Bundle graphs to run: int8 = the Q/DQ graphs of tiue-export calibrate; with tensorrt, which engines; with "
+    "openvino, fp32/bf16/fp16 = the compute precision [default: the bundle's own / its only engines / the CPU's "
+    "default, bf16 on CPUs with bf16 units].",
 )
 @click.option("--sampler", default=None, help="one-pass | loop | ddim:N  [default: one-pass; ddim:50 for a teacher]")
 @click.option("--guidance", type=float, default=None, help="CFG scale of the ddim:N sampler [default: the model's, else 7.5].")
@@ -101,7 +102,7 @@ def output_paths(out: str, jobs: list[tuple[str, int]]) -> list[Path]:
 @click.option("--out", default="outputs", show_default=True, help="Output directory, or FILE.png for one image.")
 def infer(prompts, prompts_file, model, backend, precision, sampler, guidance, k, seed, num_images, batch_size, height, width, noise, out):
     """Generate images from prompts with the one-pass sampler (or a reference sampler)."""
-    if backend in ("onnxruntime", "tensorrt"):
+    if backend in ("onnxruntime", "openvino", "tensorrt"):
         return infer_bundle(
             prompts, prompts_file, model, sampler, k, seed, num_images, batch_size, height, width, noise, out, backend, precision
         )
@@ -154,7 +155,12 @@ def infer_bundle(
 
         loaded = TrtPipeline.load(model, precision=precision)
         batch_size = min(batch_size, int(loaded.entry["batch_profile"]["max"]))
+    elif backend == "openvino":
+        graphs = "int8" if precision == "int8" else None
+        loaded = Pipeline.load(model, precision=graphs, engine="openvino", inference_precision=None if graphs else precision)
     else:
+        if precision == "bf16":
+            raise InputError("--precision bf16 is OpenVINO's compute precision: use --backend openvino")
         loaded = Pipeline.load(model, precision=precision)
     with loaded as pipe:
         size = pipe.image_size
@@ -165,7 +171,8 @@ def infer_bundle(
             "model": str(model),
             "sampler": "one-pass",
             "backend": backend,
-            "precision": pipe.bundle.manifest["precision"] if backend == "onnxruntime" else pipe.precision,
+            "precision": pipe.precision if backend == "tensorrt" else (precision or pipe.bundle.manifest["precision"]),
+            "provider": pipe.provider if backend != "tensorrt" else "TensorRT",
             "k": pipe.bundle.k,
             "noise": noise,
         }

@@ -27,10 +27,11 @@ def _check_out(path: str | None, suffix: str, option: str) -> Path | None:
 @click.option("--model", type=click.Path(), default=None, help="Model directory [default: the built-in model].")
 @click.option("--sampler", default=None, help="one-pass | loop | ddim:N  [default: one-pass; ddim:50 for a teacher]")
 @click.option("--guidance", type=float, default=None, help="CFG scale of ddim:N [default: the model's, else 7.5].")
-@click.option("--backend", default="torch", show_default=True, metavar="torch|onnxruntime",
-              help="Where the model runs: torch (a model directory) or onnxruntime (a bundle from tiue-export export).")
-@click.option("--precision", type=click.Choice(["fp32", "int8"]), default=None,
-              help="onnxruntime: run the bundle's int8 Q/DQ graphs (tiue-export calibrate) [default: as exported].")
+@click.option("--backend", default="torch", show_default=True, metavar="torch|onnxruntime|openvino",
+              help="Where the model runs: torch (a model directory), onnxruntime or openvino (a bundle from tiue-export export).")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "int8"]), default=None,
+              help="int8: the bundle's Q/DQ graphs (tiue-export calibrate); openvino: fp32/bf16 compute "
+              "[default: as exported; openvino: the CPU's default].")
 @click.option("--prompts", "n_prompts", type=int, default=20, show_default=True, help="Prompts per split.")
 @click.option("--seeds", type=int, default=4, show_default=True, help="Images per prompt (seeds 0..S-1).")
 @click.option("--split", default="both", show_default=True, metavar="train|heldout|both", help="Which prompts to score.")

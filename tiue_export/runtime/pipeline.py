@@ -16,7 +16,10 @@ from ..errors import InputError, require
 from ..sampling import initial_noise, sample_one_pass, to_uint8_images
 from ..specs import BatchProfile
 from .bundle import Bundle
-from .session import OrtRunner, SessionLoader, choose_providers, tensorrt_options
+from .session import OrtRunner, OvLoader, OvRunner, SessionLoader, choose_providers, tensorrt_options
+
+#: What runs the bundle's ONNX graphs.
+ENGINES = ("onnxruntime", "openvino")
 
 log = logging.getLogger("tiue_export")
 
@@ -57,13 +60,28 @@ class Pipeline:
     """A loaded bundle; call it with prompts. Sessions open on first use and close with :meth:`close`
     (or at the end of a ``with`` block)."""
 
-    def __init__(self, bundle: Bundle, providers: Sequence[str] | None = None, threads: int = 0):
+    def __init__(
+        self,
+        bundle: Bundle,
+        providers: Sequence[str] | None = None,
+        threads: int = 0,
+        engine: str = "onnxruntime",
+        inference_precision: str | None = None,
+    ):
+        if engine not in ENGINES:
+            raise InputError(f"unknown engine {engine!r}: choose from {', '.join(ENGINES)}")
+        if engine == "openvino" and providers:
+            raise InputError("execution providers are ONNX Runtime's: the openvino engine runs on the CPU")
+        if engine == "onnxruntime" and inference_precision is not None:
+            raise InputError("inference_precision is OpenVINO's: ONNX Runtime runs each graph in the precision it was exported in")
         self.bundle = bundle
         self.manifest = bundle.manifest
-        self.providers = choose_providers(providers)
+        self.engine = engine
+        self.inference_precision = inference_precision
+        self.providers = choose_providers(providers) if engine == "onnxruntime" else ["OpenVINO CPU"]
         self.tokenizer = BundleTokenizer(bundle)
         self.threads = threads
-        self._runners: dict[str, OrtRunner] = {}
+        self._runners: dict[str, OrtRunner | OvRunner] = {}
 
     @classmethod
     def load(
@@ -73,6 +91,8 @@ class Pipeline:
         verify: bool = True,
         threads: int = 0,
         precision: str | None = None,
+        engine: str = "onnxruntime",
+        inference_precision: str | None = None,
     ) -> "Pipeline":
         """Open a bundle directory (checking every file's sha256 unless ``verify=False``).
 
@@ -84,11 +104,16 @@ class Pipeline:
             threads: intra-op threads per session (0: ONNX Runtime's default).
             precision: run each graph's variant of this precision (``int8``: the Q/DQ graphs of
                 ``tiue-export calibrate``); default: the graphs as exported.
+            engine: ``onnxruntime`` or ``openvino`` (the same ONNX files, OpenVINO's CPU plugin).
+            inference_precision: openvino only: ``fp32`` (exact), ``bf16`` or ``fp16``; default:
+                the CPU's own (bf16 where it has bf16 units, e.g. AMX, else fp32).
         """
-        return cls(Bundle.open(bundle, verify=verify).with_precision(precision), providers, threads)
+        return cls(Bundle.open(bundle, verify=verify).with_precision(precision), providers, threads, engine, inference_precision)
 
     # -- sessions -----------------------------------------------------------------------------
-    def _loader(self, name: str) -> SessionLoader:
+    def _loader(self, name: str) -> SessionLoader | OvLoader:
+        if self.engine == "openvino":
+            return OvLoader(self.bundle.graph_path(name), self.inference_precision, self.threads)
         options = {}
         if "TensorrtExecutionProvider" in self.providers:
             profile = BatchProfile(**self.manifest["batch_profile"])
@@ -97,15 +122,17 @@ class Pipeline:
             options["TensorrtExecutionProvider"] = tensorrt_options(spec.shape_profile(profile, self.bundle.k), fp16, None)
         return SessionLoader(self.bundle.graph_path(name), self.providers, options, self.threads)
 
-    def runner(self, name: str) -> OrtRunner:
+    def runner(self, name: str) -> OrtRunner | OvRunner:
         """The open runner of graph ``name`` (opened on first use)."""
         if name not in self._runners:
-            self._runners[name] = OrtRunner(self._loader(name)).__enter__()
+            loader = self._loader(name)
+            runner = OvRunner(loader) if isinstance(loader, OvLoader) else OrtRunner(loader)
+            self._runners[name] = runner.__enter__()
         return self._runners[name]
 
     @property
     def provider(self) -> str:
-        """The provider the sessions use (the first one ONNX Runtime accepted)."""
+        """What the graphs run on: the first provider ONNX Runtime accepted, or ``OpenVINO CPU <precision>``."""
         runner = next(iter(self._runners.values()), None)
         return runner.provider if runner else self.providers[0]
 

@@ -227,8 +227,8 @@ def _torch_sample_fn(model: Path, sampler: str | None, guidance: float | None, p
     return sample_fn, info
 
 
-def _onnxruntime_sample_fn(model: Path, sampler: str | None, guidance: float | None, precision: str | None) -> tuple[SampleFn, dict]:
-    """A bundle's fused one-pass sampler on ONNX Runtime (``precision="int8"``: its Q/DQ graphs)."""
+def _bundle_pipeline(model: Path, sampler: str | None, guidance: float | None, **load):
+    """A bundle's runtime pipeline for toy eval, after the checks every bundle backend shares."""
     from ..runtime import Pipeline
 
     if sampler not in (None, "one-pass"):
@@ -237,17 +237,32 @@ def _onnxruntime_sample_fn(model: Path, sampler: str | None, guidance: float | N
         raise InputError("--guidance is for ddim:N on the torch backend; a bundle's one-pass sampler has no guidance")
     if not (model / "manifest.json").is_file():
         raise InputError(f"{model} is not a bundle (no manifest.json): make one with tiue-export export --model ... --out {model}")
-    pipe = Pipeline.load(model, precision=None if precision in (None, "fp32") else precision)
+    return Pipeline.load(model, **load)
 
-    def sample_fn(prompts, seeds):
-        return pipe(prompts, seeds).images
 
+def _onnxruntime_sample_fn(model: Path, sampler: str | None, guidance: float | None, precision: str | None) -> tuple[SampleFn, dict]:
+    """A bundle's fused one-pass sampler on ONNX Runtime (``precision="int8"``: its Q/DQ graphs)."""
+    pipe = _bundle_pipeline(model, sampler, guidance, precision=None if precision in (None, "fp32") else precision)
     info = {"sampler": "one-pass", "guidance": None, "k": pipe.bundle.k, "precision": precision or "as exported"}
-    return sample_fn, info
+    return (lambda prompts, seeds: pipe(prompts, seeds).images), info
+
+
+def _openvino_sample_fn(model: Path, sampler: str | None, guidance: float | None, precision: str | None) -> tuple[SampleFn, dict]:
+    """A bundle's fused one-pass sampler on OpenVINO: ``precision`` int8 = the Q/DQ graphs, fp32 /
+    bf16 = the compute precision; default: the CPU's own (bf16 where it has bf16 units)."""
+    graphs = "int8" if precision == "int8" else None
+    pipe = _bundle_pipeline(model, sampler, guidance, precision=graphs, engine="openvino", inference_precision=None if graphs else precision)
+    pipe.runner("unet_encoder")  # compile one graph now, so the report names the real precision
+    info = {"sampler": "one-pass", "guidance": None, "k": pipe.bundle.k, "precision": precision or "as exported", "provider": pipe.provider}
+    return (lambda prompts, seeds: pipe(prompts, seeds).images), info
 
 
 #: backend name -> ``(model_path, sampler, guidance, precision) -> (sample_fn, info)`` (None: default).
-BACKENDS: dict[str, Callable[..., tuple[SampleFn, dict]]] = {"torch": _torch_sample_fn, "onnxruntime": _onnxruntime_sample_fn}
+BACKENDS: dict[str, Callable[..., tuple[SampleFn, dict]]] = {
+    "torch": _torch_sample_fn,
+    "onnxruntime": _onnxruntime_sample_fn,
+    "openvino": _openvino_sample_fn,
+}
 
 
 def make_sample_fn(

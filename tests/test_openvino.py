@@ -1,0 +1,149 @@
+"""The OpenVINO engine: the same bundle's ONNX graphs on OpenVINO's CPU plugin, checked against
+ONNX Runtime and the PyTorch reference; infer, check, bench and toy eval take it as a backend."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+from PIL import Image
+
+from _bundles import VARIANTS, tiny_bundle
+from _cli import run_cli as run
+from tiue_export.compare import compare_arrays
+from tiue_export.errors import InputError
+from tiue_export.runtime import OvLoader, OvRunner, Pipeline, openvino_default_precision
+from tiue_export.runtime.bundle import sha256_file
+
+ov = pytest.importorskip("openvino", reason="openvino is not installed (pip install 'tiue-export[openvino]')")
+
+PROMPTS = ["a photo of a cat", "a red cube on a blue table"]
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_models, tmp_path_factory):
+    return tiny_bundle(tiny_models, tmp_path_factory, "sd21", **VARIANTS["sd21"])
+
+
+def test_fp32_matches_onnxruntime(bundle):
+    seeds = [3, 4]
+    with Pipeline.load(bundle) as ort_pipe:
+        ref = ort_pipe(PROMPTS, seeds=seeds)
+    with Pipeline.load(bundle, engine="openvino", inference_precision="fp32") as pipe:
+        out = pipe(PROMPTS, seeds=seeds)
+        assert pipe.provider == "OpenVINO CPU fp32"
+    assert out.provider == "OpenVINO CPU fp32"
+    assert np.abs(out.latents - ref.latents).max() < 1e-4
+    assert np.abs(out.images.astype(int) - ref.images).max() <= 1
+    assert set(out.timings) >= {"text_encoder", "unet_encoder", "unet_decoder", "vae_decoder"}
+
+
+def test_default_precision_is_the_cpus_own_and_close(bundle):
+    """Default compute: bf16 on CPUs with bf16 units, else fp32; either way the image stays close."""
+    default = openvino_default_precision()
+    assert default in ("bf16", "fp32", "fp16")
+    with Pipeline.load(bundle) as ort_pipe:
+        ref = ort_pipe(PROMPTS, seeds=[0, 1])
+    with Pipeline.load(bundle, engine="openvino") as pipe:
+        out = pipe(PROMPTS, seeds=[0, 1])
+    assert out.provider == f"OpenVINO CPU {default}"
+    assert compare_arrays(ref.images, out.images, None, name="images", data_range=255.0, min_psnr=30.0)
+
+
+def test_runner_is_a_context_manager_that_releases(bundle):
+    runner = OvRunner(OvLoader(bundle / "vae_decoder.onnx", "fp32"))
+    with pytest.raises(RuntimeError, match="outside its 'with' block"):
+        runner.infer({})
+    with runner as r:
+        latents = np.zeros((1, *Pipeline.load(bundle).latent_shape), np.float32)
+        images = r.infer({"latents": latents})["images"]
+        assert images.shape == (1, 3, 16, 16)
+        again = r.infer({"latents": latents + 1})["images"]
+        assert not np.array_equal(images, again), "outputs must be copies, not views the next call overwrites"
+    assert runner.compiled is None and runner.request is None
+
+
+def test_bad_engine_options(bundle):
+    with pytest.raises(InputError, match="unknown engine 'tvm'"):
+        Pipeline.load(bundle, engine="tvm")
+    with pytest.raises(InputError, match="execution providers are ONNX Runtime's"):
+        Pipeline.load(bundle, engine="openvino", providers=["CPUExecutionProvider"])
+    with pytest.raises(InputError, match="inference_precision is OpenVINO's"):
+        Pipeline.load(bundle, inference_precision="bf16")
+    with pytest.raises(InputError, match="OpenVINO precision 'int4'"):
+        OvLoader(bundle / "vae_decoder.onnx", "int4")
+
+
+def test_openvino_runtime_never_imports_torch(bundle):
+    code = (
+        "import sys\n"
+        "from tiue_export.runtime import Pipeline\n"
+        f"with Pipeline.load({str(bundle)!r}, engine='openvino') as pipe:\n"
+        "    r = pipe(['a photo of a cat'], seed=1)\n"
+        "heavy = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "print(r.provider)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().startswith("OpenVINO CPU")
+
+
+def test_infer_openvino_backend(bundle, tmp_path, capsys):
+    common = ["--model", str(bundle), "--prompt", "a red cube", "--seed", "5"]
+    code, out, err = run(["infer", "--backend", "openvino", "--precision", "fp32", "--out", str(tmp_path / "ov.png"), *common], capsys)
+    assert code == 0, err
+    assert "[openvino OpenVINO CPU fp32, one-pass]" in out
+    code, _, err = run(["infer", "--backend", "onnxruntime", "--out", str(tmp_path / "ort.png"), *common], capsys)
+    assert code == 0, err
+    ov_img, ort_img = Image.open(tmp_path / "ov.png"), Image.open(tmp_path / "ort.png")
+    assert ov_img.text["backend"] == "openvino" and ov_img.text["provider"] == "OpenVINO CPU fp32"
+    assert np.abs(np.asarray(ov_img).astype(int) - np.asarray(ort_img)).max() <= 1
+    code, _, err = run(["infer", "--backend", "onnxruntime", "--precision", "bf16", "--out", str(tmp_path / "x.png"), *common], capsys)
+    assert code == 2 and "--precision bf16 is OpenVINO's compute precision" in err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_check_passes_and_fails_on_openvino(bundle, tmp_path, capsys):
+    argv = ["check", str(bundle), "--backends", "openvino,openvino-fp32", "--json", str(tmp_path / "c.json"), "--image", str(tmp_path / "c.png")]
+    code, out, err = run(argv, capsys)
+    assert code == 0, out + err
+    data = json.loads((tmp_path / "c.json").read_text())
+    reports = {b["backend"]: b for b in data["backends"]}
+    assert reports["openvino-fp32"]["precision"] == "fp32"
+    assert reports["openvino"]["precision"] == openvino_default_precision()
+    eps = next(g for g in reports["openvino-fp32"]["graphs"] if g["name"] == "unet_decoder")["outputs"]["eps"]
+    assert eps["cosine"] > 0.99999  # fp32 compute is held to the bundle's fp32 tolerances
+
+    bad = tmp_path / "bad"
+    shutil.copytree(bundle, bad)
+    path = bad / "unet_decoder_fused.onnx"
+    model = onnx.load(str(path))
+    init = max(model.graph.initializer, key=lambda t: ("conv_out" in t.name, np.prod(t.dims)))
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 1.5 + 0.01, init.name))
+    onnx.save(model, str(path))
+    manifest = json.loads((bad / "manifest.json").read_text())
+    manifest["files"][path.name] = sha256_file(path)
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    code, out, err = run(["check", str(bad), "--backends", "openvino", "--image", str(tmp_path / "b.png")], capsys)
+    assert code == 1 and "check FAILED: openvino" in err
+    line = next(x for x in out.splitlines() if x.startswith("openvino") and "unet_decoder_fused" in x)
+    assert "FAIL z0:" in line
+
+
+def test_bench_times_openvino_and_its_memory(bundle, tmp_path):
+    from tiue_export.bench import BenchConfig, run_bench, to_markdown
+
+    cfg = BenchConfig(model=str(bundle), backends=("openvino-fp32",), runs=1, warmup=0, references=False)
+    report = run_bench(cfg, progress=lambda m: None)
+    (res,) = report["results"]
+    assert res["name"] == "openvino fp32 one-pass (OpenVINO CPU fp32)"
+    assert set(res["stages"]) == {"text_encoder", "unet_encoder", "unet_decoder", "vae_decoder"}
+    mem = res["runtime_memory"]
+    assert mem["torch_loaded"] is False
+    assert mem["peak_rss_mb"] > mem["weight_mb"] > 0
+    assert "the torch-free runtime alone" in to_markdown(report)
