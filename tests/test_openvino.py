@@ -146,4 +146,5 @@ def test_bench_times_openvino_and_its_memory(bundle, tmp_path):
     mem = res["runtime_memory"]
     assert mem["torch_loaded"] is False
     assert mem["peak_rss_mb"] > mem["weight_mb"] > 0
-    assert "the torch-free runtime alone" in to_markdown(report)
+    assert mem["peak_rss_mb_low_memory"] > 0 and mem["torch_loaded_low_memory"] is False
+    assert "the torch-free runtime alone" in to_markdown(report) and "with low_memory" in to_markdown(report)

@@ -204,3 +204,37 @@ def test_infer_onnxruntime_needs_a_bundle(tiny_sd21, tmp_path, capsys):
     assert code == 2 and "--backend onnxruntime needs --model BUNDLE" in err
     code, _, err = run(["infer", "--backend", "onnxruntime", "--model", str(tiny_sd21), "--prompt", "a", "--out", str(tmp_path / "o")], capsys)
     assert code == 2 and "is not an exported bundle" in err
+
+
+def test_low_memory_holds_one_graph_at_a_time(sd21_bundle, monkeypatch):
+    """low_memory: same images; each stage opens its graph and releases it before the next opens."""
+    from tiue_export.runtime import pipeline as rt_pipeline
+
+    with Pipeline.load(sd21_bundle) as pipe:
+        ref = pipe(PROMPTS[:2], seeds=[1, 2])
+    held = []
+    original = rt_pipeline.Pipeline.runner
+
+    def spy(self, name):
+        runner = original(self, name)
+        held.append(sorted(self._runners))
+        return runner
+
+    monkeypatch.setattr(rt_pipeline.Pipeline, "runner", spy)
+    pipe = Pipeline.load(sd21_bundle, low_memory=True)
+    out = pipe(PROMPTS[:2], seeds=[1, 2])
+    assert np.array_equal(out.images, ref.images) and np.array_equal(out.latents, ref.latents)
+    assert max(len(h) for h in held) == 1, held  # never two graphs open at once
+    assert pipe._runners == {}  # nothing held between calls
+    assert out.timings["load"] > 0 and set(out.timings) >= {"text_encoder", "unet_encoder", "unet_decoder", "vae_decoder"}
+
+
+def test_infer_low_memory_flag(sd21_bundle, tiny_sd21, tmp_path, capsys):
+    argv = ["infer", "--model", str(sd21_bundle), "--prompt", "a red cube", "--seed", "5"]
+    code, _, err = run(argv + ["--backend", "onnxruntime", "--low-memory", "--out", str(tmp_path / "low.png")], capsys)
+    assert code == 0, err
+    code, _, err = run(argv + ["--backend", "onnxruntime", "--out", str(tmp_path / "all.png")], capsys)
+    assert code == 0, err
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "low.png")), np.asarray(Image.open(tmp_path / "all.png")))
+    code, _, err = run(["infer", "--model", str(tiny_sd21), "--prompt", "a", "--low-memory", "--out", str(tmp_path / "t.png")], capsys)
+    assert code == 2 and "--low-memory is for the onnxruntime and openvino backends, not torch" in err

@@ -426,7 +426,7 @@ RUNTIME_BACKENDS = (
 )
 
 
-def open_runtime(backend: str, bundle_path, threads: int = 0):
+def open_runtime(backend: str, bundle_path, threads: int = 0, low_memory: bool = False):
     """A loaded bundle pipeline for a runtime ``backend`` name (``onnxruntime-int8``, ``openvino``, ...)."""
     engine, _, word = backend.partition("-")
     if engine == "tensorrt":
@@ -436,16 +436,30 @@ def open_runtime(backend: str, bundle_path, threads: int = 0):
     from .runtime import Pipeline
 
     graphs = "int8" if word == "int8" else None
+    common = {"precision": graphs, "verify": False, "threads": threads, "low_memory": low_memory}
     if engine == "openvino":
-        return Pipeline.load(bundle_path, precision=graphs, verify=False, threads=threads, engine="openvino", inference_precision=None if word in ("", "int8") else word)
+        return Pipeline.load(bundle_path, engine="openvino", inference_precision=None if word in ("", "int8") else word, **common)
     if word not in ("", "int8"):
         raise InputError(f"unknown backend {backend!r}")
-    return Pipeline.load(bundle_path, precision=graphs, verify=False, threads=threads)
+    return Pipeline.load(bundle_path, **common)
 
 
 def runtime_memory(backend: str, bundle_path, threads: int = 0, timeout: float = 3600) -> dict:
-    """Peak resident memory of the torch-free runtime alone: a fresh Python process that loads the
-    bundle with ``backend`` and makes one image, against the bytes of the weights it loads."""
+    """Peak resident memory of the torch-free runtime alone, against the bytes of the weights it
+    loads: a fresh Python process loads the bundle with ``backend`` and makes one image, once with
+    every graph held (a service) and once with ``low_memory`` (one graph at a time)."""
+    out = {}
+    for low in (False, True):
+        run = _runtime_memory_run(backend, bundle_path, threads, low, timeout)
+        out.update({f"{k}_low_memory": v for k, v in run.items()} if low else run)
+    weights = _runtime_weight_bytes(bundle_path, "int8" if backend.endswith("int8") else None)
+    out["weight_mb"] = weights / 2**20
+    out["peak_over_weights"] = out["peak_rss_mb"] / out["weight_mb"]
+    out["peak_over_weights_low_memory"] = out["peak_rss_mb_low_memory"] / out["weight_mb"]
+    return out
+
+
+def _runtime_memory_run(backend: str, bundle_path, threads: int, low_memory: bool, timeout: float) -> dict:
     import subprocess
     import sys
 
@@ -454,24 +468,21 @@ def runtime_memory(backend: str, bundle_path, threads: int = 0, timeout: float =
     code = (
         "import json, resource, sys\n"
         "from tiue_export.bench import open_runtime\n"
-        "rt = open_runtime(sys.argv[1], sys.argv[2], int(sys.argv[3]))\n"
-        "rt(['a photo of a cat'], seed=0)\n"
+        "rt = open_runtime(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == '1')\n"
+        "r = rt(['a photo of a cat'], seed=0)\n"
         "try:\n"
         "    hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0].split()[1]\n"
         "    peak = int(hwm) / 1024\n"
         "except OSError:\n"
         "    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
-        "print(json.dumps({'peak_rss_mb': peak, 'torch_loaded': 'torch' in sys.modules}))\n"
+        "print(json.dumps({'peak_rss_mb': peak, 'torch_loaded': 'torch' in sys.modules, 'seconds': sum(r.timings.values())}))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code, backend, str(bundle_path), str(threads)], capture_output=True, text=True, timeout=timeout)
+    argv = [sys.executable, "-c", code, backend, str(bundle_path), str(threads), "1" if low_memory else "0"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise TiueError(f"the {backend} runtime failed in its own process: {tail}")
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
-    weights = _runtime_weight_bytes(bundle_path, "int8" if backend.endswith("int8") else None)
-    out["weight_mb"] = weights / 2**20
-    out["peak_over_weights"] = out["peak_rss_mb"] / out["weight_mb"]
-    return out
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def _runtime_weight_bytes(bundle_path, precision: str | None) -> int:
@@ -555,7 +566,9 @@ def to_markdown(report: dict) -> str:
         if mem:
             lines.append(
                 f"- {r['name']}: the torch-free runtime alone (fresh process, load + one image) peaks at "
-                f"{mem['peak_rss_mb']:.0f} MB = {mem['peak_over_weights']:.2f}x the {mem['weight_mb']:.0f} MB of weights it loads"
+                f"{mem['peak_rss_mb']:.0f} MB = {mem['peak_over_weights']:.2f}x the {mem['weight_mb']:.0f} MB of weights it loads "
+                f"with every graph held, {mem['peak_rss_mb_low_memory']:.0f} MB = {mem['peak_over_weights_low_memory']:.2f}x with "
+                f"low_memory (one graph at a time; load + image {mem['seconds_low_memory']:.1f} s vs {mem['seconds']:.1f} s)"
             )
     return "\n".join(lines) + "\n"
 

@@ -100,11 +100,19 @@ def output_paths(out: str, jobs: list[tuple[str, int]]) -> list[Path]:
     help="z_T source: numpy (same on every backend) or torch (torch.Generator per image, as the authors' script).",
 )
 @click.option("--out", default="outputs", show_default=True, help="Output directory, or FILE.png for one image.")
-def infer(prompts, prompts_file, model, backend, precision, sampler, guidance, k, seed, num_images, batch_size, height, width, noise, out):
+@click.option(
+    "--low-memory",
+    is_flag=True,
+    help="onnxruntime / openvino: hold one graph at a time (peak = the largest graph and its activations, not all of "
+    "them); each batch pays the graphs' load time.",
+)
+def infer(prompts, prompts_file, model, backend, precision, sampler, guidance, k, seed, num_images, batch_size, height, width, noise, out, low_memory):
     """Generate images from prompts with the one-pass sampler (or a reference sampler)."""
+    if low_memory and backend not in ("onnxruntime", "openvino"):
+        raise InputError(f"--low-memory is for the onnxruntime and openvino backends, not {backend}")
     if backend in ("onnxruntime", "openvino", "tensorrt"):
         return infer_bundle(
-            prompts, prompts_file, model, sampler, k, seed, num_images, batch_size, height, width, noise, out, backend, precision
+            prompts, prompts_file, model, sampler, k, seed, num_images, batch_size, height, width, noise, out, backend, precision, low_memory
         )
     if precision not in (None, "fp32"):
         raise InputError(f"--precision {precision} runs a bundle: use --backend onnxruntime or tensorrt")
@@ -134,7 +142,8 @@ def infer(prompts, prompts_file, model, backend, precision, sampler, guidance, k
     click.echo(f"{len(jobs)} image(s) from {model_path} [{backend}, {sampler}]: {stage_summary(totals)}")
 
 def infer_bundle(
-    prompts, prompts_file, model, sampler, k, seed, num_images, batch_size, height, width, noise, out, backend="onnxruntime", precision=None
+    prompts, prompts_file, model, sampler, k, seed, num_images, batch_size, height, width, noise, out, backend="onnxruntime", precision=None,
+    low_memory=False,
 ):
     """``--backend onnxruntime`` / ``tensorrt``: the torch-free runtime on an exported bundle."""
     from ..runtime import Pipeline
@@ -157,11 +166,11 @@ def infer_bundle(
         batch_size = min(batch_size, int(loaded.entry["batch_profile"]["max"]))
     elif backend == "openvino":
         graphs = "int8" if precision == "int8" else None
-        loaded = Pipeline.load(model, precision=graphs, engine="openvino", inference_precision=None if graphs else precision)
+        loaded = Pipeline.load(model, precision=graphs, engine="openvino", inference_precision=None if graphs else precision, low_memory=low_memory)
     else:
         if precision == "bf16":
             raise InputError("--precision bf16 is OpenVINO's compute precision: use --backend openvino")
-        loaded = Pipeline.load(model, precision=precision)
+        loaded = Pipeline.load(model, precision=precision, low_memory=low_memory)
     with loaded as pipe:
         size = pipe.image_size
         asked = (height or size[0], width or size[1])

@@ -67,6 +67,7 @@ class Pipeline:
         threads: int = 0,
         engine: str = "onnxruntime",
         inference_precision: str | None = None,
+        low_memory: bool = False,
     ):
         if engine not in ENGINES:
             raise InputError(f"unknown engine {engine!r}: choose from {', '.join(ENGINES)}")
@@ -81,6 +82,7 @@ class Pipeline:
         self.providers = choose_providers(providers) if engine == "onnxruntime" else ["OpenVINO CPU"]
         self.tokenizer = BundleTokenizer(bundle)
         self.threads = threads
+        self.low_memory = low_memory
         self._runners: dict[str, OrtRunner | OvRunner] = {}
 
     @classmethod
@@ -93,6 +95,7 @@ class Pipeline:
         precision: str | None = None,
         engine: str = "onnxruntime",
         inference_precision: str | None = None,
+        low_memory: bool = False,
     ) -> "Pipeline":
         """Open a bundle directory (checking every file's sha256 unless ``verify=False``).
 
@@ -107,8 +110,12 @@ class Pipeline:
             engine: ``onnxruntime`` or ``openvino`` (the same ONNX files, OpenVINO's CPU plugin).
             inference_precision: openvino only: ``fp32`` (exact), ``bf16`` or ``fp16``; default:
                 the CPU's own (bf16 where it has bf16 units, e.g. AMX, else fp32).
+            low_memory: hold one graph at a time: each stage opens its graph, runs and releases it,
+                so the peak is the largest graph plus its activations instead of every graph at
+                once; every call pays the graphs' load time (one-shot jobs, small machines).
         """
-        return cls(Bundle.open(bundle, verify=verify).with_precision(precision), providers, threads, engine, inference_precision)
+        bundle = Bundle.open(bundle, verify=verify).with_precision(precision)
+        return cls(bundle, providers, threads, engine, inference_precision, low_memory)
 
     # -- sessions -----------------------------------------------------------------------------
     def _loader(self, name: str) -> SessionLoader | OvLoader:
@@ -213,14 +220,22 @@ class Pipeline:
         graphs = self.manifest["runtime"]["fused" if fused else "unfused"]
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        opened = [self.runner(g) for g in graphs if g not in self._runners]
-        if opened:  # sessions open on first use: report that apart from the stages
-            timings["load"] = time.perf_counter() - t0
+        if not self.low_memory:
+            opened = [self.runner(g) for g in graphs if g not in self._runners]
+            if opened:  # sessions open on first use: report that apart from the stages
+                timings["load"] = time.perf_counter() - t0
 
         def timed(stage, fn, *args):
+            if self.low_memory:  # open this stage's graph now (timed as load), release it after
+                t0 = time.perf_counter()
+                graph = next(g for g in graphs if g.startswith(stage))
+                self.runner(graph)
+                timings["load"] = timings.get("load", 0.0) + time.perf_counter() - t0
             t0 = time.perf_counter()
             out = fn(*args)
             timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - t0
+            if self.low_memory:
+                self._runners.pop(graph).__exit__(None, None, None)
             return out
 
         text = timed("text_encoder", self.encode_text, prompts)
