@@ -598,8 +598,8 @@ def write_chart(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = report["results"]
-    stages = ["text_encoder", "unet_encoder", "unet_decoder", "sum", "vae_decoder", "unet"]
-    fig, ax = plt.subplots(figsize=(9, 0.6 * len(rows) + 1.5))
+    stages = ["text_encoder", "unet_encoder", "unet_decoder", "sum", "unet", "vae_decoder"]  # in pipeline order
+    fig, ax = plt.subplots(figsize=(10, 0.6 * len(rows) + 1.5))
     left = np.zeros(len(rows))
     for stage in stages:
         vals = np.array([r["stages"].get(stage, {}).get("median_ms", 0.0) for r in rows])
@@ -607,10 +607,20 @@ def write_chart(report: dict, path: Path) -> None:
             ax.barh([r["name"] for r in rows], vals, left=left, label=stage)
             left += vals
     ax.set_xlabel("median latency (ms)")
-    ax.set_xscale("log" if left.max() / max(left.min(), 1e-9) > 50 else "linear")
+    # Linear, so stacked segments stay proportional; a bar over 5x the next longest (the teacher's
+    # 50 steps) is cut at the axis and labelled with its total.
+    order = np.sort(left)
+    if len(order) > 1 and order[-1] > 5 * order[-2]:
+        xmax = 1.25 * order[-2]
+        ax.set_xlim(0, xmax)
+        for i, total in enumerate(left):
+            if total > xmax:
+                ax.text(0.98 * xmax, i, f"total {total / 1000:,.0f} s (cut)", ha="right", va="center", fontsize=8, color="white", weight="bold")
     ax.invert_yaxis()
-    ax.legend(loc="lower right", fontsize=8)
-    ax.set_title(f"tiue-export bench: {report['config']['shape']} {report['image_size'][0]}x{report['image_size'][1]}, batch {report['config']['batch']}")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    shape = report["config"]["shape"]
+    what = shape if shape != "toy" or not report["config"].get("model") else Path(report["model"]).name
+    ax.set_title(f"tiue-export bench: {what} {report['image_size'][0]}x{report['image_size'][1]}, batch {report['config']['batch']}")
     fig.tight_layout()
     from .io import atomic_path
 
