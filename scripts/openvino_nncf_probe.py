@@ -24,7 +24,7 @@ PROMPTS = ["a photo of a cat", "a red cube on a blue table", "a lighthouse at du
 GRAPHS = ("unet_encoder", "unet_decoder_fused")
 #: Kept in float, as `tiue-export calibrate` keeps them: the UNet's input and output convolutions
 #: and the Eq. 11 tail of the fused decoder (top-level Mul/Add nodes), whose error |E_k| amplifies.
-KEEP_FLOAT = [r".*conv_in.*", r".*conv_out.*", r"^/(Mul|Add)(_\d+)?$"]
+KEEP_FLOAT = [r".*conv_in.*", r".*conv_out.*", r"^/(Mul|Add)(_\d+)?$", r".*time_emb.*"]
 
 
 def main() -> int:
