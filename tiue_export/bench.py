@@ -433,15 +433,14 @@ def open_runtime(backend: str, bundle_path, threads: int = 0, low_memory: bool =
         from .trt.runtime import TrtPipeline
 
         return TrtPipeline.load(bundle_path, word, verify=False)
-    from .runtime import Pipeline
+    from .runtime import Pipeline, openvino_options
 
-    graphs = "int8" if word == "int8" else None
-    common = {"precision": graphs, "verify": False, "threads": threads, "low_memory": low_memory}
+    common = {"verify": False, "threads": threads, "low_memory": low_memory}
     if engine == "openvino":
-        return Pipeline.load(bundle_path, engine="openvino", inference_precision=None if word in ("", "int8") else word, **common)
+        return Pipeline.load(bundle_path, **openvino_options(word or None), **common)
     if word not in ("", "int8"):
         raise InputError(f"unknown backend {backend!r}")
-    return Pipeline.load(bundle_path, **common)
+    return Pipeline.load(bundle_path, precision=word or None, **common)
 
 
 def runtime_memory(backend: str, bundle_path, threads: int = 0, timeout: float = 3600) -> dict:

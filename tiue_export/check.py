@@ -163,13 +163,13 @@ def trt_stages(bundle_path, precision: str | None, device: int = 0) -> PipelineS
     return PipelineStages(pipe, graphs=pipe.entry["pipeline"])
 
 
-def openvino_stages(bundle_path, precision: str | None, inference_precision: str | None) -> PipelineStages:
-    from .runtime import Pipeline
+def openvino_stages(bundle_path, word: str | None) -> PipelineStages:
+    """The bundle on OpenVINO for ``openvino[-WORD]`` (WORD: fp32, bf16, fp16 or int8)."""
+    from .runtime import Pipeline, openvino_default_precision, openvino_options
 
-    from .runtime import openvino_default_precision
-
-    pipe = Pipeline.load(bundle_path, precision=precision, verify=False, engine="openvino", inference_precision=inference_precision)
-    return PipelineStages(pipe, compute=inference_precision or openvino_default_precision())
+    options = openvino_options(word)
+    pipe = Pipeline.load(bundle_path, verify=False, **options)
+    return PipelineStages(pipe, compute=options["inference_precision"] or openvino_default_precision())
 
 
 def _open_backend(name: str, bundle_path: Path, manifest: dict):
@@ -181,8 +181,8 @@ def _open_backend(name: str, bundle_path: Path, manifest: dict):
         if word == "int8":
             if not _has_variant(manifest, "int8"):
                 raise TiueError("no int8 graphs in this bundle: run tiue-export calibrate BUNDLE first")
-            return openvino_stages(bundle_path, "int8", None), "int8"
-        return openvino_stages(bundle_path, None, word), word or openvino_default_precision()
+            return openvino_stages(bundle_path, "int8"), "int8"
+        return openvino_stages(bundle_path, word), word or openvino_default_precision()
     if name == "onnxruntime":
         return ort_stages(bundle_path, None), manifest.get("precision", "fp32")
     if name == "onnxruntime-int8":

@@ -145,8 +145,8 @@ def infer_bundle(
     prompts, prompts_file, model, sampler, k, seed, num_images, batch_size, height, width, noise, out, backend="onnxruntime", precision=None,
     low_memory=False,
 ):
-    """``--backend onnxruntime`` / ``tensorrt``: the torch-free runtime on an exported bundle."""
-    from ..runtime import Pipeline
+    """``--backend onnxruntime`` / ``openvino`` / ``tensorrt``: the torch-free runtime on an exported bundle."""
+    from ..runtime import Pipeline, openvino_options
 
     if not model:
         raise InputError(f"--backend {backend} needs --model BUNDLE (make one with tiue-export export)")
@@ -165,8 +165,7 @@ def infer_bundle(
         loaded = TrtPipeline.load(model, precision=precision)
         batch_size = min(batch_size, int(loaded.entry["batch_profile"]["max"]))
     elif backend == "openvino":
-        graphs = "int8" if precision == "int8" else None
-        loaded = Pipeline.load(model, precision=graphs, engine="openvino", inference_precision=None if graphs else precision, low_memory=low_memory)
+        loaded = Pipeline.load(model, **openvino_options(precision), low_memory=low_memory)
     else:
         if precision == "bf16":
             raise InputError("--precision bf16 is OpenVINO's compute precision: use --backend openvino")

@@ -11,7 +11,7 @@ Importing this package never imports torch (a test checks it).
 """
 
 from .bundle import MANIFEST, SCHEMA_VERSION, VALIDATION, Bundle, sha256_file
-from .pipeline import ENGINES, BundleTokenizer, Pipeline, RuntimeResult
+from .pipeline import ENGINES, BundleTokenizer, Pipeline, RuntimeResult, openvino_options
 from .session import OrtRunner, OvLoader, OvRunner, SessionLoader, choose_providers, openvino_default_precision
 
 __all__ = [
@@ -29,5 +29,6 @@ __all__ = [
     "VALIDATION",
     "choose_providers",
     "openvino_default_precision",
+    "openvino_options",
     "sha256_file",
 ]

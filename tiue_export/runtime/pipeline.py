@@ -35,6 +35,13 @@ class RuntimeResult:
     provider: str = ""
 
 
+def openvino_options(word: str | None) -> dict:
+    """``Pipeline.load`` keywords for ``--backend openvino --precision WORD``: ``int8`` runs the
+    bundle's Q/DQ graphs; ``fp32`` / ``bf16`` / ``fp16`` set the compute precision; None: the CPU's."""
+    graphs = "int8" if word == "int8" else None
+    return {"engine": "openvino", "precision": graphs, "inference_precision": None if graphs else word}
+
+
 class BundleTokenizer:
     """CLIP tokenization with the ``tokenizers`` library, as ``CLIPTokenizer(padding="max_length",
     truncation=True)``: ids padded with the bundle's pad id to its max length."""

@@ -26,6 +26,12 @@ def _ort():
     return require("onnxruntime", "onnxruntime", why="the ONNX runtime backend")
 
 
+def _first_line(exc: Exception) -> str:
+    """A library exception as one line (its first), for a one-line error."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def choose_providers(requested: Sequence[str] | None = None) -> list[str]:
     """The execution providers to use, best first, always ending with the CPU as a fallback."""
     available = _ort().get_available_providers()
@@ -77,8 +83,7 @@ class SessionLoader:
         try:
             return ort.InferenceSession(str(self.path), so, providers=self.providers, provider_options=opts)
         except Exception as exc:
-            line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise TiueError(f"ONNX Runtime cannot load {self.path.name}: {line}") from exc
+            raise TiueError(f"ONNX Runtime cannot load {self.path.name}: {_first_line(exc)}") from exc
 
 
 class OrtRunner:
@@ -162,8 +167,7 @@ class OvLoader:
             core = ov.Core()
             return core.compile_model(core.read_model(str(self.path)), "CPU", self.config())
         except Exception as exc:
-            line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise TiueError(f"OpenVINO cannot load {self.path.name}: {line}") from exc
+            raise TiueError(f"OpenVINO cannot load {self.path.name}: {_first_line(exc)}") from exc
 
 
 class OvRunner:

@@ -250,8 +250,9 @@ def _onnxruntime_sample_fn(model: Path, sampler: str | None, guidance: float | N
 def _openvino_sample_fn(model: Path, sampler: str | None, guidance: float | None, precision: str | None) -> tuple[SampleFn, dict]:
     """A bundle's fused one-pass sampler on OpenVINO: ``precision`` int8 = the Q/DQ graphs, fp32 /
     bf16 = the compute precision; default: the CPU's own (bf16 where it has bf16 units)."""
-    graphs = "int8" if precision == "int8" else None
-    pipe = _bundle_pipeline(model, sampler, guidance, precision=graphs, engine="openvino", inference_precision=None if graphs else precision)
+    from ..runtime import openvino_options
+
+    pipe = _bundle_pipeline(model, sampler, guidance, **openvino_options(precision))
     pipe.runner("unet_encoder")  # compile one graph now, so the report names the real precision
     info = {"sampler": "one-pass", "guidance": None, "k": pipe.bundle.k, "precision": precision or "as exported", "provider": pipe.provider}
     return (lambda prompts, seeds: pipe(prompts, seeds).images), info
