@@ -294,3 +294,42 @@ def test_cli_fp16_on_cpu_is_refused(teacher, prompts_file, tmp_path, capsys):
     argv = ["distill", "--teacher", str(teacher), "--prompts", str(prompts_file), "--out", str(tmp_path / "o")]
     code, _, err = run_cli(argv + ["--mixed-precision", "fp16"], capsys)
     assert code == 2 and "fp16 needs a GPU: on CPU use bf16 or no" in err
+
+
+def test_cli_distill_export_writes_a_checkpoints_ema_student(teacher, prompts_file, tmp_path, capsys):
+    from tiue_export.pipeline import load_pipeline
+
+    out = tmp_path / "s"
+    argv = ["distill", "--teacher", str(teacher), "--prompts", str(prompts_file), "--out", str(out)]
+    code, _, err = run_cli(argv + ["--steps", "2", "--batch-size", "2", "--lora-rank", "4", "--checkpoint-every", "1"], capsys)
+    assert code == 0, err
+    run = f"{out}.run"
+
+    # the latest checkpoint is the written student, weight for weight
+    code, stdout, err = run_cli(["distill-export", run, "--out", str(tmp_path / "latest")], capsys)
+    assert code == 0, err
+    assert f"wrote {tmp_path / 'latest'} (step 2)" in stdout
+    final = load_file(out / "unet" / "diffusion_pytorch_model.safetensors")
+    latest = load_file(tmp_path / "latest" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert final.keys() == latest.keys() and all(torch.equal(final[k], latest[k]) for k in final)
+    info = json.loads((tmp_path / "latest" / "tiue.json").read_text())
+    assert info["timesteps"] == [751, 501, 251, 1] and info["provenance"]["steps"] == 2
+    assert info["provenance"]["checkpoint"].endswith("step-00000002")
+
+    # an earlier checkpoint: another EMA, and a student that samples
+    code, _, err = run_cli(["distill-export", run, "--out", str(tmp_path / "first"), "--step", "1"], capsys)
+    assert code == 0, err
+    first = load_file(tmp_path / "first" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert any(not torch.equal(first[k], final[k]) for k in final)
+    res = load_pipeline(tmp_path / "first").sample(PROMPTS[:1], [0])
+    assert np.isfinite(res.latents).all()
+
+    for extra, message in [
+        ([run, "--out", str(tmp_path / "x"), "--step", "7"], "has no checkpoint at step 7; it has 1, 2"),
+        ([run, "--out", str(tmp_path / "first")], "already exists: choose a new directory"),
+        ([str(tmp_path), "--out", str(tmp_path / "y")], "is not a distill run directory"),
+    ]:
+        code, _, err = run_cli(["distill-export", *extra], capsys)
+        assert code == 2 and message in err, err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

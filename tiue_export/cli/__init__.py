@@ -21,6 +21,7 @@ COMMANDS = {
     "infer": ("tiue_export.cli.infer", "infer", "Generate images from prompts with the one-pass sampler."),
     "export": ("tiue_export.cli.export", "export", "Export a student to a validated ONNX bundle."),
     "distill": ("tiue_export.cli.distill", "distill", "Distil a teacher into a one-pass TiUE student (VSD + KL)."),
+    "distill-export": ("tiue_export.cli.distill", "distill_export", "Write the student of a distill checkpoint (to sample or export it)."),
     "check": ("tiue_export.cli.check", "check", "Compare every backend with the PyTorch reference, per graph and end to end."),
     "bench": ("tiue_export.cli.bench", "bench", "Time every backend per stage against the PyTorch references."),
     "calibrate": ("tiue_export.cli.calibrate", "calibrate", "Calibrate int8 Q/DQ UNet graphs into a bundle."),

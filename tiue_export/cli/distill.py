@@ -72,3 +72,22 @@ def distill(**opts):
     result = run(cfg, resume=resume)
     if result.is_main:
         click.echo(f"wrote {result.out} ({result.steps} steps)")
+
+
+@click.command("distill-export")
+@click.argument("run_dir", type=click.Path())
+@click.option("--out", required=True, type=click.Path(), help="Student directory to write (a diffusers pipeline + tiue.json).")
+@click.option("--step", type=int, default=None, help="Checkpoint step [default: the latest].")
+def distill_export(run_dir, out, step):
+    """Write the EMA student of a checkpoint of RUN_DIR (a distill run directory, OUT.run by default).
+
+    The run may still be going: checkpoints are complete once they exist. The result is a student
+    directory like the one distill writes at the end, with the checkpoint's path in tiue.json.
+    """
+    from . import quiet_libraries
+
+    quiet_libraries()
+    from ..distill.train import export_checkpoint
+
+    path, done = export_checkpoint(run_dir, out, step)
+    click.echo(f"wrote {path} (step {done})")

@@ -164,6 +164,68 @@ def export_student(out: Path, teacher_dir: Path, overrides: dict, student: TiUES
     return out
 
 
+def student_provenance(cfg: DistillConfig, teacher_dir: Path, step: int, world: int) -> dict:
+    """What ``tiue.json`` records about how a student was made."""
+    provenance = {
+        "recipe": cfg.to_dict(),
+        "teacher": cfg.teacher,
+        "teacher_unet_sha256": sha256_of_weights(teacher_dir / "unet"),
+        "steps": step,
+        "seed": cfg.seed,
+        "baseline": cfg.baseline,
+        "processes": world,
+        "global_batch_size": cfg.batch_size * world,
+        "software": f"tiue-export {__version__}",
+    }
+    if cfg.baseline == "one-step-vsd":
+        provenance["note"] = (
+            "one-step SwiftBrush-style student: K=1 at t=999; its scheduler uses trailing spacing and "
+            "set_alpha_to_one so the one-pass sampler computes x0 = (z_T - sqrt(1-abar) eps) / sqrt(abar)"
+        )
+    return provenance
+
+
+def export_checkpoint(run: Path, out: Path, step: int | None = None) -> tuple[Path, int]:
+    """Write the student of one checkpoint of a run (its EMA weights) as a student directory.
+
+    Args:
+        run: the run directory (``--run-dir``, by default ``OUT.run``).
+        out: the student directory to write (must not exist).
+        step: which checkpoint; the latest when None.
+
+    Returns:
+        ``(out, step)``.
+    """
+    from diffusers.training_utils import EMAModel
+
+    from ..pipeline import load_pipeline
+
+    run, out = Path(run), Path(out)
+    if not (run / CONFIG_FILE).is_file():
+        raise InputError(f"{run} is not a distill run directory (no {CONFIG_FILE})")
+    ckpts = {int(p.name.split("-")[1]): p for p in checkpoint_dirs(run)}
+    if not ckpts:
+        raise InputError(f"{run} has no checkpoints yet")
+    if step is None:
+        step = max(ckpts)
+    if step not in ckpts:
+        raise InputError(f"{run} has no checkpoint at step {step}; it has {', '.join(str(s) for s in sorted(ckpts))}")
+    if out.exists():
+        raise InputError(f"--out {out} already exists: choose a new directory")
+    path = ckpts[step]
+    cfg = DistillConfig.from_dict(json.loads((path / CONFIG_FILE).read_text()))
+    teacher_dir = resolve_teacher(cfg.teacher)
+    pipe = load_pipeline(teacher_dir)
+    schedule = student_schedule(pipe.scheduler, cfg)
+    student = TiUEStudent(pipe.unet, schedule.timesteps, schedule.encoder_timestep)
+    ema = EMAModel(student.unet.parameters(), decay=cfg.ema_decay)
+    ema.load_state_dict(torch.load(path / "ema.pt", weights_only=True, map_location="cpu"))
+    world = json.loads((path / "state.json").read_text())["world_size"]
+    provenance = {**student_provenance(cfg, teacher_dir, step, world), "checkpoint": str(path.resolve())}
+    export_student(out, teacher_dir, scheduler_overrides(cfg), student, ema, provenance, schedule)
+    return out, step
+
+
 def trim_log(path: Path, step: int) -> None:
     """Drop log lines after ``step`` (they belong to steps a resume will redo)."""
     if not path.exists():
@@ -504,22 +566,7 @@ def distill(cfg: DistillConfig, resume: bool = False) -> DistillResult:
     bar.close()
 
     if main:
-        provenance = {
-            "recipe": cfg.to_dict(),
-            "teacher": cfg.teacher,
-            "teacher_unet_sha256": sha256_of_weights(teacher_dir / "unet"),
-            "steps": step,
-            "seed": cfg.seed,
-            "baseline": cfg.baseline,
-            "processes": world,
-            "global_batch_size": cfg.batch_size * world,
-            "software": f"tiue-export {__version__}",
-        }
-        if cfg.baseline == "one-step-vsd":
-            provenance["note"] = (
-                "one-step SwiftBrush-style student: K=1 at t=999; its scheduler uses trailing spacing and "
-                "set_alpha_to_one so the one-pass sampler computes x0 = (z_T - sqrt(1-abar) eps) / sqrt(abar)"
-            )
+        provenance = student_provenance(cfg, teacher_dir, step, world)
         export_student(out, teacher_dir, scheduler_overrides(cfg), tr.student, tr.ema, provenance, tr.schedule)
         log.info("wrote the student to %s (%d steps)", out, step)
     accelerator.wait_for_everyone()
