@@ -250,10 +250,11 @@ def test_two_processes_keep_identical_weights(teacher, prompts_file, tmp_path):
 def test_cli_distills(teacher, prompts_file, tmp_path, capsys):
     out = tmp_path / "s"
     argv = ["distill", "--teacher", str(teacher), "--prompts", str(prompts_file), "--out", str(out)]
-    code, stdout, err = run_cli(argv + ["--steps", "1", "--batch-size", "2", "--lora-rank", "4"], capsys)
+    code, stdout, err = run_cli(argv + ["--steps", "1", "--batch-size", "2", "--lora-rank", "4", "--lora-targets", "to_q, to_v,conv1"], capsys)
     assert code == 0, err
     assert f"wrote {out} (1 steps)" in stdout
-    assert json.loads((out / "tiue.json").read_text())["provenance"]["recipe"]["lora_rank"] == 4
+    recipe = json.loads((out / "tiue.json").read_text())["provenance"]["recipe"]
+    assert recipe["lora_rank"] == 4 and recipe["lora_targets"] == ["to_q", "to_v", "conv1"]
 
 
 @pytest.mark.parametrize(
@@ -265,6 +266,8 @@ def test_cli_distills(teacher, prompts_file, tmp_path, capsys):
         (["--baseline", "one-step-vsd", "--k", "4"], "error: --k does not apply to --baseline one-step-vsd"),
         (["--lora-uncond-prob", "2"], "error: --lora-uncond-prob must be in [0, 1], got 2.0"),
         (["--batch-size", "0"], "error: --batch-size must be >= 1, got 0"),
+        (["--lora-targets", " , "], "error: --lora-targets needs at least one module name, e.g. to_q,to_v"),
+        (["--lora-targets", "no_such_layer"], "no no_such_layer layers for the LoRA teacher"),
     ],
 )
 def test_cli_bad_input_is_one_line(teacher, prompts_file, tmp_path, capsys, extra, message):

@@ -41,6 +41,7 @@ def _default(name):
 @click.option("--lambda-kl", type=float, default=None, help="Weight of the KL term  [default: 0.1; 0 for --baseline one-step-vsd]")
 @click.option("--lora-rank", type=int, default=_default("lora_rank"), show_default=True)
 @click.option("--lora-alpha", type=float, default=_default("lora_alpha"), show_default=True)
+@click.option("--lora-targets", default=",".join(_default("lora_targets")), show_default=True, help="Comma-separated module names that get LoRA adapters (peft target_modules).")
 @click.option("--lora-uncond-prob", type=float, default=_default("lora_uncond_prob"), show_default=True, help="Chance the LoRA step uses the empty prompt.")
 @click.option("--mixed-precision", type=click.Choice(MIXED_PRECISION), default=_default("mixed_precision"), show_default=True, help="fp16 as the authors on GPUs; no on CPU.")
 @click.option("--gradient-checkpointing", is_flag=True, help="Recompute activations in the backward pass (less memory).")
@@ -64,8 +65,11 @@ def distill(**opts):
         opts["k"] = 1
         if opts["lambda_kl"] is None:
             opts["lambda_kl"] = 0.0  # SwiftBrush has no KL term
+    targets = tuple(t.strip() for t in opts.pop("lora_targets").split(",") if t.strip())
+    if not targets:
+        raise InputError("--lora-targets needs at least one module name, e.g. to_q,to_v")
     opts = {k: v for k, v in opts.items() if v is not None}
-    cfg = DistillConfig(**opts)
+    cfg = DistillConfig(**opts, lora_targets=targets)
 
     from ..distill.train import distill as run
 

@@ -430,7 +430,10 @@ def build_trainer(cfg: DistillConfig, teacher_dir: Path, accelerator) -> Trainer
     student = TiUEStudent(student_unet, schedule.timesteps, schedule.encoder_timestep)
     lora_unet = pipe.unet.train()
     torch.manual_seed(cfg.seed)  # LoRA's A matrices are random (B starts at zero)
-    lora_unet.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=list(cfg.lora_targets)))
+    try:
+        lora_unet.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=list(cfg.lora_targets)))
+    except ValueError as e:  # peft's NoMatchingPeftModuleError, or a layer type LoRA does not support
+        raise ModelError(f"{teacher_dir}: no {'/'.join(cfg.lora_targets)} layers for the LoRA teacher ({str(e).splitlines()[0]})") from e
     lora_params = [p for p in lora_unet.parameters() if p.requires_grad]
     if not lora_params:
         raise ModelError(f"{teacher_dir}: no {'/'.join(cfg.lora_targets)} layers for the LoRA teacher")
