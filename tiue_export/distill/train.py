@@ -120,7 +120,12 @@ def checkpoint_dirs(run: Path) -> list[Path]:
     if not root.is_dir():
         return []
     dirs = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and (p / "state.json").exists()]
-    return sorted(dirs, key=lambda p: int(p.name.split("-")[1]))
+    return sorted(dirs, key=checkpoint_step)
+
+
+def checkpoint_step(path: Path) -> int:
+    """The step of a checkpoint directory (``step-NNNNNNNN``)."""
+    return int(path.name.split("-")[1])
 
 
 def lora_state(unet) -> dict[str, torch.Tensor]:
@@ -203,7 +208,7 @@ def export_checkpoint(run: Path, out: Path, step: int | None = None) -> tuple[Pa
     run, out = Path(run), Path(out)
     if not (run / CONFIG_FILE).is_file():
         raise InputError(f"{run} is not a distill run directory (no {CONFIG_FILE})")
-    ckpts = {int(p.name.split("-")[1]): p for p in checkpoint_dirs(run)}
+    ckpts = {checkpoint_step(p): p for p in checkpoint_dirs(run)}
     if not ckpts:
         raise InputError(f"{run} has no checkpoints yet")
     if step is None:
@@ -430,13 +435,14 @@ def build_trainer(cfg: DistillConfig, teacher_dir: Path, accelerator) -> Trainer
     student = TiUEStudent(student_unet, schedule.timesteps, schedule.encoder_timestep)
     lora_unet = pipe.unet.train()
     torch.manual_seed(cfg.seed)  # LoRA's A matrices are random (B starts at zero)
+    no_targets = f"{teacher_dir}: no {'/'.join(cfg.lora_targets)} layers for the LoRA teacher"
     try:
         lora_unet.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=list(cfg.lora_targets)))
     except ValueError as e:  # peft's NoMatchingPeftModuleError, or a layer type LoRA does not support
-        raise ModelError(f"{teacher_dir}: no {'/'.join(cfg.lora_targets)} layers for the LoRA teacher ({str(e).splitlines()[0]})") from e
+        raise ModelError(f"{no_targets} ({str(e).splitlines()[0]})") from e
     lora_params = [p for p in lora_unet.parameters() if p.requires_grad]
     if not lora_params:
-        raise ModelError(f"{teacher_dir}: no {'/'.join(cfg.lora_targets)} layers for the LoRA teacher")
+        raise ModelError(no_targets)
     if cfg.gradient_checkpointing:
         student_unet.enable_gradient_checkpointing()
         lora_unet.enable_gradient_checkpointing()
