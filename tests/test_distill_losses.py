@@ -10,6 +10,7 @@ from tiue_export.distill.losses import (
     gaussian_kl_to_standard,
     kl_loss,
     lora_denoising_loss,
+    regression_loss,
     vsd_loss,
     vsd_score_gradient,
 )
@@ -72,3 +73,13 @@ def test_lora_denoising_loss_hand_computed():
     noise = torch.ones(2, 1, 1, 1)
     loss = lora_denoising_loss(eps, noise, torch.tensor([0.25, 1.0]))
     assert loss.item() == pytest.approx((0.25 + 1.0) / 2)  # mean of abar * (eps - noise)^2
+
+
+def test_regression_loss_is_weighted_latent_mse():
+    z0 = torch.tensor([[[[1.0, 2.0]]], [[[0.0, -1.0]]]], requires_grad=True)
+    target = torch.tensor([[[[0.0, 0.0]]], [[[2.0, -1.0]]]])
+    loss = regression_loss(z0, target, 0.5)
+    assert torch.allclose(loss, torch.tensor(0.5 * (1 + 4 + 4 + 0) / 4))
+    loss.backward()
+    assert torch.allclose(z0.grad, 0.5 * 2 * (z0 - target).detach() / 4)
+    assert regression_loss(z0, target, 0.0) == 0

@@ -268,6 +268,8 @@ def test_cli_distills(teacher, prompts_file, tmp_path, capsys):
         (["--batch-size", "0"], "error: --batch-size must be >= 1, got 0"),
         (["--lora-targets", " , "], "error: --lora-targets needs at least one module name, e.g. to_q,to_v"),
         (["--lora-targets", "no_such_layer"], "no no_such_layer layers for the LoRA teacher"),
+        (["--regression-pairs", "-1"], "error: --regression-pairs must be >= 0, got -1"),
+        (["--regression-pairs", "8", "--regression-steps", "0"], "error: --regression-steps must be >= 1, got 0"),
     ],
 )
 def test_cli_bad_input_is_one_line(teacher, prompts_file, tmp_path, capsys, extra, message):
@@ -336,3 +338,54 @@ def test_cli_distill_export_writes_a_checkpoints_ema_student(teacher, prompts_fi
         assert code == 2 and message in err, err
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+# -- teacher pairs (DMD regression) ---------------------------------------------------------------
+def test_teacher_pairs_are_the_teachers_ddim_samples_and_resume(teacher, prompts_file, tmp_path):
+    from tiue_export.distill.pairs import CHUNK, PAIRS_DIR, pair_plan
+    from tiue_export.distill.train import build_trainer, make_accelerator, teacher_pairs
+    from tiue_export.pipeline import load_pipeline
+    from tiue_export.sampling import initial_noise
+
+    count = CHUNK + 3  # two chunks, the last one partial
+    cfg = config(teacher, prompts_file, tmp_path / "o", regression_pairs=count, regression_steps=3, regression_guidance=2.0)
+    tr = build_trainer(cfg, Path(teacher), make_accelerator(cfg))
+    noise, latents, texts = teacher_pairs(tr, PROMPTS, Path(teacher))
+    assert noise.shape == latents.shape == (count, *tr.latent_shape) and len(texts) == count
+    plan_texts, plan_seeds = pair_plan(PROMPTS, count, cfg.seed)
+    assert texts == plan_texts and sorted(set(texts)) == sorted(PROMPTS)  # every prompt, shuffled
+    assert [texts.count(p) for p in PROMPTS] in ([17, 17, 17, 16], [17, 17, 16, 17], [17, 16, 17, 17], [16, 17, 17, 17])
+
+    # each pair is exactly what `infer --sampler ddim:3 --guidance 2` makes from that noise
+    pipe = load_pipeline(teacher)
+    some = [0, 5, count - 1]
+    ref = pipe.sample([texts[i] for i in some], [plan_seeds[i] for i in some], sampler="ddim:3", guidance=2.0)
+    assert np.array_equal(noise[some].numpy(), initial_noise([plan_seeds[i] for i in some], tr.latent_shape))
+    assert np.allclose(latents[some].numpy(), ref.latents, atol=1e-5)
+
+    # a lost chunk is made again, identically; a different recipe discards the old pairs
+    root = cfg.run_path / PAIRS_DIR
+    (root / "chunk-00001.safetensors").unlink()
+    again = teacher_pairs(tr, PROMPTS, Path(teacher))
+    assert torch.equal(again[1], latents) and again[2] == texts
+    tr.cfg = cfg.replace(regression_steps=2)
+    other = teacher_pairs(tr, PROMPTS, Path(teacher))
+    assert not torch.allclose(other[1], latents) and torch.equal(other[0], noise)
+
+
+def test_regression_term_joins_the_student_loss(teacher, prompts_file, tmp_path):
+    from tiue_export.distill.train import distill
+
+    out = tmp_path / "student"
+    result = distill(config(teacher, prompts_file, out, steps=3, regression_pairs=4, regression_steps=2, lambda_reg=0.5))
+    run = Path(str(out) + ".run")
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert len(records) == 3 and all(r["loss_reg"] > 0 for r in records)
+    recipe = json.loads((out / "tiue.json").read_text())["provenance"]["recipe"]
+    assert recipe["regression_pairs"] == 4 and recipe["lambda_reg"] == 0.5
+    assert recipe["regression_guidance"] == 7.5  # the tiny teacher's tiue.json names none: diffusers' default
+    # the same run without the term ends elsewhere; the pairs steer the student
+    plain = distill(config(teacher, prompts_file, tmp_path / "plain", steps=3))
+    a, b = dict(result.student.unet.named_parameters()), dict(plain.student.unet.named_parameters())
+    assert any(not torch.equal(a[n], b[n]) for n in a)
+    assert "loss_reg" not in json.loads((tmp_path / "plain.run" / "log.jsonl").read_text().splitlines()[0])

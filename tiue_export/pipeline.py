@@ -21,7 +21,7 @@ from .errors import InputError, ModelError
 from .sampling import classifier_free_guidance, initial_noise, sample_ddim, sample_one_pass, to_uint8_images
 from .schedule import OnePassSchedule, ddim_prev_timesteps
 from .student import TiUEStudent
-from .tiue_config import StudentConfig
+from .tiue_config import DEFAULT_GUIDANCE, StudentConfig
 
 log = logging.getLogger("tiue_export")
 
@@ -126,9 +126,7 @@ class TorchPipeline:
     @property
     def default_guidance(self) -> float:
         """The CFG scale the model was made for (``tiue.json`` provenance ``guidance``), else 7.5."""
-        prov = self.student_config.provenance if self.student_config else {}
-        value = prov.get("guidance", prov.get("default_guidance"))
-        return float(value) if value is not None else 7.5
+        return self.student_config.guidance if self.student_config else DEFAULT_GUIDANCE
 
     @property
     def vae_scale_factor(self) -> int:

@@ -9,6 +9,8 @@ from pathlib import Path
 from .errors import ModelError
 
 TIUE_JSON = "tiue.json"
+#: CFG scale for models whose tiue.json does not give one (diffusers' StableDiffusionPipeline default).
+DEFAULT_GUIDANCE = 7.5
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,12 @@ class StudentConfig:
         if cfg.kind not in ("tiue", "teacher"):
             raise ModelError(f"{path}: kind must be 'tiue' or 'teacher', got {cfg.kind!r}")
         return cfg
+
+    @property
+    def guidance(self) -> float:
+        """The CFG scale the model was made for (provenance ``guidance``), else :data:`DEFAULT_GUIDANCE`."""
+        value = self.provenance.get("guidance", self.provenance.get("default_guidance"))
+        return float(value) if value is not None else DEFAULT_GUIDANCE
 
     def to_dict(self) -> dict:
         return {

@@ -53,6 +53,13 @@ class DistillConfig:
     vsd_t_max: int = 980  # inclusive
     lambda_kl: float = 0.1  # weight of the KL of the noise predictions to N(0, 1) (--lambda_kl)
 
+    # -- teacher-pair regression (DMD's L_reg; not in the authors' recipe, off by default) -----
+    regression_pairs: int = 0  # teacher DDIM (noise, latent) pairs drawn before training; 0: off
+    lambda_reg: float = 1.0  # weight of the latent MSE between the student's z0 and the teacher's
+    regression_steps: int = 50  # DDIM steps of the teacher for each pair
+    regression_guidance: float | None = None  # CFG of the pairs; None: the teacher's default
+    regression_batch_size: int | None = None  # pairs per device and step; None: --batch-size
+
     # -- LoRA teacher --------------------------------------------------------------------------
     lr_lora: float = 1e-3  # train_loopfree.sh --learning_rate_lora 1.e-03: it must track the student
     lora_rank: int = 64  # --lora_rank 64
@@ -79,6 +86,11 @@ class DistillConfig:
             (self.lr > 0 and self.lr_lora > 0, "learning rates must be > 0"),
             (0 <= self.vsd_t_min <= self.vsd_t_max, f"need 0 <= --vsd-t-min <= --vsd-t-max, got {self.vsd_t_min}, {self.vsd_t_max}"),
             (self.lambda_kl >= 0, f"--lambda-kl must be >= 0, got {self.lambda_kl}"),
+            (self.regression_pairs >= 0, f"--regression-pairs must be >= 0, got {self.regression_pairs}"),
+            (self.lambda_reg >= 0, f"--lambda-reg must be >= 0, got {self.lambda_reg}"),
+            (self.regression_steps >= 1, f"--regression-steps must be >= 1, got {self.regression_steps}"),
+            (self.regression_batch_size is None or self.regression_batch_size >= 1,
+             f"--regression-batch-size must be >= 1, got {self.regression_batch_size}"),
             (self.lora_rank >= 1, f"--lora-rank must be >= 1, got {self.lora_rank}"),
             (0 <= self.lora_uncond_prob <= 1, f"--lora-uncond-prob must be in [0, 1], got {self.lora_uncond_prob}"),
             (0 <= self.ema_decay <= 1, f"--ema-decay must be in [0, 1], got {self.ema_decay}"),

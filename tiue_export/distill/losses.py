@@ -52,6 +52,11 @@ def kl_loss(noise_preds: torch.Tensor, lambda_kl: float) -> torch.Tensor:
     return lambda_kl * gaussian_kl_to_standard(noise_preds).sum()
 
 
+def regression_loss(z0: torch.Tensor, target: torch.Tensor, lambda_reg: float) -> torch.Tensor:
+    """DMD's regression term L_reg on teacher pairs, in latent space: ``lambda_reg * mean((z0 - z0_teacher)^2)``."""
+    return lambda_reg * F.mse_loss(z0.float(), target.float(), reduction="mean")
+
+
 def lora_denoising_loss(eps_lora: torch.Tensor, noise: torch.Tensor, abar_t: torch.Tensor) -> torch.Tensor:
     """LoRA teacher's diffusion loss (SwiftBrush, alpha-weighted): ``mean((sqrt(abar) eps_lora - sqrt(abar) eps)^2)``."""
     a = per_sample(abar_t).sqrt()

@@ -42,7 +42,8 @@ from ..student import TiUEStudent
 from ..tiue_config import TIUE_JSON
 from .config import DistillConfig
 from .data import load_prompts, make_loader
-from .losses import diffuse, kl_loss, lora_denoising_loss, vsd_loss, vsd_score_gradient
+from .losses import diffuse, kl_loss, lora_denoising_loss, regression_loss, vsd_loss, vsd_score_gradient
+from .pairs import PairSpec, generate_pairs, load_pairs, prepare_pair_dir, prompts_digest
 
 log = logging.getLogger("tiue_export")
 
@@ -265,6 +266,8 @@ class Trainer:
     tokenizer: object
     null: torch.Tensor  # embedding of the empty prompt (1, L, D)
     generator: torch.Generator  # this rank's noise, timesteps and prompt dropping
+    scheduler: object  # the teacher's DDIM scheduler (teacher pairs)
+    pairs: tuple | None = None  # (noise, latents, prompts) of the teacher pairs, when regression is on
 
     @property
     def device(self):
@@ -283,8 +286,18 @@ class Trainer:
     def randint(self, low: int, high_inclusive: int, n: int) -> torch.Tensor:
         return torch.randint(low, high_inclusive + 1, (n,), generator=self.generator).to(self.device)
 
+    def regression_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A random batch of teacher pairs: ``(z_T, prompt embeddings, teacher z0)`` on the device."""
+        noise, latents, texts = self.pairs
+        n = self.cfg.regression_batch_size or self.cfg.batch_size
+        idx = torch.randint(0, noise.shape[0], (n,), generator=self.generator)
+        return noise[idx].to(self.device), self.encode([texts[i] for i in idx.tolist()]), latents[idx].to(self.device)
+
     def student_update(self, cond: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """Steps 1-2: one TiUE pass, VSD against both CFG teachers plus KL, Adam step, EMA update.
+
+        With teacher pairs, the same pass also maps a batch of pair noises, and the latent MSE to
+        the teacher's z0 (weight ``lambda_reg``) joins the loss.
 
         Returns:
             The student's z0 (detached) and the step's losses and gradient norm.
@@ -293,8 +306,19 @@ class Trainer:
         b = cond.shape[0]
         uncond = self.null.expand(b, -1, -1)
         z_T = self.randn((b, *self.latent_shape))
-        eps = self.student_ddp(z_T, cond)  # K x B noise predictions, timestep-major
-        z0 = combine_one_pass(z_T, eps, self.schedule.S, self.schedule.E)  # Eq. 11, differentiable
+        if self.pairs is None:
+            eps = self.student_ddp(z_T, cond)  # K x B noise predictions, timestep-major
+            z0 = combine_one_pass(z_T, eps, self.schedule.S, self.schedule.E)  # Eq. 11, differentiable
+            loss_reg = z0.new_zeros((), dtype=torch.float32)
+        else:  # one pass over [VSD batch; pair batch]
+            z_reg, cond_reg, target = self.regression_batch()
+            r = z_reg.shape[0]
+            eps_all = self.student_ddp(torch.cat([z_T, z_reg]), torch.cat([cond, cond_reg]))
+            eps_all = eps_all.unflatten(0, (self.schedule.k, b + r))
+            eps, eps_reg = eps_all[:, :b].flatten(0, 1), eps_all[:, b:].flatten(0, 1)
+            z0 = combine_one_pass(z_T, eps, self.schedule.S, self.schedule.E)
+            z0_reg = combine_one_pass(z_reg, eps_reg, self.schedule.S, self.schedule.E)
+            loss_reg = regression_loss(z0_reg, target, cfg.lambda_reg)
 
         t = self.randint(cfg.vsd_t_min, cfg.vsd_t_max, b)
         abar = self.alphas[t]
@@ -309,12 +333,13 @@ class Trainer:
             eps_lora = guided_eps(self.lora_ddp, x_t, t, cond, uncond, cfg.guidance)
         loss_vsd = vsd_loss(z0, vsd_score_gradient(eps_teacher, eps_lora, abar))
         loss_kl = kl_loss(eps, cfg.lambda_kl)
-        acc.backward(loss_vsd + loss_kl)
+        acc.backward(loss_vsd + loss_kl + loss_reg)
         grad_norm = acc.clip_grad_norm_(self.student_ddp.parameters(), cfg.max_grad_norm)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.ema.step(self.student.unet.parameters())
-        return z0.detach(), {"loss_vsd": loss_vsd.detach(), "loss_kl": loss_kl.detach(), "grad_norm": grad_norm}
+        stats = {"loss_vsd": loss_vsd.detach(), "loss_kl": loss_kl.detach(), "loss_reg": loss_reg.detach(), "grad_norm": grad_norm}
+        return z0.detach(), stats
 
     def lora_update(self, z0: torch.Tensor, cond: torch.Tensor) -> dict:
         """Step 3: the LoRA teacher learns to denoise the student's samples (diffusion loss), Adam step."""
@@ -472,12 +497,41 @@ def build_trainer(cfg: DistillConfig, teacher_dir: Path, accelerator) -> Trainer
         tokenizer=pipe.tokenizer,
         null=torch.empty(0),
         generator=torch.Generator().manual_seed(rank_seed(cfg.seed, accelerator.process_index)),
+        scheduler=pipe.scheduler,
     )
     trainer.null = trainer.encode([""])
     return trainer
 
 
 # -- the run --------------------------------------------------------------------------------------
+def teacher_guidance(teacher_dir: Path) -> float:
+    """The CFG scale a teacher was made for (its ``tiue.json``), as ``infer`` uses it."""
+    from ..tiue_config import DEFAULT_GUIDANCE, StudentConfig
+
+    config = StudentConfig.read(teacher_dir)
+    return config.guidance if config else DEFAULT_GUIDANCE
+
+
+def teacher_pairs(tr: Trainer, prompts: list[str], teacher_dir: Path) -> tuple:
+    """Generate (or reuse) the run's teacher pairs on all ranks and load them everywhere."""
+    cfg, acc = tr.cfg, tr.accelerator
+    spec = PairSpec(
+        count=cfg.regression_pairs,
+        steps=cfg.regression_steps,
+        guidance=float(cfg.regression_guidance),
+        seed=cfg.seed,
+        teacher_unet_sha256=sha256_of_weights(teacher_dir / "unet"),
+        prompts_sha256=prompts_digest(prompts),
+        latent_shape=tuple(tr.latent_shape),
+    )
+    if acc.is_main_process:
+        prepare_pair_dir(cfg.run_path, spec)
+    acc.wait_for_everyone()
+    generate_pairs(tr, prompts, spec, cfg.run_path, progress=acc.is_main_process)
+    acc.wait_for_everyone()
+    return load_pairs(cfg.run_path, spec)
+
+
 def distill(cfg: DistillConfig, resume: bool = False) -> DistillResult:
     """Distil a teacher into a TiUE student (or the one-step VSD baseline).
 
@@ -495,6 +549,8 @@ def distill(cfg: DistillConfig, resume: bool = False) -> DistillResult:
     teacher_dir = resolve_teacher(cfg.teacher)
     # absolute paths: the recipe is compared on --resume and recorded in tiue.json
     cfg = cfg.replace(teacher=str(teacher_dir.resolve()), prompts=str(Path(cfg.prompts).resolve()))
+    if cfg.regression_pairs and cfg.regression_guidance is None:
+        cfg = cfg.replace(regression_guidance=teacher_guidance(teacher_dir))
     run, out = cfg.run_path, Path(cfg.out)
     ckpts = checkpoint_dirs(run)
     if ckpts and not resume:
@@ -511,6 +567,8 @@ def distill(cfg: DistillConfig, resume: bool = False) -> DistillResult:
     tr = build_trainer(cfg, teacher_dir, accelerator)
 
     rank, world = accelerator.process_index, accelerator.num_processes
+    if cfg.regression_pairs:
+        tr.pairs = teacher_pairs(tr, prompts, teacher_dir)
     loader = make_loader(prompts, cfg.batch_size, rank, world, cfg.seed)
     per_epoch = len(loader)
     total = cfg.steps or cfg.epochs * per_epoch
@@ -541,14 +599,16 @@ def distill(cfg: DistillConfig, resume: bool = False) -> DistillResult:
             lora_stats = tr.lora_update(z0, cond)
             step += 1
 
-            losses = torch.stack([student_stats["loss_vsd"], student_stats["loss_kl"], lora_stats["loss_lora"]]).float()
-            vsd, kl, lora = accelerator.reduce(losses, reduction="mean").tolist()
+            names = ("loss_vsd", "loss_kl", "loss_reg", "loss_lora")
+            losses = torch.stack([student_stats[n] for n in names[:3]] + [lora_stats["loss_lora"]]).float()
+            losses = dict(zip(names, accelerator.reduce(losses, reduction="mean").tolist()))
+            if not cfg.regression_pairs:
+                del losses["loss_reg"]
+            vsd, kl, lora = losses["loss_vsd"], losses["loss_kl"], losses["loss_lora"]
             record = {
                 "step": step,
                 "epoch": epoch,
-                "loss_vsd": vsd,
-                "loss_kl": kl,
-                "loss_lora": lora,
+                **losses,
                 "grad_norm": float(student_stats["grad_norm"]),
                 "grad_norm_lora": float(lora_stats["grad_norm_lora"]),
                 "ema_decay": float(tr.ema.cur_decay_value),
@@ -557,7 +617,7 @@ def distill(cfg: DistillConfig, resume: bool = False) -> DistillResult:
             if main:
                 with (run / LOG_FILE).open("a") as f:
                     f.write(json.dumps(record) + "\n")
-                bar.set_postfix(vsd=f"{vsd:.3g}", kl=f"{kl:.3g}", lora=f"{lora:.3g}")
+                bar.set_postfix({n[5:]: f"{v:.3g}" for n, v in losses.items()})
                 bar.update(1)
             if cfg.log_tensorboard:
                 accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
