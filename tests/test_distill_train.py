@@ -268,6 +268,7 @@ def test_cli_distills(teacher, prompts_file, tmp_path, capsys):
         (["--batch-size", "0"], "error: --batch-size must be >= 1, got 0"),
         (["--lora-targets", " , "], "error: --lora-targets needs at least one module name, e.g. to_q,to_v"),
         (["--lora-targets", "no_such_layer"], "no no_such_layer layers for the LoRA teacher"),
+        (["--lora-updates", "0"], "error: --lora-updates must be >= 1, got 0"),
         (["--regression-pairs", "-1"], "error: --regression-pairs must be >= 0, got -1"),
         (["--regression-pairs", "8", "--regression-steps", "0"], "error: --regression-steps must be >= 1, got 0"),
     ],
@@ -389,3 +390,26 @@ def test_regression_term_joins_the_student_loss(teacher, prompts_file, tmp_path)
     a, b = dict(result.student.unet.named_parameters()), dict(plain.student.unet.named_parameters())
     assert any(not torch.equal(a[n], b[n]) for n in a)
     assert "loss_reg" not in json.loads((tmp_path / "plain.run" / "log.jsonl").read_text().splitlines()[0])
+
+
+def test_lora_updates_take_extra_lora_steps_only(teacher, prompts_file, tmp_path):
+    from tiue_export.distill.train import distill
+
+    one = distill(config(teacher, prompts_file, tmp_path / "a", steps=1))
+    three = distill(config(teacher, prompts_file, tmp_path / "b", steps=1, lora_updates=3))
+    a, b = dict(one.student.unet.named_parameters()), dict(three.student.unet.named_parameters())
+    assert all(torch.equal(a[n], b[n]) for n in a)  # the student step comes first: identical
+    la, lb = dict(one.lora_unet.named_parameters()), dict(three.lora_unet.named_parameters())
+    lora_names = [n for n in la if "lora_" in n]
+    assert lora_names and any(not torch.equal(la[n], lb[n]) for n in lora_names)
+
+
+def test_dmd_weighting_runs_and_is_recorded(teacher, prompts_file, tmp_path):
+    from tiue_export.distill.train import distill
+
+    out = tmp_path / "s"
+    distill(config(teacher, prompts_file, out, steps=2, vsd_weighting="dmd"))
+    assert json.loads((out / "tiue.json").read_text())["provenance"]["recipe"]["vsd_weighting"] == "dmd"
+    records = [json.loads(line) for line in (Path(str(out) + ".run") / "log.jsonl").read_text().splitlines()]
+    assert records[0]["loss_vsd"] == 0  # LoRA starts equal to the teacher: no gradient yet
+    assert records[1]["loss_vsd"] > 0

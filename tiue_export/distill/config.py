@@ -14,6 +14,7 @@ from ..errors import InputError
 
 #: Ablation baselines: ``one-step-vsd`` is a plain SwiftBrush-style one-step student.
 BASELINES = ("one-step-vsd",)
+VSD_WEIGHTINGS = ("sigma2", "dmd")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 #: Fields that may change between a run and its resume (they do not change the maths).
 RESUMABLE_CHANGES = ("steps", "epochs", "checkpoint_every", "keep_checkpoints", "log_tensorboard", "out", "run_dir")
@@ -52,6 +53,7 @@ class DistillConfig:
     vsd_t_min: int = 20  # t ~ U{20..980}: randint(0.02 * 1000, 0.981 * 1000) in the reference
     vsd_t_max: int = 980  # inclusive
     lambda_kl: float = 0.1  # weight of the KL of the noise predictions to N(0, 1) (--lambda_kl)
+    vsd_weighting: str = "sigma2"  # "sigma2": SwiftBrush's (1 - abar_t); "dmd": DMD's per-sample normalisation
 
     # -- teacher-pair regression (DMD's L_reg; not in the authors' recipe, off by default) -----
     regression_pairs: int = 0  # teacher DDIM (noise, latent) pairs drawn before training; 0: off
@@ -66,6 +68,7 @@ class DistillConfig:
     lora_alpha: float = 108  # --lora_alpha 108 (scale 108/64 = 1.6875)
     lora_targets: tuple[str, ...] = ("to_q", "to_v")  # every attention's query and value projections
     lora_uncond_prob: float = 0.1  # the whole batch uses the empty prompt with this probability
+    lora_updates: int = 1  # LoRA teacher steps per student step (DMD2's two time-scale rule uses 5)
 
     # -- engineering ---------------------------------------------------------------------------
     mixed_precision: str = "no"  # the authors use fp16 on GPUs; on CPU full precision is best
@@ -86,6 +89,8 @@ class DistillConfig:
             (self.lr > 0 and self.lr_lora > 0, "learning rates must be > 0"),
             (0 <= self.vsd_t_min <= self.vsd_t_max, f"need 0 <= --vsd-t-min <= --vsd-t-max, got {self.vsd_t_min}, {self.vsd_t_max}"),
             (self.lambda_kl >= 0, f"--lambda-kl must be >= 0, got {self.lambda_kl}"),
+            (self.vsd_weighting in VSD_WEIGHTINGS, f"--vsd-weighting must be one of {', '.join(VSD_WEIGHTINGS)}"),
+            (self.lora_updates >= 1, f"--lora-updates must be >= 1, got {self.lora_updates}"),
             (self.regression_pairs >= 0, f"--regression-pairs must be >= 0, got {self.regression_pairs}"),
             (self.lambda_reg >= 0, f"--lambda-reg must be >= 0, got {self.lambda_reg}"),
             (self.regression_steps >= 1, f"--regression-steps must be >= 1, got {self.regression_steps}"),

@@ -42,7 +42,7 @@ from ..student import TiUEStudent
 from ..tiue_config import TIUE_JSON
 from .config import DistillConfig
 from .data import load_prompts, make_loader
-from .losses import diffuse, kl_loss, lora_denoising_loss, regression_loss, vsd_loss, vsd_score_gradient
+from .losses import diffuse, dmd_score_gradient, kl_loss, lora_denoising_loss, regression_loss, vsd_loss, vsd_score_gradient
 from .pairs import PairSpec, generate_pairs, load_pairs, prepare_pair_dir, prompts_digest
 
 log = logging.getLogger("tiue_export")
@@ -331,7 +331,11 @@ class Trainer:
             finally:
                 lora.enable_adapters()
             eps_lora = guided_eps(self.lora_ddp, x_t, t, cond, uncond, cfg.guidance)
-        loss_vsd = vsd_loss(z0, vsd_score_gradient(eps_teacher, eps_lora, abar))
+        if cfg.vsd_weighting == "dmd":
+            g = dmd_score_gradient(eps_teacher, eps_lora, x_t, z0.detach(), abar)
+        else:
+            g = vsd_score_gradient(eps_teacher, eps_lora, abar)
+        loss_vsd = vsd_loss(z0, g)
         loss_kl = kl_loss(eps, cfg.lambda_kl)
         acc.backward(loss_vsd + loss_kl + loss_reg)
         grad_norm = acc.clip_grad_norm_(self.student_ddp.parameters(), cfg.max_grad_norm)
@@ -596,7 +600,8 @@ def distill(cfg: DistillConfig, resume: bool = False) -> DistillResult:
             t0 = time.perf_counter()
             cond = tr.encode(texts)
             z0, student_stats = tr.student_update(cond)
-            lora_stats = tr.lora_update(z0, cond)
+            for _ in range(cfg.lora_updates):  # fresh timesteps and noise each time
+                lora_stats = tr.lora_update(z0, cond)
             step += 1
 
             names = ("loss_vsd", "loss_kl", "loss_reg", "loss_lora")
