@@ -413,3 +413,31 @@ def test_dmd_weighting_runs_and_is_recorded(teacher, prompts_file, tmp_path):
     records = [json.loads(line) for line in (Path(str(out) + ".run") / "log.jsonl").read_text().splitlines()]
     assert records[0]["loss_vsd"] == 0  # LoRA starts equal to the teacher: no gradient yet
     assert records[1]["loss_vsd"] > 0
+
+
+def test_init_student_starts_from_another_students_weights(teacher, prompts_file, tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    from tiue_export.distill.train import build_trainer, distill, make_accelerator
+    from tiue_export.errors import ModelError
+
+    first = tmp_path / "first"
+    distill(config(teacher, prompts_file, first, steps=2, lr=1e-3))
+    cfg = config(teacher, prompts_file, tmp_path / "second", init_student=str(first))
+    tr = build_trainer(cfg, Path(teacher), make_accelerator(cfg))
+    saved = dict(UNet2DConditionModel.from_pretrained(first / "unet").named_parameters())
+    now = dict(tr.student.unet.named_parameters())
+    assert all(torch.equal(now[n], saved[n]) for n in saved)
+    assert all(torch.equal(p, s) for p, s in zip(tr.student.unet.parameters(), tr.ema.shadow_params))  # EMA too
+    teacher_unet = dict(UNet2DConditionModel.from_pretrained(Path(teacher) / "unet").named_parameters())
+    assert any(not torch.equal(now[n], teacher_unet[n]) for n in now)
+
+    with pytest.raises(InputError, match="no unet/\\*.safetensors"):
+        build_trainer(cfg.replace(init_student=str(tmp_path)), Path(teacher), make_accelerator(cfg))
+    other = tmp_path / "other" / "unet"
+    other.mkdir(parents=True)
+    from safetensors.torch import save_file
+
+    save_file({"conv_in.weight": torch.zeros(1)}, other / "diffusion_pytorch_model.safetensors")
+    with pytest.raises(ModelError, match="does not match the teacher's"):
+        build_trainer(cfg.replace(init_student=str(other.parent)), Path(teacher), make_accelerator(cfg))

@@ -22,6 +22,7 @@ def _default(name):
 @click.option("--prompts", required=True, type=click.Path(), help="Training prompts: .txt (one a line), .jsonl, .csv or .parquet.")
 @click.option("--out", required=True, type=click.Path(), help="Student directory to write (a diffusers pipeline + tiue.json).")
 @click.option("--run-dir", type=click.Path(), default=None, help="Checkpoints, log and config [default: OUT.run].")
+@click.option("--init-student", type=click.Path(), default=None, help="Start from this student directory's UNet (e.g. to continue with another recipe) [default: the teacher's UNet].")
 @click.option("--k", type=int, default=None, help=f"Decoder timesteps of the student  [default: {_default('k')}]")
 @click.option("--steps", type=int, default=None, help="Total optimisation steps (instead of --epochs).")
 @click.option("--epochs", type=int, default=None, help=f"Passes over the prompts  [default: {_default('epochs')}]")

@@ -33,6 +33,7 @@ class DistillConfig:
     k: int = 4  # the paper's K: four decoder timesteps from DDIMScheduler.set_timesteps(4)
     baseline: str | None = None  # "one-step-vsd": SwiftBrush one-step student (K=1 at t=999)
     resolution: int | None = None  # image side; None: the teacher UNet's sample_size x VAE factor
+    init_student: str | None = None  # a student directory whose UNet weights start the student; None: the teacher's
 
     # -- length --------------------------------------------------------------------------------
     steps: int | None = None  # total optimisation steps; None: epochs x steps per epoch

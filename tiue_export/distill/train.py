@@ -417,6 +417,22 @@ class Trainer:
         return int(state["step"])
 
 
+def load_student_weights(unet, student_dir: Path) -> None:
+    """Start the student from another student's UNet weights (``--init-student``), same architecture."""
+    from safetensors.torch import load_file
+
+    files = sorted((student_dir / "unet").glob("*.safetensors"))
+    if not files:
+        raise InputError(f"--init-student {student_dir}: no unet/*.safetensors (pass a student directory)")
+    state = {}
+    for f in files:
+        state.update(load_file(f))
+    try:
+        unet.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ModelError(f"--init-student {student_dir}: its UNet does not match the teacher's ({str(e).splitlines()[0]})") from e
+
+
 def make_accelerator(cfg: DistillConfig):
     """The Accelerator of a run: mixed precision, TensorBoard if asked; fp16 needs a GPU."""
     require("accelerate", "accelerate", "distillation")
@@ -461,6 +477,8 @@ def build_trainer(cfg: DistillConfig, teacher_dir: Path, accelerator) -> Trainer
     # Trainable weights stay float32 (autocast does the mixed precision); the text encoder is
     # frozen and cast once. The frozen teacher is the LoRA teacher with its adapters disabled.
     student_unet = copy.deepcopy(pipe.unet).requires_grad_(True).train()
+    if cfg.init_student:
+        load_student_weights(student_unet, Path(cfg.init_student))
     student = TiUEStudent(student_unet, schedule.timesteps, schedule.encoder_timestep)
     lora_unet = pipe.unet.train()
     torch.manual_seed(cfg.seed)  # LoRA's A matrices are random (B starts at zero)
@@ -553,6 +571,8 @@ def distill(cfg: DistillConfig, resume: bool = False) -> DistillResult:
     teacher_dir = resolve_teacher(cfg.teacher)
     # absolute paths: the recipe is compared on --resume and recorded in tiue.json
     cfg = cfg.replace(teacher=str(teacher_dir.resolve()), prompts=str(Path(cfg.prompts).resolve()))
+    if cfg.init_student:
+        cfg = cfg.replace(init_student=str(Path(cfg.init_student).resolve()))
     if cfg.regression_pairs and cfg.regression_guidance is None:
         cfg = cfg.replace(regression_guidance=teacher_guidance(teacher_dir))
     run, out = cfg.run_path, Path(cfg.out)
