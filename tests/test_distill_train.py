@@ -441,3 +441,18 @@ def test_init_student_starts_from_another_students_weights(teacher, prompts_file
     save_file({"conv_in.weight": torch.zeros(1)}, other / "diffusion_pytorch_model.safetensors")
     with pytest.raises(ModelError, match="does not match the teacher's"):
         build_trainer(cfg.replace(init_student=str(other.parent)), Path(teacher), make_accelerator(cfg))
+
+
+def test_distill_speed_script_runs_on_cpu(tmp_path):
+    """scripts/distill_speed.py (the SD 2.1-size GPU measurement) at a tiny width on the CPU."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "distill_speed.py"
+    report = tmp_path / "speed.json"
+    argv = [sys.executable, str(script), "--work", str(tmp_path / "w"), "--width-div", "16", "--resolution", "64",
+            "--mixed-precision", "no", "--steps", "2", "--warmup", "1", "--batch-size", "1", "--json", str(report)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (row,) = json.loads(report.read_text())
+    assert row["batch_size"] == 1 and row["steps_timed"] == 1 and row["steps_per_second"] > 0
+    assert row["peak_gpu_memory_gib"] is None and row["peak_rss_gib"] > 0
+    assert "batch 1:" in proc.stdout and "steps/s" in proc.stdout
