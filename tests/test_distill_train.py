@@ -207,7 +207,8 @@ def _noise(pipe, seeds):
 
 
 @pytest.mark.slow
-def test_two_processes_keep_identical_weights(teacher, prompts_file, tmp_path):
+@pytest.mark.parametrize("extra", [{}, {"regression_pairs": 65, "regression_steps": 1}], ids=["recipe", "teacher-pairs"])
+def test_two_processes_keep_identical_weights(teacher, prompts_file, tmp_path, extra):
     script = tmp_path / "rank.py"
     script.write_text(
         textwrap.dedent(
@@ -216,7 +217,7 @@ def test_two_processes_keep_identical_weights(teacher, prompts_file, tmp_path):
             from tiue_export.distill.config import DistillConfig
             from tiue_export.distill.train import distill
             r = distill(DistillConfig(prompts={str(prompts_file)!r}, out={str(tmp_path / 'o')!r},
-                                      teacher={str(teacher)!r}, steps=2, batch_size=1, checkpoint_every=2))
+                                      teacher={str(teacher)!r}, steps=2, batch_size=1, checkpoint_every=2, **{extra!r}))
             h = hashlib.sha256()
             for _, v in sorted(r.student.unet.state_dict().items()):
                 h.update(v.numpy().tobytes())
@@ -242,6 +243,11 @@ def test_two_processes_keep_identical_weights(teacher, prompts_file, tmp_path):
     assert len(torch.load(run / "checkpoints" / "step-00000002" / "rng.pt", weights_only=True)) == 2
     info = json.loads((tmp_path / "o" / "tiue.json").read_text())
     assert info["provenance"]["processes"] == 2 and info["provenance"]["global_batch_size"] == 2
+    if extra:  # 65 pairs: two chunks, drawn by the two ranks, read by both
+        from tiue_export.distill.pairs import CHUNK
+
+        assert sorted(p.name for p in (run / "pairs").glob("chunk-*")) == ["chunk-00000.safetensors", "chunk-00001.safetensors"]
+        assert CHUNK == 64 and all(r["loss_reg"] > 0 for r in log)
 
 
 # -- CLI ------------------------------------------------------------------------------------------
