@@ -253,7 +253,7 @@ def reference_stages(pipe, kind: str, batch: int, height: int, width: int, steps
     import torch
 
     from .sampling import initial_noise, sample_ddim
-    from .schedule import ddim_prev_timesteps
+    from .schedule import ddim_plan
 
     prompts = ["a photo of a cat"] * batch
     noise = torch.from_numpy(initial_noise(range(batch), pipe.latent_shape(height, width)))
@@ -262,10 +262,7 @@ def reference_stages(pipe, kind: str, batch: int, height: int, width: int, steps
     if kind == "loop":
         timesteps, prev, final = s.timesteps, s.prev_timesteps, s.final_alpha_cumprod
     else:
-        pipe.scheduler.set_timesteps(steps)
-        timesteps = [int(t) for t in pipe.scheduler.timesteps]
-        prev = ddim_prev_timesteps(timesteps, int(pipe.scheduler.config.num_train_timesteps))
-        final = float(pipe.scheduler.final_alpha_cumprod)
+        timesteps, prev, final = ddim_plan(pipe.scheduler, steps)
     state = {}
 
     @torch.no_grad()

@@ -19,7 +19,7 @@ import torch
 
 from .errors import InputError, ModelError
 from .sampling import classifier_free_guidance, initial_noise, sample_ddim, sample_one_pass, to_uint8_images
-from .schedule import OnePassSchedule, ddim_prev_timesteps
+from .schedule import OnePassSchedule, ddim_plan
 from .student import TiUEStudent
 from .tiue_config import DEFAULT_GUIDANCE, StudentConfig
 
@@ -255,12 +255,10 @@ class TorchPipeline:
             if sampler.kind == "loop":
                 z0 = sample_ddim(z, self._eps_full(cond), s.timesteps, s.prev_timesteps, alphas, s.final_alpha_cumprod)
             else:
-                self.scheduler.set_timesteps(sampler.steps)
-                ts = [int(t) for t in self.scheduler.timesteps]
-                prev = ddim_prev_timesteps(ts, int(self.scheduler.config.num_train_timesteps))
+                ts, prev, final = ddim_plan(self.scheduler, sampler.steps)
                 uncond = self.encode_text([""] * len(prompts))
                 eps_fn = self._eps_cfg(cond, uncond, guidance) if guidance != 1.0 else self._eps_full(cond)
-                z0 = sample_ddim(z, eps_fn, ts, prev, alphas, float(self.scheduler.final_alpha_cumprod))
+                z0 = sample_ddim(z, eps_fn, ts, prev, alphas, final)
             timings["unet"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         images = self.decode_latents(z0)

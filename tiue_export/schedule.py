@@ -46,6 +46,14 @@ def ddim_prev_timesteps(timesteps: Sequence[int], num_train_timesteps: int) -> l
     return [int(t) - stride for t in timesteps]
 
 
+def ddim_plan(scheduler, steps: int) -> tuple[list[int], list[int], float]:
+    """An N-step DDIM run of a diffusers scheduler: ``(timesteps, prev_timesteps, final_alpha_cumprod)``."""
+    scheduler.set_timesteps(steps)
+    timesteps = [int(t) for t in scheduler.timesteps]
+    prev = ddim_prev_timesteps(timesteps, int(scheduler.config.num_train_timesteps))
+    return timesteps, prev, float(scheduler.final_alpha_cumprod)
+
+
 def one_pass_coefficients(
     alphas_cumprod: Sequence[float],
     timesteps: Sequence[int],

@@ -24,7 +24,7 @@ import torch
 from ..errors import InputError
 from ..io import atomic_path
 from ..sampling import initial_noise, sample_ddim
-from ..schedule import ddim_prev_timesteps
+from ..schedule import ddim_plan
 
 log = logging.getLogger("tiue_export")
 
@@ -46,6 +46,10 @@ class PairSpec:
     teacher_unet_sha256: str
     prompts_sha256: str
     latent_shape: tuple[int, int, int]
+
+    @property
+    def chunks(self) -> int:
+        return -(-self.count // CHUNK)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -76,20 +80,13 @@ def _chunk_path(root: Path, index: int) -> Path:
 @torch.no_grad()
 def teacher_latents(unet, scheduler, cond, uncond, noise: torch.Tensor, steps: int, guidance: float) -> torch.Tensor:
     """The teacher's DDIM latents (eta 0, ``steps`` steps, CFG ``guidance``) from ``noise``."""
-    from ..sampling import classifier_free_guidance
-
-    both = torch.cat([uncond, cond])
+    from .train import guided_eps
 
     def eps(z, t):
-        out = unet(torch.cat([z, z]), torch.full((2 * z.shape[0],), t, device=z.device), encoder_hidden_states=both).sample
-        eu, ec = out.chunk(2)
-        return classifier_free_guidance(eu, ec, guidance)
+        return guided_eps(unet, z, torch.full((z.shape[0],), t, device=z.device), cond, uncond, guidance)
 
-    scheduler.set_timesteps(steps)
-    ts = [int(t) for t in scheduler.timesteps]
-    prev = ddim_prev_timesteps(ts, int(scheduler.config.num_train_timesteps))
-    alphas = scheduler.alphas_cumprod.double().numpy()
-    return sample_ddim(noise, eps, ts, prev, alphas, float(scheduler.final_alpha_cumprod))
+    timesteps, prev, final = ddim_plan(scheduler, steps)
+    return sample_ddim(noise, eps, timesteps, prev, scheduler.alphas_cumprod.double().numpy(), final)
 
 
 def generate_pairs(tr, prompts: list[str], spec: PairSpec, run: Path, progress: bool) -> None:
@@ -106,8 +103,7 @@ def generate_pairs(tr, prompts: list[str], spec: PairSpec, run: Path, progress: 
     rank, world = acc.process_index, acc.num_processes
     root = run / PAIRS_DIR
     texts, seeds = pair_plan(prompts, spec.count, spec.seed)
-    n_chunks = -(-spec.count // CHUNK)
-    mine = [i for i in range(rank, n_chunks, world) if not _chunk_path(root, i).exists()]
+    mine = [i for i in range(rank, spec.chunks, world) if not _chunk_path(root, i).exists()]
     if not mine:
         return
     lora = acc.unwrap_model(tr.lora_ddp)
@@ -156,7 +152,7 @@ def load_pairs(run: Path, spec: PairSpec) -> tuple[torch.Tensor, torch.Tensor, l
     if not spec_file.exists() or json.loads(spec_file.read_text()) != spec.to_dict():
         raise InputError(f"{root} does not hold the teacher pairs of this recipe")
     noise, latents, texts = [], [], []
-    for i in range(-(-spec.count // CHUNK)):
+    for i in range(spec.chunks):
         path = _chunk_path(root, i)
         if not path.exists():
             raise InputError(f"{path} is missing: rerun with --resume to finish the teacher pairs")
