@@ -89,6 +89,9 @@ def test_config_roundtrip_and_resume_differences():
     assert cfg.differences(cfg.replace(steps=20, checkpoint_every=5)) == []
     assert cfg.differences(cfg.replace(lr=2e-6, seed=1)) == ["lr", "seed"]
     assert cfg.run_path.name == "o.run"
+    cosine = cfg.replace(lr_schedule="cosine")
+    assert cosine.differences(cosine.replace(steps=20)) == ["steps"]  # a decaying lr depends on the length
+    assert cosine.differences(cosine.replace(checkpoint_every=5)) == []
     with pytest.raises(InputError, match="unknown distill config keys: bogus"):
         DistillConfig.from_dict({**cfg.to_dict(), "bogus": 1})
 
@@ -105,6 +108,8 @@ def test_config_defaults_follow_the_authors():
     "change,message",
     [
         (dict(k=0), "--k must be >= 1"),
+        (dict(lr_schedule="step"), "--lr-schedule must be one of constant, cosine, linear"),
+        (dict(lr_warmup_steps=-1), "--lr-warmup-steps must be >= 0"),
         (dict(baseline="two-step"), "unknown --baseline 'two-step'"),
         (dict(baseline="one-step-vsd"), "the one-step-vsd baseline is a K=1 student"),
         (dict(vsd_t_min=500, vsd_t_max=100), "need 0 <= --vsd-t-min <= --vsd-t-max"),

@@ -169,6 +169,34 @@ def test_resume_is_bit_for_bit(teacher, prompts_file, tmp_path):
     assert losses(f"{straight}.run") == losses(f"{split}.run")
 
 
+@pytest.mark.slow
+def test_cosine_lr_schedule_decays_to_zero_and_resumes_bit_for_bit(teacher, prompts_file, tmp_path):
+    import shutil
+
+    from tiue_export.distill.train import distill
+
+    kw = dict(steps=4, lr=1e-4, lr_schedule="cosine", lr_warmup_steps=1, checkpoint_every=2, keep_checkpoints=0)
+    out = tmp_path / "s"
+    run = Path(f"{out}.run")
+    distill(config(teacher, prompts_file, out, **kw))
+
+    def lrs():
+        return [json.loads(line)["lr"] for line in (run / "log.jsonl").read_text().splitlines()]
+
+    # the lr after each step: warm-up to 1e-4 at step 1, then half a cosine down to 0 at step 4
+    assert lrs() == pytest.approx([1e-4, 0.75e-4, 0.25e-4, 0.0], abs=1e-12)
+    straight, logged = _checkpoint_tensors(run / "checkpoints/step-00000004"), lrs()
+    # interrupted after step 2: the schedule is a function of the total, which a resume may not change
+    shutil.rmtree(run / "checkpoints/step-00000004")
+    shutil.rmtree(out)
+    with pytest.raises(InputError, match=r"different recipe \(steps\)"):
+        distill(config(teacher, prompts_file, out, **{**kw, "steps": 6}), resume=True)
+    distill(config(teacher, prompts_file, out, **kw), resume=True)
+    assert lrs() == logged
+    again = _checkpoint_tensors(run / "checkpoints/step-00000004")
+    assert [k for k in straight if not torch.equal(straight[k], again[k])] == []
+
+
 def test_resume_refuses_another_process_count(teacher, prompts_file, tmp_path):
     from tiue_export.distill.train import distill
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from ..distill.config import BASELINES, MIXED_PRECISION, VSD_WEIGHTINGS, DistillConfig
+from ..distill.config import BASELINES, LR_SCHEDULES, MIXED_PRECISION, VSD_WEIGHTINGS, DistillConfig
 from ..errors import InputError
 
 D = DistillConfig.__dataclass_fields__
@@ -29,6 +29,8 @@ def _default(name):
 @click.option("--batch-size", type=int, default=_default("batch_size"), show_default=True, help="Prompts per device and step.")
 @click.option("--resolution", type=int, default=None, help="Image side in pixels [default: the teacher's].")
 @click.option("--lr", type=float, default=_default("lr"), show_default=True, help="Student learning rate (Adam).")
+@click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), default=_default("lr_schedule"), show_default=True, help="Student lr schedule: constant (the authors'), or a decay to 0 at the last step.")
+@click.option("--lr-warmup-steps", type=int, default=_default("lr_warmup_steps"), show_default=True, help="Linear warm-up of the student lr.")
 @click.option("--lr-lora", type=float, default=_default("lr_lora"), show_default=True, help="LoRA teacher learning rate (Adam).")
 @click.option("--adam-beta1", type=float, default=_default("adam_beta1"), show_default=True)
 @click.option("--adam-beta2", type=float, default=_default("adam_beta2"), show_default=True)

@@ -16,6 +16,8 @@ from ..errors import InputError
 BASELINES = ("one-step-vsd",)
 VSD_WEIGHTINGS = ("sigma2", "dmd")
 MIXED_PRECISION = ("no", "fp16", "bf16")
+#: Student learning-rate schedules (diffusers.optimization names); the authors' is constant.
+LR_SCHEDULES = ("constant", "cosine", "linear")
 #: Fields that may change between a run and its resume (they do not change the maths).
 RESUMABLE_CHANGES = ("steps", "epochs", "checkpoint_every", "keep_checkpoints", "log_tensorboard", "out", "run_dir")
 
@@ -48,6 +50,8 @@ class DistillConfig:
     weight_decay: float = 0.0  # plain Adam: no decay of the teacher's weights
     max_grad_norm: float = 1.0  # both networks' gradients are clipped to this norm
     ema_decay: float = 0.9999  # diffusers EMAModel default (with its (1+n)/(10+n) warm-up)
+    lr_schedule: str = "constant"  # the authors' (no scheduler); cosine/linear decay the student lr to 0 at the last step
+    lr_warmup_steps: int = 0  # linear warm-up of the student lr over the first steps
 
     # -- VSD (SwiftBrush) ----------------------------------------------------------------------
     guidance: float = 4.5  # CFG of both teachers in the score: train_loopfree.sh --guidance_scale 4.5
@@ -88,6 +92,8 @@ class DistillConfig:
             (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
             (self.lr > 0 and self.lr_lora > 0, "learning rates must be > 0"),
+            (self.lr_schedule in LR_SCHEDULES, f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}"),
+            (self.lr_warmup_steps >= 0, f"--lr-warmup-steps must be >= 0, got {self.lr_warmup_steps}"),
             (0 <= self.vsd_t_min <= self.vsd_t_max, f"need 0 <= --vsd-t-min <= --vsd-t-max, got {self.vsd_t_min}, {self.vsd_t_max}"),
             (self.lambda_kl >= 0, f"--lambda-kl must be >= 0, got {self.lambda_kl}"),
             (self.vsd_weighting in VSD_WEIGHTINGS, f"--vsd-weighting must be one of {', '.join(VSD_WEIGHTINGS)}"),
@@ -133,7 +139,10 @@ class DistillConfig:
     def differences(self, other: "DistillConfig") -> list[str]:
         """Fields (other than length and logging) whose values differ: a resume must not change them."""
         a, b = self.to_dict(), other.to_dict()
-        return [k for k in a if k not in RESUMABLE_CHANGES and a[k] != b[k]]
+        free = set(RESUMABLE_CHANGES)
+        if a["lr_schedule"] != "constant" or b["lr_schedule"] != "constant":
+            free -= {"steps", "epochs"}  # a decaying lr is a function of the total length
+        return [k for k in a if k not in free and a[k] != b[k]]
 
     def replace(self, **changes) -> "DistillConfig":
         return replace(self, **changes)

@@ -268,6 +268,7 @@ class Trainer:
     generator: torch.Generator  # this rank's noise, timesteps and prompt dropping
     scheduler: object  # the teacher's DDIM scheduler (teacher pairs)
     pairs: tuple | None = None  # (noise, latents, prompts) of the teacher pairs, when regression is on
+    lr_scheduler: object = None  # the student's lr schedule (a torch LambdaLR), stepped after each update
 
     @property
     def device(self):
@@ -341,6 +342,8 @@ class Trainer:
         grad_norm = acc.clip_grad_norm_(self.student_ddp.parameters(), cfg.max_grad_norm)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.step()
         self.ema.step(self.student.unet.parameters())
         stats = {"loss_vsd": loss_vsd.detach(), "loss_kl": loss_kl.detach(), "loss_reg": loss_reg.detach(), "grad_norm": grad_norm}
         return z0.detach(), stats
@@ -380,6 +383,8 @@ class Trainer:
             torch.save(self.ema.state_dict(), tmp / "ema.pt")
             scaler = self.accelerator.scaler
             opts = {"student": self.opt.state_dict(), "lora": self.opt_lora.state_dict(), "scaler": scaler.state_dict() if scaler else None}
+            if self.lr_scheduler is not None:
+                opts["lr_scheduler"] = self.lr_scheduler.state_dict()
             torch.save(opts, tmp / "optimizers.pt")
             torch.save(rng_states, tmp / "rng.pt")
             (tmp / CONFIG_FILE).write_text(json.dumps(self.cfg.to_dict(), indent=2) + "\n")
@@ -407,6 +412,10 @@ class Trainer:
         opts = torch.load(path / "optimizers.pt", weights_only=True)
         self.opt.load_state_dict(opts["student"])
         self.opt_lora.load_state_dict(opts["lora"])
+        if self.lr_scheduler is not None:
+            if "lr_scheduler" not in opts:
+                raise ModelError(f"{path} has no lr schedule state: resume with the original --lr-schedule")
+            self.lr_scheduler.load_state_dict(opts["lr_scheduler"])
         if acc.scaler is not None and opts["scaler"] is not None:
             acc.scaler.load_state_dict(opts["scaler"])
         rng = torch.load(path / "rng.pt", weights_only=True)[acc.process_index]
@@ -431,6 +440,20 @@ def load_student_weights(unet, student_dir: Path) -> None:
         unet.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise ModelError(f"--init-student {student_dir}: its UNet does not match the teacher's ({str(e).splitlines()[0]})") from e
+
+
+def make_lr_scheduler(opt, cfg: DistillConfig, total: int):
+    """The student's lr schedule over ``total`` steps (diffusers' schedulers); None when constant.
+
+    Stepped once per optimisation step on every rank alike (not through ``accelerator.prepare``,
+    which would step it once per process).
+    """
+    if cfg.lr_schedule == "constant" and not cfg.lr_warmup_steps:
+        return None
+    from diffusers.optimization import get_scheduler
+
+    name = "constant_with_warmup" if cfg.lr_schedule == "constant" else cfg.lr_schedule
+    return get_scheduler(name, optimizer=getattr(opt, "optimizer", opt), num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=total)
 
 
 def make_accelerator(cfg: DistillConfig):
@@ -596,6 +619,7 @@ def distill(cfg: DistillConfig, resume: bool = False) -> DistillResult:
     loader = make_loader(prompts, cfg.batch_size, rank, world, cfg.seed)
     per_epoch = len(loader)
     total = cfg.steps or cfg.epochs * per_epoch
+    tr.lr_scheduler = make_lr_scheduler(tr.opt, cfg, total)
     step = tr.load(ckpts[-1]) if resume and ckpts else 0
     if main:
         run.mkdir(parents=True, exist_ok=True)
@@ -637,6 +661,7 @@ def distill(cfg: DistillConfig, resume: bool = False) -> DistillResult:
                 "grad_norm": float(student_stats["grad_norm"]),
                 "grad_norm_lora": float(lora_stats["grad_norm_lora"]),
                 "ema_decay": float(tr.ema.cur_decay_value),
+                "lr": float(tr.opt.param_groups[0]["lr"]),
                 "seconds": time.perf_counter() - t0,
             }
             if main:
