@@ -137,7 +137,8 @@ class DistillConfig:
         return cls(**data)
 
     def differences(self, other: "DistillConfig") -> list[str]:
-        """Fields (other than length and logging) whose values differ: a resume must not change them."""
+        """Fields whose values differ and that a resume must not change: all but length and logging,
+        and the length too under a decaying lr schedule."""
         a, b = self.to_dict(), other.to_dict()
         free = set(RESUMABLE_CHANGES)
         if a["lr_schedule"] != "constant" or b["lr_schedule"] != "constant":
