@@ -235,7 +235,9 @@ def _noise(pipe, seeds):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [{}, {"regression_pairs": 65, "regression_steps": 1}], ids=["recipe", "teacher-pairs"])
+@pytest.mark.parametrize(
+    "extra", [{}, {"regression_pairs": 65, "regression_steps": 1, "lambda_gan": 0.5}], ids=["recipe", "teacher-pairs-and-gan"]
+)
 def test_two_processes_keep_identical_weights(teacher, prompts_file, tmp_path, extra):
     script = tmp_path / "rank.py"
     script.write_text(
@@ -275,7 +277,7 @@ def test_two_processes_keep_identical_weights(teacher, prompts_file, tmp_path, e
         from tiue_export.distill.pairs import CHUNK
 
         assert sorted(p.name for p in (run / "pairs").glob("chunk-*")) == ["chunk-00000.safetensors", "chunk-00001.safetensors"]
-        assert CHUNK == 64 and all(r["loss_reg"] > 0 for r in log)
+        assert CHUNK == 64 and all(r["loss_reg"] > 0 and r["loss_d"] > 0 for r in log)
 
 
 # -- CLI ------------------------------------------------------------------------------------------
@@ -305,6 +307,7 @@ def test_cli_distills(teacher, prompts_file, tmp_path, capsys):
         (["--lora-updates", "0"], "error: --lora-updates must be >= 1, got 0"),
         (["--regression-pairs", "-1"], "error: --regression-pairs must be >= 0, got -1"),
         (["--regression-pairs", "8", "--regression-steps", "0"], "error: --regression-steps must be >= 1, got 0"),
+        (["--lambda-gan", "0.1"], "error: --lambda-gan needs teacher samples for the discriminator's real side: add --regression-pairs N"),
     ],
 )
 def test_cli_bad_input_is_one_line(teacher, prompts_file, tmp_path, capsys, extra, message):
@@ -424,6 +427,63 @@ def test_regression_term_joins_the_student_loss(teacher, prompts_file, tmp_path)
     a, b = dict(result.student.unet.named_parameters()), dict(plain.student.unet.named_parameters())
     assert any(not torch.equal(a[n], b[n]) for n in a)
     assert "loss_reg" not in json.loads((tmp_path / "plain.run" / "log.jsonl").read_text().splitlines()[0])
+
+
+def test_gan_head_learns_with_the_lora_teacher_only(teacher, prompts_file, tmp_path):
+    from tiue_export.distill.gan import HEAD_ATTR
+    from tiue_export.distill.train import build_trainer, make_accelerator, teacher_pairs
+
+    cfg = config(teacher, prompts_file, tmp_path / "o", regression_pairs=4, regression_steps=1, lambda_gan=0.5)
+    cfg = cfg.replace(regression_guidance=7.5)
+    tr = build_trainer(cfg, Path(teacher), make_accelerator(cfg))
+    tr.pairs = teacher_pairs(tr, PROMPTS, Path(teacher))
+    head = getattr(tr.lora_unet, HEAD_ATTR)
+    trainable = {n for n, p in tr.lora_unet.named_parameters() if p.requires_grad}
+    assert {n for n in trainable if n.startswith(HEAD_ATTR)} and all("lora_" in n or n.startswith(HEAD_ATTR) for n in trainable)
+    student0, lora0, head0 = snapshot(tr.student), snapshot(tr.lora_unet, True), snapshot(head)
+
+    cond = tr.encode(PROMPTS[:2])
+    z0, stats = tr.student_update(cond)
+    first = stats
+    assert stats["loss_gan"] > 0 and changed(student0, tr.student)
+    assert not changed(lora0, tr.lora_unet) and not changed(head0, head)  # the discriminator is frozen here...
+    assert {n for n, p in tr.lora_unet.named_parameters() if p.requires_grad} == trainable  # ...and trainable again after
+
+    student1 = snapshot(tr.student)
+    stats = tr.lora_update(z0, cond)
+    assert stats["loss_d"] > 0 and 0 <= stats["d_accuracy"] <= 1
+    assert changed(head0, head) and changed(lora0, tr.lora_unet) and not changed(student1, tr.student)
+
+    # the same first student step without the GAN term (same draws) has another gradient: the term acts
+    plain = config(teacher, prompts_file, tmp_path / "p", regression_pairs=4, regression_steps=1).replace(regression_guidance=7.5)
+    tr2 = build_trainer(plain, Path(teacher), make_accelerator(plain))
+    tr2.pairs = tr.pairs
+    assert not hasattr(tr2.lora_unet, HEAD_ATTR)
+    _, stats2 = tr2.student_update(tr2.encode(PROMPTS[:2]))
+    assert stats2["loss_vsd"] == first["loss_vsd"] and stats2["loss_reg"] == first["loss_reg"]
+    assert stats2["grad_norm"] != first["grad_norm"]
+
+
+@pytest.mark.slow
+def test_gan_run_logs_saves_the_head_and_resumes_bit_for_bit(teacher, prompts_file, tmp_path):
+    import shutil
+
+    from tiue_export.distill.train import distill
+
+    kw = dict(steps=4, checkpoint_every=2, keep_checkpoints=0, regression_pairs=4, regression_steps=1, lambda_reg=0, lambda_gan=0.5)
+    out = tmp_path / "s"
+    run = Path(f"{out}.run")
+    distill(config(teacher, prompts_file, out, **kw))
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert all(r["loss_gan"] > 0 and r["loss_d"] > 0 and "loss_reg" not in r for r in records)  # pairs for the GAN only
+    straight = _checkpoint_tensors(run / "checkpoints/step-00000004")
+    assert any(k.startswith("lora/gan_head.") for k in straight)
+    shutil.rmtree(run / "checkpoints/step-00000004")
+    shutil.rmtree(out)
+    distill(config(teacher, prompts_file, out, **kw), resume=True)
+    again = _checkpoint_tensors(run / "checkpoints/step-00000004")
+    assert straight.keys() == again.keys()
+    assert [k for k in straight if not torch.equal(straight[k], again[k])] == []
 
 
 def test_lora_updates_take_extra_lora_steps_only(teacher, prompts_file, tmp_path):

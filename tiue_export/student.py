@@ -42,6 +42,38 @@ def skip_count(unet) -> int:
     return n
 
 
+def time_embedding(unet, timesteps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A UNet's time embedding (projection, MLP, optional activation) for 1-D ``timesteps``."""
+    emb = unet.time_embedding(unet.get_time_embed(sample=like, timestep=timesteps), None)
+    if unet.time_embed_act is not None:
+        emb = unet.time_embed_act(emb)
+    return emb
+
+
+def run_encoder(unet, sample: torch.Tensor, emb: torch.Tensor, encoder_hidden_states: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """conv_in, the down blocks and the mid block of a UNet under time embedding ``emb``.
+
+    Returns:
+        ``(mid, skip_0, ..., skip_n)``: the mid-block output and every skip feature.
+    """
+    if unet.config.center_input_sample:
+        sample = 2 * sample - 1.0
+    h = unet.conv_in(sample)
+    skips = (h,)
+    for block in unet.down_blocks:
+        if getattr(block, "has_cross_attention", False):
+            h, res = block(hidden_states=h, temb=emb, encoder_hidden_states=encoder_hidden_states)
+        else:
+            h, res = block(hidden_states=h, temb=emb)
+        skips += res
+    if unet.mid_block is not None:
+        if getattr(unet.mid_block, "has_cross_attention", False):
+            h = unet.mid_block(h, emb, encoder_hidden_states=encoder_hidden_states)
+        else:
+            h = unet.mid_block(h, emb)
+    return (h,) + skips
+
+
 class TiUEStudent(nn.Module):
     """A UNet2DConditionModel run as a time-independent unified encoder and a K-batched decoder.
 
@@ -73,11 +105,7 @@ class TiUEStudent(nn.Module):
 
     def time_embedding(self, timesteps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """The UNet's time embedding (projection, MLP, optional activation) for 1-D ``timesteps``."""
-        unet = self.unet
-        emb = unet.time_embedding(unet.get_time_embed(sample=like, timestep=timesteps), None)
-        if unet.time_embed_act is not None:
-            emb = unet.time_embed_act(emb)
-        return emb
+        return time_embedding(self.unet, timesteps, like)
 
     def encode(self, sample: torch.Tensor, encoder_hidden_states: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Run the unified encoder once at the encoder timestep.
@@ -85,25 +113,8 @@ class TiUEStudent(nn.Module):
         Returns:
             ``(mid, skip_0, ..., skip_n)``: the mid-block output and every skip feature.
         """
-        unet = self.unet
-        if unet.config.center_input_sample:
-            sample = 2 * sample - 1.0
         t = torch.full((sample.shape[0],), self.encoder_timestep, dtype=torch.long, device=sample.device)
-        emb = self.time_embedding(t, sample)
-        h = unet.conv_in(sample)
-        skips = (h,)
-        for block in unet.down_blocks:
-            if getattr(block, "has_cross_attention", False):
-                h, res = block(hidden_states=h, temb=emb, encoder_hidden_states=encoder_hidden_states)
-            else:
-                h, res = block(hidden_states=h, temb=emb)
-            skips += res
-        if unet.mid_block is not None:
-            if getattr(unet.mid_block, "has_cross_attention", False):
-                h = unet.mid_block(h, emb, encoder_hidden_states=encoder_hidden_states)
-            else:
-                h = unet.mid_block(h, emb)
-        return (h,) + skips
+        return run_encoder(self.unet, sample, self.time_embedding(t, sample), encoder_hidden_states)
 
     def decode(
         self,

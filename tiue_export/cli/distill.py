@@ -48,6 +48,8 @@ def _default(name):
 @click.option("--regression-steps", type=int, default=_default("regression_steps"), show_default=True, help="DDIM steps of the teacher for each pair.")
 @click.option("--regression-guidance", type=float, default=None, help="CFG of the teacher pairs  [default: the teacher's own]")
 @click.option("--regression-batch-size", type=int, default=None, help="Pairs per device and step  [default: --batch-size]")
+@click.option("--lambda-gan", type=float, default=_default("lambda_gan"), show_default=True, help="Weight of DMD2's GAN loss (a discriminator on the LoRA teacher's bottleneck, teacher samples as the real side; needs --regression-pairs); 0: off.")
+@click.option("--lambda-gan-d", type=float, default=_default("lambda_gan_d"), show_default=True, help="Weight of the discriminator loss in the LoRA teacher's step.")
 @click.option("--lora-rank", type=int, default=_default("lora_rank"), show_default=True)
 @click.option("--lora-alpha", type=float, default=_default("lora_alpha"), show_default=True)
 @click.option("--lora-targets", default=",".join(_default("lora_targets")), show_default=True, help="Comma-separated module names that get LoRA adapters (peft target_modules).")

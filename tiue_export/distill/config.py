@@ -67,6 +67,10 @@ class DistillConfig:
     regression_guidance: float | None = None  # CFG of the pairs; None: the teacher's default
     regression_batch_size: int | None = None  # pairs per device and step; None: --batch-size
 
+    # -- GAN on the teacher samples (DMD2's classifier on the fake score; off by default) ------
+    lambda_gan: float = 0.0  # weight of the student's non-saturating GAN loss; 0: off (needs --regression-pairs)
+    lambda_gan_d: float = 0.01  # weight of the discriminator loss in the LoRA teacher's step (DMD2's 1e-2)
+
     # -- LoRA teacher --------------------------------------------------------------------------
     lr_lora: float = 1e-3  # train_loopfree.sh --learning_rate_lora 1.e-03: it must track the student
     lora_rank: int = 64  # --lora_rank 64
@@ -103,6 +107,10 @@ class DistillConfig:
             (self.regression_steps >= 1, f"--regression-steps must be >= 1, got {self.regression_steps}"),
             (self.regression_batch_size is None or self.regression_batch_size >= 1,
              f"--regression-batch-size must be >= 1, got {self.regression_batch_size}"),
+            (self.lambda_gan >= 0 and self.lambda_gan_d >= 0, "--lambda-gan and --lambda-gan-d must be >= 0"),
+            (self.lambda_gan == 0 or self.regression_pairs > 0,
+             "--lambda-gan needs teacher samples for the discriminator's real side: add --regression-pairs N "
+             "(with --lambda-reg 0 they serve the GAN only)"),
             (self.lora_rank >= 1, f"--lora-rank must be >= 1, got {self.lora_rank}"),
             (0 <= self.lora_uncond_prob <= 1, f"--lora-uncond-prob must be in [0, 1], got {self.lora_uncond_prob}"),
             (0 <= self.ema_decay <= 1, f"--ema-decay must be in [0, 1], got {self.ema_decay}"),

@@ -12,6 +12,10 @@ Each step (the authors' ``train_loopfree.py``, which builds on SwiftBrush):
    and an EMA update;
 3. the LoRA teacher learns to denoise the (detached) z0 with the usual diffusion loss.
 
+Options beyond the authors' recipe (off by default): DMD's regression onto teacher DDIM pairs
+(``--regression-pairs``) and DMD2's GAN term, a discriminator head on the LoRA teacher's
+bottleneck with the teacher pairs as the real side (``--lambda-gan``, :mod:`.gan`).
+
 Runs unchanged on one CPU or under ``accelerate launch`` on many GPUs: each rank draws its own
 prompts and noise, DDP averages the gradients, only the main process writes. Checkpoints hold
 everything needed to continue bit-for-bit (weights, EMA, both optimisers, every rank's RNG).
@@ -42,7 +46,18 @@ from ..student import TiUEStudent
 from ..tiue_config import TIUE_JSON
 from .config import DistillConfig
 from .data import load_prompts, make_loader
-from .losses import diffuse, dmd_score_gradient, kl_loss, lora_denoising_loss, regression_loss, vsd_loss, vsd_score_gradient
+from .gan import HEAD_ATTR, attach_head, bottleneck_logits, capture_mid, frozen
+from .losses import (
+    diffuse,
+    dmd_score_gradient,
+    gan_discriminator_loss,
+    gan_generator_loss,
+    kl_loss,
+    lora_denoising_loss,
+    regression_loss,
+    vsd_loss,
+    vsd_score_gradient,
+)
 from .pairs import PairSpec, generate_pairs, load_pairs, prepare_pair_dir, prompts_digest
 
 log = logging.getLogger("tiue_export")
@@ -51,6 +66,8 @@ BUILTIN_TEACHER = "toy-teacher"
 CHECKPOINTS = "checkpoints"
 LOG_FILE = "log.jsonl"
 CONFIG_FILE = "config.json"
+#: Per-step statistics averaged over processes into log.jsonl, in this order (those the recipe has).
+LOGGED = ("loss_vsd", "loss_kl", "loss_reg", "loss_gan", "loss_lora", "loss_d", "d_accuracy")
 #: The one-step baseline's scheduler: set_timesteps(1) gives t=999 and the DDIM step goes to
 #: alpha=1, so the one-pass sum is exactly x0 = (z_T - sqrt(1 - abar) eps) / sqrt(abar).
 BASELINE_SCHEDULER_OVERRIDES = {"timestep_spacing": "trailing", "set_alpha_to_one": True}
@@ -268,6 +285,7 @@ class Trainer:
     generator: torch.Generator  # this rank's noise, timesteps and prompt dropping
     scheduler: object  # the teacher's DDIM scheduler (teacher pairs)
     pairs: tuple | None = None  # (noise, latents, prompts) of the teacher pairs, when regression is on
+    lora_trainable: list | None = None  # the LoRA teacher's trainable tensors (adapters, discriminator head)
     lr_scheduler: object = None  # the student's lr schedule (a torch LambdaLR), stepped after each update
 
     @property
@@ -287,10 +305,10 @@ class Trainer:
     def randint(self, low: int, high_inclusive: int, n: int) -> torch.Tensor:
         return torch.randint(low, high_inclusive + 1, (n,), generator=self.generator).to(self.device)
 
-    def regression_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """A random batch of teacher pairs: ``(z_T, prompt embeddings, teacher z0)`` on the device."""
+    def regression_batch(self, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``n`` random teacher pairs (default ``--regression-batch-size``): ``(z_T, prompt embeddings, teacher z0)`` on the device."""
         noise, latents, texts = self.pairs
-        n = self.cfg.regression_batch_size or self.cfg.batch_size
+        n = n or self.cfg.regression_batch_size or self.cfg.batch_size
         idx = torch.randint(0, noise.shape[0], (n,), generator=self.generator)
         return noise[idx].to(self.device), self.encode([texts[i] for i in idx.tolist()]), latents[idx].to(self.device)
 
@@ -298,7 +316,8 @@ class Trainer:
         """Steps 1-2: one TiUE pass, VSD against both CFG teachers plus KL, Adam step, EMA update.
 
         With teacher pairs, the same pass also maps a batch of pair noises, and the latent MSE to
-        the teacher's z0 (weight ``lambda_reg``) joins the loss.
+        the teacher's z0 (weight ``lambda_reg``) joins the loss. With ``lambda_gan``, the student's
+        noised z0 also goes through the (frozen) discriminator for the GAN loss.
 
         Returns:
             The student's z0 (detached) and the step's losses and gradient norm.
@@ -307,7 +326,7 @@ class Trainer:
         b = cond.shape[0]
         uncond = self.null.expand(b, -1, -1)
         z_T = self.randn((b, *self.latent_shape))
-        if self.pairs is None:
+        if self.pairs is None or cfg.lambda_reg == 0:
             eps = self.student_ddp(z_T, cond)  # K x B noise predictions, timestep-major
             z0 = combine_one_pass(z_T, eps, self.schedule.S, self.schedule.E)  # Eq. 11, differentiable
             loss_reg = z0.new_zeros((), dtype=torch.float32)
@@ -323,7 +342,8 @@ class Trainer:
 
         t = self.randint(cfg.vsd_t_min, cfg.vsd_t_max, b)
         abar = self.alphas[t]
-        x_t = diffuse(z0.detach(), self.randn(z0.shape), abar)
+        noise = self.randn(z0.shape)
+        x_t = diffuse(z0.detach(), noise, abar)
         lora = acc.unwrap_model(self.lora_ddp)
         with torch.no_grad():
             lora.disable_adapters()  # the frozen teacher: same weights, adapters off
@@ -338,7 +358,11 @@ class Trainer:
             g = vsd_score_gradient(eps_teacher, eps_lora, abar)
         loss_vsd = vsd_loss(z0, g)
         loss_kl = kl_loss(eps, cfg.lambda_kl)
-        acc.backward(loss_vsd + loss_kl + loss_reg)
+        loss_gan = z0.new_zeros((), dtype=torch.float32)
+        if cfg.lambda_gan:  # the same noised sample, with gradients to z0 through the frozen discriminator
+            with frozen(self.lora_trainable):
+                loss_gan = gan_generator_loss(bottleneck_logits(lora, diffuse(z0, noise, abar), t, cond), cfg.lambda_gan)
+        acc.backward(loss_vsd + loss_kl + loss_reg + loss_gan)
         grad_norm = acc.clip_grad_norm_(self.student_ddp.parameters(), cfg.max_grad_norm)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
@@ -346,10 +370,17 @@ class Trainer:
             self.lr_scheduler.step()
         self.ema.step(self.student.unet.parameters())
         stats = {"loss_vsd": loss_vsd.detach(), "loss_kl": loss_kl.detach(), "loss_reg": loss_reg.detach(), "grad_norm": grad_norm}
+        if cfg.lambda_gan:
+            stats["loss_gan"] = loss_gan.detach()
         return z0.detach(), stats
 
     def lora_update(self, z0: torch.Tensor, cond: torch.Tensor) -> dict:
-        """Step 3: the LoRA teacher learns to denoise the student's samples (diffusion loss), Adam step."""
+        """Step 3: the LoRA teacher learns to denoise the student's samples (diffusion loss), Adam step.
+
+        With ``lambda_gan``, the discriminator head on its bottleneck learns in the same step:
+        the student's noised samples (the features of the denoising pass) against as many noised
+        teacher samples at the same timesteps, weight ``lambda_gan_d``.
+        """
         cfg, acc = self.cfg, self.accelerator
         b = z0.shape[0]
         t = self.randint(0, self.alphas.shape[0] - 1, b)
@@ -357,12 +388,26 @@ class Trainer:
         x_t = diffuse(z0, noise, self.alphas[t])
         drop = bool(torch.rand((), generator=self.generator) < cfg.lora_uncond_prob)  # whole batch
         ehs = self.null.expand(b, -1, -1) if drop else cond
-        loss = lora_denoising_loss(self.lora_ddp(x_t, t, encoder_hidden_states=ehs).sample, noise, self.alphas[t])
+        lora = acc.unwrap_model(self.lora_ddp)
+        with capture_mid(lora) as mids:
+            loss = lora_denoising_loss(self.lora_ddp(x_t, t, encoder_hidden_states=ehs).sample, noise, self.alphas[t])
+        stats = {}
+        if cfg.lambda_gan:
+            head = getattr(lora, HEAD_ATTR)
+            _, cond_real, real = self.regression_batch(b)
+            x_real = diffuse(real, self.randn(real.shape), self.alphas[t])
+            real_logits = bottleneck_logits(lora, x_real, t, self.null.expand(b, -1, -1) if drop else cond_real)
+            fake_logits = head(mids[0])
+            loss_d = gan_discriminator_loss(real_logits, fake_logits)
+            loss = loss + cfg.lambda_gan_d * loss_d
+            stats = {"loss_d": loss_d.detach(), "d_accuracy": ((real_logits > 0).float().mean() + (fake_logits < 0).float().mean()).detach() / 2}
         acc.backward(loss)
         grad_norm = acc.clip_grad_norm_(self.lora_ddp.parameters(), cfg.max_grad_norm)
         self.opt_lora.step()
         self.opt_lora.zero_grad(set_to_none=True)
-        return {"loss_lora": loss.detach(), "grad_norm_lora": grad_norm}
+        if cfg.lambda_gan:
+            loss = loss - cfg.lambda_gan_d * stats["loss_d"]  # log the denoising loss alone
+        return {"loss_lora": loss.detach(), "grad_norm_lora": grad_norm, **stats}
 
     # -- checkpoints ------------------------------------------------------------------------------
     def rng_state(self) -> dict:
@@ -510,9 +555,11 @@ def build_trainer(cfg: DistillConfig, teacher_dir: Path, accelerator) -> Trainer
         lora_unet.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=list(cfg.lora_targets)))
     except ValueError as e:  # peft's NoMatchingPeftModuleError, or a layer type LoRA does not support
         raise ModelError(f"{no_targets} ({str(e).splitlines()[0]})") from e
-    lora_params = [p for p in lora_unet.parameters() if p.requires_grad]
-    if not lora_params:
+    if not any(p.requires_grad for p in lora_unet.parameters()):
         raise ModelError(no_targets)
+    if cfg.lambda_gan:
+        attach_head(lora_unet)  # after the adapters: seeded, and saved with them
+    lora_params = [p for p in lora_unet.parameters() if p.requires_grad]
     if cfg.gradient_checkpointing:
         student_unet.enable_gradient_checkpointing()
         lora_unet.enable_gradient_checkpointing()
@@ -543,6 +590,7 @@ def build_trainer(cfg: DistillConfig, teacher_dir: Path, accelerator) -> Trainer
         null=torch.empty(0),
         generator=torch.Generator().manual_seed(rank_seed(cfg.seed, accelerator.process_index)),
         scheduler=pipe.scheduler,
+        lora_trainable=lora_params,
     )
     trainer.null = trainer.encode([""])
     return trainer
@@ -648,12 +696,12 @@ def distill(cfg: DistillConfig, resume: bool = False) -> DistillResult:
                 lora_stats = tr.lora_update(z0, cond)
             step += 1
 
-            names = ("loss_vsd", "loss_kl", "loss_reg", "loss_lora")
-            losses = torch.stack([student_stats[n] for n in names[:3]] + [lora_stats["loss_lora"]]).float()
+            stats = {**student_stats, **lora_stats}
+            if not (cfg.regression_pairs and cfg.lambda_reg):
+                del stats["loss_reg"]
+            names = [n for n in LOGGED if n in stats]
+            losses = torch.stack([stats[n] for n in names]).float()
             losses = dict(zip(names, accelerator.reduce(losses, reduction="mean").tolist()))
-            if not cfg.regression_pairs:
-                del losses["loss_reg"]
-            vsd, kl, lora = losses["loss_vsd"], losses["loss_kl"], losses["loss_lora"]
             record = {
                 "step": step,
                 "epoch": epoch,
@@ -667,7 +715,7 @@ def distill(cfg: DistillConfig, resume: bool = False) -> DistillResult:
             if main:
                 with (run / LOG_FILE).open("a") as f:
                     f.write(json.dumps(record) + "\n")
-                bar.set_postfix({n[5:]: f"{v:.3g}" for n, v in losses.items()})
+                bar.set_postfix({n.removeprefix("loss_"): f"{v:.3g}" for n, v in losses.items()})
                 bar.update(1)
             if cfg.log_tensorboard:
                 accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)

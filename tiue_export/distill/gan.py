@@ -1,0 +1,91 @@
+"""DMD2's GAN term, image-free: a discriminator on the LoRA teacher's bottleneck.
+
+DMD2 (Yin et al. 2024b, "Improved Distribution Matching Distillation for Fast Image Synthesis",
+Sec. 4.3) puts a small classification head on the mid-block features of the "fake" diffusion
+model (here the LoRA teacher) and trains it to tell noised real images from noised student
+samples; the student gets a non-saturating GAN loss through it. Real images would break the
+image-free recipe, so the "real" side is the teacher's own DDIM samples (the regression pairs'
+latents): the discriminator learns what the teacher's 50-step samples look like that the
+student's one-pass samples do not.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from ..student import run_encoder, time_embedding
+
+#: Attribute of the LoRA teacher UNet that holds the head, so DDP, clipping and checkpoints
+#: (everything over the LoRA teacher's trainable parameters) cover it without special cases.
+HEAD_ATTR = "gan_head"
+
+
+def _groups(channels: int) -> int:
+    """GroupNorm groups: up to 32, at least 4 channels each (a 1x1 bottleneck must not normalise to 0)."""
+    return next(g for g in (32, 16, 8, 4, 2, 1) if channels % g == 0 and channels // g >= min(4, channels))
+
+
+class DiscriminatorHead(nn.Module):
+    """Mid-block features (N, C, h, w) -> one logit per sample: two 3x3 convolutions (the second
+    halves the resolution), GroupNorm + SiLU, a 1x1 projection, averaged over positions (a patch
+    discriminator, so any resolution works)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.GroupNorm(_groups(channels), channels),
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, stride=2, padding=1),
+            nn.GroupNorm(_groups(channels), channels),
+            nn.SiLU(),
+            nn.Conv2d(channels, 1, 1),
+        )
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features.float()).flatten(1).mean(dim=1)
+
+
+def mid_channels(unet) -> int:
+    """Channels of a UNet's mid-block output (its last down block's width)."""
+    return int(unet.config.block_out_channels[-1])
+
+
+def attach_head(unet) -> DiscriminatorHead:
+    """Add a fresh discriminator head to the LoRA teacher (before ``accelerator.prepare``)."""
+    head = DiscriminatorHead(mid_channels(unet))
+    unet.add_module(HEAD_ATTR, head)
+    return head
+
+
+def bottleneck_logits(unet, x_t: torch.Tensor, t: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+    """The discriminator on noised latents: the UNet's encoder (conv_in .. mid block) at ``t``, then the head."""
+    mid = run_encoder(unet, x_t, time_embedding(unet, t, x_t), encoder_hidden_states)[0]
+    return getattr(unet, HEAD_ATTR)(mid)
+
+
+@contextmanager
+def capture_mid(unet):
+    """Record the mid-block output of every forward of ``unet`` run inside the block (a list)."""
+    seen: list[torch.Tensor] = []
+    handle = unet.mid_block.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def frozen(params):
+    """Temporarily stop gradients to ``params`` (the discriminator while the student learns through it)."""
+    params = [p for p in params if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
