@@ -307,6 +307,8 @@ def test_cli_distills(teacher, prompts_file, tmp_path, capsys):
         (["--lora-updates", "0"], "error: --lora-updates must be >= 1, got 0"),
         (["--regression-pairs", "-1"], "error: --regression-pairs must be >= 0, got -1"),
         (["--regression-pairs", "8", "--regression-steps", "0"], "error: --regression-steps must be >= 1, got 0"),
+        (["--vsd-t-max", "1000"], "error: --vsd-t-max must be below the teacher's 1000 training timesteps, got 1000"),
+        (["--regression-pairs", "4", "--lambda-gan", "1", "--gan-t-max", "-1"], "error: --gan-t-max must be >= 0, got -1"),
         (["--lambda-gan", "0.1"], "error: --lambda-gan needs teacher samples for the discriminator's real side: add --regression-pairs N"),
     ],
 )
@@ -470,7 +472,7 @@ def test_gan_run_logs_saves_the_head_and_resumes_bit_for_bit(teacher, prompts_fi
 
     from tiue_export.distill.train import distill
 
-    kw = dict(steps=4, checkpoint_every=2, keep_checkpoints=0, regression_pairs=4, regression_steps=1, lambda_reg=0, lambda_gan=0.5)
+    kw = dict(steps=4, checkpoint_every=2, keep_checkpoints=0, regression_pairs=4, regression_steps=1, lambda_reg=0, lambda_gan=0.5, gan_t_max=300)
     out = tmp_path / "s"
     run = Path(f"{out}.run")
     distill(config(teacher, prompts_file, out, **kw))

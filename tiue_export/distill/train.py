@@ -359,9 +359,13 @@ class Trainer:
         loss_vsd = vsd_loss(z0, g)
         loss_kl = kl_loss(eps, cfg.lambda_kl)
         loss_gan = z0.new_zeros((), dtype=torch.float32)
-        if cfg.lambda_gan:  # the same noised sample, with gradients to z0 through the frozen discriminator
+        if cfg.lambda_gan:  # gradients to z0 through the frozen discriminator
+            t_gan, noise_gan = t, noise  # by default the VSD sample, noised as it is
+            if cfg.gan_t_max is not None:
+                t_gan, noise_gan = self.randint(0, cfg.gan_t_max, b), self.randn(z0.shape)
             with frozen(self.lora_trainable):
-                loss_gan = gan_generator_loss(bottleneck_logits(lora, diffuse(z0, noise, abar), t, cond), cfg.lambda_gan)
+                x_gan = diffuse(z0, noise_gan, self.alphas[t_gan])
+                loss_gan = gan_generator_loss(bottleneck_logits(lora, x_gan, t_gan, cond), cfg.lambda_gan)
         acc.backward(loss_vsd + loss_kl + loss_reg + loss_gan)
         grad_norm = acc.clip_grad_norm_(self.student_ddp.parameters(), cfg.max_grad_norm)
         self.opt.step()
@@ -378,8 +382,9 @@ class Trainer:
         """Step 3: the LoRA teacher learns to denoise the student's samples (diffusion loss), Adam step.
 
         With ``lambda_gan``, the discriminator head on its bottleneck learns in the same step:
-        the student's noised samples (the features of the denoising pass) against as many noised
-        teacher samples at the same timesteps, weight ``lambda_gan_d``.
+        the student's noised samples (by default the features of the denoising pass; with
+        ``gan_t_max`` its own encoder pass at t ~ U{0..gan_t_max}) against as many noised teacher
+        samples at the same timesteps, weight ``lambda_gan_d``.
         """
         cfg, acc = self.cfg, self.accelerator
         b = z0.shape[0]
@@ -395,9 +400,13 @@ class Trainer:
         if cfg.lambda_gan:
             head = getattr(lora, HEAD_ATTR)
             _, cond_real, real = self.regression_batch(b)
-            x_real = diffuse(real, self.randn(real.shape), self.alphas[t])
-            real_logits = bottleneck_logits(lora, x_real, t, self.null.expand(b, -1, -1) if drop else cond_real)
-            fake_logits = head(mids[0])
+            if cfg.gan_t_max is None:
+                t_d, fake_logits = t, head(mids[0])
+            else:
+                t_d = self.randint(0, cfg.gan_t_max, b)
+                fake_logits = bottleneck_logits(lora, diffuse(z0, self.randn(z0.shape), self.alphas[t_d]), t_d, ehs)
+            x_real = diffuse(real, self.randn(real.shape), self.alphas[t_d])
+            real_logits = bottleneck_logits(lora, x_real, t_d, self.null.expand(b, -1, -1) if drop else cond_real)
             loss_d = gan_discriminator_loss(real_logits, fake_logits)
             loss = loss + cfg.lambda_gan_d * loss_d
             stats = {"loss_d": loss_d.detach(), "d_accuracy": ((real_logits > 0).float().mean() + (fake_logits < 0).float().mean()).detach() / 2}
@@ -540,6 +549,10 @@ def build_trainer(cfg: DistillConfig, teacher_dir: Path, accelerator) -> Trainer
     if pipe.student_config is not None and pipe.student_config.kind == "tiue" and accelerator.is_main_process:
         log.warning("%s is marked as a TiUE student in tiue.json; distilling from it as the teacher anyway", teacher_dir)
     latent_shape = pipe.latent_shape(cfg.resolution, cfg.resolution)
+    n_train = int(pipe.scheduler.config.num_train_timesteps)
+    for flag, value in (("--vsd-t-max", cfg.vsd_t_max), ("--gan-t-max", cfg.gan_t_max)):
+        if value is not None and value >= n_train:
+            raise InputError(f"{flag} must be below the teacher's {n_train} training timesteps, got {value}")
     schedule = student_schedule(pipe.scheduler, cfg)
 
     # Trainable weights stay float32 (autocast does the mixed precision); the text encoder is
