@@ -466,13 +466,35 @@ def test_gan_head_learns_with_the_lora_teacher_only(teacher, prompts_file, tmp_p
     assert stats2["grad_norm"] != first["grad_norm"]
 
 
+def test_gan_head_reads_the_mid_feature_or_the_one_at_twice_its_resolution(teacher):
+    from diffusers import UNet2DConditionModel
+
+    from tiue_export.distill.gan import attach_head, pick_feature
+    from tiue_export.errors import ModelError
+    from tiue_export.student import run_encoder, time_embedding
+
+    unet = UNet2DConditionModel.from_pretrained(Path(teacher) / "unet")
+    side = unet.config.sample_size
+    x, t = torch.randn(2, unet.config.in_channels, side, side), torch.tensor([10, 900])
+    ehs = torch.randn(2, 3, unet.config.cross_attention_dim)
+    with torch.no_grad():
+        features = run_encoder(unet, x, time_embedding(unet, t, x), ehs)
+    mid, fine = pick_feature(features, 1), pick_feature(features, 2)
+    assert mid is features[0] and fine.shape[-1] == 2 * mid.shape[-1]
+    assert fine is [f for f in features[1:] if f.shape[-1] == fine.shape[-1]][-1]  # the deepest at that size
+    with pytest.raises(ModelError, match="no feature at 64x the mid block's resolution"):
+        pick_feature(features, 64)
+    head = attach_head(unet, (unet.config.in_channels, side, side), scale=2)
+    assert head.net[0].in_channels == fine.shape[1] and unet.gan_head is head
+
+
 @pytest.mark.slow
 def test_gan_run_logs_saves_the_head_and_resumes_bit_for_bit(teacher, prompts_file, tmp_path):
     import shutil
 
     from tiue_export.distill.train import distill
 
-    kw = dict(steps=4, checkpoint_every=2, keep_checkpoints=0, regression_pairs=4, regression_steps=1, lambda_reg=0, lambda_gan=0.5, gan_t_max=300)
+    kw = dict(steps=4, checkpoint_every=2, keep_checkpoints=0, regression_pairs=4, regression_steps=1, lambda_reg=0, lambda_gan=0.5, gan_t_max=300, gan_scale=2)
     out = tmp_path / "s"
     run = Path(f"{out}.run")
     distill(config(teacher, prompts_file, out, **kw))

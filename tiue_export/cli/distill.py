@@ -51,6 +51,7 @@ def _default(name):
 @click.option("--lambda-gan", type=float, default=_default("lambda_gan"), show_default=True, help="Weight of DMD2's GAN loss (a discriminator on the LoRA teacher's bottleneck, teacher samples as the real side; needs --regression-pairs); 0: off.")
 @click.option("--lambda-gan-d", type=float, default=_default("lambda_gan_d"), show_default=True, help="Weight of the discriminator loss in the LoRA teacher's step.")
 @click.option("--gan-t-max", type=int, default=None, help="GAN timesteps U{0..N} for the discriminator and the student [default: those of the LoRA and VSD steps].")
+@click.option("--gan-scale", type=click.IntRange(1, 2), default=_default("gan_scale"), show_default=True, help="Feature the discriminator reads: 1 the mid block (DMD2), 2 the deepest encoder feature at twice its resolution.")
 @click.option("--lora-rank", type=int, default=_default("lora_rank"), show_default=True)
 @click.option("--lora-alpha", type=float, default=_default("lora_alpha"), show_default=True)
 @click.option("--lora-targets", default=",".join(_default("lora_targets")), show_default=True, help="Comma-separated module names that get LoRA adapters (peft target_modules).")

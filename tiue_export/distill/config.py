@@ -71,6 +71,7 @@ class DistillConfig:
     lambda_gan: float = 0.0  # weight of the student's non-saturating GAN loss; 0: off (needs --regression-pairs)
     lambda_gan_d: float = 0.01  # weight of the discriminator loss in the LoRA teacher's step (DMD2's 1e-2)
     gan_t_max: int | None = None  # GAN timesteps U{0..gan_t_max}; None: the VSD and LoRA steps' own (DMD2)
+    gan_scale: int = 1  # the feature the discriminator reads: 1 the mid block (DMD2), 2 the deepest at twice its resolution
 
     # -- LoRA teacher --------------------------------------------------------------------------
     lr_lora: float = 1e-3  # train_loopfree.sh --learning_rate_lora 1.e-03: it must track the student
@@ -113,6 +114,7 @@ class DistillConfig:
              "--lambda-gan needs teacher samples for the discriminator's real side: add --regression-pairs N "
              "(with --lambda-reg 0 they serve the GAN only)"),
             (self.gan_t_max is None or self.gan_t_max >= 0, f"--gan-t-max must be >= 0, got {self.gan_t_max}"),
+            (self.gan_scale in (1, 2), f"--gan-scale must be 1 or 2, got {self.gan_scale}"),
             (self.lora_rank >= 1, f"--lora-rank must be >= 1, got {self.lora_rank}"),
             (0 <= self.lora_uncond_prob <= 1, f"--lora-uncond-prob must be in [0, 1], got {self.lora_uncond_prob}"),
             (0 <= self.ema_decay <= 1, f"--ema-decay must be in [0, 1], got {self.ema_decay}"),

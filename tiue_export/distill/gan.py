@@ -16,6 +16,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from ..errors import ModelError
 from ..student import run_encoder, time_embedding
 
 #: Attribute of the LoRA teacher UNet that holds the head, so DDP, clipping and checkpoints
@@ -29,12 +30,19 @@ def _groups(channels: int) -> int:
 
 
 class DiscriminatorHead(nn.Module):
-    """Mid-block features (N, C, h, w) -> one logit per sample: two 3x3 convolutions (the second
+    """Encoder features (N, C, h, w) -> one logit per sample: two 3x3 convolutions (the second
     halves the resolution), GroupNorm + SiLU, a 1x1 projection, averaged over positions (a patch
-    discriminator, so any resolution works)."""
+    discriminator, so any resolution works).
 
-    def __init__(self, channels: int):
+    Args:
+        channels: channels of the feature it reads.
+        scale: which feature: 1 the mid-block output (DMD2), 2 the deepest encoder feature at
+            twice the mid block's resolution (finer detail).
+    """
+
+    def __init__(self, channels: int, scale: int = 1):
         super().__init__()
+        self.scale = scale
         self.net = nn.Sequential(
             nn.Conv2d(channels, channels, 3, padding=1),
             nn.GroupNorm(_groups(channels), channels),
@@ -49,22 +57,37 @@ class DiscriminatorHead(nn.Module):
         return self.net(features.float()).flatten(1).mean(dim=1)
 
 
-def mid_channels(unet) -> int:
-    """Channels of a UNet's mid-block output (its last down block's width)."""
-    return int(unet.config.block_out_channels[-1])
+def pick_feature(features: tuple[torch.Tensor, ...], scale: int) -> torch.Tensor:
+    """From ``(mid, skip_0, ..., skip_n)``: the mid feature (scale 1), or the deepest skip at
+    ``scale`` times its resolution."""
+    if scale == 1:
+        return features[0]
+    side = features[0].shape[-1] * scale
+    found = [f for f in features[1:] if f.shape[-1] == side]
+    if not found:
+        raise ModelError(f"this UNet's encoder has no feature at {scale}x the mid block's resolution (--gan-scale {scale})")
+    return found[-1]
 
 
-def attach_head(unet) -> DiscriminatorHead:
-    """Add a fresh discriminator head to the LoRA teacher (before ``accelerator.prepare``)."""
-    head = DiscriminatorHead(mid_channels(unet))
+def attach_head(unet, latent_shape, scale: int = 1) -> DiscriminatorHead:
+    """Add a fresh discriminator head to the LoRA teacher (before ``accelerator.prepare``); one
+    encoder pass on zeros finds the channels of the feature it reads."""
+    param = next(unet.parameters())
+    x = torch.zeros((1, *latent_shape), dtype=param.dtype, device=param.device)
+    ehs = torch.zeros((1, 1, unet.config.cross_attention_dim), dtype=param.dtype, device=param.device)
+    with torch.no_grad():
+        t = torch.zeros((1,), dtype=torch.long, device=param.device)
+        feature = pick_feature(run_encoder(unet, x, time_embedding(unet, t, x), ehs), scale)
+    head = DiscriminatorHead(feature.shape[1], scale)
     unet.add_module(HEAD_ATTR, head)
     return head
 
 
 def bottleneck_logits(unet, x_t: torch.Tensor, t: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
     """The discriminator on noised latents: the UNet's encoder (conv_in .. mid block) at ``t``, then the head."""
-    mid = run_encoder(unet, x_t, time_embedding(unet, t, x_t), encoder_hidden_states)[0]
-    return getattr(unet, HEAD_ATTR)(mid)
+    head = getattr(unet, HEAD_ATTR)
+    features = run_encoder(unet, x_t, time_embedding(unet, t, x_t), encoder_hidden_states)
+    return head(pick_feature(features, head.scale))
 
 
 @contextmanager

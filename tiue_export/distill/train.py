@@ -400,10 +400,10 @@ class Trainer:
         if cfg.lambda_gan:
             head = getattr(lora, HEAD_ATTR)
             _, cond_real, real = self.regression_batch(b)
-            if cfg.gan_t_max is None:
+            if cfg.gan_t_max is None and cfg.gan_scale == 1:  # the denoising pass's own mid features
                 t_d, fake_logits = t, head(mids[0])
             else:
-                t_d = self.randint(0, cfg.gan_t_max, b)
+                t_d = t if cfg.gan_t_max is None else self.randint(0, cfg.gan_t_max, b)
                 fake_logits = bottleneck_logits(lora, diffuse(z0, self.randn(z0.shape), self.alphas[t_d]), t_d, ehs)
             x_real = diffuse(real, self.randn(real.shape), self.alphas[t_d])
             real_logits = bottleneck_logits(lora, x_real, t_d, self.null.expand(b, -1, -1) if drop else cond_real)
@@ -571,7 +571,7 @@ def build_trainer(cfg: DistillConfig, teacher_dir: Path, accelerator) -> Trainer
     if not any(p.requires_grad for p in lora_unet.parameters()):
         raise ModelError(no_targets)
     if cfg.lambda_gan:
-        attach_head(lora_unet)  # after the adapters: seeded, and saved with them
+        attach_head(lora_unet, latent_shape, cfg.gan_scale)  # after the adapters: seeded, and saved with them
     lora_params = [p for p in lora_unet.parameters() if p.requires_grad]
     if cfg.gradient_checkpointing:
         student_unet.enable_gradient_checkpointing()
