@@ -30,6 +30,7 @@ import json
 import logging
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -285,7 +286,6 @@ class Trainer:
     generator: torch.Generator  # this rank's noise, timesteps and prompt dropping
     scheduler: object  # the teacher's DDIM scheduler (teacher pairs)
     pairs: tuple | None = None  # (noise, latents, prompts) of the teacher pairs, when regression is on
-    lora_trainable: list | None = None  # the LoRA teacher's trainable tensors (adapters, discriminator head)
     lr_scheduler: object = None  # the student's lr schedule (a torch LambdaLR), stepped after each update
 
     @property
@@ -363,7 +363,7 @@ class Trainer:
             t_gan, noise_gan = t, noise  # by default the VSD sample, noised as it is
             if cfg.gan_t_max is not None:
                 t_gan, noise_gan = self.randint(0, cfg.gan_t_max, b), self.randn(z0.shape)
-            with frozen(self.lora_trainable):
+            with frozen(lora.parameters()):  # adapters and head
                 x_gan = diffuse(z0, noise_gan, self.alphas[t_gan])
                 loss_gan = gan_generator_loss(bottleneck_logits(lora, x_gan, t_gan, cond), cfg.lambda_gan)
         acc.backward(loss_vsd + loss_kl + loss_reg + loss_gan)
@@ -394,14 +394,14 @@ class Trainer:
         drop = bool(torch.rand((), generator=self.generator) < cfg.lora_uncond_prob)  # whole batch
         ehs = self.null.expand(b, -1, -1) if drop else cond
         lora = acc.unwrap_model(self.lora_ddp)
-        with capture_mid(lora) as mids:
-            loss = lora_denoising_loss(self.lora_ddp(x_t, t, encoder_hidden_states=ehs).sample, noise, self.alphas[t])
-        stats = {}
+        reuse_mid = cfg.lambda_gan and cfg.gan_t_max is None and cfg.gan_scale == 1  # the denoising pass's own features
+        with capture_mid(lora) if reuse_mid else nullcontext() as mids:
+            loss_lora = lora_denoising_loss(self.lora_ddp(x_t, t, encoder_hidden_states=ehs).sample, noise, self.alphas[t])
+        loss, stats = loss_lora, {}
         if cfg.lambda_gan:
-            head = getattr(lora, HEAD_ATTR)
             _, cond_real, real = self.regression_batch(b)
-            if cfg.gan_t_max is None and cfg.gan_scale == 1:  # the denoising pass's own mid features
-                t_d, fake_logits = t, head(mids[0])
+            if reuse_mid:
+                t_d, fake_logits = t, getattr(lora, HEAD_ATTR)(mids[0])
             else:
                 t_d = t if cfg.gan_t_max is None else self.randint(0, cfg.gan_t_max, b)
                 fake_logits = bottleneck_logits(lora, diffuse(z0, self.randn(z0.shape), self.alphas[t_d]), t_d, ehs)
@@ -414,9 +414,7 @@ class Trainer:
         grad_norm = acc.clip_grad_norm_(self.lora_ddp.parameters(), cfg.max_grad_norm)
         self.opt_lora.step()
         self.opt_lora.zero_grad(set_to_none=True)
-        if cfg.lambda_gan:
-            loss = loss - cfg.lambda_gan_d * stats["loss_d"]  # log the denoising loss alone
-        return {"loss_lora": loss.detach(), "grad_norm_lora": grad_norm, **stats}
+        return {"loss_lora": loss_lora.detach(), "grad_norm_lora": grad_norm, **stats}
 
     # -- checkpoints ------------------------------------------------------------------------------
     def rng_state(self) -> dict:
@@ -603,7 +601,6 @@ def build_trainer(cfg: DistillConfig, teacher_dir: Path, accelerator) -> Trainer
         null=torch.empty(0),
         generator=torch.Generator().manual_seed(rank_seed(cfg.seed, accelerator.process_index)),
         scheduler=pipe.scheduler,
-        lora_trainable=lora_params,
     )
     trainer.null = trainer.encode([""])
     return trainer
