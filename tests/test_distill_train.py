@@ -310,6 +310,10 @@ def test_cli_distills(teacher, prompts_file, tmp_path, capsys):
         (["--vsd-t-max", "1000"], "error: --vsd-t-max must be below the teacher's 1000 training timesteps, got 1000"),
         (["--regression-pairs", "4", "--lambda-gan", "1", "--gan-t-max", "-1"], "error: --gan-t-max must be >= 0, got -1"),
         (["--lambda-gan", "0.1"], "error: --lambda-gan needs teacher samples for the discriminator's real side: add --regression-pairs N"),
+        (["--lambda-vsd", "0"], "error: --lambda-vsd 0 leaves nothing to learn from: add --regression-pairs N"),
+        (["--lambda-vsd", "0", "--regression-pairs", "4", "--lambda-reg", "0"], "error: --lambda-vsd 0 leaves nothing to learn from"),
+        (["--lambda-vsd", "0", "--regression-pairs", "4", "--lambda-gan", "1"], "error: --lambda-gan needs the LoRA teacher, which --lambda-vsd 0 does not train"),
+        (["--lambda-vsd", "-1"], "error: --lambda-vsd must be >= 0, got -1.0"),
     ],
 )
 def test_cli_bad_input_is_one_line(teacher, prompts_file, tmp_path, capsys, extra, message):
@@ -429,6 +433,34 @@ def test_regression_term_joins_the_student_loss(teacher, prompts_file, tmp_path)
     a, b = dict(result.student.unet.named_parameters()), dict(plain.student.unet.named_parameters())
     assert any(not torch.equal(a[n], b[n]) for n in a)
     assert "loss_reg" not in json.loads((tmp_path / "plain.run" / "log.jsonl").read_text().splitlines()[0])
+
+
+def test_regression_only_calls_no_teacher_and_leaves_the_lora_teacher(teacher, prompts_file, tmp_path, monkeypatch):
+    from tiue_export.distill import train
+    from tiue_export.distill.train import distill
+
+    recipe = {"steps": 3, "regression_pairs": 4, "regression_steps": 2}
+    with_vsd = distill(config(teacher, prompts_file, tmp_path / "vsd", **recipe))
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("--lambda-vsd 0 must not query the teachers")
+
+    monkeypatch.setattr(train.Trainer, "vsd_term", no_teacher)  # the only place the student step calls them
+    monkeypatch.setattr(train.Trainer, "lora_update", no_teacher)
+    out = tmp_path / "reg"
+    result = distill(config(teacher, prompts_file, out, lambda_vsd=0.0, **recipe))
+    lora_b = [p for n, p in result.lora_unet.named_parameters() if "lora_B" in n]
+    assert lora_b and all(torch.count_nonzero(p) == 0 for p in lora_b)  # never stepped: B stays at its zero init
+    records = [json.loads(line) for line in (Path(str(out) + ".run") / "log.jsonl").read_text().splitlines()]
+    assert len(records) == 3 and all(r["loss_reg"] > 0 and r["loss_kl"] >= 0 for r in records)
+    assert not any("loss_vsd" in r or "loss_lora" in r or "grad_norm_lora" in r for r in records)
+    a, b = dict(result.student.unet.named_parameters()), dict(with_vsd.student.unet.named_parameters())
+    assert any(not torch.equal(a[n], b[n]) for n in a)  # the student moved, elsewhere than with VSD
+    from diffusers import UNet2DConditionModel
+
+    start = dict(UNet2DConditionModel.from_pretrained(Path(teacher) / "unet").named_parameters())
+    assert any(not torch.equal(a[n], start[n]) for n in a)  # and it did move away from the teacher
+    assert json.loads((out / "tiue.json").read_text())["provenance"]["recipe"]["lambda_vsd"] == 0
 
 
 def test_gan_head_learns_with_the_lora_teacher_only(teacher, prompts_file, tmp_path):

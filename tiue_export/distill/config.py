@@ -57,6 +57,7 @@ class DistillConfig:
     guidance: float = 4.5  # CFG of both teachers in the score: train_loopfree.sh --guidance_scale 4.5
     vsd_t_min: int = 20  # t ~ U{20..980}: randint(0.02 * 1000, 0.981 * 1000) in the reference
     vsd_t_max: int = 980  # inclusive
+    lambda_vsd: float = 1.0  # weight of the VSD loss; 0: no VSD, no teacher calls, no LoRA teacher (regression + KL only)
     lambda_kl: float = 0.1  # weight of the KL of the noise predictions to N(0, 1) (--lambda_kl)
     vsd_weighting: str = "sigma2"  # "sigma2": SwiftBrush's (1 - abar_t); "dmd": DMD's per-sample normalisation
 
@@ -101,6 +102,11 @@ class DistillConfig:
             (self.lr_schedule in LR_SCHEDULES, f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}"),
             (self.lr_warmup_steps >= 0, f"--lr-warmup-steps must be >= 0, got {self.lr_warmup_steps}"),
             (0 <= self.vsd_t_min <= self.vsd_t_max, f"need 0 <= --vsd-t-min <= --vsd-t-max, got {self.vsd_t_min}, {self.vsd_t_max}"),
+            (self.lambda_vsd >= 0, f"--lambda-vsd must be >= 0, got {self.lambda_vsd}"),
+            (self.lambda_vsd > 0 or (self.regression_pairs > 0 and self.lambda_reg > 0),
+             "--lambda-vsd 0 leaves nothing to learn from: add --regression-pairs N (and --lambda-reg > 0)"),
+            (self.lambda_vsd > 0 or self.lambda_gan == 0,
+             "--lambda-gan needs the LoRA teacher, which --lambda-vsd 0 does not train"),
             (self.lambda_kl >= 0, f"--lambda-kl must be >= 0, got {self.lambda_kl}"),
             (self.vsd_weighting in VSD_WEIGHTINGS, f"--vsd-weighting must be one of {', '.join(VSD_WEIGHTINGS)}"),
             (self.lora_updates >= 1, f"--lora-updates must be >= 1, got {self.lora_updates}"),

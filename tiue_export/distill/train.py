@@ -340,11 +340,44 @@ class Trainer:
             z0_reg = combine_one_pass(z_reg, eps_reg, self.schedule.S, self.schedule.E)
             loss_reg = regression_loss(z0_reg, target, cfg.lambda_reg)
 
-        t = self.randint(cfg.vsd_t_min, cfg.vsd_t_max, b)
+        if cfg.lambda_vsd:
+            loss_vsd, t, noise = self.vsd_term(z0, cond, uncond)
+        else:  # regression (and KL) only: no teacher calls
+            loss_vsd = z0.new_zeros((), dtype=torch.float32)
+        lora = acc.unwrap_model(self.lora_ddp)
+        loss_kl = kl_loss(eps, cfg.lambda_kl)
+        loss_gan = z0.new_zeros((), dtype=torch.float32)
+        if cfg.lambda_gan:  # gradients to z0 through the frozen discriminator
+            t_gan, noise_gan = t, noise  # by default the VSD sample, noised as it is
+            if cfg.gan_t_max is not None:
+                t_gan, noise_gan = self.randint(0, cfg.gan_t_max, b), self.randn(z0.shape)
+            with frozen(lora.parameters()):  # adapters and head
+                x_gan = diffuse(z0, noise_gan, self.alphas[t_gan])
+                loss_gan = gan_generator_loss(bottleneck_logits(lora, x_gan, t_gan, cond), cfg.lambda_gan)
+        acc.backward(cfg.lambda_vsd * loss_vsd + loss_kl + loss_reg + loss_gan)
+        grad_norm = acc.clip_grad_norm_(self.student_ddp.parameters(), cfg.max_grad_norm)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.step()
+        self.ema.step(self.student.unet.parameters())
+        stats = {"loss_vsd": loss_vsd.detach(), "loss_kl": loss_kl.detach(), "loss_reg": loss_reg.detach(), "grad_norm": grad_norm}
+        if cfg.lambda_gan:
+            stats["loss_gan"] = loss_gan.detach()
+        return z0.detach(), stats
+
+    def vsd_term(self, z0: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor):
+        """VSD: noise z0 at t ~ U{vsd_t_min..vsd_t_max}, score gradient from both CFG teachers.
+
+        Returns:
+            The (unweighted) VSD loss, and the timesteps and noise it used.
+        """
+        cfg = self.cfg
+        t = self.randint(cfg.vsd_t_min, cfg.vsd_t_max, z0.shape[0])
         abar = self.alphas[t]
         noise = self.randn(z0.shape)
         x_t = diffuse(z0.detach(), noise, abar)
-        lora = acc.unwrap_model(self.lora_ddp)
+        lora = self.accelerator.unwrap_model(self.lora_ddp)
         with torch.no_grad():
             lora.disable_adapters()  # the frozen teacher: same weights, adapters off
             try:
@@ -356,27 +389,7 @@ class Trainer:
             g = dmd_score_gradient(eps_teacher, eps_lora, x_t, z0.detach(), abar)
         else:
             g = vsd_score_gradient(eps_teacher, eps_lora, abar)
-        loss_vsd = vsd_loss(z0, g)
-        loss_kl = kl_loss(eps, cfg.lambda_kl)
-        loss_gan = z0.new_zeros((), dtype=torch.float32)
-        if cfg.lambda_gan:  # gradients to z0 through the frozen discriminator
-            t_gan, noise_gan = t, noise  # by default the VSD sample, noised as it is
-            if cfg.gan_t_max is not None:
-                t_gan, noise_gan = self.randint(0, cfg.gan_t_max, b), self.randn(z0.shape)
-            with frozen(lora.parameters()):  # adapters and head
-                x_gan = diffuse(z0, noise_gan, self.alphas[t_gan])
-                loss_gan = gan_generator_loss(bottleneck_logits(lora, x_gan, t_gan, cond), cfg.lambda_gan)
-        acc.backward(loss_vsd + loss_kl + loss_reg + loss_gan)
-        grad_norm = acc.clip_grad_norm_(self.student_ddp.parameters(), cfg.max_grad_norm)
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        if self.lr_scheduler is not None:
-            self.lr_scheduler.step()
-        self.ema.step(self.student.unet.parameters())
-        stats = {"loss_vsd": loss_vsd.detach(), "loss_kl": loss_kl.detach(), "loss_reg": loss_reg.detach(), "grad_norm": grad_norm}
-        if cfg.lambda_gan:
-            stats["loss_gan"] = loss_gan.detach()
-        return z0.detach(), stats
+        return vsd_loss(z0, g), t, noise
 
     def lora_update(self, z0: torch.Tensor, cond: torch.Tensor) -> dict:
         """Step 3: the LoRA teacher learns to denoise the student's samples (diffusion loss), Adam step.
@@ -702,13 +715,16 @@ def distill(cfg: DistillConfig, resume: bool = False) -> DistillResult:
             t0 = time.perf_counter()
             cond = tr.encode(texts)
             z0, student_stats = tr.student_update(cond)
-            for _ in range(cfg.lora_updates):  # fresh timesteps and noise each time
+            lora_stats = {}
+            for _ in range(cfg.lora_updates if cfg.lambda_vsd else 0):  # fresh timesteps and noise each time
                 lora_stats = tr.lora_update(z0, cond)
             step += 1
 
             stats = {**student_stats, **lora_stats}
             if not (cfg.regression_pairs and cfg.lambda_reg):
                 del stats["loss_reg"]
+            if not cfg.lambda_vsd:
+                del stats["loss_vsd"]
             names = [n for n in LOGGED if n in stats]
             losses = torch.stack([stats[n] for n in names]).float()
             losses = dict(zip(names, accelerator.reduce(losses, reduction="mean").tolist()))
@@ -717,7 +733,7 @@ def distill(cfg: DistillConfig, resume: bool = False) -> DistillResult:
                 "epoch": epoch,
                 **losses,
                 "grad_norm": float(student_stats["grad_norm"]),
-                "grad_norm_lora": float(lora_stats["grad_norm_lora"]),
+                **({"grad_norm_lora": float(lora_stats["grad_norm_lora"])} if lora_stats else {}),
                 "ema_decay": float(tr.ema.cur_decay_value),
                 "lr": float(tr.opt.param_groups[0]["lr"]),
                 "seconds": time.perf_counter() - t0,
