@@ -606,3 +606,34 @@ def test_distill_speed_script_runs_on_cpu(tmp_path):
     assert row["batch_size"] == 1 and row["steps_timed"] == 1 and row["steps_per_second"] > 0
     assert row["peak_gpu_memory_gib"] is None and row["peak_rss_gib"] > 0
     assert "batch 1:" in proc.stdout and "steps/s" in proc.stdout
+
+
+def test_pair_fit_script_scores_pairs_and_fresh_noises(tmp_path):
+    """scripts/pair_fit.py on pairs whose targets are the default student's own samples: it must
+    find them reproduced exactly (MSE 0, the same accuracy as the targets) on the pair noises."""
+    import importlib.util
+
+    from safetensors.torch import save_file
+
+    from tiue_export.models import default_model
+    from tiue_export.pipeline import load_pipeline
+
+    captions = ["a small red triangle on a blue background", "a large yellow circle on a black background"] * 2
+    pipe = load_pipeline(default_model())
+    noise = torch.randn((len(captions), *pipe.latent_shape()), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        z0 = pipe.sample(captions, [0] * len(captions), "one-pass", noise=noise.numpy()).latents
+    (tmp_path / "pairs").mkdir()
+    save_file({"noise": noise, "latents": torch.from_numpy(z0)}, tmp_path / "pairs" / "chunk-00000.safetensors",
+              metadata={"prompts": json.dumps(captions), "first": "0"})
+    spec = importlib.util.spec_from_file_location("pair_fit", Path(__file__).resolve().parents[1] / "scripts" / "pair_fit.py")
+    pair_fit = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pair_fit)
+    report = pair_fit.main(["--model", str(default_model()), "--run", str(tmp_path), "--json", str(tmp_path / "fit.json")])
+    assert report["pairs"] == 4 and report["latent_mse_on_pair_noises"] < 1e-10
+    acc = report["toy_prompt_accuracy"]
+    assert acc["student, pair noises"] == acc["teacher targets"]
+    assert set(acc["student, fresh noises"]) == {"all", "small", "large"}
+    assert json.loads((tmp_path / "fit.json").read_text()) == report
+    with pytest.raises(SystemExit, match="no teacher pairs"):
+        pair_fit.main(["--model", str(default_model()), "--run", str(tmp_path / "nothing")])
