@@ -28,19 +28,15 @@ FRESH_SEED_BASE = 500_000
 
 
 def read_pairs(run: Path, count: int | None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    from safetensors import safe_open
+    from tiue_export.distill.pairs import PAIRS_DIR, SPEC_FILE, PairSpec, load_pairs
 
-    chunks = sorted((run / "pairs").glob("chunk-*.safetensors"))
-    if not chunks:
-        raise SystemExit(f"error: no teacher pairs in {run / 'pairs'}: give the run directory of a --regression-pairs run")
-    noise, latents, texts = [], [], []
-    for path in chunks:
-        with safe_open(str(path), framework="pt") as f:
-            noise.append(f.get_tensor("noise"))
-            latents.append(f.get_tensor("latents"))
-            texts.extend(json.loads(f.metadata()["prompts"]))
+    spec_file = run / PAIRS_DIR / SPEC_FILE
+    if not spec_file.exists():
+        raise SystemExit(f"error: no teacher pairs in {run / PAIRS_DIR}: give the run directory of a --regression-pairs run")
+    spec = json.loads(spec_file.read_text())
+    noise, latents, texts = load_pairs(run, PairSpec(**{**spec, "latent_shape": tuple(spec["latent_shape"])}))
     n = len(texts) if count is None else min(count, len(texts))
-    return torch.cat(noise)[:n], torch.cat(latents)[:n], texts[:n]
+    return noise[:n], latents[:n], texts[:n]
 
 
 def toy_scores(images: np.ndarray, texts: list[str], classifier) -> dict | None:
@@ -84,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
             z0.append(r.latents)
             fresh.append(pipe.sample(batch, seeds, "one-pass").images)
         teacher_images = np.concatenate([pipe.decode_latents(targets[lo : lo + args.batch_size]) for lo in range(0, len(texts), args.batch_size)])
-    z0 = np.concatenate(z0)
+    z0, on_pairs, fresh = np.concatenate(z0), np.concatenate(on_pairs), np.concatenate(fresh)
     report = {
         "model": str(args.model),
         "run": str(args.run),
@@ -94,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
     classifier = load_classifier()
     rows = {"teacher targets": teacher_images, "student, pair noises": on_pairs, "student, fresh noises": fresh}
     for name, images in rows.items():
-        scores = toy_scores(np.concatenate(images) if isinstance(images, list) else images, texts, classifier)
+        scores = toy_scores(images, texts, classifier)
         if scores is not None:
             report.setdefault("toy_prompt_accuracy", {})[name] = scores
     print(f"latent MSE, student vs teacher on the {len(texts)} pair noises: {report['latent_mse_on_pair_noises']:.4f}")

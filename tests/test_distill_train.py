@@ -624,6 +624,9 @@ def test_pair_fit_script_scores_pairs_and_fresh_noises(tmp_path):
     with torch.no_grad():
         z0 = pipe.sample(captions, [0] * len(captions), "one-pass", noise=noise.numpy()).latents
     (tmp_path / "pairs").mkdir()
+    spec = {"count": len(captions), "steps": 50, "guidance": 5.0, "seed": 0, "teacher_unet_sha256": "-",
+            "prompts_sha256": "-", "latent_shape": list(noise.shape[1:])}
+    (tmp_path / "pairs" / "spec.json").write_text(json.dumps(spec))
     save_file({"noise": noise, "latents": torch.from_numpy(z0)}, tmp_path / "pairs" / "chunk-00000.safetensors",
               metadata={"prompts": json.dumps(captions), "first": "0"})
     spec = importlib.util.spec_from_file_location("pair_fit", Path(__file__).resolve().parents[1] / "scripts" / "pair_fit.py")

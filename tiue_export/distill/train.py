@@ -344,13 +344,13 @@ class Trainer:
             loss_vsd, t, noise = self.vsd_term(z0, cond, uncond)
         else:  # regression (and KL) only: no teacher calls
             loss_vsd = z0.new_zeros((), dtype=torch.float32)
-        lora = acc.unwrap_model(self.lora_ddp)
         loss_kl = kl_loss(eps, cfg.lambda_kl)
         loss_gan = z0.new_zeros((), dtype=torch.float32)
         if cfg.lambda_gan:  # gradients to z0 through the frozen discriminator
             t_gan, noise_gan = t, noise  # by default the VSD sample, noised as it is
             if cfg.gan_t_max is not None:
                 t_gan, noise_gan = self.randint(0, cfg.gan_t_max, b), self.randn(z0.shape)
+            lora = acc.unwrap_model(self.lora_ddp)
             with frozen(lora.parameters()):  # adapters and head
                 x_gan = diffuse(z0, noise_gan, self.alphas[t_gan])
                 loss_gan = gan_generator_loss(bottleneck_logits(lora, x_gan, t_gan, cond), cfg.lambda_gan)
