@@ -68,6 +68,12 @@ class DistillConfig:
     regression_guidance: float | None = None  # CFG of the pairs; None: the teacher's default
     regression_batch_size: int | None = None  # pairs per device and step; None: --batch-size
 
+    # -- teacher refinement of the student's own samples (not in the authors' recipe, off by default)
+    lambda_refine: float = 0.0  # weight of the latent MSE between the student's z0 and the teacher's refinement of it; 0: off
+    refine_t: int = 300  # the student's z0 is noised to this timestep ...
+    refine_steps: int = 3  # ... and brought back by this many DDIM steps of the frozen teacher
+    refine_guidance: float | None = None  # CFG of the refinement; None: the teacher's default
+
     # -- GAN on the teacher samples (DMD2's classifier on the fake score; off by default) ------
     lambda_gan: float = 0.0  # weight of the student's non-saturating GAN loss; 0: off (needs --regression-pairs)
     lambda_gan_d: float = 0.01  # weight of the discriminator loss in the LoRA teacher's step (DMD2's 1e-2)
@@ -103,8 +109,8 @@ class DistillConfig:
             (self.lr_warmup_steps >= 0, f"--lr-warmup-steps must be >= 0, got {self.lr_warmup_steps}"),
             (0 <= self.vsd_t_min <= self.vsd_t_max, f"need 0 <= --vsd-t-min <= --vsd-t-max, got {self.vsd_t_min}, {self.vsd_t_max}"),
             (self.lambda_vsd >= 0, f"--lambda-vsd must be >= 0, got {self.lambda_vsd}"),
-            (self.lambda_vsd > 0 or (self.regression_pairs > 0 and self.lambda_reg > 0),
-             "--lambda-vsd 0 leaves nothing to learn from: add --regression-pairs N (and --lambda-reg > 0)"),
+            (self.lambda_vsd > 0 or (self.regression_pairs > 0 and self.lambda_reg > 0) or self.lambda_refine > 0,
+             "--lambda-vsd 0 leaves nothing to learn from: add --regression-pairs N (and --lambda-reg > 0) or --lambda-refine W"),
             (self.lambda_vsd > 0 or self.lambda_gan == 0,
              "--lambda-gan needs the LoRA teacher, which --lambda-vsd 0 does not train"),
             (self.lambda_kl >= 0, f"--lambda-kl must be >= 0, got {self.lambda_kl}"),
@@ -115,6 +121,9 @@ class DistillConfig:
             (self.regression_steps >= 1, f"--regression-steps must be >= 1, got {self.regression_steps}"),
             (self.regression_batch_size is None or self.regression_batch_size >= 1,
              f"--regression-batch-size must be >= 1, got {self.regression_batch_size}"),
+            (self.lambda_refine >= 0, f"--lambda-refine must be >= 0, got {self.lambda_refine}"),
+            (self.refine_t >= 1, f"--refine-t must be >= 1, got {self.refine_t}"),
+            (1 <= self.refine_steps <= self.refine_t, f"--refine-steps must be in [1, --refine-t], got {self.refine_steps}"),
             (self.lambda_gan >= 0 and self.lambda_gan_d >= 0, "--lambda-gan and --lambda-gan-d must be >= 0"),
             (self.lambda_gan == 0 or self.regression_pairs > 0,
              "--lambda-gan needs teacher samples for the discriminator's real side: add --regression-pairs N "

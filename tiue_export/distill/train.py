@@ -59,7 +59,7 @@ from .losses import (
     vsd_loss,
     vsd_score_gradient,
 )
-from .pairs import PairSpec, generate_pairs, load_pairs, prepare_pair_dir, prompts_digest
+from .pairs import PairSpec, generate_pairs, load_pairs, prepare_pair_dir, prompts_digest, teacher_refinement
 
 log = logging.getLogger("tiue_export")
 
@@ -68,7 +68,7 @@ CHECKPOINTS = "checkpoints"
 LOG_FILE = "log.jsonl"
 CONFIG_FILE = "config.json"
 #: Per-step statistics averaged over processes into log.jsonl, in this order (those the recipe has).
-LOGGED = ("loss_vsd", "loss_kl", "loss_reg", "loss_gan", "loss_lora", "loss_d", "d_accuracy")
+LOGGED = ("loss_vsd", "loss_kl", "loss_reg", "loss_refine", "loss_gan", "loss_lora", "loss_d", "d_accuracy")
 #: The one-step baseline's scheduler: set_timesteps(1) gives t=999 and the DDIM step goes to
 #: alpha=1, so the one-pass sum is exactly x0 = (z_T - sqrt(1 - abar) eps) / sqrt(abar).
 BASELINE_SCHEDULER_OVERRIDES = {"timestep_spacing": "trailing", "set_alpha_to_one": True}
@@ -345,6 +345,9 @@ class Trainer:
         else:  # regression (and KL) only: no teacher calls
             loss_vsd = z0.new_zeros((), dtype=torch.float32)
         loss_kl = kl_loss(eps, cfg.lambda_kl)
+        loss_refine = z0.new_zeros((), dtype=torch.float32)
+        if cfg.lambda_refine:  # regression onto the teacher's refinement of this very sample
+            loss_refine = regression_loss(z0, self.refine_target(z0.detach(), cond, uncond), cfg.lambda_refine)
         loss_gan = z0.new_zeros((), dtype=torch.float32)
         if cfg.lambda_gan:  # gradients to z0 through the frozen discriminator
             t_gan, noise_gan = t, noise  # by default the VSD sample, noised as it is
@@ -354,7 +357,7 @@ class Trainer:
             with frozen(lora.parameters()):  # adapters and head
                 x_gan = diffuse(z0, noise_gan, self.alphas[t_gan])
                 loss_gan = gan_generator_loss(bottleneck_logits(lora, x_gan, t_gan, cond), cfg.lambda_gan)
-        acc.backward(cfg.lambda_vsd * loss_vsd + loss_kl + loss_reg + loss_gan)
+        acc.backward(cfg.lambda_vsd * loss_vsd + loss_kl + loss_reg + loss_refine + loss_gan)
         grad_norm = acc.clip_grad_norm_(self.student_ddp.parameters(), cfg.max_grad_norm)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
@@ -362,9 +365,24 @@ class Trainer:
             self.lr_scheduler.step()
         self.ema.step(self.student.unet.parameters())
         stats = {"loss_vsd": loss_vsd.detach(), "loss_kl": loss_kl.detach(), "loss_reg": loss_reg.detach(), "grad_norm": grad_norm}
+        if cfg.lambda_refine:
+            stats["loss_refine"] = loss_refine.detach()
         if cfg.lambda_gan:
             stats["loss_gan"] = loss_gan.detach()
         return z0.detach(), stats
+
+    @torch.no_grad()
+    def refine_target(self, z0: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
+        """The frozen teacher's SDEdit refinement of the student's z0 (``--refine-t``, ``--refine-steps``)."""
+        cfg = self.cfg
+        lora = self.accelerator.unwrap_model(self.lora_ddp)
+        noise = self.randn(z0.shape)
+        lora.disable_adapters()  # the frozen teacher
+        try:
+            return teacher_refinement(self.lora_ddp, self.scheduler, cond, uncond, z0, noise, cfg.refine_t,
+                                      cfg.refine_steps, float(cfg.refine_guidance))
+        finally:
+            lora.enable_adapters()
 
     def vsd_term(self, z0: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor):
         """VSD: noise z0 at t ~ U{vsd_t_min..vsd_t_max}, score gradient from both CFG teachers.
@@ -561,7 +579,7 @@ def build_trainer(cfg: DistillConfig, teacher_dir: Path, accelerator) -> Trainer
         log.warning("%s is marked as a TiUE student in tiue.json; distilling from it as the teacher anyway", teacher_dir)
     latent_shape = pipe.latent_shape(cfg.resolution, cfg.resolution)
     n_train = int(pipe.scheduler.config.num_train_timesteps)
-    for flag, value in (("--vsd-t-max", cfg.vsd_t_max), ("--gan-t-max", cfg.gan_t_max)):
+    for flag, value in (("--vsd-t-max", cfg.vsd_t_max), ("--gan-t-max", cfg.gan_t_max), ("--refine-t", cfg.refine_t)):
         if value is not None and value >= n_train:
             raise InputError(f"{flag} must be below the teacher's {n_train} training timesteps, got {value}")
     schedule = student_schedule(pipe.scheduler, cfg)
@@ -669,6 +687,8 @@ def distill(cfg: DistillConfig, resume: bool = False) -> DistillResult:
         cfg = cfg.replace(init_student=str(Path(cfg.init_student).resolve()))
     if cfg.regression_pairs and cfg.regression_guidance is None:
         cfg = cfg.replace(regression_guidance=teacher_guidance(teacher_dir))
+    if cfg.lambda_refine and cfg.refine_guidance is None:
+        cfg = cfg.replace(refine_guidance=teacher_guidance(teacher_dir))
     run, out = cfg.run_path, Path(cfg.out)
     ckpts = checkpoint_dirs(run)
     if ckpts and not resume:
