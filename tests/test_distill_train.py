@@ -706,3 +706,21 @@ def test_pair_fit_script_scores_pairs_and_fresh_noises(tmp_path):
     assert json.loads((tmp_path / "fit.json").read_text()) == report
     with pytest.raises(SystemExit, match="no teacher pairs"):
         pair_fit.main(["--model", str(default_model()), "--run", str(tmp_path / "nothing")])
+
+
+def test_refine_targets_script_scores_the_refinements(tmp_path):
+    """scripts/refine_targets.py: refining at t=1 (one DDIM step from almost no noise) keeps the
+    student's images, so their accuracy is the student's; bad settings are a one-line exit."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("refine_targets", Path(__file__).resolve().parents[1] / "scripts" / "refine_targets.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    report = script.main(["--count", "8", "--settings", "1:1,300:3", "--json", str(tmp_path / "r.json")])
+    assert report["count"] == 8 and [(r["t"], r["steps"]) for r in report["refined"]] == [(1, 1), (300, 3)]
+    assert report["refined"][0]["all"] == report["student"]["all"]
+    assert all(0 <= r["all"] <= 1 and r["seconds"] > 0 for r in report["refined"])
+    assert json.loads((tmp_path / "r.json").read_text()) == report
+    for bad in ("300", "3:300", "1000:4", "a:b"):
+        with pytest.raises(SystemExit, match="--settings wants T:N pairs"):
+            script.main(["--settings", bad])
