@@ -58,3 +58,22 @@ def test_bench_bad_input(tiny_sd21):
         run_bench(BenchConfig(model=str(tiny_sd21), shape="sd21-tiny"))
     with pytest.raises(InputError, match="unknown backend 'nope': choose from torch, torch-bf16, onnxruntime"):
         run_bench(BenchConfig(model=str(tiny_sd21), backends=("nope",), references=False, runs=1))
+
+
+def test_matmul_rate_stops_growing_once_a_product_is_slow(monkeypatch):
+    """The side doubles from 256 only while one product is fast; at min_seconds 0 it stays at 256."""
+    import torch
+
+    from tiue_export import bench
+
+    sides = []
+    real = torch.randn
+
+    def spy(*shape, **kw):
+        sides.append(shape[0])
+        return real(*shape, **kw)
+
+    monkeypatch.setattr(torch, "randn", spy)
+    assert bench.matmul_rate("bf16", min_seconds=0.0) > 0 and set(sides) == {256}
+    sides.clear()
+    assert bench.matmul_rate("fp32", n=1024, min_seconds=float("inf")) > 0 and sides[-1] == 1024 and sides[0] == 256

@@ -106,20 +106,32 @@ class PeakRSS:
         return self.peak / 2**20
 
 
-def matmul_rate(dtype: str = "fp32", n: int = 2048, reps: int = 5) -> float:
-    """Best achieved GFLOP/s of an n x n x n torch matmul in ``dtype`` on this machine."""
+def matmul_rate(dtype: str = "fp32", n: int = 2048, reps: int = 5, min_seconds: float = 0.05) -> float:
+    """Best achieved GFLOP/s of a square torch matmul in ``dtype`` on this machine.
+
+    The side doubles from 256 up to ``n`` while one product takes under ``min_seconds``: large
+    enough to reach the kernel's rate, and bounded where ``dtype`` has no fast kernel (bf16 on a
+    CPU without bf16 instructions runs a reference loop: a 2048-side product takes minutes).
+    """
     import torch
 
     dt = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
-    a = torch.randn(n, n).to(dt)
-    b = torch.randn(n, n).to(dt)
-    a @ b  # warm-up (oneDNN/MKL kernel selection)
-    best = float("inf")
-    for _ in range(reps):
+    size = min(256, n)
+    while True:
+        a = torch.randn(size, size).to(dt)
+        b = torch.randn(size, size).to(dt)
+        a @ b  # warm-up (oneDNN/MKL kernel selection)
+        t0 = time.perf_counter()
+        a @ b
+        best = time.perf_counter() - t0
+        if size >= n or best >= min_seconds:
+            break
+        size = min(2 * size, n)
+    for _ in range(reps - 1):
         t0 = time.perf_counter()
         a @ b
         best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best / 1e9
+    return 2 * size**3 / best / 1e9
 
 
 def unet_flops(unet_config: dict, timesteps, batch: int, latent_hw: tuple[int, int], seq_len: int) -> dict[str, int]:
