@@ -70,13 +70,14 @@ def main(argv: list[str] | None = None) -> dict:
         report = {"model": str(args.model or "built-in"), "count": len(texts), "guidance": guidance,
                   "student": toy_scores(np.concatenate([s.images for s in samples]), texts, classifier), "refined": []}
         print(f"student               {report['student']['all']:.1%} (small {report['student']['small']:.1%}, large {report['student']['large']:.1%})")
+        conds = [teacher.encode_text(texts[lo : lo + args.batch_size]) for lo in batches]
         for t, n in settings:
             t0, images = time.perf_counter(), []
-            for lo in batches:
-                b = texts[lo : lo + args.batch_size]
-                noise = torch.randn(z0[lo : lo + len(b)].shape, generator=torch.Generator().manual_seed(lo))
-                cond, uncond = teacher.encode_text(b), teacher.encode_text([""] * len(b))
-                z = teacher_refinement(teacher.unet, teacher.scheduler, cond, uncond, z0[lo : lo + len(b)], noise, t, n, guidance)
+            for lo, cond in zip(batches, conds):
+                z = z0[lo : lo + len(cond)]
+                noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(lo))
+                uncond = teacher.encode_text([""] * len(cond))
+                z = teacher_refinement(teacher.unet, teacher.scheduler, cond, uncond, z, noise, t, n, guidance)
                 images.append(teacher.decode_latents(z))
             scores = toy_scores(np.concatenate(images), texts, classifier)
             seconds = time.perf_counter() - t0

@@ -77,16 +77,21 @@ def _chunk_path(root: Path, index: int) -> Path:
     return root / f"chunk-{index:05d}.safetensors"
 
 
-@torch.no_grad()
-def teacher_latents(unet, scheduler, cond, uncond, noise: torch.Tensor, steps: int, guidance: float) -> torch.Tensor:
-    """The teacher's DDIM latents (eta 0, ``steps`` steps, CFG ``guidance``) from ``noise``."""
+def guided_denoiser(unet, cond, uncond, guidance: float):
+    """``eps(z, t)`` for :func:`~tiue_export.sampling.sample_ddim`: the UNet with CFG at an integer timestep."""
     from .train import guided_eps
 
     def eps(z, t):
         return guided_eps(unet, z, torch.full((z.shape[0],), t, device=z.device), cond, uncond, guidance)
 
+    return eps
+
+
+@torch.no_grad()
+def teacher_latents(unet, scheduler, cond, uncond, noise: torch.Tensor, steps: int, guidance: float) -> torch.Tensor:
+    """The teacher's DDIM latents (eta 0, ``steps`` steps, CFG ``guidance``) from ``noise``."""
     timesteps, prev, final = ddim_plan(scheduler, steps)
-    return sample_ddim(noise, eps, timesteps, prev, scheduler.alphas_cumprod.double().numpy(), final)
+    return sample_ddim(noise, guided_denoiser(unet, cond, uncond, guidance), timesteps, prev, scheduler.alphas_cumprod.double().numpy(), final)
 
 
 def refinement_plan(t_start: int, steps: int) -> tuple[list[int], list[int]]:
@@ -107,15 +112,11 @@ def teacher_refinement(unet, scheduler, cond, uncond, z0, noise, t_start: int, s
     below it (at the toy's t=300: shapes of small objects, edges).
     """
     from .losses import diffuse
-    from .train import guided_eps
-
-    def eps(z, t):
-        return guided_eps(unet, z, torch.full((z.shape[0],), t, device=z.device), cond, uncond, guidance)
 
     alphas = scheduler.alphas_cumprod
     x_t = diffuse(z0, noise, alphas[t_start].to(z0.device, z0.dtype).expand(z0.shape[0]))
     timesteps, prev = refinement_plan(t_start, steps)
-    return sample_ddim(x_t, eps, timesteps, prev, alphas.double().numpy(), float(scheduler.final_alpha_cumprod))
+    return sample_ddim(x_t, guided_denoiser(unet, cond, uncond, guidance), timesteps, prev, alphas.double().numpy(), float(scheduler.final_alpha_cumprod))
 
 
 def generate_pairs(tr, prompts: list[str], spec: PairSpec, run: Path, progress: bool) -> None:
@@ -136,10 +137,8 @@ def generate_pairs(tr, prompts: list[str], spec: PairSpec, run: Path, progress: 
     if not mine:
         return
     lora = acc.unwrap_model(tr.lora_ddp)
-    bar = tqdm(total=sum(min(CHUNK, spec.count - i * CHUNK) for i in mine), desc=f"teacher pairs (ddim:{spec.steps})",
-               disable=not progress, dynamic_ncols=True)
-    lora.disable_adapters()
-    try:
+    with tr.frozen_teacher(), tqdm(total=sum(min(CHUNK, spec.count - i * CHUNK) for i in mine),
+                                   desc=f"teacher pairs (ddim:{spec.steps})", disable=not progress, dynamic_ncols=True) as bar:
         for i in mine:
             lo, hi = i * CHUNK, min((i + 1) * CHUNK, spec.count)
             noise = torch.from_numpy(initial_noise(seeds[lo:hi], spec.latent_shape)).to(tr.device)
@@ -150,9 +149,6 @@ def generate_pairs(tr, prompts: list[str], spec: PairSpec, run: Path, progress: 
             with atomic_path(_chunk_path(root, i)) as tmp:
                 save_file(tensors, tmp, metadata={"prompts": json.dumps(texts[lo:hi]), "first": str(lo)})
             bar.update(hi - lo)
-    finally:
-        lora.enable_adapters()
-        bar.close()
 
 
 def prepare_pair_dir(run: Path, spec: PairSpec) -> None:

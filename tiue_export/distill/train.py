@@ -30,7 +30,7 @@ import json
 import logging
 import shutil
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -375,12 +375,18 @@ class Trainer:
     def refine_target(self, z0: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
         """The frozen teacher's SDEdit refinement of the student's z0 (``--refine-t``, ``--refine-steps``)."""
         cfg = self.cfg
-        lora = self.accelerator.unwrap_model(self.lora_ddp)
         noise = self.randn(z0.shape)
-        lora.disable_adapters()  # the frozen teacher
-        try:
+        with self.frozen_teacher():
             return teacher_refinement(self.lora_ddp, self.scheduler, cond, uncond, z0, noise, cfg.refine_t,
                                       cfg.refine_steps, float(cfg.refine_guidance))
+
+    @contextmanager
+    def frozen_teacher(self):
+        """Within: ``lora_ddp`` is the frozen teacher (the same weights with the LoRA adapters off)."""
+        lora = self.accelerator.unwrap_model(self.lora_ddp)
+        lora.disable_adapters()
+        try:
+            yield
         finally:
             lora.enable_adapters()
 
@@ -395,13 +401,9 @@ class Trainer:
         abar = self.alphas[t]
         noise = self.randn(z0.shape)
         x_t = diffuse(z0.detach(), noise, abar)
-        lora = self.accelerator.unwrap_model(self.lora_ddp)
         with torch.no_grad():
-            lora.disable_adapters()  # the frozen teacher: same weights, adapters off
-            try:
+            with self.frozen_teacher():
                 eps_teacher = guided_eps(self.lora_ddp, x_t, t, cond, uncond, cfg.guidance)
-            finally:
-                lora.enable_adapters()
             eps_lora = guided_eps(self.lora_ddp, x_t, t, cond, uncond, cfg.guidance)
         if cfg.vsd_weighting == "dmd":
             g = dmd_score_gradient(eps_teacher, eps_lora, x_t, z0.detach(), abar)
