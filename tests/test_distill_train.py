@@ -318,6 +318,7 @@ def test_cli_distills(teacher, prompts_file, tmp_path, capsys):
         (["--lambda-refine", "-1"], "error: --lambda-refine must be >= 0, got -1.0"),
         (["--lambda-refine", "1", "--refine-t", "1000"], "error: --refine-t must be below the teacher's 1000 training timesteps, got 1000"),
         (["--lambda-refine", "1", "--refine-t", "2", "--refine-steps", "3"], "error: --refine-steps must be in [1, --refine-t], got 3"),
+        (["--lambda-refine", "1", "--refine-noise", "sideways"], "'sideways' is not one of 'fresh', 'initial'"),
     ],
 )
 def test_cli_bad_input_is_one_line(teacher, prompts_file, tmp_path, capsys, extra, message):
@@ -505,8 +506,8 @@ def test_refinement_term_joins_the_student_loss(teacher, prompts_file, tmp_path,
     seen = []
     real = train.Trainer.refine_target
 
-    def spy(self, z0, cond, uncond):
-        target = real(self, z0, cond, uncond)
+    def spy(self, z0, cond, uncond, noise=None):
+        target = real(self, z0, cond, uncond, noise)
         seen.append(float(regression_loss(z0, target, 0.5)))
         return target
 
@@ -527,6 +528,35 @@ def test_refinement_term_joins_the_student_loss(teacher, prompts_file, tmp_path,
     alone = distill(config(teacher, prompts_file, tmp_path / "alone", steps=2, lambda_vsd=0.0, lambda_refine=1.0, refine_t=40, refine_steps=2))
     assert all(torch.count_nonzero(p) == 0 for n, p in alone.lora_unet.named_parameters() if "lora_B" in n)
     assert any(not torch.equal(p, b[n]) for n, p in alone.student.unet.named_parameters())
+
+
+def test_refine_noise_initial_reuses_the_samples_own_noise(teacher, prompts_file, tmp_path, monkeypatch):
+    """``--refine-noise initial`` noises the student's z0 with its own z_T (the step's first draw),
+    so the target is a function of z_T; ``fresh`` draws a new noise."""
+    from tiue_export.distill import train
+    from tiue_export.distill.train import distill
+
+    real_randn, real_refine = train.Trainer.randn, train.Trainer.refine_target
+    draws, seen = [], []
+
+    def randn(self, shape):
+        out = real_randn(self, shape)
+        draws.append(out)
+        return out
+
+    def refine(self, z0, cond, uncond, noise=None):
+        seen.append(noise)
+        return real_refine(self, z0, cond, uncond, noise)
+
+    monkeypatch.setattr(train.Trainer, "randn", randn)
+    monkeypatch.setattr(train.Trainer, "refine_target", refine)
+    common = dict(steps=1, lambda_refine=1.0, refine_t=40, refine_steps=2)
+    result = distill(config(teacher, prompts_file, tmp_path / "initial", refine_noise="initial", **common))
+    assert len(seen) == 1 and seen[0] is draws[0]  # the first draw of the step is the student's z_T
+    assert json.loads((result.out / "tiue.json").read_text())["provenance"]["recipe"]["refine_noise"] == "initial"
+    draws.clear(), seen.clear()
+    distill(config(teacher, prompts_file, tmp_path / "fresh", **common))
+    assert seen == [None]  # refine_target draws its own
 
 
 def test_gan_head_learns_with_the_lora_teacher_only(teacher, prompts_file, tmp_path):
@@ -710,7 +740,8 @@ def test_pair_fit_script_scores_pairs_and_fresh_noises(tmp_path):
 
 def test_refine_targets_script_scores_the_refinements(tmp_path):
     """scripts/refine_targets.py: refining at t=1 (one DDIM step from almost no noise) keeps the
-    student's images, so their accuracy is the student's; bad settings are a one-line exit."""
+    student's images, so their accuracy (and distance to anything) is the student's; bad settings
+    are a one-line exit."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("refine_targets", Path(__file__).resolve().parents[1] / "scripts" / "refine_targets.py")
@@ -721,6 +752,11 @@ def test_refine_targets_script_scores_the_refinements(tmp_path):
     assert report["refined"][0]["all"] == report["student"]["all"]
     assert all(0 <= r["all"] <= 1 and r["seconds"] > 0 for r in report["refined"])
     assert json.loads((tmp_path / "r.json").read_text()) == report
+    assert report["refined"][0]["mse_to_sample"] < 0.01 < report["refined"][1]["mse_to_sample"]
+    # the sample's own noise, and the teacher's ddim:50 from it: a refinement at t=1 is as far from it as the sample
+    paired = script.main(["--count", "4", "--settings", "1:1", "--noise", "initial", "--pairs"])
+    assert 0 <= paired["teacher_ddim50"]["all"] <= 1 and paired["student_mse_to_pair"] > 1e-3
+    assert paired["refined"][0]["mse_to_pair"] == pytest.approx(paired["student_mse_to_pair"], rel=0.05)
     for bad in ("300", "3:300", "1000:4", "a:b"):
         with pytest.raises(SystemExit, match="--settings wants T:N pairs"):
             script.main(["--settings", bad])

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from ..distill.config import BASELINES, LR_SCHEDULES, MIXED_PRECISION, VSD_WEIGHTINGS, DistillConfig
+from ..distill.config import BASELINES, LR_SCHEDULES, MIXED_PRECISION, REFINE_NOISES, VSD_WEIGHTINGS, DistillConfig
 from ..errors import InputError
 
 D = DistillConfig.__dataclass_fields__
@@ -53,6 +53,7 @@ def _default(name):
 @click.option("--refine-t", type=int, default=_default("refine_t"), show_default=True, help="Timestep the student's sample is noised to for the refinement.")
 @click.option("--refine-steps", type=int, default=_default("refine_steps"), show_default=True, help="Teacher DDIM steps of the refinement.")
 @click.option("--refine-guidance", type=float, default=None, help="CFG of the refinement  [default: the teacher's own]")
+@click.option("--refine-noise", type=click.Choice(REFINE_NOISES), default=_default("refine_noise"), show_default=True, help="Noise the sample with a fresh draw, or with its own z_T (the same target for the same z_T: no random redraw to average).")
 @click.option("--lambda-gan", type=float, default=_default("lambda_gan"), show_default=True, help="Weight of DMD2's GAN loss (a discriminator on the LoRA teacher's bottleneck, teacher samples as the real side; needs --regression-pairs); 0: off.")
 @click.option("--lambda-gan-d", type=float, default=_default("lambda_gan_d"), show_default=True, help="Weight of the discriminator loss in the LoRA teacher's step.")
 @click.option("--gan-t-max", type=int, default=None, help="GAN timesteps U{0..N} for the discriminator and the student [default: those of the LoRA and VSD steps].")

@@ -18,6 +18,8 @@ VSD_WEIGHTINGS = ("sigma2", "dmd")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 #: Student learning-rate schedules (diffusers.optimization names); the authors' is constant.
 LR_SCHEDULES = ("constant", "cosine", "linear")
+#: Noise of the refinement target (``--refine-noise``): a fresh draw each step, or the sample's own z_T.
+REFINE_NOISES = ("fresh", "initial")
 #: Fields that may change between a run and its resume (they do not change the maths).
 RESUMABLE_CHANGES = ("steps", "epochs", "checkpoint_every", "keep_checkpoints", "log_tensorboard", "out", "run_dir")
 
@@ -73,6 +75,7 @@ class DistillConfig:
     refine_t: int = 300  # the student's z0 is noised to this timestep ...
     refine_steps: int = 3  # ... and brought back by this many DDIM steps of the frozen teacher
     refine_guidance: float | None = None  # CFG of the refinement; None: the teacher's default
+    refine_noise: str = "fresh"  # noise for the refinement: a fresh draw, or the sample's own z_T ("initial": deterministic targets)
 
     # -- GAN on the teacher samples (DMD2's classifier on the fake score; off by default) ------
     lambda_gan: float = 0.0  # weight of the student's non-saturating GAN loss; 0: off (needs --regression-pairs)
@@ -124,6 +127,7 @@ class DistillConfig:
             (self.lambda_refine >= 0, f"--lambda-refine must be >= 0, got {self.lambda_refine}"),
             (self.refine_t >= 1, f"--refine-t must be >= 1, got {self.refine_t}"),
             (1 <= self.refine_steps <= self.refine_t, f"--refine-steps must be in [1, --refine-t], got {self.refine_steps}"),
+            (self.refine_noise in REFINE_NOISES, f"--refine-noise must be one of {', '.join(REFINE_NOISES)}"),
             (self.lambda_gan >= 0 and self.lambda_gan_d >= 0, "--lambda-gan and --lambda-gan-d must be >= 0"),
             (self.lambda_gan == 0 or self.regression_pairs > 0,
              "--lambda-gan needs teacher samples for the discriminator's real side: add --regression-pairs N "

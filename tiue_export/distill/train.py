@@ -347,7 +347,8 @@ class Trainer:
         loss_kl = kl_loss(eps, cfg.lambda_kl)
         loss_refine = z0.new_zeros((), dtype=torch.float32)
         if cfg.lambda_refine:  # regression onto the teacher's refinement of this very sample
-            loss_refine = regression_loss(z0, self.refine_target(z0.detach(), cond, uncond), cfg.lambda_refine)
+            noise = z_T if cfg.refine_noise == "initial" else None
+            loss_refine = regression_loss(z0, self.refine_target(z0.detach(), cond, uncond, noise), cfg.lambda_refine)
         loss_gan = z0.new_zeros((), dtype=torch.float32)
         if cfg.lambda_gan:  # gradients to z0 through the frozen discriminator
             t_gan, noise_gan = t, noise  # by default the VSD sample, noised as it is
@@ -372,10 +373,12 @@ class Trainer:
         return z0.detach(), stats
 
     @torch.no_grad()
-    def refine_target(self, z0: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
-        """The frozen teacher's SDEdit refinement of the student's z0 (``--refine-t``, ``--refine-steps``)."""
+    def refine_target(self, z0: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """The frozen teacher's SDEdit refinement of the student's z0 (``--refine-t``, ``--refine-steps``),
+        noised with ``noise`` (the sample's z_T for ``--refine-noise initial``) or a fresh draw."""
         cfg = self.cfg
-        noise = self.randn(z0.shape)
+        if noise is None:
+            noise = self.randn(z0.shape)
         with self.frozen_teacher():
             return teacher_refinement(self.lora_ddp, self.scheduler, cond, uncond, z0, noise, cfg.refine_t,
                                       cfg.refine_steps, float(cfg.refine_guidance))
