@@ -87,6 +87,22 @@ def test_infer_bad_input_is_one_line(tiny_sd21, tmp_path, capsys, extra, message
     assert not (tmp_path / "o").exists()  # nothing half-written
 
 
+@pytest.mark.parametrize(
+    "argv,parts,where",
+    [
+        (["infer", "--no-such-option"], ["No such option", "--no-such-option"], "tiue-export infer"),
+        (["infer", "--backend", "cuda"], ["Invalid value for '--backend'", "'cuda' is not one of"], "tiue-export infer"),
+        (["export"], ["Missing option '--out'"], "tiue-export export"),
+        (["no-such-command"], ["No such command 'no-such-command'"], "tiue-export"),
+    ],
+)
+def test_usage_errors_are_one_line(capsys, argv, parts, where):
+    """click's usage errors read as the project's own: one line, the reason, where --help is."""
+    code, _, err = run(argv, capsys)
+    assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert all(p in err for p in parts) and err.strip().endswith(f"(see '{where} --help')")
+
+
 def test_infer_without_prompt(capsys):
     code, _, err = run(["infer"], capsys)
     assert code == 2 and "no prompt given" in err

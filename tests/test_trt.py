@@ -380,7 +380,7 @@ def test_old_tensorrt_is_refused(monkeypatch):
 )
 def test_build_trt_bad_options(fp32_bundle, capsys, extra, message):
     code, _, err = run(["build-trt", str(fp32_bundle), *extra], capsys)
-    assert code == 2 and message in err.strip().splitlines()[-1]  # click's usage errors end with the reason
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
 
 
 def test_build_trt_wrong_bundle_precision(fp32_bundle, fake_gpu, capsys):
