@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
                   "student": toy_scores(np.concatenate([s.images for s in samples]), texts, classifier), "refined": []}
         print(f"student               {report['student']['all']:.1%} (small {report['student']['small']:.1%}, large {report['student']['large']:.1%})")
         conds = [teacher.encode_text(texts[lo : lo + args.batch_size]) for lo in batches]
+        unconds = [teacher.encode_text([""] * len(cond)) for cond in conds]
         pair = None
         if args.pairs:
             pairs = [teacher.sample(texts[lo : lo + args.batch_size], seeds[lo : lo + args.batch_size], "ddim:50", guidance=guidance) for lo in batches]
@@ -88,10 +89,9 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"teacher ddim:50       {report['teacher_ddim50']['all']:.1%}; student's latent MSE to it {report['student_mse_to_pair']:.4f}")
         for t, n in settings:
             t0, images, refined = time.perf_counter(), [], []
-            for lo, cond in zip(batches, conds):
+            for lo, cond, uncond in zip(batches, conds, unconds):
                 z = z0[lo : lo + len(cond)]
                 noise = z_T[lo : lo + len(cond)] if args.noise == "initial" else torch.randn(z.shape, generator=torch.Generator().manual_seed(lo))
-                uncond = teacher.encode_text([""] * len(cond))
                 z = teacher_refinement(teacher.unet, teacher.scheduler, cond, uncond, z, noise, t, n, guidance)
                 images.append(teacher.decode_latents(z))
                 refined.append(z)

@@ -347,8 +347,8 @@ class Trainer:
         loss_kl = kl_loss(eps, cfg.lambda_kl)
         loss_refine = z0.new_zeros((), dtype=torch.float32)
         if cfg.lambda_refine:  # regression onto the teacher's refinement of this very sample
-            noise = z_T if cfg.refine_noise == "initial" else None
-            loss_refine = regression_loss(z0, self.refine_target(z0.detach(), cond, uncond, noise), cfg.lambda_refine)
+            own_noise = z_T if cfg.refine_noise == "initial" else None  # not `noise`: the GAN term reuses the VSD one
+            loss_refine = regression_loss(z0, self.refine_target(z0.detach(), cond, uncond, own_noise), cfg.lambda_refine)
         loss_gan = z0.new_zeros((), dtype=torch.float32)
         if cfg.lambda_gan:  # gradients to z0 through the frozen discriminator
             t_gan, noise_gan = t, noise  # by default the VSD sample, noised as it is
