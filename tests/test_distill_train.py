@@ -319,6 +319,8 @@ def test_cli_distills(teacher, prompts_file, tmp_path, capsys):
         (["--lambda-refine", "1", "--refine-t", "1000"], "error: --refine-t must be below the teacher's 1000 training timesteps, got 1000"),
         (["--lambda-refine", "1", "--refine-t", "2", "--refine-steps", "3"], "error: --refine-steps must be in [1, --refine-t], got 3"),
         (["--lambda-refine", "1", "--refine-noise", "sideways"], "'sideways' is not one of 'fresh', 'initial'"),
+        (["--lambda-ode", "-1"], "error: --lambda-ode must be >= 0, got -1.0"),
+        (["--lambda-ode", "1", "--ode-steps", "0"], "error: --ode-steps must be >= 1, got 0"),
     ],
 )
 def test_cli_bad_input_is_one_line(teacher, prompts_file, tmp_path, capsys, extra, message):
@@ -557,6 +559,52 @@ def test_refine_noise_initial_reuses_the_samples_own_noise(teacher, prompts_file
     draws.clear(), seen.clear()
     distill(config(teacher, prompts_file, tmp_path / "fresh", **common))
     assert seen == [None]  # refine_target draws its own
+
+
+def test_online_pairs_are_the_teachers_ddim_from_the_samples_own_noise(teacher, prompts_file, tmp_path, monkeypatch):
+    """``--lambda-ode``: each step the frozen teacher's DDIM latents from the student's own z_T
+    (the step's first draw) are the target of a latent MSE that joins the student loss; with
+    ``--lambda-vsd 0`` it is the whole recipe (no LoRA steps)."""
+    from tiue_export.distill import train
+    from tiue_export.distill.pairs import teacher_latents
+    from tiue_export.distill.train import distill
+    from tiue_export.pipeline import load_pipeline
+
+    real_randn, real_ode = train.Trainer.randn, train.Trainer.ode_target
+    draws, seen = [], []
+
+    def randn(self, shape):
+        out = real_randn(self, shape)
+        draws.append(out)
+        return out
+
+    def ode(self, z_T, cond, uncond):
+        target = real_ode(self, z_T, cond, uncond)
+        seen.append((z_T, cond, target))
+        return target
+
+    monkeypatch.setattr(train.Trainer, "randn", randn)
+    monkeypatch.setattr(train.Trainer, "ode_target", ode)
+    out = tmp_path / "ode"
+    result = distill(config(teacher, prompts_file, out, steps=2, lambda_ode=0.5, ode_steps=3))
+    assert len(seen) == 2 and seen[0][0] is draws[0]  # the first draw of the step is the student's z_T
+    recipe = json.loads((out / "tiue.json").read_text())["provenance"]["recipe"]
+    assert (recipe["lambda_ode"], recipe["ode_steps"], recipe["regression_guidance"]) == (0.5, 3, 7.5)
+    # the target is the frozen teacher's 3-step DDIM from that noise, with the run's CFG
+    pipe = load_pipeline(teacher)
+    z_T, cond, target = seen[0]
+    with torch.no_grad():
+        expected = teacher_latents(pipe.unet, pipe.scheduler, cond, pipe.encode_text([""] * cond.shape[0]), z_T, 3, 7.5)
+    assert torch.allclose(target, expected, atol=1e-4)
+    assert not torch.allclose(target, torch.zeros_like(target))
+    records = [json.loads(line) for line in (Path(str(out) + ".run") / "log.jsonl").read_text().splitlines()]
+    assert all(r["loss_ode"] > 0 for r in records) and "loss_refine" not in records[0]
+    # online pairs alone: no LoRA steps, the student still learns
+    monkeypatch.setattr(train.Trainer, "ode_target", real_ode)
+    alone = distill(config(teacher, prompts_file, tmp_path / "alone", steps=2, lambda_vsd=0.0, lambda_ode=1.0, ode_steps=2))
+    assert all(torch.count_nonzero(p) == 0 for n, p in alone.lora_unet.named_parameters() if "lora_B" in n)
+    initial = dict(pipe.unet.named_parameters())
+    assert any(not torch.equal(p, initial[n]) for n, p in alone.student.unet.named_parameters())
 
 
 def test_gan_head_learns_with_the_lora_teacher_only(teacher, prompts_file, tmp_path):

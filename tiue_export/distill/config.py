@@ -77,6 +77,10 @@ class DistillConfig:
     refine_guidance: float | None = None  # CFG of the refinement; None: the teacher's default
     refine_noise: str = "fresh"  # noise for the refinement: a fresh draw, or the sample's own z_T ("initial": deterministic targets)
 
+    # -- online teacher pairs (not in the authors' recipe, off by default) ----------------------
+    lambda_ode: float = 0.0  # weight of the latent MSE to the teacher's DDIM solution from the sample's own z_T, drawn each step; 0: off
+    ode_steps: int = 8  # DDIM steps of that solution (CFG: --regression-guidance)
+
     # -- GAN on the teacher samples (DMD2's classifier on the fake score; off by default) ------
     lambda_gan: float = 0.0  # weight of the student's non-saturating GAN loss; 0: off (needs --regression-pairs)
     lambda_gan_d: float = 0.01  # weight of the discriminator loss in the LoRA teacher's step (DMD2's 1e-2)
@@ -112,8 +116,8 @@ class DistillConfig:
             (self.lr_warmup_steps >= 0, f"--lr-warmup-steps must be >= 0, got {self.lr_warmup_steps}"),
             (0 <= self.vsd_t_min <= self.vsd_t_max, f"need 0 <= --vsd-t-min <= --vsd-t-max, got {self.vsd_t_min}, {self.vsd_t_max}"),
             (self.lambda_vsd >= 0, f"--lambda-vsd must be >= 0, got {self.lambda_vsd}"),
-            (self.lambda_vsd > 0 or (self.regression_pairs > 0 and self.lambda_reg > 0) or self.lambda_refine > 0,
-             "--lambda-vsd 0 leaves nothing to learn from: add --regression-pairs N (and --lambda-reg > 0) or --lambda-refine W"),
+            (self.lambda_vsd > 0 or (self.regression_pairs > 0 and self.lambda_reg > 0) or self.lambda_refine > 0 or self.lambda_ode > 0,
+             "--lambda-vsd 0 leaves nothing to learn from: add --regression-pairs N (and --lambda-reg > 0), --lambda-refine W or --lambda-ode W"),
             (self.lambda_vsd > 0 or self.lambda_gan == 0,
              "--lambda-gan needs the LoRA teacher, which --lambda-vsd 0 does not train"),
             (self.lambda_kl >= 0, f"--lambda-kl must be >= 0, got {self.lambda_kl}"),
@@ -128,6 +132,8 @@ class DistillConfig:
             (self.refine_t >= 1, f"--refine-t must be >= 1, got {self.refine_t}"),
             (1 <= self.refine_steps <= self.refine_t, f"--refine-steps must be in [1, --refine-t], got {self.refine_steps}"),
             (self.refine_noise in REFINE_NOISES, f"--refine-noise must be one of {', '.join(REFINE_NOISES)}"),
+            (self.lambda_ode >= 0, f"--lambda-ode must be >= 0, got {self.lambda_ode}"),
+            (self.ode_steps >= 1, f"--ode-steps must be >= 1, got {self.ode_steps}"),
             (self.lambda_gan >= 0 and self.lambda_gan_d >= 0, "--lambda-gan and --lambda-gan-d must be >= 0"),
             (self.lambda_gan == 0 or self.regression_pairs > 0,
              "--lambda-gan needs teacher samples for the discriminator's real side: add --regression-pairs N "

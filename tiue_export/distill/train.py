@@ -59,7 +59,7 @@ from .losses import (
     vsd_loss,
     vsd_score_gradient,
 )
-from .pairs import PairSpec, generate_pairs, load_pairs, prepare_pair_dir, prompts_digest, teacher_refinement
+from .pairs import PairSpec, generate_pairs, load_pairs, prepare_pair_dir, prompts_digest, teacher_latents, teacher_refinement
 
 log = logging.getLogger("tiue_export")
 
@@ -68,7 +68,7 @@ CHECKPOINTS = "checkpoints"
 LOG_FILE = "log.jsonl"
 CONFIG_FILE = "config.json"
 #: Per-step statistics averaged over processes into log.jsonl, in this order (those the recipe has).
-LOGGED = ("loss_vsd", "loss_kl", "loss_reg", "loss_refine", "loss_gan", "loss_lora", "loss_d", "d_accuracy")
+LOGGED = ("loss_vsd", "loss_kl", "loss_reg", "loss_refine", "loss_ode", "loss_gan", "loss_lora", "loss_d", "d_accuracy")
 #: The one-step baseline's scheduler: set_timesteps(1) gives t=999 and the DDIM step goes to
 #: alpha=1, so the one-pass sum is exactly x0 = (z_T - sqrt(1 - abar) eps) / sqrt(abar).
 BASELINE_SCHEDULER_OVERRIDES = {"timestep_spacing": "trailing", "set_alpha_to_one": True}
@@ -349,6 +349,9 @@ class Trainer:
         if cfg.lambda_refine:  # regression onto the teacher's refinement of this very sample
             own_noise = z_T if cfg.refine_noise == "initial" else None  # not `noise`: the GAN term reuses the VSD one
             loss_refine = regression_loss(z0, self.refine_target(z0.detach(), cond, uncond, own_noise), cfg.lambda_refine)
+        loss_ode = z0.new_zeros((), dtype=torch.float32)
+        if cfg.lambda_ode:  # an online teacher pair: the teacher's DDIM solution from this sample's z_T
+            loss_ode = regression_loss(z0, self.ode_target(z_T, cond, uncond), cfg.lambda_ode)
         loss_gan = z0.new_zeros((), dtype=torch.float32)
         if cfg.lambda_gan:  # gradients to z0 through the frozen discriminator
             t_gan, noise_gan = t, noise  # by default the VSD sample, noised as it is
@@ -358,7 +361,7 @@ class Trainer:
             with frozen(lora.parameters()):  # adapters and head
                 x_gan = diffuse(z0, noise_gan, self.alphas[t_gan])
                 loss_gan = gan_generator_loss(bottleneck_logits(lora, x_gan, t_gan, cond), cfg.lambda_gan)
-        acc.backward(cfg.lambda_vsd * loss_vsd + loss_kl + loss_reg + loss_refine + loss_gan)
+        acc.backward(cfg.lambda_vsd * loss_vsd + loss_kl + loss_reg + loss_refine + loss_ode + loss_gan)
         grad_norm = acc.clip_grad_norm_(self.student_ddp.parameters(), cfg.max_grad_norm)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
@@ -368,6 +371,8 @@ class Trainer:
         stats = {"loss_vsd": loss_vsd.detach(), "loss_kl": loss_kl.detach(), "loss_reg": loss_reg.detach(), "grad_norm": grad_norm}
         if cfg.lambda_refine:
             stats["loss_refine"] = loss_refine.detach()
+        if cfg.lambda_ode:
+            stats["loss_ode"] = loss_ode.detach()
         if cfg.lambda_gan:
             stats["loss_gan"] = loss_gan.detach()
         return z0.detach(), stats
@@ -382,6 +387,15 @@ class Trainer:
         with self.frozen_teacher():
             return teacher_refinement(self.lora_ddp, self.scheduler, cond, uncond, z0, noise, cfg.refine_t,
                                       cfg.refine_steps, float(cfg.refine_guidance))
+
+    @torch.no_grad()
+    def ode_target(self, z_T: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
+        """The frozen teacher's DDIM latents from ``z_T`` (``--ode-steps``, CFG ``--regression-guidance``):
+        what a one-pass student should return for that noise, a fresh pair every step."""
+        cfg = self.cfg
+        with self.frozen_teacher(), self.accelerator.autocast():
+            z0 = teacher_latents(self.lora_ddp, self.scheduler, cond, uncond, z_T, cfg.ode_steps, float(cfg.regression_guidance))
+        return z0.float()
 
     @contextmanager
     def frozen_teacher(self):
@@ -690,7 +704,7 @@ def distill(cfg: DistillConfig, resume: bool = False) -> DistillResult:
     cfg = cfg.replace(teacher=str(teacher_dir.resolve()), prompts=str(Path(cfg.prompts).resolve()))
     if cfg.init_student:
         cfg = cfg.replace(init_student=str(Path(cfg.init_student).resolve()))
-    if cfg.regression_pairs and cfg.regression_guidance is None:
+    if (cfg.regression_pairs or cfg.lambda_ode) and cfg.regression_guidance is None:
         cfg = cfg.replace(regression_guidance=teacher_guidance(teacher_dir))
     if cfg.lambda_refine and cfg.refine_guidance is None:
         cfg = cfg.replace(refine_guidance=teacher_guidance(teacher_dir))
