@@ -43,6 +43,21 @@ def prompts_file(tmp_path_factory):
     return p
 
 
+@pytest.fixture
+def draws(monkeypatch):
+    """Every noise the trainer draws (``Trainer.randn``), in order."""
+    from tiue_export.distill import train
+
+    real, seen = train.Trainer.randn, []
+
+    def randn(self, shape):
+        seen.append(real(self, shape))
+        return seen[-1]
+
+    monkeypatch.setattr(train.Trainer, "randn", randn)
+    return seen
+
+
 def config(teacher, prompts_file, out, **kw):
     kw = {"steps": 2, "batch_size": 2, "checkpoint_every": 2, **kw}
     return DistillConfig(prompts=str(prompts_file), out=str(out), teacher=str(teacher), **kw)
@@ -532,25 +547,19 @@ def test_refinement_term_joins_the_student_loss(teacher, prompts_file, tmp_path,
     assert any(not torch.equal(p, b[n]) for n, p in alone.student.unet.named_parameters())
 
 
-def test_refine_noise_initial_reuses_the_samples_own_noise(teacher, prompts_file, tmp_path, monkeypatch):
+def test_refine_noise_initial_reuses_the_samples_own_noise(teacher, prompts_file, tmp_path, monkeypatch, draws):
     """``--refine-noise initial`` noises the student's z0 with its own z_T (the step's first draw),
     so the target is a function of z_T; ``fresh`` draws a new noise."""
     from tiue_export.distill import train
     from tiue_export.distill.train import distill
 
-    real_randn, real_refine = train.Trainer.randn, train.Trainer.refine_target
-    draws, seen = [], []
-
-    def randn(self, shape):
-        out = real_randn(self, shape)
-        draws.append(out)
-        return out
+    real_refine = train.Trainer.refine_target
+    seen = []
 
     def refine(self, z0, cond, uncond, noise=None):
         seen.append(noise)
         return real_refine(self, z0, cond, uncond, noise)
 
-    monkeypatch.setattr(train.Trainer, "randn", randn)
     monkeypatch.setattr(train.Trainer, "refine_target", refine)
     common = dict(steps=1, lambda_refine=1.0, refine_t=40, refine_steps=2)
     result = distill(config(teacher, prompts_file, tmp_path / "initial", refine_noise="initial", **common))
@@ -561,7 +570,7 @@ def test_refine_noise_initial_reuses_the_samples_own_noise(teacher, prompts_file
     assert seen == [None]  # refine_target draws its own
 
 
-def test_online_pairs_are_the_teachers_ddim_from_the_samples_own_noise(teacher, prompts_file, tmp_path, monkeypatch):
+def test_online_pairs_are_the_teachers_ddim_from_the_samples_own_noise(teacher, prompts_file, tmp_path, monkeypatch, draws):
     """``--lambda-ode``: each step the frozen teacher's DDIM latents from the student's own z_T
     (the step's first draw) are the target of a latent MSE that joins the student loss; with
     ``--lambda-vsd 0`` it is the whole recipe (no LoRA steps)."""
@@ -570,20 +579,14 @@ def test_online_pairs_are_the_teachers_ddim_from_the_samples_own_noise(teacher, 
     from tiue_export.distill.train import distill
     from tiue_export.pipeline import load_pipeline
 
-    real_randn, real_ode = train.Trainer.randn, train.Trainer.ode_target
-    draws, seen = [], []
-
-    def randn(self, shape):
-        out = real_randn(self, shape)
-        draws.append(out)
-        return out
+    real_ode = train.Trainer.ode_target
+    seen = []
 
     def ode(self, z_T, cond, uncond):
         target = real_ode(self, z_T, cond, uncond)
         seen.append((z_T, cond, target))
         return target
 
-    monkeypatch.setattr(train.Trainer, "randn", randn)
     monkeypatch.setattr(train.Trainer, "ode_target", ode)
     out = tmp_path / "ode"
     result = distill(config(teacher, prompts_file, out, steps=2, lambda_ode=0.5, ode_steps=3))
