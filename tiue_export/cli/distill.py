@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from ..distill.config import BASELINES, LR_SCHEDULES, MIXED_PRECISION, REFINE_NOISES, VSD_WEIGHTINGS, DistillConfig
+from ..distill.config import BASELINES, LR_SCHEDULES, MIXED_PRECISION, REFINE_NOISES, REGRESSION_SPACES, VSD_WEIGHTINGS, DistillConfig
 from ..errors import InputError
 
 D = DistillConfig.__dataclass_fields__
@@ -49,6 +49,7 @@ def _default(name):
 @click.option("--regression-steps", type=int, default=_default("regression_steps"), show_default=True, help="DDIM steps of the teacher for each pair.")
 @click.option("--regression-guidance", type=float, default=None, help="CFG of the teacher pairs, stored and online  [default: the teacher's own]")
 @click.option("--regression-batch-size", type=int, default=None, help="Pairs per device and step  [default: --batch-size]")
+@click.option("--regression-space", type=click.Choice(REGRESSION_SPACES), default=_default("regression_space"), show_default=True, help="Compare the student's and the teacher's pairs as latents, or as images decoded by the frozen VAE.")
 @click.option("--lambda-refine", type=float, default=_default("lambda_refine"), show_default=True, help="Weight of the latent MSE to the teacher's refinement of the student's own sample (noised to --refine-t, then --refine-steps teacher DDIM steps); 0: off.")
 @click.option("--refine-t", type=int, default=_default("refine_t"), show_default=True, help="Timestep the student's sample is noised to for the refinement.")
 @click.option("--refine-steps", type=int, default=_default("refine_steps"), show_default=True, help="Teacher DDIM steps of the refinement.")

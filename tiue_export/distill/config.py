@@ -20,6 +20,8 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_SCHEDULES = ("constant", "cosine", "linear")
 #: Noise of the refinement target (``--refine-noise``): a fresh draw each step, or the sample's own z_T.
 REFINE_NOISES = ("fresh", "initial")
+#: Where the regression on teacher pairs compares (``--regression-space``): latents, or images through the frozen VAE decoder.
+REGRESSION_SPACES = ("latent", "pixel")
 #: Fields that may change between a run and its resume (they do not change the maths).
 RESUMABLE_CHANGES = ("steps", "epochs", "checkpoint_every", "keep_checkpoints", "log_tensorboard", "out", "run_dir")
 
@@ -69,6 +71,7 @@ class DistillConfig:
     regression_steps: int = 50  # DDIM steps of the teacher for each pair
     regression_guidance: float | None = None  # CFG of the pairs; None: the teacher's default
     regression_batch_size: int | None = None  # pairs per device and step; None: --batch-size
+    regression_space: str = "latent"  # "latent": MSE of latents; "pixel": MSE of the frozen VAE decoder's images (DMD's image-space loss)
 
     # -- teacher refinement of the student's own samples (not in the authors' recipe, off by default)
     lambda_refine: float = 0.0  # weight of the latent MSE between the student's z0 and the teacher's refinement of it; 0: off
@@ -128,6 +131,7 @@ class DistillConfig:
             (self.regression_steps >= 1, f"--regression-steps must be >= 1, got {self.regression_steps}"),
             (self.regression_batch_size is None or self.regression_batch_size >= 1,
              f"--regression-batch-size must be >= 1, got {self.regression_batch_size}"),
+            (self.regression_space in REGRESSION_SPACES, f"--regression-space must be one of {', '.join(REGRESSION_SPACES)}"),
             (self.lambda_refine >= 0, f"--lambda-refine must be >= 0, got {self.lambda_refine}"),
             (self.refine_t >= 1, f"--refine-t must be >= 1, got {self.refine_t}"),
             (1 <= self.refine_steps <= self.refine_t, f"--refine-steps must be in [1, --refine-t], got {self.refine_steps}"),
