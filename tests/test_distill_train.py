@@ -848,3 +848,28 @@ def test_refine_targets_script_scores_the_refinements(tmp_path):
     for bad in ("300", "3:300", "1000:4", "a:b"):
         with pytest.raises(SystemExit, match="--settings wants T:N pairs"):
             script.main(["--settings", bad])
+
+
+def test_teacher_map_script_measures_perturbations_and_flips(tmp_path):
+    """scripts/teacher_map.py: s=0 is the target's own noise (MSE exactly 0), s=1 an unrelated one
+    (MSE well above 0); every flip is measured against the flipped target; a student or bad
+    --sigmas is a one-line exit."""
+    import importlib.util
+
+    from tiue_export.models import default_model
+
+    spec = importlib.util.spec_from_file_location("teacher_map", Path(__file__).resolve().parents[1] / "scripts" / "teacher_map.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    report = script.main(["--count", "4", "--steps", "4", "--sigmas", "0,1", "--json", str(tmp_path / "m.json")])
+    assert report["perturbed"]["0.0"]["latent_mse"] == 0.0
+    assert report["perturbed"]["1.0"]["latent_mse"] > 0.05
+    assert report["perturbed"]["0.0"]["toy_prompt_accuracy"] == report["targets"]["toy_prompt_accuracy"]
+    assert set(report["transformed"]) == {"hflip", "vflip", "rot90"}
+    assert all(r["latent_mse"] > 0 and 0 <= r["toy_prompt_accuracy"]["all"] <= 1 for r in report["transformed"].values())
+    assert json.loads((tmp_path / "m.json").read_text()) == report
+    for bad in ("", "2", "-0.1", "a"):
+        with pytest.raises(SystemExit, match="--sigmas wants"):
+            script.main(["--sigmas", bad])
+    with pytest.raises(SystemExit, match="is a TiUE student"):
+        script.main(["--model", str(default_model()), "--count", "1"])
