@@ -20,7 +20,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pair_fit import toy_scores  # noqa: E402
@@ -47,7 +46,7 @@ def parse_sigmas(text: str) -> list[float]:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="teacher directory (default: the built-in toy teacher)")
-    ap.add_argument("--prompts", type=Path, default=ROOT / "calibration" / "toy-train-prompts.txt")
+    ap.add_argument("--prompts", type=Path, default=ROOT / "calibration" / "toy-train-prompts.txt", help="captions (.txt, .jsonl, .csv, .parquet)")
     ap.add_argument("--count", type=int, default=32, help="noises (one prompt each, drawn from --prompts)")
     ap.add_argument("--steps", type=int, default=50, help="teacher DDIM steps")
     ap.add_argument("--sigmas", default="0.1,0.2,0.3,0.5,1", help="perturbation sizes s in [0, 1]")
@@ -57,15 +56,20 @@ def main(argv: list[str] | None = None) -> dict:
     if args.count < 1 or args.steps < 1:
         raise SystemExit("error: --count and --steps must be >= 1")
 
+    from tiue_export.distill.data import load_prompts
+    from tiue_export.errors import InputError
     from tiue_export.models import ASSETS
     from tiue_export.pipeline import load_pipeline
     from tiue_export.sampling import initial_noise
     from tiue_export.toy.classifier import load_classifier
 
+    try:
+        prompts = load_prompts(args.prompts)
+    except InputError as e:
+        raise SystemExit(f"error: {e}") from None
     pipe = load_pipeline(args.model or ASSETS / "toy-teacher")
     if not pipe.is_teacher:
         raise SystemExit(f"error: {args.model} is a TiUE student: give a teacher")
-    prompts = [line.strip() for line in args.prompts.read_text().splitlines() if line.strip()]
     rng = np.random.default_rng(7)
     texts = [prompts[i] for i in rng.integers(0, len(prompts), args.count)]
     seeds = list(range(SEED_BASE, SEED_BASE + args.count))

@@ -792,11 +792,19 @@ def test_distill_speed_script_runs_on_cpu(tmp_path):
     assert "batch 1:" in proc.stdout and "steps/s" in proc.stdout
 
 
+def _script(name: str):
+    """scripts/NAME.py, imported as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_pair_fit_script_scores_pairs_and_fresh_noises(tmp_path):
     """scripts/pair_fit.py on pairs whose targets are the default student's own samples: it must
     find them reproduced exactly (MSE 0, the same accuracy as the targets) on the pair noises."""
-    import importlib.util
-
     from safetensors.torch import save_file
 
     from tiue_export.models import default_model
@@ -813,9 +821,7 @@ def test_pair_fit_script_scores_pairs_and_fresh_noises(tmp_path):
     (tmp_path / "pairs" / "spec.json").write_text(json.dumps(spec))
     save_file({"noise": noise, "latents": torch.from_numpy(z0)}, tmp_path / "pairs" / "chunk-00000.safetensors",
               metadata={"prompts": json.dumps(captions), "first": "0"})
-    spec = importlib.util.spec_from_file_location("pair_fit", Path(__file__).resolve().parents[1] / "scripts" / "pair_fit.py")
-    pair_fit = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(pair_fit)
+    pair_fit = _script("pair_fit")
     report = pair_fit.main(["--model", str(default_model()), "--run", str(tmp_path), "--json", str(tmp_path / "fit.json")])
     assert report["pairs"] == 4 and report["latent_mse_on_pair_noises"] < 1e-10
     acc = report["toy_prompt_accuracy"]
@@ -830,11 +836,7 @@ def test_refine_targets_script_scores_the_refinements(tmp_path):
     """scripts/refine_targets.py: refining at t=1 (one DDIM step from almost no noise) keeps the
     student's images, so their accuracy (and distance to anything) is the student's; bad settings
     are a one-line exit."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("refine_targets", Path(__file__).resolve().parents[1] / "scripts" / "refine_targets.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _script("refine_targets")
     report = script.main(["--count", "8", "--settings", "1:1,300:3", "--json", str(tmp_path / "r.json")])
     assert report["count"] == 8 and [(r["t"], r["steps"]) for r in report["refined"]] == [(1, 1), (300, 3)]
     assert report["refined"][0]["all"] == report["student"]["all"]
@@ -854,13 +856,9 @@ def test_teacher_map_script_measures_perturbations_and_flips(tmp_path):
     """scripts/teacher_map.py: s=0 is the target's own noise (MSE exactly 0), s=1 an unrelated one
     (MSE well above 0); every flip is measured against the flipped target; a student or bad
     --sigmas is a one-line exit."""
-    import importlib.util
-
     from tiue_export.models import default_model
 
-    spec = importlib.util.spec_from_file_location("teacher_map", Path(__file__).resolve().parents[1] / "scripts" / "teacher_map.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _script("teacher_map")
     report = script.main(["--count", "4", "--steps", "4", "--sigmas", "0,1", "--json", str(tmp_path / "m.json")])
     assert report["perturbed"]["0.0"]["latent_mse"] == 0.0
     assert report["perturbed"]["1.0"]["latent_mse"] > 0.05
