@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = ap.parse_args(argv)
 
+    from tiue_export.io import write_json
     from tiue_export.pipeline import load_pipeline
     from tiue_export.toy.classifier import load_classifier
 
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
         parts = " ".join(f"{k} {v:.1%}" for k, v in s.items())
         print(f"{name:22s} {parts}")
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        write_json(args.json, report)
     return report
 
 

@@ -15,7 +15,6 @@ gives the latent MSE of the student and of each refinement to it.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -56,6 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from tiue_export.distill.pairs import teacher_refinement
     from tiue_export.distill.train import resolve_teacher, teacher_guidance
+    from tiue_export.io import write_json
     from tiue_export.pipeline import load_pipeline
     from tiue_export.sampling import initial_noise
     from tiue_export.toy.classifier import load_classifier
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"refined t={t:3d} steps={n:2d}  {scores['all']:.1%} (small {scores['small']:.1%}, large {scores['large']:.1%})"
                   f"  MSE to the sample {scores['mse_to_sample']:.4f}{extra}  {seconds:.1f} s")
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        write_json(args.json, report)
     return report
 
 

@@ -15,7 +15,6 @@ accuracy of every row. Prints, and with ``--json`` writes, the numbers.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -58,6 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from tiue_export.distill.data import load_prompts
     from tiue_export.errors import InputError
+    from tiue_export.io import write_json
     from tiue_export.models import ASSETS
     from tiue_export.pipeline import load_pipeline
     from tiue_export.sampling import initial_noise
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name, r in report["transformed"].items():
         print(fmt(f"{name} (vs the same {name} of the target)", r))
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        write_json(args.json, report)
     return report
 
 

@@ -39,7 +39,7 @@ import torch
 
 from .. import __version__
 from ..errors import InputError, ModelError, require
-from ..io import atomic_path
+from ..io import atomic_path, write_json
 from ..models import ASSETS
 from ..sampling import classifier_free_guidance
 from ..schedule import OnePassSchedule, combine_one_pass
@@ -150,11 +150,6 @@ def checkpoint_step(path: Path) -> int:
 def lora_state(unet) -> dict[str, torch.Tensor]:
     """The trainable (LoRA) tensors of the LoRA teacher, by parameter name."""
     return {n: p.detach().cpu().contiguous() for n, p in unet.named_parameters() if p.requires_grad}
-
-
-def write_json(path: Path, data) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
 
 
 # -- output ---------------------------------------------------------------------------------------
