@@ -11,8 +11,6 @@ from tiue_export.distill.losses import (
     gaussian_kl_to_standard,
     kl_loss,
     lora_denoising_loss,
-    gan_discriminator_loss,
-    gan_generator_loss,
     regression_loss,
     vsd_loss,
     vsd_score_gradient,
@@ -100,17 +98,3 @@ def test_dmd_gradient_is_normalised_x0_difference_with_the_vsd_sign():
     # same direction as SwiftBrush's gradient, element by element
     assert torch.equal(torch.sign(g), torch.sign(vsd_score_gradient(eps_t, eps_l, abar)))
 
-
-def test_gan_losses_hand_computed():
-    # softplus(-0) = log 2, softplus(-log 3) = log(4/3), softplus(log 3) = log 4
-    fake = torch.tensor([0.0, math.log(3.0)])
-    assert gan_generator_loss(fake, 0.5).item() == pytest.approx(0.5 * (math.log(2) + math.log(4 / 3)) / 2)
-    real = torch.tensor([0.0, 0.0])
-    assert gan_discriminator_loss(real, fake).item() == pytest.approx(math.log(2) + (math.log(2) + math.log(4)) / 2)
-    # the generator's gradient pushes fake logits up, the discriminator's pushes them down
-    x = fake.clone().requires_grad_(True)
-    gan_generator_loss(x, 1.0).backward()
-    assert (x.grad < 0).all()
-    x.grad = None
-    gan_discriminator_loss(real, x).backward()
-    assert (x.grad > 0).all()

@@ -81,13 +81,3 @@ def lora_denoising_loss(eps_lora: torch.Tensor, noise: torch.Tensor, abar_t: tor
     """LoRA teacher's diffusion loss (SwiftBrush, alpha-weighted): ``mean((sqrt(abar) eps_lora - sqrt(abar) eps)^2)``."""
     a = per_sample(abar_t).sqrt()
     return F.mse_loss((a * eps_lora).float(), (a * noise).float(), reduction="mean")
-
-
-def gan_generator_loss(fake_logits: torch.Tensor, lambda_gan: float) -> torch.Tensor:
-    """Non-saturating generator loss (Goodfellow et al. 2014; DMD2, Yin et al. 2024b, Eq. 6): ``lambda * mean(softplus(-D(fake)))``."""
-    return lambda_gan * F.softplus(-fake_logits.float()).mean()
-
-
-def gan_discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    """The discriminator's logistic loss: ``mean(softplus(-D(real))) + mean(softplus(D(fake)))``."""
-    return F.softplus(-real_logits.float()).mean() + F.softplus(fake_logits.float()).mean()

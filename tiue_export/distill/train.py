@@ -12,9 +12,8 @@ Each step (the authors' ``train_loopfree.py``, which builds on SwiftBrush):
    and an EMA update;
 3. the LoRA teacher learns to denoise the (detached) z0 with the usual diffusion loss.
 
-Options beyond the authors' recipe (off by default): DMD's regression onto teacher DDIM pairs
-(``--regression-pairs``) and DMD2's GAN term, a discriminator head on the LoRA teacher's
-bottleneck with the teacher pairs as the real side (``--lambda-gan``, :mod:`.gan`).
+Beyond the authors' recipe (off by default): DMD's regression onto teacher DDIM pairs
+(``--regression-pairs``), which the shipped toy student uses.
 
 Runs unchanged on one CPU or under ``accelerate launch`` on many GPUs: each rank draws its own
 prompts and noise, DDP averages the gradients, only the main process writes. Checkpoints hold
@@ -30,7 +29,7 @@ import json
 import logging
 import shutil
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,14 +44,11 @@ from ..sampling import classifier_free_guidance
 from ..schedule import OnePassSchedule, combine_one_pass
 from ..student import TiUEStudent
 from ..tiue_config import TIUE_JSON
-from .config import DistillConfig
+from .config import DistillConfig, removed_options
 from .data import load_prompts, make_loader
-from .gan import HEAD_ATTR, attach_head, bottleneck_logits, capture_mid, frozen
 from .losses import (
     diffuse,
     dmd_score_gradient,
-    gan_discriminator_loss,
-    gan_generator_loss,
     kl_loss,
     lora_denoising_loss,
     regression_loss,
@@ -68,7 +64,7 @@ CHECKPOINTS = "checkpoints"
 LOG_FILE = "log.jsonl"
 CONFIG_FILE = "config.json"
 #: Per-step statistics averaged over processes into log.jsonl, in this order (those the recipe has).
-LOGGED = ("loss_vsd", "loss_kl", "loss_reg", "loss_refine", "loss_ode", "loss_gan", "loss_lora", "loss_d", "d_accuracy")
+LOGGED = ("loss_vsd", "loss_kl", "loss_reg", "loss_refine", "loss_ode", "loss_lora")
 #: The one-step baseline's scheduler: set_timesteps(1) gives t=999 and the DDIM step goes to
 #: alpha=1, so the one-pass sum is exactly x0 = (z_T - sqrt(1 - abar) eps) / sqrt(abar).
 BASELINE_SCHEDULER_OVERRIDES = {"timestep_spacing": "trailing", "set_alpha_to_one": True}
@@ -232,7 +228,8 @@ def export_checkpoint(run: Path, out: Path, step: int | None = None) -> tuple[Pa
     if out.exists():
         raise InputError(f"--out {out} already exists: choose a new directory")
     path = ckpts[step]
-    cfg = DistillConfig.from_dict(json.loads((path / CONFIG_FILE).read_text()))
+    recorded = json.loads((path / CONFIG_FILE).read_text())
+    cfg = DistillConfig.from_dict(recorded)
     teacher_dir = resolve_teacher(cfg.teacher)
     pipe = load_pipeline(teacher_dir)
     schedule = student_schedule(pipe.scheduler, cfg)
@@ -240,7 +237,8 @@ def export_checkpoint(run: Path, out: Path, step: int | None = None) -> tuple[Pa
     ema = EMAModel(student.unet.parameters(), decay=cfg.ema_decay)
     ema.load_state_dict(torch.load(path / "ema.pt", weights_only=True, map_location="cpu"))
     world = json.loads((path / "state.json").read_text())["world_size"]
-    provenance = {**student_provenance(cfg, teacher_dir, step, world), "checkpoint": str(path.resolve())}
+    # the recipe as recorded: it may name options this version no longer has
+    provenance = {**student_provenance(cfg, teacher_dir, step, world), "recipe": recorded, "checkpoint": str(path.resolve())}
     export_student(out, teacher_dir, scheduler_overrides(cfg), student, ema, provenance, schedule)
     return out, step
 
@@ -325,8 +323,7 @@ class Trainer:
         """Steps 1-2: one TiUE pass, VSD against both CFG teachers plus KL, Adam step, EMA update.
 
         With teacher pairs, the same pass also maps a batch of pair noises, and the latent MSE to
-        the teacher's z0 (weight ``lambda_reg``) joins the loss. With ``lambda_gan``, the student's
-        noised z0 also goes through the (frozen) discriminator for the GAN loss.
+        the teacher's z0 (weight ``lambda_reg``) joins the loss.
 
         Returns:
             The student's z0 (detached) and the step's losses and gradient norm.
@@ -351,27 +348,18 @@ class Trainer:
             loss_reg = regression_loss(self.decode(z0_reg) if pixel else z0_reg, target, cfg.lambda_reg)
 
         if cfg.lambda_vsd:
-            loss_vsd, t, noise = self.vsd_term(z0, cond, uncond)
+            loss_vsd = self.vsd_term(z0, cond, uncond)
         else:  # regression (and KL) only: no teacher calls
             loss_vsd = z0.new_zeros((), dtype=torch.float32)
         loss_kl = kl_loss(eps, cfg.lambda_kl)
         loss_refine = z0.new_zeros((), dtype=torch.float32)
         if cfg.lambda_refine:  # regression onto the teacher's refinement of this very sample
-            own_noise = z_T if cfg.refine_noise == "initial" else None  # not `noise`: the GAN term reuses the VSD one
+            own_noise = z_T if cfg.refine_noise == "initial" else None
             loss_refine = regression_loss(z0, self.refine_target(z0.detach(), cond, uncond, own_noise), cfg.lambda_refine)
         loss_ode = z0.new_zeros((), dtype=torch.float32)
         if cfg.lambda_ode:  # an online teacher pair: the teacher's DDIM solution from this sample's z_T
             loss_ode = regression_loss(z0, self.ode_target(z_T, cond, uncond), cfg.lambda_ode)
-        loss_gan = z0.new_zeros((), dtype=torch.float32)
-        if cfg.lambda_gan:  # gradients to z0 through the frozen discriminator
-            t_gan, noise_gan = t, noise  # by default the VSD sample, noised as it is
-            if cfg.gan_t_max is not None:
-                t_gan, noise_gan = self.randint(0, cfg.gan_t_max, b), self.randn(z0.shape)
-            lora = acc.unwrap_model(self.lora_ddp)
-            with frozen(lora.parameters()):  # adapters and head
-                x_gan = diffuse(z0, noise_gan, self.alphas[t_gan])
-                loss_gan = gan_generator_loss(bottleneck_logits(lora, x_gan, t_gan, cond), cfg.lambda_gan)
-        acc.backward(cfg.lambda_vsd * loss_vsd + loss_kl + loss_reg + loss_refine + loss_ode + loss_gan)
+        acc.backward(cfg.lambda_vsd * loss_vsd + loss_kl + loss_reg + loss_refine + loss_ode)
         grad_norm = acc.clip_grad_norm_(self.student_ddp.parameters(), cfg.max_grad_norm)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
@@ -383,8 +371,6 @@ class Trainer:
             stats["loss_refine"] = loss_refine.detach()
         if cfg.lambda_ode:
             stats["loss_ode"] = loss_ode.detach()
-        if cfg.lambda_gan:
-            stats["loss_gan"] = loss_gan.detach()
         return z0.detach(), stats
 
     @torch.no_grad()
@@ -421,7 +407,7 @@ class Trainer:
         """VSD: noise z0 at t ~ U{vsd_t_min..vsd_t_max}, score gradient from both CFG teachers.
 
         Returns:
-            The (unweighted) VSD loss, and the timesteps and noise it used.
+            The (unweighted) VSD loss.
         """
         cfg = self.cfg
         t = self.randint(cfg.vsd_t_min, cfg.vsd_t_max, z0.shape[0])
@@ -436,16 +422,10 @@ class Trainer:
             g = dmd_score_gradient(eps_teacher, eps_lora, x_t, z0.detach(), abar)
         else:
             g = vsd_score_gradient(eps_teacher, eps_lora, abar)
-        return vsd_loss(z0, g), t, noise
+        return vsd_loss(z0, g)
 
     def lora_update(self, z0: torch.Tensor, cond: torch.Tensor) -> dict:
-        """Step 3: the LoRA teacher learns to denoise the student's samples (diffusion loss), Adam step.
-
-        With ``lambda_gan``, the discriminator head on its bottleneck learns in the same step:
-        the student's noised samples (by default the features of the denoising pass; with
-        ``gan_t_max`` its own encoder pass at t ~ U{0..gan_t_max}) against as many noised teacher
-        samples at the same timesteps, weight ``lambda_gan_d``.
-        """
+        """Step 3: the LoRA teacher learns to denoise the student's samples (diffusion loss), Adam step."""
         cfg, acc = self.cfg, self.accelerator
         b = z0.shape[0]
         t = self.randint(0, self.alphas.shape[0] - 1, b)
@@ -453,28 +433,12 @@ class Trainer:
         x_t = diffuse(z0, noise, self.alphas[t])
         drop = bool(torch.rand((), generator=self.generator) < cfg.lora_uncond_prob)  # whole batch
         ehs = self.null.expand(b, -1, -1) if drop else cond
-        lora = acc.unwrap_model(self.lora_ddp)
-        reuse_mid = cfg.lambda_gan and cfg.gan_t_max is None and cfg.gan_scale == 1  # the denoising pass's own features
-        with capture_mid(lora) if reuse_mid else nullcontext() as mids:
-            loss_lora = lora_denoising_loss(self.lora_ddp(x_t, t, encoder_hidden_states=ehs).sample, noise, self.alphas[t])
-        loss, stats = loss_lora, {}
-        if cfg.lambda_gan:
-            _, cond_real, real = self.regression_batch(b)
-            if reuse_mid:
-                t_d, fake_logits = t, getattr(lora, HEAD_ATTR)(mids[0])
-            else:
-                t_d = t if cfg.gan_t_max is None else self.randint(0, cfg.gan_t_max, b)
-                fake_logits = bottleneck_logits(lora, diffuse(z0, self.randn(z0.shape), self.alphas[t_d]), t_d, ehs)
-            x_real = diffuse(real, self.randn(real.shape), self.alphas[t_d])
-            real_logits = bottleneck_logits(lora, x_real, t_d, self.null.expand(b, -1, -1) if drop else cond_real)
-            loss_d = gan_discriminator_loss(real_logits, fake_logits)
-            loss = loss + cfg.lambda_gan_d * loss_d
-            stats = {"loss_d": loss_d.detach(), "d_accuracy": ((real_logits > 0).float().mean() + (fake_logits < 0).float().mean()).detach() / 2}
-        acc.backward(loss)
+        loss_lora = lora_denoising_loss(self.lora_ddp(x_t, t, encoder_hidden_states=ehs).sample, noise, self.alphas[t])
+        acc.backward(loss_lora)
         grad_norm = acc.clip_grad_norm_(self.lora_ddp.parameters(), cfg.max_grad_norm)
         self.opt_lora.step()
         self.opt_lora.zero_grad(set_to_none=True)
-        return {"loss_lora": loss_lora.detach(), "grad_norm_lora": grad_norm, **stats}
+        return {"loss_lora": loss_lora.detach(), "grad_norm_lora": grad_norm}
 
     # -- checkpoints ------------------------------------------------------------------------------
     def rng_state(self) -> dict:
@@ -608,7 +572,7 @@ def build_trainer(cfg: DistillConfig, teacher_dir: Path, accelerator) -> Trainer
         log.warning("%s is marked as a TiUE student in tiue.json; distilling from it as the teacher anyway", teacher_dir)
     latent_shape = pipe.latent_shape(cfg.resolution, cfg.resolution)
     n_train = int(pipe.scheduler.config.num_train_timesteps)
-    for flag, value in (("--vsd-t-max", cfg.vsd_t_max), ("--gan-t-max", cfg.gan_t_max), ("--refine-t", cfg.refine_t)):
+    for flag, value in (("--vsd-t-max", cfg.vsd_t_max), ("--refine-t", cfg.refine_t)):
         if value is not None and value >= n_train:
             raise InputError(f"{flag} must be below the teacher's {n_train} training timesteps, got {value}")
     schedule = student_schedule(pipe.scheduler, cfg)
@@ -628,8 +592,6 @@ def build_trainer(cfg: DistillConfig, teacher_dir: Path, accelerator) -> Trainer
         raise ModelError(f"{no_targets} ({str(e).splitlines()[0]})") from e
     if not any(p.requires_grad for p in lora_unet.parameters()):
         raise ModelError(no_targets)
-    if cfg.lambda_gan:
-        attach_head(lora_unet, latent_shape, cfg.gan_scale)  # after the adapters: seeded, and saved with them
     lora_params = [p for p in lora_unet.parameters() if p.requires_grad]
     if cfg.gradient_checkpointing:
         student_unet.enable_gradient_checkpointing()
@@ -726,7 +688,13 @@ def distill(cfg: DistillConfig, resume: bool = False) -> DistillResult:
     if out.exists() and not resume:
         raise InputError(f"--out {out} already exists: choose a new directory")
     if resume and (run / CONFIG_FILE).exists():
-        changed = DistillConfig.from_dict(json.loads((run / CONFIG_FILE).read_text())).differences(cfg)
+        recorded = json.loads((run / CONFIG_FILE).read_text())
+        if removed_options(recorded):
+            raise InputError(
+                f"{run} was trained with {', '.join(removed_options(recorded))}, which this version no longer has "
+                "(no measured gain; docs/distill.md): start a new run, or resume with the version that made it"
+            )
+        changed = DistillConfig.from_dict(recorded).differences(cfg)
         if changed:
             raise InputError(f"--resume with a different recipe ({', '.join(changed)}): use the original options")
     prompts = load_prompts(cfg.prompts)
