@@ -157,7 +157,7 @@ def _checkpoint_tensors(path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", [{}, {"lambda_refine": 0.5, "refine_t": 40, "refine_steps": 2}], ids=["authors", "refine"])
+@pytest.mark.parametrize("recipe", [{}, {"regression_pairs": 4, "regression_steps": 1}], ids=["authors", "teacher-pairs"])
 def test_resume_is_bit_for_bit(teacher, prompts_file, tmp_path, recipe):
     from tiue_export.distill.train import distill
 
@@ -327,10 +327,6 @@ def test_cli_distills(teacher, prompts_file, tmp_path, capsys):
         (["--lambda-vsd", "0"], "error: --lambda-vsd 0 leaves nothing to learn from: add --regression-pairs N"),
         (["--lambda-vsd", "0", "--regression-pairs", "4", "--lambda-reg", "0"], "error: --lambda-vsd 0 leaves nothing to learn from"),
         (["--lambda-vsd", "-1"], "error: --lambda-vsd must be >= 0, got -1.0"),
-        (["--lambda-refine", "-1"], "error: --lambda-refine must be >= 0, got -1.0"),
-        (["--lambda-refine", "1", "--refine-t", "1000"], "error: --refine-t must be below the teacher's 1000 training timesteps, got 1000"),
-        (["--lambda-refine", "1", "--refine-t", "2", "--refine-steps", "3"], "error: --refine-steps must be in [1, --refine-t], got 3"),
-        (["--lambda-refine", "1", "--refine-noise", "sideways"], "'sideways' is not one of 'fresh', 'initial'"),
         (["--lambda-ode", "-1"], "error: --lambda-ode must be >= 0, got -1.0"),
         (["--lambda-ode", "1", "--ode-steps", "0"], "error: --ode-steps must be >= 1, got 0"),
     ],
@@ -551,91 +547,6 @@ def test_regression_only_calls_no_teacher_and_leaves_the_lora_teacher(teacher, p
     assert json.loads((out / "tiue.json").read_text())["provenance"]["recipe"]["lambda_vsd"] == 0
 
 
-def test_refinement_is_ddim_from_the_noised_sample(teacher):
-    """The teacher's SDEdit refinement against DDIM written out from its definition (x0 prediction, re-noise)."""
-    from tiue_export.distill.pairs import refinement_plan, teacher_refinement
-    from tiue_export.pipeline import load_pipeline
-
-    assert refinement_plan(300, 3) == ([300, 200, 100], [200, 100, -1])
-    assert refinement_plan(500, 1) == ([500], [-1])
-    assert refinement_plan(10, 4) == ([10, 8, 5, 2], [8, 5, 2, -1])
-    pipe = load_pipeline(teacher)
-    g = torch.Generator().manual_seed(3)
-    z0 = torch.randn((2, *pipe.latent_shape()), generator=g)
-    noise = torch.randn(z0.shape, generator=g)
-    cond, uncond = pipe.encode_text(PROMPTS[:2]), pipe.encode_text(["", ""])
-    ac = pipe.scheduler.alphas_cumprod.double()
-    with torch.no_grad():
-        got = teacher_refinement(pipe.unet, pipe.scheduler, cond, uncond, z0, noise, 300, 3, 4.0)
-        x = ac[300].sqrt().float() * z0 + (1 - ac[300]).sqrt().float() * noise
-        for t, prev in ((300, 200), (200, 100), (100, None)):
-            out = pipe.unet(torch.cat([x, x]), torch.tensor([t] * 4), encoder_hidden_states=torch.cat([uncond, cond])).sample
-            eu, ec = out.chunk(2)
-            eps = eu + 4.0 * (ec - eu)
-            a = ac[t]
-            a_prev = ac[prev] if prev is not None else torch.tensor(float(pipe.scheduler.final_alpha_cumprod), dtype=torch.float64)
-            x0 = (x.double() - (1 - a).sqrt() * eps.double()) / a.sqrt()
-            x = (a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps.double()).float()
-    assert torch.allclose(got.float(), x, atol=1e-4)
-    assert not torch.allclose(got.float(), z0, atol=1e-2)  # the teacher did redraw the sample
-
-
-def test_refinement_term_joins_the_student_loss(teacher, prompts_file, tmp_path, monkeypatch):
-    from tiue_export.distill import train
-    from tiue_export.distill.losses import regression_loss
-    from tiue_export.distill.train import distill
-
-    out = tmp_path / "refine"
-    seen = []
-    real = train.Trainer.refine_target
-
-    def spy(self, z0, cond, uncond, noise=None):
-        target = real(self, z0, cond, uncond, noise)
-        seen.append(float(regression_loss(z0, target, 0.5)))
-        return target
-
-    monkeypatch.setattr(train.Trainer, "refine_target", spy)
-    result = distill(config(teacher, prompts_file, out, steps=3, lambda_refine=0.5, refine_t=40, refine_steps=2))
-    records = [json.loads(line) for line in (Path(str(out) + ".run") / "log.jsonl").read_text().splitlines()]
-    assert len(records) == 3 and len(seen) == 3
-    assert [r["loss_refine"] for r in records] == pytest.approx(seen, rel=1e-5) and all(v > 0 for v in seen)
-    recipe = json.loads((out / "tiue.json").read_text())["provenance"]["recipe"]
-    assert (recipe["lambda_refine"], recipe["refine_t"], recipe["refine_steps"]) == (0.5, 40, 2)
-    assert recipe["refine_guidance"] == 7.5  # the tiny teacher's tiue.json names none: diffusers' default
-    monkeypatch.setattr(train.Trainer, "refine_target", real)
-    plain = distill(config(teacher, prompts_file, tmp_path / "plain", steps=3))
-    a, b = dict(result.student.unet.named_parameters()), dict(plain.student.unet.named_parameters())
-    assert any(not torch.equal(a[n], b[n]) for n in a)  # the term steers the student
-    assert "loss_refine" not in json.loads((tmp_path / "plain.run" / "log.jsonl").read_text().splitlines()[0])
-    # refinement alone (no VSD): no LoRA steps, the student still learns
-    alone = distill(config(teacher, prompts_file, tmp_path / "alone", steps=2, lambda_vsd=0.0, lambda_refine=1.0, refine_t=40, refine_steps=2))
-    assert all(torch.count_nonzero(p) == 0 for n, p in alone.lora_unet.named_parameters() if "lora_B" in n)
-    assert any(not torch.equal(p, b[n]) for n, p in alone.student.unet.named_parameters())
-
-
-def test_refine_noise_initial_reuses_the_samples_own_noise(teacher, prompts_file, tmp_path, monkeypatch, draws):
-    """``--refine-noise initial`` noises the student's z0 with its own z_T (the step's first draw),
-    so the target is a function of z_T; ``fresh`` draws a new noise."""
-    from tiue_export.distill import train
-    from tiue_export.distill.train import distill
-
-    real_refine = train.Trainer.refine_target
-    seen = []
-
-    def refine(self, z0, cond, uncond, noise=None):
-        seen.append(noise)
-        return real_refine(self, z0, cond, uncond, noise)
-
-    monkeypatch.setattr(train.Trainer, "refine_target", refine)
-    common = dict(steps=1, lambda_refine=1.0, refine_t=40, refine_steps=2)
-    result = distill(config(teacher, prompts_file, tmp_path / "initial", refine_noise="initial", **common))
-    assert len(seen) == 1 and seen[0] is draws[0]  # the first draw of the step is the student's z_T
-    assert json.loads((result.out / "tiue.json").read_text())["provenance"]["recipe"]["refine_noise"] == "initial"
-    draws.clear(), seen.clear()
-    distill(config(teacher, prompts_file, tmp_path / "fresh", **common))
-    assert seen == [None]  # refine_target draws its own
-
-
 def test_online_pairs_are_the_teachers_ddim_from_the_samples_own_noise(teacher, prompts_file, tmp_path, monkeypatch, draws):
     """``--lambda-ode``: each step the frozen teacher's DDIM latents from the student's own z_T
     (the step's first draw) are the target of a latent MSE that joins the student loss; with
@@ -667,7 +578,7 @@ def test_online_pairs_are_the_teachers_ddim_from_the_samples_own_noise(teacher, 
     assert torch.allclose(target, expected, atol=1e-4)
     assert not torch.allclose(target, torch.zeros_like(target))
     records = [json.loads(line) for line in (Path(str(out) + ".run") / "log.jsonl").read_text().splitlines()]
-    assert all(r["loss_ode"] > 0 for r in records) and "loss_refine" not in records[0]
+    assert all(r["loss_ode"] > 0 for r in records)
     # online pairs alone: no LoRA steps, the student still learns
     monkeypatch.setattr(train.Trainer, "ode_target", real_ode)
     alone = distill(config(teacher, prompts_file, tmp_path / "alone", steps=2, lambda_vsd=0.0, lambda_ode=1.0, ode_steps=2))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from ..distill.config import BASELINES, LR_SCHEDULES, MIXED_PRECISION, REFINE_NOISES, REGRESSION_SPACES, VSD_WEIGHTINGS, DistillConfig
+from ..distill.config import BASELINES, LR_SCHEDULES, MIXED_PRECISION, REGRESSION_SPACES, VSD_WEIGHTINGS, DistillConfig
 from ..errors import InputError
 
 D = DistillConfig.__dataclass_fields__
@@ -50,11 +50,6 @@ def _default(name):
 @click.option("--regression-guidance", type=float, default=None, help="CFG of the teacher pairs, stored and online  [default: the teacher's own]")
 @click.option("--regression-batch-size", type=int, default=None, help="Pairs per device and step  [default: --batch-size]")
 @click.option("--regression-space", type=click.Choice(REGRESSION_SPACES), default=_default("regression_space"), show_default=True, help="Compare the student's and the teacher's pairs as latents, or as images decoded by the frozen VAE.")
-@click.option("--lambda-refine", type=float, default=_default("lambda_refine"), show_default=True, help="Weight of the latent MSE to the teacher's refinement of the student's own sample (noised to --refine-t, then --refine-steps teacher DDIM steps); 0: off.")
-@click.option("--refine-t", type=int, default=_default("refine_t"), show_default=True, help="Timestep the student's sample is noised to for the refinement.")
-@click.option("--refine-steps", type=int, default=_default("refine_steps"), show_default=True, help="Teacher DDIM steps of the refinement.")
-@click.option("--refine-guidance", type=float, default=None, help="CFG of the refinement  [default: the teacher's own]")
-@click.option("--refine-noise", type=click.Choice(REFINE_NOISES), default=_default("refine_noise"), show_default=True, help="Noise the sample with a fresh draw, or with its own z_T (the same target for the same z_T: no random redraw to average).")
 @click.option("--lambda-ode", type=float, default=_default("lambda_ode"), show_default=True, help="Weight of the latent MSE to the teacher's DDIM solution from the student's own z_T, drawn each step (online teacher pairs: never the same pair twice); 0: off.")
 @click.option("--ode-steps", type=int, default=_default("ode_steps"), show_default=True, help="Teacher DDIM steps of each online pair.")
 @click.option("--lora-rank", type=int, default=_default("lora_rank"), show_default=True)

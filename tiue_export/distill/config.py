@@ -18,8 +18,6 @@ VSD_WEIGHTINGS = ("sigma2", "dmd")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 #: Student learning-rate schedules (diffusers.optimization names); the authors' is constant.
 LR_SCHEDULES = ("constant", "cosine", "linear")
-#: Noise of the refinement target (``--refine-noise``): a fresh draw each step, or the sample's own z_T.
-REFINE_NOISES = ("fresh", "initial")
 #: Where the regression on teacher pairs compares (``--regression-space``): latents, or images through the frozen VAE decoder.
 REGRESSION_SPACES = ("latent", "pixel")
 #: Fields that may change between a run and its resume (they do not change the maths).
@@ -30,9 +28,10 @@ RESUMABLE_CHANGES = ("steps", "epochs", "checkpoint_every", "keep_checkpoints", 
 #: reads (distill-export works) but cannot be resumed.
 REMOVED = {
     "lambda_gan": 0.0,  # DMD2's GAN term on the LoRA teacher's bottleneck
+    "lambda_refine": 0.0,  # regression onto the teacher's SDEdit refinement of each student sample
 }
 #: The settings of those options: meaningless without them, ignored when read.
-REMOVED_SETTINGS = ("lambda_gan_d", "gan_t_max", "gan_scale")
+REMOVED_SETTINGS = ("lambda_gan_d", "gan_t_max", "gan_scale", "refine_t", "refine_steps", "refine_guidance", "refine_noise")
 
 
 @dataclass(frozen=True)
@@ -82,13 +81,6 @@ class DistillConfig:
     regression_batch_size: int | None = None  # pairs per device and step; None: --batch-size
     regression_space: str = "latent"  # "latent": MSE of latents; "pixel": MSE of the frozen VAE decoder's images (DMD's image-space loss)
 
-    # -- teacher refinement of the student's own samples (not in the authors' recipe, off by default)
-    lambda_refine: float = 0.0  # weight of the latent MSE between the student's z0 and the teacher's refinement of it; 0: off
-    refine_t: int = 300  # the student's z0 is noised to this timestep ...
-    refine_steps: int = 3  # ... and brought back by this many DDIM steps of the frozen teacher
-    refine_guidance: float | None = None  # CFG of the refinement; None: the teacher's default
-    refine_noise: str = "fresh"  # noise for the refinement: a fresh draw, or the sample's own z_T ("initial": deterministic targets)
-
     # -- online teacher pairs (not in the authors' recipe, off by default) ----------------------
     lambda_ode: float = 0.0  # weight of the latent MSE to the teacher's DDIM solution from the sample's own z_T, drawn each step; 0: off
     ode_steps: int = 8  # DDIM steps of that solution (CFG: --regression-guidance)
@@ -122,8 +114,8 @@ class DistillConfig:
             (self.lr_warmup_steps >= 0, f"--lr-warmup-steps must be >= 0, got {self.lr_warmup_steps}"),
             (0 <= self.vsd_t_min <= self.vsd_t_max, f"need 0 <= --vsd-t-min <= --vsd-t-max, got {self.vsd_t_min}, {self.vsd_t_max}"),
             (self.lambda_vsd >= 0, f"--lambda-vsd must be >= 0, got {self.lambda_vsd}"),
-            (self.lambda_vsd > 0 or (self.regression_pairs > 0 and self.lambda_reg > 0) or self.lambda_refine > 0 or self.lambda_ode > 0,
-             "--lambda-vsd 0 leaves nothing to learn from: add --regression-pairs N (and --lambda-reg > 0), --lambda-refine W or --lambda-ode W"),
+            (self.lambda_vsd > 0 or (self.regression_pairs > 0 and self.lambda_reg > 0) or self.lambda_ode > 0,
+             "--lambda-vsd 0 leaves nothing to learn from: add --regression-pairs N (and --lambda-reg > 0) or --lambda-ode W"),
             (self.lambda_kl >= 0, f"--lambda-kl must be >= 0, got {self.lambda_kl}"),
             (self.vsd_weighting in VSD_WEIGHTINGS, f"--vsd-weighting must be one of {', '.join(VSD_WEIGHTINGS)}"),
             (self.lora_updates >= 1, f"--lora-updates must be >= 1, got {self.lora_updates}"),
@@ -133,10 +125,6 @@ class DistillConfig:
             (self.regression_batch_size is None or self.regression_batch_size >= 1,
              f"--regression-batch-size must be >= 1, got {self.regression_batch_size}"),
             (self.regression_space in REGRESSION_SPACES, f"--regression-space must be one of {', '.join(REGRESSION_SPACES)}"),
-            (self.lambda_refine >= 0, f"--lambda-refine must be >= 0, got {self.lambda_refine}"),
-            (self.refine_t >= 1, f"--refine-t must be >= 1, got {self.refine_t}"),
-            (1 <= self.refine_steps <= self.refine_t, f"--refine-steps must be in [1, --refine-t], got {self.refine_steps}"),
-            (self.refine_noise in REFINE_NOISES, f"--refine-noise must be one of {', '.join(REFINE_NOISES)}"),
             (self.lambda_ode >= 0, f"--lambda-ode must be >= 0, got {self.lambda_ode}"),
             (self.ode_steps >= 1, f"--ode-steps must be >= 1, got {self.ode_steps}"),
             (self.lora_rank >= 1, f"--lora-rank must be >= 1, got {self.lora_rank}"),

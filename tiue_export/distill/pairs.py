@@ -94,31 +94,6 @@ def teacher_latents(unet, scheduler, cond, uncond, noise: torch.Tensor, steps: i
     return sample_ddim(noise, guided_denoiser(unet, cond, uncond, guidance), timesteps, prev, scheduler.alphas_cumprod.double().numpy(), final)
 
 
-def refinement_plan(t_start: int, steps: int) -> tuple[list[int], list[int]]:
-    """DDIM timesteps from ``t_start`` down to the end in ``steps`` even strides: ``(timesteps, prev)``.
-
-    ``refinement_plan(300, 3)`` is ``([300, 200, 100], [200, 100, -1])``; -1 is the final step.
-    """
-    timesteps = [int(round(t_start * (steps - i) / steps)) for i in range(steps)]
-    return timesteps, timesteps[1:] + [-1]
-
-
-@torch.no_grad()
-def teacher_refinement(unet, scheduler, cond, uncond, z0, noise, t_start: int, steps: int, guidance: float) -> torch.Tensor:
-    """SDEdit (Meng et al. 2022) with the teacher: ``z0`` noised to ``t_start`` with ``noise``, then
-    ``steps`` DDIM steps (eta 0, CFG ``guidance``) back to a clean latent.
-
-    The teacher keeps the layout the sample has at that noise level and redraws what is decided
-    below it (at the toy's t=300: shapes of small objects, edges).
-    """
-    from .losses import diffuse
-
-    alphas = scheduler.alphas_cumprod
-    x_t = diffuse(z0, noise, alphas[t_start].to(z0.device, z0.dtype).expand(z0.shape[0]))
-    timesteps, prev = refinement_plan(t_start, steps)
-    return sample_ddim(x_t, guided_denoiser(unet, cond, uncond, guidance), timesteps, prev, alphas.double().numpy(), float(scheduler.final_alpha_cumprod))
-
-
 def generate_pairs(tr, prompts: list[str], spec: PairSpec, run: Path, progress: bool) -> None:
     """Write this rank's share of the pair chunks into ``run/pairs`` (missing chunks only).
 

@@ -55,7 +55,7 @@ from .losses import (
     vsd_loss,
     vsd_score_gradient,
 )
-from .pairs import PairSpec, generate_pairs, load_pairs, prepare_pair_dir, prompts_digest, teacher_latents, teacher_refinement
+from .pairs import PairSpec, generate_pairs, load_pairs, prepare_pair_dir, prompts_digest, teacher_latents
 
 log = logging.getLogger("tiue_export")
 
@@ -64,7 +64,7 @@ CHECKPOINTS = "checkpoints"
 LOG_FILE = "log.jsonl"
 CONFIG_FILE = "config.json"
 #: Per-step statistics averaged over processes into log.jsonl, in this order (those the recipe has).
-LOGGED = ("loss_vsd", "loss_kl", "loss_reg", "loss_refine", "loss_ode", "loss_lora")
+LOGGED = ("loss_vsd", "loss_kl", "loss_reg", "loss_ode", "loss_lora")
 #: The one-step baseline's scheduler: set_timesteps(1) gives t=999 and the DDIM step goes to
 #: alpha=1, so the one-pass sum is exactly x0 = (z_T - sqrt(1 - abar) eps) / sqrt(abar).
 BASELINE_SCHEDULER_OVERRIDES = {"timestep_spacing": "trailing", "set_alpha_to_one": True}
@@ -352,14 +352,10 @@ class Trainer:
         else:  # regression (and KL) only: no teacher calls
             loss_vsd = z0.new_zeros((), dtype=torch.float32)
         loss_kl = kl_loss(eps, cfg.lambda_kl)
-        loss_refine = z0.new_zeros((), dtype=torch.float32)
-        if cfg.lambda_refine:  # regression onto the teacher's refinement of this very sample
-            own_noise = z_T if cfg.refine_noise == "initial" else None
-            loss_refine = regression_loss(z0, self.refine_target(z0.detach(), cond, uncond, own_noise), cfg.lambda_refine)
         loss_ode = z0.new_zeros((), dtype=torch.float32)
         if cfg.lambda_ode:  # an online teacher pair: the teacher's DDIM solution from this sample's z_T
             loss_ode = regression_loss(z0, self.ode_target(z_T, cond, uncond), cfg.lambda_ode)
-        acc.backward(cfg.lambda_vsd * loss_vsd + loss_kl + loss_reg + loss_refine + loss_ode)
+        acc.backward(cfg.lambda_vsd * loss_vsd + loss_kl + loss_reg + loss_ode)
         grad_norm = acc.clip_grad_norm_(self.student_ddp.parameters(), cfg.max_grad_norm)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
@@ -367,22 +363,9 @@ class Trainer:
             self.lr_scheduler.step()
         self.ema.step(self.student.unet.parameters())
         stats = {"loss_vsd": loss_vsd.detach(), "loss_kl": loss_kl.detach(), "loss_reg": loss_reg.detach(), "grad_norm": grad_norm}
-        if cfg.lambda_refine:
-            stats["loss_refine"] = loss_refine.detach()
         if cfg.lambda_ode:
             stats["loss_ode"] = loss_ode.detach()
         return z0.detach(), stats
-
-    @torch.no_grad()
-    def refine_target(self, z0: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """The frozen teacher's SDEdit refinement of the student's z0 (``--refine-t``, ``--refine-steps``),
-        noised with ``noise`` (the sample's z_T for ``--refine-noise initial``) or a fresh draw."""
-        cfg = self.cfg
-        if noise is None:
-            noise = self.randn(z0.shape)
-        with self.frozen_teacher():
-            return teacher_refinement(self.lora_ddp, self.scheduler, cond, uncond, z0, noise, cfg.refine_t,
-                                      cfg.refine_steps, float(cfg.refine_guidance))
 
     @torch.no_grad()
     def ode_target(self, z_T: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
@@ -572,9 +555,8 @@ def build_trainer(cfg: DistillConfig, teacher_dir: Path, accelerator) -> Trainer
         log.warning("%s is marked as a TiUE student in tiue.json; distilling from it as the teacher anyway", teacher_dir)
     latent_shape = pipe.latent_shape(cfg.resolution, cfg.resolution)
     n_train = int(pipe.scheduler.config.num_train_timesteps)
-    for flag, value in (("--vsd-t-max", cfg.vsd_t_max), ("--refine-t", cfg.refine_t)):
-        if value is not None and value >= n_train:
-            raise InputError(f"{flag} must be below the teacher's {n_train} training timesteps, got {value}")
+    if cfg.vsd_t_max >= n_train:
+        raise InputError(f"--vsd-t-max must be below the teacher's {n_train} training timesteps, got {cfg.vsd_t_max}")
     schedule = student_schedule(pipe.scheduler, cfg)
 
     # Trainable weights stay float32 (autocast does the mixed precision); the text encoder is
@@ -679,8 +661,6 @@ def distill(cfg: DistillConfig, resume: bool = False) -> DistillResult:
         cfg = cfg.replace(init_student=str(Path(cfg.init_student).resolve()))
     if (cfg.regression_pairs or cfg.lambda_ode) and cfg.regression_guidance is None:
         cfg = cfg.replace(regression_guidance=teacher_guidance(teacher_dir))
-    if cfg.lambda_refine and cfg.refine_guidance is None:
-        cfg = cfg.replace(refine_guidance=teacher_guidance(teacher_dir))
     run, out = cfg.run_path, Path(cfg.out)
     ckpts = checkpoint_dirs(run)
     if ckpts and not resume:
