@@ -29,9 +29,10 @@ RESUMABLE_CHANGES = ("steps", "epochs", "checkpoint_every", "keep_checkpoints", 
 REMOVED = {
     "lambda_gan": 0.0,  # DMD2's GAN term on the LoRA teacher's bottleneck
     "lambda_refine": 0.0,  # regression onto the teacher's SDEdit refinement of each student sample
+    "lambda_ode": 0.0,  # regression onto the teacher's DDIM latents from each step's own z_T (online pairs)
 }
 #: The settings of those options: meaningless without them, ignored when read.
-REMOVED_SETTINGS = ("lambda_gan_d", "gan_t_max", "gan_scale", "refine_t", "refine_steps", "refine_guidance", "refine_noise")
+REMOVED_SETTINGS = ("lambda_gan_d", "gan_t_max", "gan_scale", "refine_t", "refine_steps", "refine_guidance", "refine_noise", "ode_steps")
 
 
 @dataclass(frozen=True)
@@ -81,10 +82,6 @@ class DistillConfig:
     regression_batch_size: int | None = None  # pairs per device and step; None: --batch-size
     regression_space: str = "latent"  # "latent": MSE of latents; "pixel": MSE of the frozen VAE decoder's images (DMD's image-space loss)
 
-    # -- online teacher pairs (not in the authors' recipe, off by default) ----------------------
-    lambda_ode: float = 0.0  # weight of the latent MSE to the teacher's DDIM solution from the sample's own z_T, drawn each step; 0: off
-    ode_steps: int = 8  # DDIM steps of that solution (CFG: --regression-guidance)
-
     # -- LoRA teacher --------------------------------------------------------------------------
     lr_lora: float = 1e-3  # train_loopfree.sh --learning_rate_lora 1.e-03: it must track the student
     lora_rank: int = 64  # --lora_rank 64
@@ -114,8 +111,8 @@ class DistillConfig:
             (self.lr_warmup_steps >= 0, f"--lr-warmup-steps must be >= 0, got {self.lr_warmup_steps}"),
             (0 <= self.vsd_t_min <= self.vsd_t_max, f"need 0 <= --vsd-t-min <= --vsd-t-max, got {self.vsd_t_min}, {self.vsd_t_max}"),
             (self.lambda_vsd >= 0, f"--lambda-vsd must be >= 0, got {self.lambda_vsd}"),
-            (self.lambda_vsd > 0 or (self.regression_pairs > 0 and self.lambda_reg > 0) or self.lambda_ode > 0,
-             "--lambda-vsd 0 leaves nothing to learn from: add --regression-pairs N (and --lambda-reg > 0) or --lambda-ode W"),
+            (self.lambda_vsd > 0 or (self.regression_pairs > 0 and self.lambda_reg > 0),
+             "--lambda-vsd 0 leaves nothing to learn from: add --regression-pairs N (and --lambda-reg > 0)"),
             (self.lambda_kl >= 0, f"--lambda-kl must be >= 0, got {self.lambda_kl}"),
             (self.vsd_weighting in VSD_WEIGHTINGS, f"--vsd-weighting must be one of {', '.join(VSD_WEIGHTINGS)}"),
             (self.lora_updates >= 1, f"--lora-updates must be >= 1, got {self.lora_updates}"),
@@ -125,8 +122,6 @@ class DistillConfig:
             (self.regression_batch_size is None or self.regression_batch_size >= 1,
              f"--regression-batch-size must be >= 1, got {self.regression_batch_size}"),
             (self.regression_space in REGRESSION_SPACES, f"--regression-space must be one of {', '.join(REGRESSION_SPACES)}"),
-            (self.lambda_ode >= 0, f"--lambda-ode must be >= 0, got {self.lambda_ode}"),
-            (self.ode_steps >= 1, f"--ode-steps must be >= 1, got {self.ode_steps}"),
             (self.lora_rank >= 1, f"--lora-rank must be >= 1, got {self.lora_rank}"),
             (0 <= self.lora_uncond_prob <= 1, f"--lora-uncond-prob must be in [0, 1], got {self.lora_uncond_prob}"),
             (0 <= self.ema_decay <= 1, f"--ema-decay must be in [0, 1], got {self.ema_decay}"),

@@ -55,7 +55,7 @@ from .losses import (
     vsd_loss,
     vsd_score_gradient,
 )
-from .pairs import PairSpec, generate_pairs, load_pairs, prepare_pair_dir, prompts_digest, teacher_latents
+from .pairs import PairSpec, generate_pairs, load_pairs, prepare_pair_dir, prompts_digest
 
 log = logging.getLogger("tiue_export")
 
@@ -64,7 +64,7 @@ CHECKPOINTS = "checkpoints"
 LOG_FILE = "log.jsonl"
 CONFIG_FILE = "config.json"
 #: Per-step statistics averaged over processes into log.jsonl, in this order (those the recipe has).
-LOGGED = ("loss_vsd", "loss_kl", "loss_reg", "loss_ode", "loss_lora")
+LOGGED = ("loss_vsd", "loss_kl", "loss_reg", "loss_lora")
 #: The one-step baseline's scheduler: set_timesteps(1) gives t=999 and the DDIM step goes to
 #: alpha=1, so the one-pass sum is exactly x0 = (z_T - sqrt(1 - abar) eps) / sqrt(abar).
 BASELINE_SCHEDULER_OVERRIDES = {"timestep_spacing": "trailing", "set_alpha_to_one": True}
@@ -352,10 +352,7 @@ class Trainer:
         else:  # regression (and KL) only: no teacher calls
             loss_vsd = z0.new_zeros((), dtype=torch.float32)
         loss_kl = kl_loss(eps, cfg.lambda_kl)
-        loss_ode = z0.new_zeros((), dtype=torch.float32)
-        if cfg.lambda_ode:  # an online teacher pair: the teacher's DDIM solution from this sample's z_T
-            loss_ode = regression_loss(z0, self.ode_target(z_T, cond, uncond), cfg.lambda_ode)
-        acc.backward(cfg.lambda_vsd * loss_vsd + loss_kl + loss_reg + loss_ode)
+        acc.backward(cfg.lambda_vsd * loss_vsd + loss_kl + loss_reg)
         grad_norm = acc.clip_grad_norm_(self.student_ddp.parameters(), cfg.max_grad_norm)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
@@ -363,18 +360,7 @@ class Trainer:
             self.lr_scheduler.step()
         self.ema.step(self.student.unet.parameters())
         stats = {"loss_vsd": loss_vsd.detach(), "loss_kl": loss_kl.detach(), "loss_reg": loss_reg.detach(), "grad_norm": grad_norm}
-        if cfg.lambda_ode:
-            stats["loss_ode"] = loss_ode.detach()
         return z0.detach(), stats
-
-    @torch.no_grad()
-    def ode_target(self, z_T: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
-        """The frozen teacher's DDIM latents from ``z_T`` (``--ode-steps``, CFG ``--regression-guidance``):
-        what a one-pass student should return for that noise, a fresh pair every step."""
-        cfg = self.cfg
-        with self.frozen_teacher(), self.accelerator.autocast():
-            z0 = teacher_latents(self.lora_ddp, self.scheduler, cond, uncond, z_T, cfg.ode_steps, float(cfg.regression_guidance))
-        return z0.float()
 
     @contextmanager
     def frozen_teacher(self):
@@ -659,7 +645,7 @@ def distill(cfg: DistillConfig, resume: bool = False) -> DistillResult:
     cfg = cfg.replace(teacher=str(teacher_dir.resolve()), prompts=str(Path(cfg.prompts).resolve()))
     if cfg.init_student:
         cfg = cfg.replace(init_student=str(Path(cfg.init_student).resolve()))
-    if (cfg.regression_pairs or cfg.lambda_ode) and cfg.regression_guidance is None:
+    if cfg.regression_pairs and cfg.regression_guidance is None:
         cfg = cfg.replace(regression_guidance=teacher_guidance(teacher_dir))
     run, out = cfg.run_path, Path(cfg.out)
     ckpts = checkpoint_dirs(run)
