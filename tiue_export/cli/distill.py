@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from ..distill.config import BASELINES, LR_SCHEDULES, MIXED_PRECISION, REGRESSION_SPACES, VSD_WEIGHTINGS, DistillConfig
+from ..distill.config import BASELINES, LR_SCHEDULES, MIXED_PRECISION, VSD_WEIGHTINGS, DistillConfig
 from ..errors import InputError
 
 D = DistillConfig.__dataclass_fields__
@@ -48,8 +48,6 @@ def _default(name):
 @click.option("--lambda-reg", type=float, default=_default("lambda_reg"), show_default=True, help="Weight of the regression term (latent MSE to the teacher's z0).")
 @click.option("--regression-steps", type=int, default=_default("regression_steps"), show_default=True, help="DDIM steps of the teacher for each pair.")
 @click.option("--regression-guidance", type=float, default=None, help="CFG of the teacher pairs  [default: the teacher's own]")
-@click.option("--regression-batch-size", type=int, default=None, help="Pairs per device and step  [default: --batch-size]")
-@click.option("--regression-space", type=click.Choice(REGRESSION_SPACES), default=_default("regression_space"), show_default=True, help="Compare the student's and the teacher's pairs as latents, or as images decoded by the frozen VAE.")
 @click.option("--lora-rank", type=int, default=_default("lora_rank"), show_default=True)
 @click.option("--lora-alpha", type=float, default=_default("lora_alpha"), show_default=True)
 @click.option("--lora-targets", default=",".join(_default("lora_targets")), show_default=True, help="Comma-separated module names that get LoRA adapters (peft target_modules).")

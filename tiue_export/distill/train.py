@@ -280,8 +280,6 @@ class Trainer:
     scheduler: object  # the teacher's DDIM scheduler (teacher pairs)
     pairs: tuple | None = None  # (noise, latents, prompts) of the teacher pairs, when regression is on
     lr_scheduler: object = None  # the student's lr schedule (a torch LambdaLR), stepped after each update
-    vae: torch.nn.Module | None = None  # the frozen VAE, for --regression-space pixel
-    pair_images: torch.Tensor | None = None  # the teacher pairs decoded once, for --regression-space pixel
 
     @property
     def device(self):
@@ -300,24 +298,11 @@ class Trainer:
     def randint(self, low: int, high_inclusive: int, n: int) -> torch.Tensor:
         return torch.randint(low, high_inclusive + 1, (n,), generator=self.generator).to(self.device)
 
-    def regression_batch(self, n: int | None = None, images: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``n`` random teacher pairs (default ``--regression-batch-size``): ``(z_T, prompt embeddings,
-        teacher z0)`` on the device; with ``images``, the teacher's decoded image instead of its z0."""
+    def regression_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``--batch-size`` random teacher pairs: ``(z_T, prompt embeddings, teacher z0)`` on the device."""
         noise, latents, texts = self.pairs
-        n = n or self.cfg.regression_batch_size or self.cfg.batch_size
-        idx = torch.randint(0, noise.shape[0], (n,), generator=self.generator)
-        target = self.pair_images[idx] if images else latents[idx]
-        return noise[idx].to(self.device), self.encode([texts[i] for i in idx.tolist()]), target.to(self.device)
-
-    def decode(self, z0: torch.Tensor) -> torch.Tensor:
-        """Latents to images in [-1, 1] through the frozen VAE decoder (differentiable in ``z0``)."""
-        return self.vae.decode(z0 / self.vae.config.scaling_factor).sample.float()
-
-    @torch.no_grad()
-    def decode_pairs(self, chunk: int = 64) -> torch.Tensor:
-        """The teacher pairs' images, decoded once (on the CPU: they are indexed each step)."""
-        latents = self.pairs[1]
-        return torch.cat([self.decode(latents[i : i + chunk].to(self.device)).cpu() for i in range(0, latents.shape[0], chunk)])
+        idx = torch.randint(0, noise.shape[0], (self.cfg.batch_size,), generator=self.generator)
+        return noise[idx].to(self.device), self.encode([texts[i] for i in idx.tolist()]), latents[idx].to(self.device)
 
     def student_update(self, cond: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """Steps 1-2: one TiUE pass, VSD against both CFG teachers plus KL, Adam step, EMA update.
@@ -337,15 +322,14 @@ class Trainer:
             z0 = combine_one_pass(z_T, eps, self.schedule.S, self.schedule.E)  # Eq. 11, differentiable
             loss_reg = z0.new_zeros((), dtype=torch.float32)
         else:  # one pass over [VSD batch; pair batch]
-            pixel = cfg.regression_space == "pixel"
-            z_reg, cond_reg, target = self.regression_batch(images=pixel)
+            z_reg, cond_reg, target = self.regression_batch()
             r = z_reg.shape[0]
             eps_all = self.student_ddp(torch.cat([z_T, z_reg]), torch.cat([cond, cond_reg]))
             eps_all = eps_all.unflatten(0, (self.schedule.k, b + r))
             eps, eps_reg = eps_all[:, :b].flatten(0, 1), eps_all[:, b:].flatten(0, 1)
             z0 = combine_one_pass(z_T, eps, self.schedule.S, self.schedule.E)
             z0_reg = combine_one_pass(z_reg, eps_reg, self.schedule.S, self.schedule.E)
-            loss_reg = regression_loss(self.decode(z0_reg) if pixel else z0_reg, target, cfg.lambda_reg)
+            loss_reg = regression_loss(z0_reg, target, cfg.lambda_reg)
 
         if cfg.lambda_vsd:
             loss_vsd = self.vsd_term(z0, cond, uncond)
@@ -591,7 +575,6 @@ def build_trainer(cfg: DistillConfig, teacher_dir: Path, accelerator) -> Trainer
         null=torch.empty(0),
         generator=torch.Generator().manual_seed(rank_seed(cfg.seed, accelerator.process_index)),
         scheduler=pipe.scheduler,
-        vae=pipe.vae.to(device).requires_grad_(False).eval() if cfg.regression_space == "pixel" else None,
     )
     trainer.null = trainer.encode([""])
     return trainer
@@ -671,8 +654,6 @@ def distill(cfg: DistillConfig, resume: bool = False) -> DistillResult:
     rank, world = accelerator.process_index, accelerator.num_processes
     if cfg.regression_pairs:
         tr.pairs = teacher_pairs(tr, prompts, teacher_dir)
-        if cfg.regression_space == "pixel":
-            tr.pair_images = tr.decode_pairs()
     loader = make_loader(prompts, cfg.batch_size, rank, world, cfg.seed)
     per_epoch = len(loader)
     total = cfg.steps or cfg.epochs * per_epoch
