@@ -7,7 +7,6 @@ import torch
 
 from tiue_export.distill.losses import (
     diffuse,
-    dmd_score_gradient,
     gaussian_kl_to_standard,
     kl_loss,
     lora_denoising_loss,
@@ -84,17 +83,3 @@ def test_regression_loss_is_weighted_latent_mse():
     loss.backward()
     assert torch.allclose(z0.grad, 0.5 * 2 * (z0 - target).detach() / 4)
     assert regression_loss(z0, target, 0.0) == 0
-
-
-def test_dmd_gradient_is_normalised_x0_difference_with_the_vsd_sign():
-    # abar 0.64: sqrt(abar) 0.8, sqrt(1 - abar) 0.6
-    abar = torch.tensor([0.64])
-    x_t = torch.tensor([[[[1.0, 0.0]]]])
-    eps_t = torch.tensor([[[[0.5, 0.0]]]])  # x0_teacher = (1 - 0.3) / 0.8 = 0.875, 0
-    eps_l = torch.tensor([[[[-0.5, 1.0]]]])  # x0_lora = (1 + 0.3) / 0.8 = 1.625, -0.75
-    z0 = torch.tensor([[[[1.875, 0.0]]]])  # mean |z0 - x0_teacher| = (1 + 0) / 2 = 0.5
-    g = dmd_score_gradient(eps_t, eps_l, x_t, z0, abar)
-    assert torch.allclose(g, torch.tensor([[[[1.5, -1.5]]]]))
-    # same direction as SwiftBrush's gradient, element by element
-    assert torch.equal(torch.sign(g), torch.sign(vsd_score_gradient(eps_t, eps_l, abar)))
-

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from ..distill.config import BASELINES, LR_SCHEDULES, MIXED_PRECISION, VSD_WEIGHTINGS, DistillConfig
+from ..distill.config import BASELINES, LR_SCHEDULES, MIXED_PRECISION, DistillConfig
 from ..errors import InputError
 
 D = DistillConfig.__dataclass_fields__
@@ -22,7 +22,6 @@ def _default(name):
 @click.option("--prompts", required=True, type=click.Path(), help="Training prompts: .txt (one a line), .jsonl, .csv or .parquet.")
 @click.option("--out", required=True, type=click.Path(), help="Student directory to write (a diffusers pipeline + tiue.json).")
 @click.option("--run-dir", type=click.Path(), default=None, help="Checkpoints, log and config [default: OUT.run].")
-@click.option("--init-student", type=click.Path(), default=None, help="Start from this student directory's UNet (e.g. to continue with another recipe) [default: the teacher's UNet].")
 @click.option("--k", type=int, default=None, help=f"Decoder timesteps of the student  [default: {_default('k')}]")
 @click.option("--steps", type=int, default=None, help="Total optimisation steps (instead of --epochs).")
 @click.option("--epochs", type=int, default=None, help=f"Passes over the prompts  [default: {_default('epochs')}]")
@@ -41,7 +40,6 @@ def _default(name):
 @click.option("--guidance", type=float, default=_default("guidance"), show_default=True, help="CFG of both teachers in the VSD score.")
 @click.option("--vsd-t-min", type=int, default=_default("vsd_t_min"), show_default=True, help="Smallest VSD timestep.")
 @click.option("--vsd-t-max", type=int, default=_default("vsd_t_max"), show_default=True, help="Largest VSD timestep (inclusive).")
-@click.option("--vsd-weighting", type=click.Choice(VSD_WEIGHTINGS), default=_default("vsd_weighting"), show_default=True, help="sigma2: SwiftBrush's (1 - abar_t); dmd: DMD's per-sample normalisation.")
 @click.option("--lambda-vsd", type=float, default=_default("lambda_vsd"), show_default=True, help="Weight of the VSD loss; 0 drops VSD and the LoRA teacher (the regression terms and KL only).")
 @click.option("--lambda-kl", type=float, default=None, help="Weight of the KL term  [default: 0.1; 0 for --baseline one-step-vsd]")
 @click.option("--regression-pairs", type=int, default=_default("regression_pairs"), show_default=True, help="Teacher DDIM (noise, latent) pairs for DMD's regression term; 0: off (the authors' recipe).")
@@ -52,7 +50,6 @@ def _default(name):
 @click.option("--lora-alpha", type=float, default=_default("lora_alpha"), show_default=True)
 @click.option("--lora-targets", default=",".join(_default("lora_targets")), show_default=True, help="Comma-separated module names that get LoRA adapters (peft target_modules).")
 @click.option("--lora-uncond-prob", type=float, default=_default("lora_uncond_prob"), show_default=True, help="Chance the LoRA step uses the empty prompt.")
-@click.option("--lora-updates", type=int, default=_default("lora_updates"), show_default=True, help="LoRA teacher steps per student step.")
 @click.option("--mixed-precision", type=click.Choice(MIXED_PRECISION), default=_default("mixed_precision"), show_default=True, help="fp16 as the authors on GPUs; no on CPU.")
 @click.option("--gradient-checkpointing", is_flag=True, help="Recompute activations in the backward pass (less memory).")
 @click.option("--checkpoint-every", type=int, default=_default("checkpoint_every"), show_default=True, help="Steps between resumable checkpoints.")

@@ -27,26 +27,6 @@ def vsd_score_gradient(eps_teacher: torch.Tensor, eps_lora: torch.Tensor, abar_t
     return torch.nan_to_num(sigma2 * (eps_teacher - eps_lora))
 
 
-def predicted_x0(x_t: torch.Tensor, eps: torch.Tensor, abar_t: torch.Tensor) -> torch.Tensor:
-    """x0 from a noise prediction (DDPM, Ho et al. 2020, Eq. 15): ``(x_t - sqrt(1 - abar) eps) / sqrt(abar)``."""
-    a = per_sample(abar_t).to(eps.dtype)
-    return (x_t - (1 - a).sqrt() * eps) / a.sqrt()
-
-
-def dmd_score_gradient(
-    eps_teacher: torch.Tensor, eps_lora: torch.Tensor, x_t: torch.Tensor, z0: torch.Tensor, abar_t: torch.Tensor
-) -> torch.Tensor:
-    """DMD's normalised gradient (Yin et al. 2024, Eq. 8): ``(x0_lora - x0_teacher) / mean|z0 - x0_teacher|`` per sample.
-
-    The same direction as :func:`vsd_score_gradient` at each t, with every timestep's gradient
-    brought to a similar size (SwiftBrush's ``1 - abar_t`` makes low-noise timesteps tiny).
-    """
-    x0_teacher = predicted_x0(x_t, eps_teacher, abar_t)
-    x0_lora = predicted_x0(x_t, eps_lora, abar_t)
-    scale = (z0 - x0_teacher).abs().flatten(1).mean(dim=1).clamp_min(1e-8)
-    return torch.nan_to_num((x0_lora - x0_teacher) / per_sample(scale))
-
-
 def vsd_loss(z0: torch.Tensor, score_gradient: torch.Tensor) -> torch.Tensor:
     """Surrogate whose gradient w.r.t. z0 is the VSD gradient / numel: ``0.5 mean((z0 - sg(z0 - g))^2)``."""
     target = (z0 - score_gradient).detach()

@@ -48,7 +48,6 @@ from .config import DistillConfig, removed_options
 from .data import load_prompts, make_loader
 from .losses import (
     diffuse,
-    dmd_score_gradient,
     kl_loss,
     lora_denoising_loss,
     regression_loss,
@@ -371,11 +370,7 @@ class Trainer:
             with self.frozen_teacher():
                 eps_teacher = guided_eps(self.lora_ddp, x_t, t, cond, uncond, cfg.guidance)
             eps_lora = guided_eps(self.lora_ddp, x_t, t, cond, uncond, cfg.guidance)
-        if cfg.vsd_weighting == "dmd":
-            g = dmd_score_gradient(eps_teacher, eps_lora, x_t, z0.detach(), abar)
-        else:
-            g = vsd_score_gradient(eps_teacher, eps_lora, abar)
-        return vsd_loss(z0, g)
+        return vsd_loss(z0, vsd_score_gradient(eps_teacher, eps_lora, abar))
 
     def lora_update(self, z0: torch.Tensor, cond: torch.Tensor) -> dict:
         """Step 3: the LoRA teacher learns to denoise the student's samples (diffusion loss), Adam step."""
@@ -455,22 +450,6 @@ class Trainer:
         return int(state["step"])
 
 
-def load_student_weights(unet, student_dir: Path) -> None:
-    """Start the student from another student's UNet weights (``--init-student``), same architecture."""
-    from safetensors.torch import load_file
-
-    files = sorted((student_dir / "unet").glob("*.safetensors"))
-    if not files:
-        raise InputError(f"--init-student {student_dir}: no unet/*.safetensors (pass a student directory)")
-    state = {}
-    for f in files:
-        state.update(load_file(f))
-    try:
-        unet.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise ModelError(f"--init-student {student_dir}: its UNet does not match the teacher's ({str(e).splitlines()[0]})") from e
-
-
 def make_lr_scheduler(opt, cfg: DistillConfig, total: int):
     """The student's lr schedule over ``total`` steps (diffusers' schedulers); None when constant.
 
@@ -532,8 +511,6 @@ def build_trainer(cfg: DistillConfig, teacher_dir: Path, accelerator) -> Trainer
     # Trainable weights stay float32 (autocast does the mixed precision); the text encoder is
     # frozen and cast once. The frozen teacher is the LoRA teacher with its adapters disabled.
     student_unet = copy.deepcopy(pipe.unet).requires_grad_(True).train()
-    if cfg.init_student:
-        load_student_weights(student_unet, Path(cfg.init_student))
     student = TiUEStudent(student_unet, schedule.timesteps, schedule.encoder_timestep)
     lora_unet = pipe.unet.train()
     torch.manual_seed(cfg.seed)  # LoRA's A matrices are random (B starts at zero)
@@ -626,8 +603,6 @@ def distill(cfg: DistillConfig, resume: bool = False) -> DistillResult:
     teacher_dir = resolve_teacher(cfg.teacher)
     # absolute paths: the recipe is compared on --resume and recorded in tiue.json
     cfg = cfg.replace(teacher=str(teacher_dir.resolve()), prompts=str(Path(cfg.prompts).resolve()))
-    if cfg.init_student:
-        cfg = cfg.replace(init_student=str(Path(cfg.init_student).resolve()))
     if cfg.regression_pairs and cfg.regression_guidance is None:
         cfg = cfg.replace(regression_guidance=teacher_guidance(teacher_dir))
     run, out = cfg.run_path, Path(cfg.out)
@@ -682,9 +657,7 @@ def distill(cfg: DistillConfig, resume: bool = False) -> DistillResult:
             t0 = time.perf_counter()
             cond = tr.encode(texts)
             z0, student_stats = tr.student_update(cond)
-            lora_stats = {}
-            for _ in range(cfg.lora_updates if cfg.lambda_vsd else 0):  # fresh timesteps and noise each time
-                lora_stats = tr.lora_update(z0, cond)
+            lora_stats = tr.lora_update(z0, cond) if cfg.lambda_vsd else {}  # no VSD: the LoRA teacher is unused
             step += 1
 
             stats = {**student_stats, **lora_stats}
