@@ -54,7 +54,13 @@ from .losses import (
     vsd_loss,
     vsd_score_gradient,
 )
-from .pairs import PairSpec, generate_pairs, load_pairs, prepare_pair_dir, prompts_digest
+from .pairs import (
+    PairSpec,
+    generate_pairs,
+    load_pairs,
+    prepare_pair_dir,
+    prompts_digest,
+)
 
 log = logging.getLogger("tiue_export")
 
@@ -316,7 +322,7 @@ class Trainer:
         b = cond.shape[0]
         uncond = self.null.expand(b, -1, -1)
         z_T = self.randn((b, *self.latent_shape))
-        if self.pairs is None or cfg.lambda_reg == 0:
+        if self.pairs is None:
             eps = self.student_ddp(z_T, cond)  # K x B noise predictions, timestep-major
             z0 = combine_one_pass(z_T, eps, self.schedule.S, self.schedule.E)  # Eq. 11, differentiable
             loss_reg = z0.new_zeros((), dtype=torch.float32)
@@ -627,7 +633,7 @@ def distill(cfg: DistillConfig, resume: bool = False) -> DistillResult:
     tr = build_trainer(cfg, teacher_dir, accelerator)
 
     rank, world = accelerator.process_index, accelerator.num_processes
-    if cfg.regression_pairs:
+    if cfg.regression_pairs and cfg.lambda_reg:
         tr.pairs = teacher_pairs(tr, prompts, teacher_dir)
     loader = make_loader(prompts, cfg.batch_size, rank, world, cfg.seed)
     per_epoch = len(loader)
@@ -661,7 +667,7 @@ def distill(cfg: DistillConfig, resume: bool = False) -> DistillResult:
             step += 1
 
             stats = {**student_stats, **lora_stats}
-            if not (cfg.regression_pairs and cfg.lambda_reg):
+            if tr.pairs is None:
                 del stats["loss_reg"]
             if not cfg.lambda_vsd:
                 del stats["loss_vsd"]
