@@ -122,17 +122,78 @@ def test_error_not_a_bundle(tiue_infer, tmp_path, inputs):
     expect_error(run(tiue_infer, "--bundle", tmp_path / "nope", *inputs, "--out", tmp_path / "x.ppm"), 2, "nope does not exist")
 
 
-def test_error_newer_schema_and_broken_manifest(tiue_infer, bundle, tmp_path, inputs):
+def test_error_other_schema_and_broken_manifest(tiue_infer, bundle, tmp_path, inputs):
     copy = tmp_path / "bundle"
     shutil.copytree(bundle, copy)
     manifest = json.loads((copy / "manifest.json").read_text())
     (copy / "manifest.json").write_text(json.dumps({**manifest, "schema_version": 99}))
-    expect_error(run(tiue_infer, "--bundle", copy, *inputs, "--out", tmp_path / "x.ppm"), 2, "schema_version 99 is newer than this runtime reads (1)")
+    expect_error(run(tiue_infer, "--bundle", copy, *inputs, "--out", tmp_path / "x.ppm"), 2,
+                 "schema_version 99 is newer than this runtime reads (2): rebuild tiue_engines")
+    (copy / "manifest.json").write_text(json.dumps({**manifest, "schema_version": 1}))
+    expect_error(run(tiue_infer, "--bundle", copy, *inputs, "--out", tmp_path / "x.ppm"), 2,
+                 "schema_version 1 is older than this runtime reads (2): re-export the bundle")
     del manifest["sampler"]["S"]
     (copy / "manifest.json").write_text(json.dumps(manifest))
     expect_error(run(tiue_infer, "--bundle", copy, *inputs, "--out", tmp_path / "x.ppm"), 2, "bad or incomplete 'sampler'")
     (copy / "manifest.json").write_text("{not json")
     expect_error(run(tiue_infer, "--bundle", copy, *inputs, "--out", tmp_path / "x.ppm"), 2, "not valid JSON")
+
+
+def _edit_k(m):
+    k = m["sampler"]["k"]
+    m["sampler"]["k"] = k + 1
+    return f"sampler k={k + 1} but {k} timesteps, {k} prev_timesteps and {k} E coefficients"
+
+
+def _edit_timestep(m):
+    m["sampler"]["timesteps"][-1] += 1
+    return f"prev_timesteps {m['sampler']['prev_timesteps']} do not follow from timesteps {m['sampler']['timesteps']}"
+
+
+def _edit_timestep_range(m):
+    n = m["sampler"]["schedule"]["num_train_timesteps"]
+    m["sampler"]["timesteps"][0] = n
+    return f"timestep {n} is outside 0..{n - 1}"
+
+
+def _edit_S(m):
+    m["sampler"]["S"] *= 1 + 1e-6
+    return f"sampler S = {m['sampler']['S']!r}, but the schedule and timesteps give "
+
+
+def _edit_E(m):
+    m["sampler"]["E"][1] *= 1.001
+    return f"sampler E[1] = {m['sampler']['E'][1]!r}, but the schedule and timesteps give "
+
+
+def _edit_image_height(m):
+    H, W = m["image"]["height"], m["image"]["width"]
+    m["image"]["height"] = 2 * H
+    return f"vae_decoder.images has shape [B, 3, {H}, {W}] but the manifest's sizes give [B, 3, {2 * H}, {W}]"
+
+
+def _edit_graph_file(m):
+    m["graphs"]["unet_decoder"]["file"] = other = m["graphs"]["unet_encoder"]["file"]
+    return f"unet_decoder: file {other} has another sha256 than the graph records"
+
+
+@pytest.mark.parametrize("edit", [_edit_k, _edit_timestep, _edit_timestep_range, _edit_S, _edit_E, _edit_image_height, _edit_graph_file],
+                         ids=lambda f: f.__name__.removeprefix("_edit_"))
+def test_error_edited_manifest(tiue_infer, bundle, tmp_path, inputs, edit):
+    """A manifest that contradicts itself (the checks of bundle.io.check_semantics) is refused in
+    one line, exit 2, before any graph is loaded: the copy's graphs are not even ONNX."""
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy, ignore=shutil.ignore_patterns("*.onnx"))
+    for graph in bundle.glob("*.onnx"):
+        (copy / graph.name).write_bytes(b"not an onnx graph")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    problem = edit(manifest)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "x.ppm"
+    proc = run(tiue_infer, "--bundle", copy, *inputs, "--out", out, "--latents", tmp_path / "z0.npy", "--images", tmp_path / "images.npy")
+    expect_error(proc, 2, f"{copy / 'manifest.json'}: {problem}", out)
+    assert proc.stderr.rstrip().endswith(": re-export the bundle")
+    assert not (tmp_path / "z0.npy").exists() and not (tmp_path / "images.npy").exists()
 
 
 def test_error_verify_altered_file(tiue_infer, bundle, tmp_path, inputs):

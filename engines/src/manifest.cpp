@@ -1,9 +1,16 @@
 #include "tiue/manifest.hpp"
 
+#include <algorithm>
+#include <charconv>
+#include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+#include <tuple>
 
 #include "tiue/error.hpp"
+#include "tiue/schedule.hpp"
 
 #ifdef TIUE_WITH_OPENSSL
 #include <openssl/evp.h>
@@ -13,6 +20,13 @@ namespace tiue {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
+
+std::string dims_str(const std::vector<Dim>& shape) {
+  std::string out = "[";
+  for (std::size_t i = 0; i < shape.size(); ++i)
+    out += (i ? ", " : "") + (shape[i].symbol.empty() ? std::to_string(shape[i].value) : shape[i].symbol);
+  return out + "]";
+}
 
 Shape TensorSpec::concrete(int64_t batch, int64_t k) const {
   Shape out;
@@ -37,6 +51,13 @@ const TensorSpec& GraphSpec::output(const std::string& n) const {
   throw InputError("graph " + name + " has no output '" + n + "': re-export the bundle");
 }
 
+const TensorSpec* GraphSpec::find(const std::string& n) const {
+  for (const auto* list : {&inputs, &outputs})
+    for (const auto& t : *list)
+      if (t.name == n) return &t;
+  return nullptr;
+}
+
 namespace {
 
 TensorSpec tensor_spec(const json& j) {
@@ -58,10 +79,15 @@ GraphSpec graph_spec(const std::string& name, const json& j) {
   GraphSpec g;
   g.name = name;
   g.file = j.at("file").get<std::string>();
+  g.sha256 = j.at("sha256").get<std::string>();
   g.precision = j.value("precision", "fp32");
   for (const auto& t : j.at("inputs")) g.inputs.push_back(tensor_spec(t));
   for (const auto& t : j.at("outputs")) g.outputs.push_back(tensor_spec(t));
   if (j.contains("external_data")) g.external_data = j.at("external_data").get<std::vector<std::string>>();
+  if (j.contains("variants") && !j.at("variants").is_null())
+    for (const auto& [vname, v] : j.at("variants").items())
+      g.variants.emplace(vname, GraphVariant{v.at("file").get<std::string>(), v.at("precision").get<std::string>(), v.at("sha256").get<std::string>(),
+                                             v.value("external_data", std::vector<std::string>{})});
   return g;
 }
 
@@ -74,6 +100,98 @@ auto section(const fs::path& mpath, const char* name, F&& read) -> decltype(read
   } catch (const json::exception& e) {
     throw InputError(mpath.string() + ": bad or incomplete '" + name + "' (" + first_line(e.what()) + "): re-export the bundle");
   }
+}
+
+/// S and E are float64 when written (numpy) and when recomputed here; this leaves room for another
+/// libm, not for an edited value (moving one timestep moves E by ~1e-3). As COEFFICIENT_RTOL in
+/// tiue_export/bundle/io.py.
+constexpr double kCoefficientRtol = 1e-9;
+
+/// The shortest text that reads back as `x` (as Python's repr), for messages about coefficients.
+std::string repr(double x) {
+  char buf[32];
+  const auto res = std::to_chars(buf, buf + sizeof buf, x);
+  return std::string(buf, res.ptr);
+}
+
+template <typename T>
+std::string list_str(const std::vector<T>& v) {
+  std::ostringstream out;
+  out << "[";
+  for (std::size_t i = 0; i < v.size(); ++i) out << (i ? ", " : "") << v[i];
+  out << "]";
+  return out.str();
+}
+
+/// What a JSON Schema cannot say, as tiue_export.bundle.io.check_semantics: the sampler agrees
+/// with its schedule, the sizes with the graphs' shapes, every graph file with its hash. Reads
+/// nothing but the manifest, so a contradiction costs no graph load.
+void check_semantics(const Manifest& m, const fs::path& mpath) {
+  auto bad = [&](const std::string& msg) { throw InputError(mpath.string() + ": " + msg + ": re-export the bundle"); };
+
+  const SamplerSpec& s = m.sampler;
+  const int64_t n_train = s.schedule.num_train_timesteps;
+  const auto k = static_cast<std::size_t>(s.k);
+  if (s.k < 1 || s.timesteps.size() != k || s.prev_timesteps.size() != k || s.E.size() != k)
+    bad("sampler k=" + std::to_string(s.k) + " but " + std::to_string(s.timesteps.size()) + " timesteps, " + std::to_string(s.prev_timesteps.size()) +
+        " prev_timesteps and " + std::to_string(s.E.size()) + " E coefficients");
+  if (static_cast<int64_t>(s.schedule.alphas_cumprod.size()) != n_train)
+    bad("the schedule has " + std::to_string(s.schedule.alphas_cumprod.size()) + " alphas_cumprod for " + std::to_string(n_train) +
+        " training timesteps");
+  std::vector<int64_t> all = s.timesteps;
+  all.push_back(s.encoder_timestep);
+  for (const int64_t t : all)
+    if (t < 0 || t >= n_train) bad("timestep " + std::to_string(t) + " is outside 0.." + std::to_string(n_train - 1));
+  if (s.prev_timesteps != ddim_prev_timesteps(s.timesteps, n_train))
+    bad("prev_timesteps " + list_str(s.prev_timesteps) + " do not follow from timesteps " + list_str(s.timesteps));
+  const OnePassCoefficients want = one_pass_coefficients(s.schedule.alphas_cumprod, s.timesteps, s.prev_timesteps, s.final_alpha_cumprod);
+  auto check = [&](const std::string& name, double expected, double got) {
+    // math.isclose(got, expected, rel_tol, abs_tol=0); NaN is never close
+    if (!(std::fabs(got - expected) <= kCoefficientRtol * std::max(std::fabs(got), std::fabs(expected))))
+      bad("sampler " + name + " = " + repr(got) + ", but the schedule and timesteps give " + repr(expected));
+  };
+  check("S", want.S, s.S);
+  for (std::size_t i = 0; i < k; ++i) check("E[" + std::to_string(i) + "]", want.E[i], s.E[i]);
+
+  const auto [C, h, w] = m.latent;
+  const auto [H, W] = m.image;
+  auto B = [] { return Dim{0, "B"}; };
+  auto n = [](int64_t v) { return Dim{v, ""}; };
+  std::vector<std::tuple<std::string, std::string, std::vector<Dim>>> expect = {
+      {"text_encoder", "input_ids", {B(), n(m.tokenizer.max_length)}},
+      {"unet_encoder", "latents", {B(), n(C), n(h), n(w)}},
+      {"vae_decoder", "latents", {B(), n(C), n(h), n(w)}},
+      {"vae_decoder", "images", {B(), n(3), n(H), n(W)}},
+  };
+  for (const auto& [name, f] : m.features) expect.push_back({"unet_encoder", name, {B(), n(f[0]), n(f[1]), n(f[2])}});
+  for (const auto& [graph, tensor, shape] : expect) {
+    auto it = m.graphs.find(graph);
+    if (it == m.graphs.end()) bad("no " + graph + " graph");
+    const TensorSpec* t = it->second.find(tensor);
+    if (!t) bad(graph + " has no tensor " + tensor);
+    if (t->shape != shape) bad(graph + "." + tensor + " has shape " + dims_str(t->shape) + " but the manifest's sizes give " + dims_str(shape));
+  }
+  if (h < 1 || w < 1 || H % h || W % w || H / h != W / w)
+    bad("image " + std::to_string(H) + "x" + std::to_string(W) + " is not a whole multiple of the latent " + std::to_string(h) + "x" + std::to_string(w));
+  std::set<std::string> outputs;
+  for (const auto& t : m.graph("unet_encoder").outputs) outputs.insert(t.name);
+  std::set<std::string> features;
+  for (const auto& [name, f] : m.features) features.insert(name);
+  if (features != outputs) bad("features " + list_str(std::vector<std::string>(features.begin(), features.end())) +
+                               " are not the encoder's outputs " + list_str(std::vector<std::string>(outputs.begin(), outputs.end())));
+
+  auto listed = [&](const std::string& label, const std::string& file, const std::string& digest) {
+    auto it = m.files.find(file);
+    if (it == m.files.end()) bad(label + ": file " + file + " is not among the bundle's files");
+    if (it->second != digest) bad(label + ": file " + file + " has another sha256 than the graph records");
+  };
+  for (const auto& [name, g] : m.graphs) {
+    listed(name, g.file, g.sha256);
+    for (const auto& [vname, v] : g.variants) listed(name + " variant " + vname, v.file, v.sha256);
+  }
+  for (const auto& [precision, set] : m.engines)
+    for (const auto& [graph, file] : set.files)
+      if (!m.files.count(file)) bad(precision + " engine of " + graph + ": " + file + " is not among the bundle's files");
 }
 
 }  // namespace
@@ -102,6 +220,9 @@ Manifest Manifest::load(const fs::path& dir) {
   if (m.schema_version > kSchemaVersion)
     throw InputError(mpath.string() + ": manifest schema_version " + std::to_string(m.schema_version) +
                      " is newer than this runtime reads (" + std::to_string(kSchemaVersion) + "): rebuild tiue_engines");
+  if (m.schema_version < kSchemaVersion)
+    throw InputError(mpath.string() + ": manifest schema_version " + std::to_string(m.schema_version) +
+                     " is older than this runtime reads (" + std::to_string(kSchemaVersion) + "): re-export the bundle");
   m.precision = j.value("precision", "fp32");
 
   section(mpath, "axis_relations", [&] {
@@ -125,13 +246,14 @@ Manifest Manifest::load(const fs::path& dir) {
     m.sampler.k = s.at("k").get<int>();
     m.sampler.timesteps = s.at("timesteps").get<std::vector<int64_t>>();
     m.sampler.encoder_timestep = s.at("encoder_timestep").get<int64_t>();
+    m.sampler.prev_timesteps = s.at("prev_timesteps").get<std::vector<int64_t>>();
+    m.sampler.final_alpha_cumprod = s.at("final_alpha_cumprod").get<double>();
     m.sampler.S = s.at("S").get<double>();
     m.sampler.E = s.at("E").get<std::vector<double>>();
+    const auto& sch = s.at("schedule");
+    m.sampler.schedule = {sch.at("num_train_timesteps").get<int64_t>(), sch.at("alphas_cumprod").get<std::vector<double>>()};
     return 0;
   });
-  if (m.sampler.k < 1 || static_cast<int>(m.sampler.E.size()) != m.sampler.k)
-    throw InputError(mpath.string() + ": sampler has k=" + std::to_string(m.sampler.k) + " but " +
-                     std::to_string(m.sampler.E.size()) + " coefficients E: re-export the bundle");
   section(mpath, "latent", [&] {
     const auto& l = j.at("latent");
     m.latent = {l.at("channels").get<int64_t>(), l.at("height").get<int64_t>(), l.at("width").get<int64_t>()};
@@ -139,6 +261,10 @@ Manifest Manifest::load(const fs::path& dir) {
   });
   section(mpath, "image", [&] {
     m.image = {j.at("image").at("height").get<int64_t>(), j.at("image").at("width").get<int64_t>()};
+    return 0;
+  });
+  section(mpath, "features", [&] {
+    for (const auto& [name, shape] : j.at("features").items()) m.features[name] = shape.get<std::array<int64_t, 3>>();
     return 0;
   });
   section(mpath, "tokenizer", [&] {
@@ -182,6 +308,7 @@ Manifest Manifest::load(const fs::path& dir) {
     for (const auto& g : *chain)
       if (!m.graphs.count(g)) throw InputError(mpath.string() + ": runtime lists graph '" + g + "' that the manifest lacks: re-export the bundle");
   if (!m.graphs.count("unet_encoder")) throw InputError(mpath.string() + ": no unet_encoder graph: re-export the bundle");
+  check_semantics(m, mpath);
   return m;
 }
 

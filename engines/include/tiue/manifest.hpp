@@ -1,5 +1,7 @@
-// The bundle manifest (manifest.json, schema_version 1): the contract between `tiue-export export`
-// and every runtime. Mirrors tiue_export/specs.py and tiue_export/schemas/manifest.schema.json.
+// The bundle manifest (manifest.json, schema_version 2): the contract between `tiue-export export`
+// and every runtime. Mirrors tiue_export/bundle/manifest.py and
+// tiue_export/schemas/manifest.schema.json; Manifest::load makes the checks of
+// tiue_export.bundle.io.check_semantics before any graph is loaded.
 #pragma once
 
 #include <array>
@@ -15,14 +17,20 @@
 
 namespace tiue {
 
-/// The newest manifest schema this library reads.
-constexpr int kSchemaVersion = 1;
+/// The manifest schema this library reads (older bundles are re-exported, not read).
+constexpr int kSchemaVersion = 2;
 
 /// One axis of a declared shape: a fixed size, or the symbol "B" (batch) or "KB" (K*B).
 struct Dim {
   int64_t value = 0;   // > 0 when fixed
   std::string symbol;  // "B" or "KB" when symbolic
+
+  bool operator==(const Dim& o) const { return value == o.value && symbol == o.symbol; }
+  bool operator!=(const Dim& o) const { return !(*this == o); }
 };
+
+/// A declared shape as the manifest writes it: [B, 3, 64, 64].
+std::string dims_str(const std::vector<Dim>& shape);
 
 /// One graph input or output, as TensorSpec in specs.py.
 struct TensorSpec {
@@ -35,26 +43,49 @@ struct TensorSpec {
   Shape concrete(int64_t batch, int64_t k) const;
 };
 
+/// Another file of a graph with the same inputs and outputs (int8 Q/DQ from tiue-export calibrate).
+struct GraphVariant {
+  std::string file;       // relative to the bundle
+  std::string precision;  // "int8" | "fp16" | "fp32"
+  std::string sha256;     // must equal Manifest::files[file]
+  std::vector<std::string> external_data;
+};
+
 /// One exported graph (an entry of manifest["graphs"]).
 struct GraphSpec {
   std::string name;
   std::string file;       // relative to the bundle
+  std::string sha256;     // the file's hash; must equal Manifest::files[file]
   std::string precision;  // "fp32" | "fp16" (I/O stays float32 either way)
   std::vector<TensorSpec> inputs;
   std::vector<TensorSpec> outputs;
   std::vector<std::string> external_data;
+  std::map<std::string, GraphVariant> variants;  // by name ("int8"), if any
 
   const TensorSpec& input(const std::string& name) const;
   const TensorSpec& output(const std::string& name) const;
+  /// The input or output called `name`, or nullptr.
+  const TensorSpec* find(const std::string& name) const;
+};
+
+/// The DDIM schedule S and E were computed from (manifest["sampler"]["schedule"]).
+struct ScheduleSpec {
+  int64_t num_train_timesteps = 0;
+  std::vector<double> alphas_cumprod;  // indexed by training timestep
 };
 
 /// The one-pass sampler: paper Eq. 11, z0 = S z_T + sum_k E[k] eps_k (eps timestep-major).
+/// Manifest::load recomputes S and E from the schedule (one_pass_coefficients) and refuses a
+/// manifest whose values differ.
 struct SamplerSpec {
   int k = 0;
   std::vector<int64_t> timesteps;
   int64_t encoder_timestep = 0;
+  std::vector<int64_t> prev_timesteps;  // t - num_train_timesteps / K; < 0: final_alpha_cumprod
+  double final_alpha_cumprod = 0.0;
   double S = 0.0;
   std::vector<double> E;
+  ScheduleSpec schedule;
 };
 
 /// What the Python tokenizer needs to agree with the graphs (the C++ side takes token ids).
@@ -91,13 +122,17 @@ struct Manifest {
   SamplerSpec sampler;
   std::array<int64_t, 3> latent{};  // C, h, w
   std::array<int64_t, 2> image{};   // H, W
+  std::map<std::string, std::array<int64_t, 3>> features;  // unet_encoder output -> C, h, w
   TokenizerSpec tokenizer;
   BatchProfile batch_profile;
   std::map<std::string, std::string> files;    // relative path -> sha256 hex
   std::map<std::string, EngineSet> engines;     // precision -> TensorRT plans, if any were built
 
-  /// Read and check `dir`/manifest.json. Throws InputError: not a bundle, a newer schema, a
-  /// missing or mistyped field.
+  /// Read and check `dir`/manifest.json. Throws InputError (one line): not a bundle, another
+  /// schema version, a missing or mistyped field, or a manifest that contradicts itself (K and the
+  /// timestep lists, timesteps outside the schedule, S or E not what the schedule gives, sizes
+  /// against the graphs' shapes, a graph file not listed in `files` with the graph's sha256).
+  /// Reads no graph and hashes no file (verify() does).
   static Manifest load(const std::filesystem::path& dir);
 
   const GraphSpec& graph(const std::string& name) const;
