@@ -11,7 +11,7 @@ from onnx import numpy_helper
 
 from _bundles import tiny_bundle
 from _cli import run_cli as run
-from tiue_export.runtime.bundle import sha256_file
+from tiue_export.bundle import sha256_file
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_check_fails_on_a_corrupted_graph(bundle, tmp_path, capsys):
     init.CopyFrom(numpy_helper.from_array(arr * 1.5 + 0.01, init.name))
     onnx.save(model, str(path))
     manifest = json.loads((bad / "manifest.json").read_text())
-    manifest["files"]["unet_decoder.onnx"] = sha256_file(path)  # a consistent but wrong bundle
+    manifest["files"]["unet_decoder.onnx"] = manifest["graphs"]["unet_decoder"]["sha256"] = sha256_file(path)  # consistent but wrong
     (bad / "manifest.json").write_text(json.dumps(manifest))
     code, out, err = run(["check", str(bad), "--backends", "onnxruntime", "--image", str(tmp_path / "c.png")], capsys)
     assert code == 1
@@ -74,31 +74,35 @@ def test_unavailable_backend_is_reported_not_passed(bundle, tmp_path, capsys):
 def test_backend_with_only_the_unfused_decoder(bundle, tiny_models):
     """An engine set built --no-fused has no fused decoder: check compares what it has and runs
     the end to end through the K-batched decoder and Eq. 11."""
-    from tiue_export.check import check_backend, ort_stages, reference
+    from tiue_export import backends
+    from tiue_export.check import check_backend, reference
+    from tiue_export.executor import GraphSet
     from tiue_export.pipeline import load_pipeline
     from tiue_export.runtime import Bundle
     from tiue_export.sampling import initial_noise
 
-    manifest = Bundle.open(bundle).manifest
+    opened = Bundle.open(bundle)
+    manifest = opened.manifest
     pipe = load_pipeline(tiny_models("sd21"))
     prompts = ["a photo of a cat"]
     noise = initial_noise([0], pipe.latent_shape())
-    ref = reference(pipe, pipe.tokenize(prompts), noise, manifest["sampler"])
-    stages = ort_stages(bundle, None)
-    stages.graphs = ("text_encoder", "unet_encoder", "unet_decoder", "vae_decoder")
-    try:
-        report = check_backend("onnxruntime", stages, "fp32", manifest, ref, prompts, noise)
-    finally:
-        stages.close()
+    ref = reference(pipe, manifest, pipe.tokenize(prompts), noise)
+    backend = backends.get("onnxruntime")
+    full = backend.graphs(opened)
+    unfused = GraphSet({g: full.factories[g] for g in ("text_encoder", "unet_encoder", "unet_decoder", "vae_decoder")})
+    with unfused:
+        report = check_backend(backend, unfused, None, manifest, ref)
     names = [c.name for c in report.graphs]
     assert "unet_decoder" in names and "unet_decoder_fused" not in names
     assert report.ok, [str(c) for c in report.graphs + [report.end_to_end]]
 
 
 def test_available_backends_without_tensorrt():
-    from tiue_export.check import available_backends
+    from types import SimpleNamespace
 
-    manifest = {"graphs": {"unet_encoder": {"variants": {"int8": {}}}}, "engines": {"fp16": {}}}
+    from tiue_export.backends import available as available_backends
+
+    manifest = SimpleNamespace(variants={"int8"}, engines={"fp16": {}})
     # No TensorRT or GPU here: engines in the manifest are not offered, int8 graphs are.
     pytest.importorskip("onnxruntime")
     try:

@@ -15,7 +15,7 @@ from tiue_export import export as export_mod
 from tiue_export import specs as specs_mod
 from tiue_export.errors import InputError, TiueError
 from tiue_export.export import ExportConfig, export_bundle, save_onnx
-from tiue_export.runtime.bundle import sha256_file
+from tiue_export.bundle import sha256_file
 from tiue_export.specs import GRAPHS, Tolerance
 
 
@@ -176,7 +176,7 @@ def test_export_refuses_non_models_teachers_and_foreign_directories(tiny_sd21, t
 
 
 def test_failed_validation_raises_with_numbers_and_leaves_no_bundle(tiny_sd21, tmp_path, monkeypatch):
-    monkeypatch.setattr(export_mod, "GRAPHS", ("text_encoder",))
+    monkeypatch.setattr(export_mod, "EXPORT_ORDER", ("text_encoder",))
     monkeypatch.setitem(specs_mod.FP32_TOL, "text_encoder", Tolerance(atol=0.0, rtol=0.0, min_cosine=1.5))
     out = tmp_path / "bundles" / "b"
     with pytest.raises(TiueError) as exc:
@@ -191,7 +191,7 @@ def test_interrupted_export_keeps_the_previous_bundle(tiny_sd21, tmp_path, monke
     out = tmp_path / "b"
     out.mkdir()
     (out / "manifest.json").write_text("{}")  # an earlier bundle
-    monkeypatch.setattr(export_mod, "GRAPHS", ("text_encoder",))
+    monkeypatch.setattr(export_mod, "EXPORT_ORDER", ("text_encoder",))
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt

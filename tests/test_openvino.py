@@ -17,7 +17,7 @@ from _cli import run_cli as run
 from tiue_export.compare import compare_arrays
 from tiue_export.errors import InputError
 from tiue_export.runtime import OvLoader, OvRunner, Pipeline, openvino_default_precision
-from tiue_export.runtime.bundle import sha256_file
+from tiue_export.bundle import sha256_file
 
 ov = pytest.importorskip("openvino", reason="openvino is not installed (pip install 'tiue-export[openvino]')")
 
@@ -97,7 +97,7 @@ def test_infer_openvino_backend(bundle, tmp_path, capsys):
     common = ["--model", str(bundle), "--prompt", "a red cube", "--seed", "5"]
     code, out, err = run(["infer", "--backend", "openvino", "--precision", "fp32", "--out", str(tmp_path / "ov.png"), *common], capsys)
     assert code == 0, err
-    assert "[openvino OpenVINO CPU fp32, one-pass]" in out
+    assert "OpenVINO CPU fp32, one-pass]" in out
     code, _, err = run(["infer", "--backend", "onnxruntime", "--out", str(tmp_path / "ort.png"), *common], capsys)
     assert code == 0, err
     ov_img, ort_img = Image.open(tmp_path / "ov.png"), Image.open(tmp_path / "ort.png")
@@ -127,7 +127,7 @@ def test_check_passes_and_fails_on_openvino(bundle, tmp_path, capsys):
     init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 1.5 + 0.01, init.name))
     onnx.save(model, str(path))
     manifest = json.loads((bad / "manifest.json").read_text())
-    manifest["files"][path.name] = sha256_file(path)
+    manifest["files"][path.name] = manifest["graphs"]["unet_decoder_fused"]["sha256"] = sha256_file(path)
     (bad / "manifest.json").write_text(json.dumps(manifest))
     code, out, err = run(["check", str(bad), "--backends", "openvino", "--image", str(tmp_path / "b.png")], capsys)
     assert code == 1 and "check FAILED: openvino" in err

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from types import SimpleNamespace
 from onnx import numpy_helper
 
 from _bundles import tiny_bundle
@@ -84,12 +85,12 @@ def test_calibration_strides_divide_the_batches():
 def test_shipped_prompt_sets():
     from tiue_export.toy.domain import caption, combos
 
-    toy = quantize.read_prompt_file(ROOT / "calibration" / "toy_prompts.txt")
+    toy = quantize.read_prompt_file(quantize.CALIBRATION_DIR / "toy_prompts.txt")
     assert toy == [caption(a) for a in combos("train")]
-    general = quantize.read_prompt_file(ROOT / "calibration" / "prompts.txt")
+    general = quantize.read_prompt_file(quantize.CALIBRATION_DIR / "prompts.txt")
     assert len(set(general)) == len(general) >= 200
-    assert quantize.default_prompts_file({"source": {"model": "/x/assets/toy-student"}}).name == "toy_prompts.txt"
-    assert quantize.default_prompts_file({"source": {"model": "/x/sd21-student"}}).name == "prompts.txt"
+    assert quantize.default_prompts_file(SimpleNamespace(source={"model": "/x/assets/toy-student"})).name == "toy_prompts.txt"
+    assert quantize.default_prompts_file(SimpleNamespace(source={"model": "/x/sd21-student"})).name == "prompts.txt"
 
 
 # -- the calibrated bundle ---------------------------------------------------------------------
@@ -178,7 +179,7 @@ def test_int8_needs_calibration(fp32_bundle, tmp_path, capsys):
     with pytest.raises(ModelError, match="has no int8 graphs.*run tiue-export calibrate"):
         Pipeline.load(fp32_bundle, precision="int8")
     code, _, err = run(["infer", "--precision", "int8", "--prompt", "a cat", "--out", str(tmp_path / "x")], capsys)
-    assert code == 2 and err.strip() == "error: --precision int8 runs a bundle: use --backend onnxruntime or tensorrt"
+    assert code == 2 and err.strip() == "error: --precision int8 runs a bundle: use --backend onnxruntime, openvino or tensorrt"
 
 
 @pytest.mark.parametrize(

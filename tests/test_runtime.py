@@ -108,9 +108,9 @@ def test_runners_release_their_sessions(sd21_bundle):
         runner.infer({})
     pipe = Pipeline(bundle)
     pipe(PROMPTS[:1])
-    assert len(pipe._runners) == 4
+    assert sum(pipe.graphs.is_open(g) for g in pipe.manifest.graphs) == 4
     pipe.close()
-    assert not pipe._runners
+    assert not any(pipe.graphs.is_open(g) for g in pipe.manifest.graphs)
 
 
 def test_unknown_provider_is_an_input_error(sd21_bundle):
@@ -141,7 +141,7 @@ def _break(bundle, tmp_path, how):
     [
         ("missing", "unet_encoder.onnx is missing: re-export the bundle"),
         ("altered", "vae_decoder.onnx was altered (sha256 mismatch): re-export the bundle"),
-        ("newer", "manifest schema_version 99 is newer than this tiue-export reads (1): upgrade tiue-export"),
+        ("newer", "manifest schema_version 99 is newer than this tiue-export reads (2): upgrade tiue-export"),
         ("not-a-bundle", "is not an exported bundle (no manifest.json): run tiue-export export first"),
     ],
 )
@@ -208,24 +208,24 @@ def test_infer_onnxruntime_needs_a_bundle(tiny_sd21, tmp_path, capsys):
 
 def test_low_memory_holds_one_graph_at_a_time(sd21_bundle, monkeypatch):
     """low_memory: same images; each stage opens its graph and releases it before the next opens."""
-    from tiue_export.runtime import pipeline as rt_pipeline
+    from tiue_export import executor
 
     with Pipeline.load(sd21_bundle) as pipe:
         ref = pipe(PROMPTS[:2], seeds=[1, 2])
     held = []
-    original = rt_pipeline.Pipeline.runner
+    original = executor.GraphSet.runner
 
     def spy(self, name):
         runner = original(self, name)
-        held.append(sorted(self._runners))
+        held.append(sorted(self._open))
         return runner
 
-    monkeypatch.setattr(rt_pipeline.Pipeline, "runner", spy)
+    monkeypatch.setattr(executor.GraphSet, "runner", spy)
     pipe = Pipeline.load(sd21_bundle, low_memory=True)
     out = pipe(PROMPTS[:2], seeds=[1, 2])
     assert np.array_equal(out.images, ref.images) and np.array_equal(out.latents, ref.latents)
     assert max(len(h) for h in held) == 1, held  # never two graphs open at once
-    assert pipe._runners == {}  # nothing held between calls
+    assert pipe.graphs._open == {}  # nothing held between calls
     assert out.timings["load"] > 0 and set(out.timings) >= {"text_encoder", "unet_encoder", "unet_decoder", "vae_decoder"}
 
 

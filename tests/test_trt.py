@@ -14,6 +14,8 @@ import numpy as np
 import onnx
 import pytest
 
+from tiue_export.bundle import sha256_file
+
 from _bundles import tiny_bundle
 from _cli import run_cli as run
 from tiue_export.errors import InputError, MissingDependency, ModelError, TiueError
@@ -427,7 +429,7 @@ def with_engines(bundle, tmp_path, engines):
 
 def test_tensorrt_backend_refuses_engines_from_another_gpu(fp32_bundle, fake_gpu, tmp_path, capsys):
     """infer --backend tensorrt checks the manifest against this machine before loading a plan."""
-    entry = {**ENTRY, "graphs": {}, "fused": True, "pipeline": list(pipeline_graphs(True)), "batch_profile": {"min": 1, "opt": 1, "max": 4}}
+    entry = {**ENTRY, "precision": "fp16", "graphs": {}, "fused": True, "pipeline": list(pipeline_graphs(True)), "batch_profile": {"min": 1, "opt": 1, "max": 4}}
     a100 = {**entry, "gpu": {"name": "NVIDIA A100", "compute_capability": "8.0"}}
     bundle = with_engines(fp32_bundle, tmp_path, {"fp16": a100})
     code, _, err = run(["infer", "--backend", "tensorrt", "--model", str(bundle), "--prompt", "a cat", "--out", str(tmp_path / "o")], capsys)
@@ -435,28 +437,26 @@ def test_tensorrt_backend_refuses_engines_from_another_gpu(fp32_bundle, fake_gpu
         "error: the fp16 engines were built for NVIDIA A100 (compute capability 8.0), this GPU is Fake H100 (9.0): "
         f"rebuild with tiue-export build-trt {bundle} --precision fp16"
     )
-    old = {**entry, "tensorrt": "10.8.0.43"}
+    old = {**entry, "precision": "int8", "tensorrt": "10.8.0.43"}
     bundle = with_engines(fp32_bundle, tmp_path / "2", {"int8": old, "fp16": entry})
     code, _, err = run(["infer", "--backend", "tensorrt", "--model", str(bundle), "--prompt", "a cat", "--out", str(tmp_path / "o")], capsys)
-    assert code == 2 and "has fp16, int8 engines: choose one with --precision" in err
+    assert code == 2 and "needs --precision fp16|int8|fp32 (it has fp16, int8)" in err
     code, _, err = run(["infer", "--backend", "tensorrt", "--precision", "int8", "--model", str(bundle), "--prompt", "a", "--out", str(tmp_path / "o")], capsys)
     assert code == 2 and "were built with TensorRT 10.8.0.43, this is TensorRT 10.13.0.35" in err
     code, _, err = run(["infer", "--backend", "tensorrt", "--model", str(fp32_bundle), "--prompt", "a", "--out", str(tmp_path / "o")], capsys)
-    assert code == 2 and err.strip() == f"error: bundle {fp32_bundle} has no TensorRT engines: run tiue-export build-trt {fp32_bundle} --precision fp16"
+    assert code == 2 and "it has none: run tiue-export build-trt BUNDLE --precision fp16" in err
 
 
 def test_device_buffer_links_follow_the_pipeline(fp32_bundle):
     from tiue_export.trt.runtime import links
 
-    bundle = Bundle.open(fp32_bundle)
-    specs = {g: bundle.spec(g) for g in pipeline_graphs(True)}
-    fused = links(pipeline_graphs(True), specs)
+    m = Bundle.open(fp32_bundle).manifest
+    fused = links(m.chains["fused"], m)
     assert fused[("unet_decoder_fused", "latents")] == ("unet_encoder", "latents")  # the same z_T
     assert fused[("vae_decoder", "latents")] == ("unet_decoder_fused", "z0")
     assert fused[("unet_decoder_fused", "mid")] == ("unet_encoder", "mid")
     assert fused[("unet_encoder", "text_embeddings")] == ("text_encoder", "text_embeddings")
-    specs["unet_decoder"] = bundle.spec("unet_decoder")
-    unfused = links(pipeline_graphs(False), specs)
+    unfused = links(m.chains["unfused"], m)
     assert ("vae_decoder", "latents") not in unfused  # z0 comes from the host-side Eq. 11
     assert unfused[("unet_decoder", "skip_0")] == ("unet_encoder", "skip_0")
 
@@ -502,10 +502,11 @@ def test_build_int8_uses_the_qdq_graphs(fp32_bundle, fake_gpu, tmp_path, capsys)
     manifest = json.loads((bundle / "manifest.json").read_text())
     for name in ("unet_encoder", "unet_decoder_fused"):  # stand-in Q/DQ files: the builder only reads I/O names
         shutil.copy(bundle / f"{name}.onnx", bundle / f"{name}.int8.onnx")
-        manifest["graphs"][name]["variants"] = {"int8": {"file": f"{name}.int8.onnx", "precision": "int8", "external_data": []}}
-    from tiue_export.runtime.bundle import publish
+        digest = sha256_file(bundle / f"{name}.int8.onnx")
+        manifest["graphs"][name]["variants"] = {"int8": {"file": f"{name}.int8.onnx", "precision": "int8", "external_data": [], "sha256": digest}}
+    from tiue_export.bundle import Manifest, publish
 
-    publish(bundle, {}, manifest)
+    publish(bundle, {}, Manifest.from_dict({**manifest, "files": {**manifest["files"], **{f"{n}.int8.onnx": sha256_file(bundle / f"{n}.int8.onnx") for n in ("unet_encoder", "unet_decoder_fused")}}}))
     code, _, err = run(["build-trt", str(bundle), "--precision", "int8"], capsys)
     assert code == 0, err
     entry = json.loads((bundle / "manifest.json").read_text())["engines"]["int8"]
@@ -560,17 +561,16 @@ def test_backend_plumbing_on_stand_ins_matches_onnxruntime(fp32_bundle, fake_gpu
         with pytest.raises(InputError, match="have no unet_decoder: rebuild with tiue-export build-trt --no-fused"):
             pipe.decode(pipe.encode(noise, text), text)
         assert set(first.timings) == {"text_encoder", "unet_encoder", "unet_decoder", "vae_decoder"}
-    from tiue_export.check import trt_stages
+    from tiue_export import backends
 
-    stages = trt_stages(bundle, "fp32")  # what tiue-export check drives
-    try:
-        ids = stages.tokenize(prompts[:2])
-        text = stages.text(ids)
-        z0 = stages.decode_fused(stages.encode(noise, text), text, noise)
-        assert np.array_equal(stages.vae(z0), ort.runner("vae_decoder").infer({"latents": z0})["images"])
-        assert stages.graphs[2] == "unet_decoder_fused"
-    finally:
-        stages.close()
+    with backends.get("tensorrt-fp32").graphs(Bundle.open(bundle)) as graphs:  # what tiue-export check drives
+        text = graphs.runner("text_encoder").infer({"input_ids": ort.tokenize(prompts[:2])})["text_embeddings"]
+        feats = graphs.runner("unet_encoder").infer({"latents": noise, "text_embeddings": text})
+        z0 = np.asarray(graphs.runner("unet_decoder_fused").infer({**feats, "text_embeddings": text, "latents": noise})["z0"])
+        images = np.asarray(graphs.runner("vae_decoder").infer({"latents": z0})["images"])
+        with Pipeline.load(bundle, ["CPUExecutionProvider"]) as ort2:
+            assert np.array_equal(images, ort2.runner("vae_decoder").infer({"latents": z0})["images"])
+        assert "unet_decoder" not in graphs.factories
     assert np.array_equal(first.images, ref.images) and np.array_equal(first.latents, ref.latents)
     assert np.array_equal(again.images, ref.images) and np.array_equal(two.images, ref2.images)
     assert np.array_equal(stage, ref2.images)

@@ -159,7 +159,7 @@ def unet_flops(unet_config: dict, timesteps, batch: int, latent_hw: tuple[int, i
     return {"unet_encoder": int(enc), "unet_decoder": int(dec), "one_pass_unet": int(enc + dec), "full_unet_step": int(full)}
 
 
-def time_pipeline(name: str, stages: dict[str, Callable], runs: int, warmup: int, note: str = "") -> Timing:
+def time_stages(name: str, stages: dict[str, Callable], runs: int, warmup: int, note: str = "") -> Timing:
     """Run ``stages`` (ordered name -> thunk taking the previous stage's output) warmup + runs times."""
     timing = Timing(name, {k: [] for k in stages}, note=note)
     with PeakRSS() as mem:
@@ -180,70 +180,51 @@ def time_pipeline(name: str, stages: dict[str, Callable], runs: int, warmup: int
     return timing
 
 
-def torch_stages(pipe, batch: int, height: int, width: int, precision: str = "fp32") -> dict[str, Callable]:
-    """The one-pass pipeline on PyTorch as timed stages (fp32 eager, or bf16 weights)."""
+def time_chain(name: str, call: Callable[[], dict[str, float]], runs: int, warmup: int, note: str = "") -> Timing:
+    """Time ``call`` (one run of the executor, returning its per-stage seconds) warmup + runs times."""
+    timing = Timing(name, {}, note=note)
+    with PeakRSS() as mem:
+        for i in range(warmup + runs):
+            t0 = time.perf_counter()
+            stages = call()
+            total = time.perf_counter() - t0
+            if i >= warmup:
+                for stage, d in stages.items():
+                    if stage != "load":
+                        timing.stages.setdefault(stage, []).append(d)
+                timing.total.append(total - stages.get("load", 0.0))
+    timing.peak_rss_mb = mem.peak_mb
+    return timing
+
+
+def torch_chain(pipe, batch: int, height: int, width: int, precision: str = "fp32") -> Callable[[], dict[str, float]]:
+    """One-pass on PyTorch through the executor (fp32 eager, or bf16 weights)."""
     import torch
 
+    from .backends.torch import graph_modules, graphs
+    from .executor import run_chain
     from .sampling import initial_noise
-    from .schedule import combine_one_pass
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
-    student = pipe.student if precision == "fp32" else _cast_student(pipe, dtype)
-    vae = pipe.vae if precision == "fp32" else _cast(pipe.vae, dtype)
-    text_encoder = pipe.text_encoder
-    ids = torch.from_numpy(pipe.tokenize(["a photo of a cat"] * batch))
-    noise = torch.from_numpy(initial_noise(range(batch), pipe.latent_shape(height, width))).to(dtype)
-    s = pipe.schedule
-    scale = vae.config.scaling_factor
-    state = {}
-
-    @torch.no_grad()
-    def text(_):
-        state["emb"] = text_encoder(ids)[0].to(dtype)
-        return state["emb"]
-
-    @torch.no_grad()
-    def encode(emb):
-        return student.encode(noise, emb)
-
-    @torch.no_grad()
-    def decode(feats):
-        return student.decode(feats, state["emb"])
-
-    @torch.no_grad()
-    def combine(eps):
-        return combine_one_pass(noise.float(), eps.float(), s.S, s.E)
-
-    @torch.no_grad()
-    def vae_decode(z0):
-        return vae.decode(z0.to(dtype) / scale).sample.float().numpy()
-
-    return {"text_encoder": text, "unet_encoder": encode, "unet_decoder": decode, "sum": combine, "vae_decoder": vae_decode}
+    manifest = pipe.manifest(height, width)
+    if precision == "fp32":
+        g = pipe.graphs()
+    else:
+        modules = graph_modules(pipe, baked=False, student=_cast_student(pipe, dtype), vae=_cast(pipe.vae, dtype))
+        g = graphs(pipe, manifest, dtype=dtype, modules=modules)
+    ids = pipe.tokenize(["a photo of a cat"] * batch)
+    noise = initial_noise(range(batch), pipe.latent_shape(height, width))
+    return lambda: run_chain(manifest, g, ids, noise, "unfused").timings
 
 
-def runtime_stages(pipe, batch: int) -> dict[str, Callable]:
-    """A runtime pipeline (ONNX Runtime or TensorRT) as timed one-pass stages; the fused decoder
-    applies the sum itself."""
-    from .sampling import initial_noise, to_uint8_images
+def runtime_chain(pipe, batch: int) -> Callable[[], dict[str, float]]:
+    """A runtime pipeline's fused one-pass chain through the executor."""
+    from .executor import run_chain
+    from .sampling import initial_noise
 
     ids = pipe.tokenize(["a photo of a cat"] * batch)
     noise = initial_noise(range(batch), pipe.latent_shape)
-    state = {}
-
-    def text(_):
-        state["text"] = pipe.runner("text_encoder").infer({"input_ids": ids})["text_embeddings"]
-        return state["text"]
-
-    def encode(t):
-        return pipe.encode(noise, t)
-
-    def decode(feats):
-        return pipe.decode_fused(feats, state["text"], noise)
-
-    def vae(z0):
-        return to_uint8_images(pipe.runner("vae_decoder").infer({"latents": z0})["images"])
-
-    return {"text_encoder": text, "unet_encoder": encode, "unet_decoder": decode, "vae_decoder": vae}
+    return lambda: run_chain(pipe.manifest, pipe.graphs, ids, noise, "fused").timings
 
 
 def _cast(module, dtype):
@@ -300,9 +281,12 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = log.info) -> d
     """Measure every requested backend and reference; return the JSON-able report."""
     import torch
 
+    from . import backends
     from .models import resolve_model
     from .pipeline import load_pipeline
 
+    for backend in cfg.backends:
+        backends.get(backend)
     if cfg.shape not in SHAPES:
         raise InputError(f"unknown shape {cfg.shape!r}: choose from {', '.join(SHAPES)}")
     if cfg.threads:
@@ -311,9 +295,11 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = log.info) -> d
     bundle_path = None
     if (Path(model_path) / "manifest.json").exists():
         bundle_path = Path(model_path)
-        manifest = json.loads((bundle_path / "manifest.json").read_text())
-        model_path = Path(manifest["source"]["model"])
-        height, width = manifest["image"]["height"], manifest["image"]["width"]
+        from .bundle import Bundle
+
+        manifest = Bundle.open(bundle_path, verify=False).manifest
+        model_path = Path(manifest.source["model"])
+        height, width = manifest.image
         if not model_path.exists():
             raise InputError(f"the bundle's source model {model_path} is not here: bench needs it for the PyTorch reference")
     pipe = load_pipeline(model_path)
@@ -337,22 +323,23 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = log.info) -> d
 
     timings: list[Timing] = []
     for backend in cfg.backends:
-        if backend in RUNTIME_BACKENDS and bundle_path is None:
+        needs_bundle = backends.get(backend).needs == "bundle"
+        if needs_bundle and bundle_path is None:
             bundle_path = _cached_bundle(model_path, height, width, progress)
         progress(f"timing backend {backend}")
         timing = _time_backend(backend, cfg, pipe, bundle_path, height, width)
-        if cfg.runtime_memory and backend in RUNTIME_BACKENDS and not backend.startswith("tensorrt"):
+        if cfg.runtime_memory and needs_bundle and not backend.startswith("tensorrt"):
             progress(f"measuring the {backend} runtime's peak memory in a fresh process")
             timing.extra["runtime_memory"] = runtime_memory(backend, bundle_path, cfg.threads or 0)
         timings.append(timing)
     if cfg.references:
         progress("timing the K-step loop reference")
         timings.append(
-            time_pipeline("torch K-step loop", reference_stages(pipe, "loop", cfg.batch, height, width, 0, 1.0), cfg.runs, cfg.warmup)
+            time_stages("torch K-step loop", reference_stages(pipe, "loop", cfg.batch, height, width, 0, 1.0), cfg.runs, cfg.warmup)
         )
         n_timed = cfg.teacher_timed_steps or cfg.teacher_steps
         progress(f"timing the teacher's {cfg.teacher_steps}-step DDIM with CFG ({n_timed} steps timed)")
-        t = time_pipeline(
+        t = time_stages(
             f"torch teacher DDIM-{cfg.teacher_steps} CFG",
             reference_stages(pipe, "ddim", cfg.batch, height, width, n_timed, cfg.guidance),
             max(1, min(cfg.runs, 3)),
@@ -403,53 +390,27 @@ def _cached_bundle(model_path, height: int, width: int, progress) -> Path:
 
 
 def _time_backend(backend: str, cfg: BenchConfig, pipe, bundle_path, height, width) -> Timing:
-    if backend in ("torch", "torch-fp32"):
-        return time_pipeline("torch fp32 one-pass", torch_stages(pipe, cfg.batch, height, width, "fp32"), cfg.runs, cfg.warmup)
-    if backend == "torch-bf16":
-        return time_pipeline("torch bf16 one-pass", torch_stages(pipe, cfg.batch, height, width, "bf16"), cfg.runs, cfg.warmup)
-    if backend in RUNTIME_BACKENDS:
-        rt = open_runtime(backend, bundle_path, cfg.threads or 0)
-        try:
-            timing = time_pipeline(backend, runtime_stages(rt, cfg.batch), cfg.runs, cfg.warmup, note="fused decoder: the sum is inside unet_decoder")
-            engine, _, word = backend.partition("-")
-            if not word and engine == "onnxruntime":
-                word = rt.manifest.get("precision", "fp32")
-            # The provider (and OpenVINO's compute precision) is known once the graphs are loaded.
-            timing.name = f"{engine} {word + ' ' if word else ''}one-pass ({rt.provider})"
-            return timing
-        finally:
-            rt.close()
-    raise InputError(f"unknown backend {backend!r}: choose from torch, torch-bf16, {', '.join(RUNTIME_BACKENDS)}")
+    from . import backends
 
-
-#: Backends that run a bundle (the torch-free runtime or TensorRT engines).
-RUNTIME_BACKENDS = (
-    "onnxruntime",
-    "onnxruntime-int8",
-    "openvino",
-    "openvino-fp32",
-    "openvino-bf16",
-    "openvino-int8",
-    "tensorrt-fp16",
-    "tensorrt-int8",
-)
+    entry = backends.get(backend)
+    if entry.engine == "torch":
+        word = entry.compute or "fp32"
+        return time_chain(f"torch {word} one-pass", torch_chain(pipe, cfg.batch, height, width, word), cfg.runs, cfg.warmup)
+    rt = open_runtime(backend, bundle_path, cfg.threads or 0)
+    try:
+        rt.runner("unet_encoder")  # the provider (and OpenVINO's compute precision) is known once a graph is loaded
+        timing = time_chain(backend, runtime_chain(rt, cfg.batch), cfg.runs, cfg.warmup, note="fused decoder: the sum is inside unet_decoder")
+        timing.name = f"{entry.engine} {rt.precision} one-pass ({rt.provider})"
+        return timing
+    finally:
+        rt.close()
 
 
 def open_runtime(backend: str, bundle_path, threads: int = 0, low_memory: bool = False):
-    """A loaded bundle pipeline for a runtime ``backend`` name (``onnxruntime-int8``, ``openvino``, ...)."""
-    engine, _, word = backend.partition("-")
-    if engine == "tensorrt":
-        from .trt.runtime import TrtPipeline
+    """A loaded bundle pipeline for a registry ``backend`` name (``onnxruntime-int8``, ``openvino``, ...)."""
+    from .runtime import Pipeline
 
-        return TrtPipeline.load(bundle_path, word, verify=False)
-    from .runtime import Pipeline, openvino_options
-
-    common = {"verify": False, "threads": threads, "low_memory": low_memory}
-    if engine == "openvino":
-        return Pipeline.load(bundle_path, **openvino_options(word or None), **common)
-    if word not in ("", "int8"):
-        raise InputError(f"unknown backend {backend!r}")
-    return Pipeline.load(bundle_path, precision=word or None, **common)
+    return Pipeline.load(bundle_path, verify=False, threads=threads, low_memory=low_memory, backend=backend)
 
 
 def runtime_memory(backend: str, bundle_path, threads: int = 0, timeout: float = 3600) -> dict:
@@ -495,11 +456,11 @@ def _runtime_memory_run(backend: str, bundle_path, threads: int, low_memory: boo
 
 def _runtime_weight_bytes(bundle_path, precision: str | None) -> int:
     """Bytes on disk of the graphs (and their external data) one fused one-pass run loads."""
-    from .runtime import Bundle
+    from .bundle import Bundle
 
-    bundle = Bundle.open(bundle_path, verify=False).with_precision(precision)
+    bundle = Bundle.open(bundle_path, verify=False).with_variant(precision)
     total = 0
-    for name in bundle.manifest["runtime"]["fused"]:
+    for name in bundle.manifest.chains["fused"].graphs:
         path = bundle.graph_path(name)
         total += path.stat().st_size
         total += sum(f.stat().st_size for f in path.parent.glob(path.name + ".data*"))

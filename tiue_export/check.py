@@ -23,18 +23,6 @@ from .specs import Tolerance
 
 log = logging.getLogger("tiue_export")
 
-BACKENDS = (
-    "torch",
-    "onnxruntime",
-    "onnxruntime-int8",
-    "openvino",  # the CPU's default precision: bf16 where it has bf16 units (AMX, AVX-512-BF16)
-    "openvino-fp32",
-    "openvino-bf16",
-    "openvino-int8",
-    "tensorrt-fp16",
-    "tensorrt-int8",
-)
-
 #: End-to-end image PSNR (uint8, dB) each precision must reach against the fp32 PyTorch images.
 MIN_PSNR = {"fp32": 40.0, "fp16": 30.0, "bf16": 30.0, "int8": 30.0}
 #: int8 graphs: activations round to 8 bits, so elementwise bounds are meaningless; judge
@@ -58,6 +46,8 @@ class CheckConfig:
     prompts: tuple[str, ...] = DEFAULT_PROMPTS
     seed: int = 0
     model: str | None = None  # the PyTorch source model; default: the one the manifest names
+    # auto: PyTorch where torch and the source model are here, else the reference export stored
+    reference: str = "auto"
 
 
 @dataclass
@@ -87,253 +77,212 @@ class BackendReport:
 
 
 # -- the reference ------------------------------------------------------------------------------
-def reference(pipe, ids: np.ndarray, noise: np.ndarray, schedule) -> dict:
-    """Every intermediate of the PyTorch one-pass pipeline for token ids and z_T."""
-    import torch
+def reference(pipe, manifest, ids: np.ndarray, noise: np.ndarray) -> dict:
+    """Every intermediate of the PyTorch one-pass chain for token ids and z_T (the executor on
+    the reference's graphs, Eq. 11 in float64)."""
+    from .executor import run_chain
 
+    result = run_chain(manifest, pipe.graphs(), ids, noise, "unfused", keep=True, sum_dtype=np.float64)
+    v = result.values
+    return _reference_dict(manifest, v, "eq11.z0")
+
+
+def _reference_dict(manifest, v: dict, z0_key: str) -> dict:
     from .sampling import to_uint8_images
-    from .schedule import combine_one_pass
 
-    with torch.no_grad():
-        text = pipe.text_encoder(torch.from_numpy(ids))[0]
-        z = torch.from_numpy(noise)
-        feats = pipe.student.encode(z, text)
-        eps = pipe.student.decode(feats, text)
-        z0 = combine_one_pass(z.double(), eps.double(), schedule["S"], schedule["E"]).float()
-        images = pipe.vae.decode(z0 / pipe.vae.config.scaling_factor).sample
-    names = pipe.student.feature_names()
-    images = images.numpy()
+    images = v["vae_decoder.images"]
     return {
-        "ids": ids,
-        "text_embeddings": text.numpy(),
-        "features": {n: f.numpy() for n, f in zip(names, feats)},
-        "eps": eps.numpy(),
-        "z0": z0.numpy(),
+        "ids": v["inputs.input_ids"],
+        "noise": v["inputs.noise"],
+        "text_embeddings": v["text_encoder.text_embeddings"],
+        "features": {n: v[f"unet_encoder.{n}"] for n in manifest.graphs["unet_encoder"].output_names},
+        "eps": v["unet_decoder.eps"],
+        "z0": v[z0_key],
         "images": images,
         "images_uint8": to_uint8_images(images),
     }
 
 
+def stored_reference(bundle) -> tuple[dict, list[str]]:
+    """The PyTorch reference ``export`` stored in the bundle (``reference.npz``) and its prompts:
+    what ``check`` compares with where torch or the source model is not at hand."""
+    from .bundle import REFERENCE
+
+    path = bundle.path / REFERENCE
+    if not path.is_file():
+        raise ModelError(f"bundle {bundle.path} has no {REFERENCE}: re-export it, or check where torch and the source model are installed")
+    with np.load(path, allow_pickle=False) as data:
+        values = {k: data[k] for k in data.files}
+    prompts = [str(p) for p in values.pop("prompts")]
+    return _reference_dict(bundle.manifest, values, "unet_decoder_fused.z0"), prompts
+
+
 # -- backends -------------------------------------------------------------------------------------
-class PipelineStages:
-    """A runtime pipeline (ONNX Runtime's or TensorRT's: they share one interface) as the stages
-    check drives: ``tokenize``, ``text``, ``encode``, ``decode``, ``decode_fused``, ``vae``.
-
-    ``graphs`` names the decoders the backend has (a TensorRT engine set holds only one).
-    """
-
-    def __init__(self, pipe, graphs=None, compute: str = "fp32"):
-        self.pipe = pipe
-        self.compute = compute  # what graphs without a quantized variant run in (bf16 on OpenVINO's default)
-        self.graphs = tuple(graphs) if graphs else ("text_encoder", "unet_encoder", "unet_decoder", "unet_decoder_fused", "vae_decoder")
-
-    def tokenize(self, prompts):
-        return self.pipe.tokenize(prompts)
-
-    def text(self, ids):
-        return self.pipe.runner("text_encoder").infer({"input_ids": ids})["text_embeddings"]
-
-    def encode(self, latents, text):
-        return self.pipe.encode(latents, text)
-
-    def decode(self, features, text):
-        return self.pipe.decode(features, text)
-
-    def decode_fused(self, features, text, latents):
-        return self.pipe.decode_fused(features, text, latents)
-
-    def vae(self, z0):
-        return self.pipe.runner("vae_decoder").infer({"latents": z0})["images"]
-
-    def close(self):
-        self.pipe.close()
-
-
-def ort_stages(bundle_path, precision: str | None) -> PipelineStages:
-    from .runtime import Pipeline
-
-    return PipelineStages(Pipeline.load(bundle_path, precision=precision, verify=False))
-
-
-def trt_stages(bundle_path, precision: str | None, device: int = 0) -> PipelineStages:
-    """The ``precision`` engines of a bundle (raises like ``TrtPipeline.load``)."""
-    from .trt.runtime import TrtPipeline
-
-    pipe = TrtPipeline.load(bundle_path, precision, verify=False, device=device)
-    return PipelineStages(pipe, graphs=pipe.entry["pipeline"])
-
-
-def openvino_stages(bundle_path, word: str | None) -> PipelineStages:
-    """The bundle on OpenVINO for ``openvino[-WORD]`` (WORD: fp32, bf16, fp16 or int8)."""
-    from .runtime import Pipeline, openvino_default_precision, openvino_options
-
-    options = openvino_options(word)
-    pipe = Pipeline.load(bundle_path, verify=False, **options)
-    return PipelineStages(pipe, compute=options["inference_precision"] or openvino_default_precision())
-
-
-def _open_backend(name: str, bundle_path: Path, manifest: dict):
-    """``(stages, precision)`` for a backend, or raise ``TiueError`` saying why it is unavailable."""
-    if name.startswith("openvino"):
-        from .runtime import openvino_default_precision
-
-        word = name.split("-", 1)[1] if "-" in name else None
-        if word == "int8":
-            if not _has_variant(manifest, "int8"):
-                raise TiueError("no int8 graphs in this bundle: run tiue-export calibrate BUNDLE first")
-            return openvino_stages(bundle_path, "int8"), "int8"
-        return openvino_stages(bundle_path, word), word or openvino_default_precision()
-    if name == "onnxruntime":
-        return ort_stages(bundle_path, None), manifest.get("precision", "fp32")
-    if name == "onnxruntime-int8":
-        if not _has_variant(manifest, "int8"):
-            raise TiueError("no int8 graphs in this bundle: run tiue-export calibrate BUNDLE first")
-        return ort_stages(bundle_path, "int8"), "int8"
-    if name.startswith("tensorrt-"):
-        precision = name.split("-", 1)[1]
-        return trt_stages(bundle_path, precision), precision
-    raise InputError(f"unknown backend {name!r}: choose from {', '.join(BACKENDS)}")
-
-
-def _has_variant(manifest: dict, precision: str) -> bool:
-    return any(precision in (g.get("variants") or {}) for g in manifest.get("graphs", {}).values())
-
-
-def _tolerance(manifest: dict, graph: str, precision: str, compute: str = "fp32") -> Tolerance:
-    """The bound for ``graph`` on a backend of ``precision`` whose unquantized graphs run in ``compute``."""
-    entry = manifest["graphs"][graph]
+def _tolerance(manifest, graph: str, precision: str) -> Tolerance:
+    """The bound for ``graph`` on a backend whose results are judged at ``precision``."""
+    entry = manifest.graphs[graph]
     if precision == "int8" and graph.startswith("unet"):
-        variant = (entry.get("variants") or {}).get("int8", {})
-        return Tolerance.from_dict(variant["tolerance"]) if "tolerance" in variant else INT8_TOL
-    if "bf16" in (precision, compute):
+        variant = entry.variants.get("int8")
+        return variant.tolerance if variant is not None and variant.tolerance is not None else INT8_TOL
+    if precision == "bf16":
         return BF16_TOL
-    return Tolerance.from_dict(entry["tolerance"])
+    return entry.tolerance
 
 
-def check_backend(name: str, stages, precision: str, manifest: dict, ref: dict, prompts, noise) -> BackendReport:
+def check_backend(backend, graphs, tokenize, manifest, ref: dict) -> BackendReport:
     """Per-graph parity on the reference's inputs, then the backend's own chain end to end."""
-    from .sampling import sample_one_pass, to_uint8_images
+    from .executor import run_chain
+    from .sampling import to_uint8_images
 
-    report = BackendReport(name, precision, True)
-    tol = lambda g: _tolerance(manifest, g, precision, getattr(stages, "compute", "fp32"))  # noqa: E731
-    ids = stages.tokenize(prompts)
-    report.graphs.append(
-        Comparison("tokenizer", [compare_arrays(ref["ids"], ids, EXACT, name="input_ids")])
-    )
-    report.graphs.append(compare_outputs("text_encoder", {"text_embeddings": ref["text_embeddings"]}, {"text_embeddings": stages.text(ref["ids"])}, tol("text_encoder")))
-    feats = stages.encode(noise, ref["text_embeddings"])
-    report.graphs.append(compare_outputs("unet_encoder", ref["features"], feats, tol("unet_encoder")))
+    precision = backend.precision(manifest)
+    report = BackendReport(backend.name, precision, True)
+    noise, text = ref["noise"], ref["text_embeddings"]
+
+    def run(graph, feed):
+        return graphs.runner(graph).infer(feed)
+
+    def tol(g):
+        return _tolerance(manifest, g, precision)
+
+    ids = tokenize() if tokenize is not None else ref["ids"]
+    report.graphs.append(Comparison("tokenizer", [compare_arrays(ref["ids"], ids, EXACT, name="input_ids")]))
+    out = run("text_encoder", {"input_ids": ref["ids"]})
+    report.graphs.append(compare_outputs("text_encoder", {"text_embeddings": text}, out, tol("text_encoder")))
+    out = run("unet_encoder", {"latents": noise, "text_embeddings": text})
+    report.graphs.append(compare_outputs("unet_encoder", ref["features"], out, tol("unet_encoder")))
     # An engine set may hold only one decoder (TensorRT builds the fused or the K-batched one).
-    graphs = set(getattr(stages, "graphs", ("unet_decoder", "unet_decoder_fused")))
-    if "unet_decoder" in graphs:
-        eps = stages.decode(ref["features"], ref["text_embeddings"])
-        report.graphs.append(compare_outputs("unet_decoder", {"eps": ref["eps"]}, {"eps": eps}, tol("unet_decoder")))
-    if "unet_decoder_fused" in graphs:
-        z0 = stages.decode_fused(ref["features"], ref["text_embeddings"], noise)
-        report.graphs.append(compare_outputs("unet_decoder_fused", {"z0": ref["z0"]}, {"z0": z0}, tol("unet_decoder_fused")))
-    images = stages.vae(ref["z0"])
-    report.graphs.append(
-        compare_outputs("vae_decoder", {"images": ref["images"]}, {"images": images}, tol("vae_decoder"), data_range={"images": 2.0})
-    )
+    has = set(graphs.factories)
+    if "unet_decoder" in has:
+        out = run("unet_decoder", {**ref["features"], "text_embeddings": text})
+        report.graphs.append(compare_outputs("unet_decoder", {"eps": ref["eps"]}, out, tol("unet_decoder")))
+    if "unet_decoder_fused" in has:
+        out = run("unet_decoder_fused", {**ref["features"], "text_embeddings": text, "latents": noise})
+        report.graphs.append(compare_outputs("unet_decoder_fused", {"z0": ref["z0"]}, out, tol("unet_decoder_fused")))
+    out = run("vae_decoder", {"latents": ref["z0"]})
+    report.graphs.append(compare_outputs("vae_decoder", {"images": ref["images"]}, out, tol("vae_decoder"), data_range={"images": 2.0}))
 
-    # End to end: the backend's own chain from the same prompts and z_T.
-    text = stages.text(ids)
-    if "unet_decoder_fused" in graphs:
-        z0 = stages.decode_fused(stages.encode(noise, text), text, noise)
-    else:
-        s = manifest["sampler"]
-        z0, _ = sample_one_pass(noise, text, stages.encode, stages.decode, float(s["S"]), [float(e) for e in s["E"]])
-    out = to_uint8_images(stages.vae(np.ascontiguousarray(z0, dtype=np.float32)))
+    # End to end: the backend's own chain from the same token ids and z_T.
+    chain = "fused" if "unet_decoder_fused" in has else "unfused"
+    result = run_chain(manifest, graphs, ids, noise, chain)
+    out = to_uint8_images(result.images)
     report.images = out
     report.end_to_end = Comparison(
         "end_to_end",
         [
-            compare_arrays(ref["z0"], z0, tol("unet_decoder_fused") if precision == "fp32" else None, name="z0"),
+            compare_arrays(ref["z0"], result.z0, tol("unet_decoder_fused") if precision == "fp32" else None, name="z0"),
             compare_arrays(ref["images_uint8"], out, None, name="images_uint8", data_range=255.0, min_psnr=MIN_PSNR[precision]),
         ],
     )
     return report
 
 
-def check_torch_determinism(pipe, ref: dict, schedule, noise) -> BackendReport:
+def check_coefficients(graphs, manifest, ref: dict) -> Comparison:
+    """The fused decoder's baked Eq. 11 against the manifest's S and E: one probe of both
+    decoders on the reference's features, the K-batched one summed with the manifest's numbers."""
+    from .schedule import combine_one_pass
+
+    feed = {**ref["features"], "text_embeddings": ref["text_embeddings"]}
+    eps = graphs.runner("unet_decoder").infer(feed)["eps"]
+    fused = graphs.runner("unet_decoder_fused").infer({**feed, "latents": ref["noise"]})["z0"]
+    s = manifest.sampler
+    summed = combine_one_pass(ref["noise"].astype(np.float64), eps.astype(np.float64), s.S, s.E)
+    return Comparison("eq11_coefficients", [compare_arrays(summed, fused, manifest.graphs["unet_decoder_fused"].tolerance, name="z0")])
+
+
+def check_torch_determinism(pipe, manifest, ref: dict) -> BackendReport:
     """``torch``: the reference run again must give bit-identical outputs (determinism)."""
-    again = reference(pipe, ref["ids"], noise, schedule)
-    exact = EXACT
+    again = reference(pipe, manifest, ref["ids"], ref["noise"])
     report = BackendReport("torch", "fp32", True)
-    report.graphs.append(compare_outputs("unet", {"eps": ref["eps"]}, {"eps": again["eps"]}, exact))
+    report.graphs.append(compare_outputs("unet", {"eps": ref["eps"]}, {"eps": again["eps"]}, EXACT))
     report.end_to_end = Comparison(
-        "end_to_end", [compare_arrays(ref["images_uint8"], again["images_uint8"], exact, name="images_uint8", data_range=255.0)]
+        "end_to_end", [compare_arrays(ref["images_uint8"], again["images_uint8"], EXACT, name="images_uint8", data_range=255.0)]
     )
     report.images = again["images_uint8"]
     return report
 
 
-def available_backends(manifest: dict) -> list[str]:
-    """The backends this machine and bundle can run."""
-    out = ["torch", "onnxruntime"]
-    if _has_variant(manifest, "int8"):
-        out.append("onnxruntime-int8")
-    if importlib.util.find_spec("openvino") is not None:
-        out.append("openvino")
-        if _has_variant(manifest, "int8"):
-            out.append("openvino-int8")
-    engines = manifest.get("engines") or {}
-    if engines:
-        from .trt.checks import require_tensorrt_gpu
+def _torch_reference(cfg: CheckConfig, bundle):
+    """``(pipe, reference, prompts)`` from the source model, or None where torch or the model is missing."""
+    
+    model = cfg.model or bundle.manifest.source.get("model")
+    if cfg.model and not Path(cfg.model).exists():
+        raise ModelError(f"no such source model {cfg.model}: give the model the bundle was exported from with --model PATH")
+    if cfg.reference == "bundle":
+        return None
+    have_torch = importlib.util.find_spec("torch") is not None
+    if not have_torch or not model or not Path(model).exists():
+        if cfg.reference == "torch":
+            why = "torch is not installed" if not have_torch else f"the bundle's source model {model!r} is not here: give it with --model PATH"
+            raise ModelError(f"--reference torch: {why}")
+        return None
+    from .pipeline import load_pipeline
+    from .sampling import initial_noise
 
-        try:
-            require_tensorrt_gpu()
-        except TiueError as exc:
-            log.info("TensorRT engines not checked: %s", exc)
-        else:
-            out += [f"tensorrt-{p}" for p in ("fp16", "int8") if p in engines]
-    return out
+    m = bundle.manifest
+    pipe = load_pipeline(model, k=m.k)
+    if list(pipe.schedule.timesteps) != list(m.sampler.timesteps):
+        raise ModelError(f"{model} gives timesteps {list(pipe.schedule.timesteps)}, the bundle has {list(m.sampler.timesteps)}")
+    prompts = list(cfg.prompts)
+    noise = initial_noise(range(cfg.seed, cfg.seed + len(prompts)), m.latent)
+    return pipe, reference(pipe, m, pipe.tokenize(prompts), noise), prompts
 
 
 def run_check(cfg: CheckConfig) -> tuple[list[BackendReport], dict]:
     """Check every requested backend; returns the reports and the reference."""
-    from .pipeline import load_pipeline
-    from .runtime import Bundle
-    from .sampling import initial_noise
+    from . import backends
+    from .bundle import Bundle
+    from .runtime.pipeline import BundleTokenizer
 
+    if not cfg.prompts:
+        raise InputError("no prompt given")
+    if cfg.reference not in ("auto", "torch", "bundle"):
+        raise InputError(f"unknown --reference {cfg.reference!r}: use auto, torch or bundle")
+    requested = list(cfg.backends) if cfg.backends else None
+    for name in requested or []:
+        backends.get(name)
     bundle = Bundle.open(cfg.bundle)
     manifest = bundle.manifest
-    model = cfg.model or manifest.get("source", {}).get("model")
-    if not model or not Path(model).exists():
-        raise ModelError(f"the bundle's source model {model!r} is not here: give it with --model PATH")
-    sampler = manifest["sampler"]
-    pipe = load_pipeline(model, k=int(sampler["k"]))
-    if list(pipe.schedule.timesteps) != list(sampler["timesteps"]):
-        raise ModelError(f"{model} gives timesteps {list(pipe.schedule.timesteps)}, the bundle has {sampler['timesteps']}")
-    prompts = list(cfg.prompts)
-    if not prompts:
-        raise InputError("no prompt given")
-    lat = manifest["latent"]
-    noise = initial_noise(range(cfg.seed, cfg.seed + len(prompts)), (lat["channels"], lat["height"], lat["width"]))
-    ids = pipe.tokenize(prompts)
-    ref = reference(pipe, ids, noise, sampler)
-
-    requested = list(cfg.backends) if cfg.backends else available_backends(manifest)
-    for name in requested:
-        if name not in BACKENDS:
-            raise InputError(f"unknown backend {name!r}: choose from {', '.join(BACKENDS)}")
+    torch_ref = _torch_reference(cfg, bundle)
+    if torch_ref is None:
+        pipe = None
+        ref, prompts = stored_reference(bundle)
+        log.info("comparing with the PyTorch reference stored in the bundle (prompts %s)", prompts)
+    else:
+        pipe, ref, prompts = torch_ref
+    tokenizer = BundleTokenizer(bundle)
+    requested = requested or [b for b in backends.available(manifest) if b != "torch" or pipe is not None]
     reports = []
+    coefficients = None
     for name in requested:
         log.info("checking %s", name)
-        if name == "torch":
-            reports.append(check_torch_determinism(pipe, ref, sampler, noise))
+        backend = backends.get(name)
+        if backend.engine == "torch":
+            if pipe is None:
+                reports.append(BackendReport(name, "", False, reason="torch or the source model is not here"))
+            elif name != "torch":
+                reports.append(BackendReport(name, "", False, reason="check compares bundle backends with the fp32 reference"))
+            else:
+                reports.append(check_torch_determinism(pipe, manifest, ref))
+            continue
+        why = backend.unavailable(manifest)
+        if why:
+            reports.append(BackendReport(name, "", False, reason=why))
             continue
         try:
-            stages, precision = _open_backend(name, bundle.path, manifest)
+            graphs = backend.graphs(bundle)
         except InputError:
             raise
         except TiueError as exc:
             reports.append(BackendReport(name, "", False, reason=str(exc)))
             continue
-        try:
-            reports.append(check_backend(name, stages, precision, manifest, ref, prompts, noise))
-        finally:
-            stages.close()
+        with graphs:
+            reports.append(check_backend(backend, graphs, lambda: tokenizer(prompts), bundle.with_variant(backend.variant).manifest, ref))
+            if coefficients is None and backend.variant is None and {"unet_decoder", "unet_decoder_fused"} <= set(graphs.factories):
+                coefficients = check_coefficients(graphs, manifest, ref)
+                if not coefficients:
+                    reports[-1].graphs.append(coefficients)
+    ref["prompts"] = prompts
+    ref["coefficients"] = coefficients
     return reports, ref
 
 
@@ -362,10 +311,12 @@ def _failure(x) -> str:
     )
 
 
-def write_json(reports: Sequence[BackendReport], cfg: CheckConfig, path: Path) -> None:
+def write_json(reports: Sequence[BackendReport], cfg: CheckConfig, path: Path, coefficients: Comparison | None = None) -> None:
     from .io import atomic_path
 
     data = {"config": asdict(cfg), "ok": all(r.ok for r in reports if r.available), "backends": [r.to_dict() for r in reports]}
+    if coefficients is not None:
+        data["eq11_coefficients"] = coefficients.to_dict()
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2))
 

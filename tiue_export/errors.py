@@ -32,3 +32,9 @@ def require(module: str, pip_name: str | None = None, why: str = ""):
         raise MissingDependency(
             f"{module} is not installed{what}: pip install {pip_name or module}"
         ) from exc
+
+
+def first_line(exc: BaseException) -> str:
+    """A library exception as one line (its first), for a one-line error."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .errors import InputError, ModelError
-from .sampling import classifier_free_guidance, initial_noise, sample_ddim, sample_one_pass, to_uint8_images
+from .sampling import classifier_free_guidance, initial_noise, sample_ddim, to_uint8_images
 from .schedule import OnePassSchedule, ddim_plan
 from .student import TiUEStudent
 from .tiue_config import DEFAULT_GUIDANCE, StudentConfig
@@ -113,6 +113,7 @@ class TorchPipeline:
                 f"{list(self.schedule.timesteps)} for K={cfg.k}: fix one of them"
             )
         self.student = TiUEStudent(unet, self.schedule.timesteps, self.schedule.encoder_timestep)
+        self._cache: dict = {}
 
     # -- sizes --------------------------------------------------------------------------------
     @property
@@ -153,6 +154,71 @@ class TorchPipeline:
                 raise InputError(f"{name} {v} is larger than 8192 pixels")
         f = self.vae_scale_factor
         return (int(self.unet.config.in_channels), height // f, width // f)
+
+    # -- the graphs, as the executor runs them ---------------------------------------------------
+    def geometry(self, height: int | None = None, width: int | None = None):
+        """Sizes of every graph tensor at this image size (one encoder pass at batch 1, cached)."""
+        from .specs import Geometry
+
+        latent = self.latent_shape(height, width)
+        key = ("geometry", latent)
+        if key not in self._cache:
+            L = int(self.tokenizer.model_max_length)
+            D = int(self.text_encoder.config.hidden_size)
+            with torch.no_grad():
+                feats = self.student.encode(torch.zeros((1, *latent), dtype=self.unet.dtype), torch.zeros((1, L, D), dtype=self.unet.dtype))
+            f = self.vae_scale_factor
+            self._cache[key] = Geometry(
+                k=self.schedule.k,
+                text_length=L,
+                text_dim=D,
+                vocab_size=int(self.text_encoder.config.vocab_size),
+                latent=tuple(latent),
+                image=(latent[1] * f, latent[2] * f),
+                features=tuple((n, tuple(int(d) for d in x.shape[1:])) for n, x in zip(self.student.feature_names(), feats)),
+            )
+        return self._cache[key]
+
+    def sampler_entry(self):
+        """The manifest's sampler section: K, timesteps, S, E and the schedule they come from."""
+        from .bundle.manifest import Sampler, Schedule
+
+        s = self.schedule
+        config = {k: v for k, v in dict(self.scheduler.config).items() if not k.startswith("_") and isinstance(v, (int, float, str, bool, type(None)))}
+        schedule = Schedule(int(self.scheduler.config.num_train_timesteps), tuple(float(a) for a in self.scheduler.alphas_cumprod.double().numpy()), config)
+        return Sampler(s.k, s.timesteps, s.encoder_timestep, s.prev_timesteps, s.final_alpha_cumprod, s.S, tuple(s.E), schedule)
+
+    def manifest(self, height: int | None = None, width: int | None = None, precision: str = "fp32", opset: int | None = None, batch=None):
+        """The manifest a bundle of this model at this size would have (no files yet): the
+        executor runs the PyTorch reference from it exactly as it runs a bundle."""
+        from .bundle.manifest import Graph, Manifest, Tokenizer, default_chains
+        from .specs import DEFAULT_OPSET, BatchProfile, graph_specs
+
+        geo = self.geometry(height, width)
+        specs = graph_specs(geo, opset or DEFAULT_OPSET)
+        tok = self.tokenizer
+        return Manifest(
+            precision=precision,
+            opset=opset or DEFAULT_OPSET,
+            graphs={n: Graph.from_spec(spec, precision) for n, spec in specs.items()},
+            chains=default_chains([n for n, _ in geo.features]),
+            sampler=self.sampler_entry(),
+            latent=geo.latent,
+            image=geo.image,
+            scaling_factor=float(self.vae.config.scaling_factor),
+            features=dict(geo.features),
+            tokenizer=Tokenizer("tokenizer", "tokenizer/tokenizer.json", int(tok.model_max_length), int(tok.pad_token_id), int(tok.bos_token_id), int(tok.eos_token_id), str(tok.pad_token)),
+            batch_profile=batch or BatchProfile(),
+        )
+
+    def graphs(self, baked: bool = False, dtype: torch.dtype | None = None):
+        """The PyTorch reference's graphs (:mod:`tiue_export.backends.torch`), for the executor."""
+        from .backends import torch as torch_backend
+
+        key = ("graphs", baked, dtype)
+        if key not in self._cache:
+            self._cache[key] = torch_backend.graphs(self, self.manifest(), baked, dtype or self.unet.dtype)
+        return self._cache[key]
 
     # -- stages ---------------------------------------------------------------------------------
     def tokenize(self, prompts: Sequence[str]) -> np.ndarray:
@@ -224,9 +290,6 @@ class TorchPipeline:
         if len(prompts) != len(seeds):
             raise InputError(f"{len(prompts)} prompts but {len(seeds)} seeds")
         timings: dict[str, float] = {}
-        t0 = time.perf_counter()
-        cond = self.encode_text(prompts)
-        timings["text_encoder"] = time.perf_counter() - t0
         if noise is None:
             shape = self.latent_shape(height, width)
             if noise_source == "numpy":
@@ -235,21 +298,21 @@ class TorchPipeline:
                 noise = torch.cat([torch.randn((1, *shape), generator=torch.Generator().manual_seed(int(s))) for s in seeds]).numpy()
             else:
                 raise InputError(f"unknown noise source {noise_source!r}: use numpy or torch")
-        z = torch.from_numpy(np.asarray(noise, dtype=np.float32)).to(self.unet.dtype)
-        eps_out = None
         s = self.schedule
         if sampler.kind == "one-pass":
-            t0 = time.perf_counter()
-            features = self.student.encode(z, cond)
-            timings["unet_encoder"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            eps = self.student.decode(features, cond)
-            timings["unet_decoder"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            z0, _ = sample_one_pass(z, cond, lambda *_: features, lambda *_: eps, s.S, s.E)
-            timings["sum"] = time.perf_counter() - t0
-            eps_out = eps.float().numpy()
+            from .executor import run_chain
+
+            ids = self.tokenize(prompts)
+            shape = tuple(np.shape(noise)[1:])
+            manifest = self.manifest(shape[1] * self.vae_scale_factor, shape[2] * self.vae_scale_factor)
+            result = run_chain(manifest, self.graphs(), ids, np.asarray(noise, dtype=np.float32), "unfused", keep=True)
+            eps_out = result.values["unet_decoder.eps"]
+            return SampleResult(to_uint8_images(result.images), result.z0, list(seeds), result.timings, eps_out)
         else:
+            t0 = time.perf_counter()
+            cond = self.encode_text(prompts)
+            timings["text_encoder"] = time.perf_counter() - t0
+            z = torch.from_numpy(np.asarray(noise, dtype=np.float32)).to(self.unet.dtype)
             t0 = time.perf_counter()
             alphas = self.scheduler.alphas_cumprod.double().numpy()
             if sampler.kind == "loop":
@@ -263,7 +326,7 @@ class TorchPipeline:
         t0 = time.perf_counter()
         images = self.decode_latents(z0)
         timings["vae_decoder"] = time.perf_counter() - t0
-        return SampleResult(images, z0.float().numpy(), list(seeds), timings, eps_out)
+        return SampleResult(images, z0.float().numpy(), list(seeds), timings)
 
 
 def load_pipeline(path, k: int | None = None, dtype: torch.dtype = torch.float32) -> TorchPipeline:

@@ -22,7 +22,7 @@ import re
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -30,8 +30,8 @@ import numpy as np
 
 from . import __version__
 from .compare import compare_arrays
-from .errors import InputError, MissingDependency, TiueError, require
-from .runtime.bundle import Bundle, publish, sha256_file
+from .errors import InputError, MissingDependency, TiueError, first_line, require
+from .bundle import Bundle, Manifest, Variant, publish, sha256_file
 from .sampling import initial_noise
 
 log = logging.getLogger("tiue_export")
@@ -52,8 +52,8 @@ OP_TYPES = ("Conv", "MatMul", "Gemm")
 #: proj_in/proj_out and the resnets' 1x1 conv_shortcut another +4 dB, for few FLOPs.
 KEEP_FLOAT = (r"/conv_in/", r"/conv_out/", r"/proj_(in|out)/", r"/conv_shortcut/")
 
-#: Where the shipped prompt sets live (a source checkout; pass --prompts for an installed package).
-CALIBRATION_DIR = Path(__file__).resolve().parent.parent / "calibration"
+#: The shipped prompt sets (package data).
+CALIBRATION_DIR = Path(__file__).resolve().parent / "calibration"
 TOY_MODELS = ("toy-student", "toy-teacher")
 
 #: The image PSNR (int8 vs fp32, same prompts and seeds) under which calibrate warns.
@@ -98,9 +98,9 @@ class CalibrationReport:
 
 
 # -- prompts --------------------------------------------------------------------------------------
-def default_prompts_file(manifest: dict) -> Path:
+def default_prompts_file(manifest) -> Path:
     """The shipped prompt set that suits the bundle: toy captions for the built-in toy models."""
-    source = Path(str(manifest.get("source", {}).get("model", ""))).name
+    source = Path(str(manifest.source.get("model", ""))).name
     return CALIBRATION_DIR / ("toy_prompts.txt" if source in TOY_MODELS else "prompts.txt")
 
 
@@ -172,20 +172,19 @@ def keep_float_nodes(model, patterns: Sequence[str]) -> dict[str, str]:
 # -- calibration data -----------------------------------------------------------------------------
 def graph_feeds(pipe, graph: str, prompts: Sequence[str], seeds: Sequence[int], batch: int, first: int = 0, stop: int | None = None) -> Iterator[dict]:
     """The real inputs of ``graph`` while the fp32 pipeline runs ``prompts``: batches ``first`` to
-    ``stop`` (computed lazily: an SD UNet's features take ~26 MB per image)."""
+    ``stop`` (computed lazily: an SD UNet's features take ~26 MB per image), each the executor's
+    chain up to the graph that feeds it."""
+    from .executor import graph_feed, run_chain
+
+    chain = "unfused" if graph == "unet_decoder" else "fused"
+    order = pipe.manifest.chains[chain].graphs
+    before = order[order.index(graph) - 1]
     starts = list(range(0, len(prompts), batch))[first:stop]
     for start in starts:
         ps, ss = list(prompts[start : start + batch]), list(seeds[start : start + batch])
-        text = pipe.encode_text(ps)
         noise = initial_noise(ss, pipe.latent_shape)
-        if graph == "unet_encoder":
-            yield {"latents": noise, "text_embeddings": text}
-            continue
-        feats = pipe.encode(noise, text)
-        feed = {**feats, "text_embeddings": text}
-        if graph == "unet_decoder_fused":
-            feed["latents"] = noise
-        yield feed
+        result = run_chain(pipe.manifest, pipe.graphs, pipe.tokenize(ps), noise, chain, until=before)
+        yield graph_feed(pipe.manifest, result.values, graph, chain)
 
 
 def data_reader(make: Callable[[int, int], Iterator[dict]], batches: int):
@@ -325,37 +324,28 @@ def measure(fp32, int8, prompts: Sequence[str], seeds: Sequence[int]) -> dict:
     that graph in int8, and the image with every UNet graph in int8 (fused and unfused paths)."""
     import math
 
-    from .schedule import combine_one_pass
+    from .executor import GraphSet, graph_feed, run_chain
 
-    s = fp32.manifest["sampler"]
-    S, E = float(s["S"]), [float(e) for e in s["E"]]
-    text = fp32.encode_text(prompts)
+    m = fp32.manifest
+    ids = fp32.tokenize(prompts)
     noise = initial_noise(seeds, fp32.latent_shape)
-    feats = fp32.encode(noise, text)
-    eps = fp32.decode(feats, text)
-    z0 = fp32.decode_fused(feats, text, noise)
-    ref = fp32.decode_latents(z0)
 
-    feats_q = int8.encode(noise, text)
-    eps_q = int8.decode(feats, text)
-    z0_q = int8.decode_fused(feats, text, noise)
-    graphs = {
-        "unet_encoder": {
-            "outputs": {n: _range_psnr(feats[n], feats_q[n], n) for n in feats},
-            "image": _image_psnr(ref, fp32.decode_latents(fp32.decode_fused(feats_q, text, noise)), "images"),
-        },
-        "unet_decoder": {
-            "outputs": {"eps": _range_psnr(eps, eps_q, "eps")},
-            "image": _image_psnr(ref, fp32.decode_latents(combine_one_pass(noise, eps_q, S, E).astype(np.float32)), "images"),
-        },
-        "unet_decoder_fused": {
-            "outputs": {"z0": _range_psnr(z0, z0_q, "z0")},
-            "image": _image_psnr(ref, fp32.decode_latents(z0_q), "images"),
-        },
-    }
-    fused = int8.decode_latents(int8.decode_fused(feats_q, text, noise))
-    unfused = int8.decode_latents(combine_one_pass(noise, int8.decode(feats_q, text), S, E).astype(np.float32))
-    end_to_end = {"fused": _image_psnr(ref, fused, "images"), "unfused": _image_psnr(ref, unfused, "images")}
+    def run(graphs, chain, keep=False):
+        return run_chain(m, graphs, ids, noise, chain, keep=keep)
+
+    def mixed(graph):  # fp32 graphs but one
+        return GraphSet({n: (lambda n=n: _Borrowed((int8 if n == graph else fp32).runner(n))) for n in m.graphs})
+
+    ref_fused, ref_unfused = run(fp32.graphs, "fused", keep=True), run(fp32.graphs, "unfused", keep=True)
+    ref = to_uint8(ref_fused.images)
+    graphs = {}
+    for name, chain, base in (("unet_encoder", "fused", ref_fused), ("unet_decoder", "unfused", ref_unfused), ("unet_decoder_fused", "fused", ref_fused)):
+        out = int8.runner(name).infer(graph_feed(m, base.values, name, chain))
+        graphs[name] = {
+            "outputs": {n: _range_psnr(base.values[f"{name}.{n}"], out[n], n) for n in out},
+            "image": _image_psnr(ref, to_uint8(run(mixed(name), chain).images), "images"),
+        }
+    end_to_end = {c: _image_psnr(ref, to_uint8(run(int8.graphs, c).images), "images") for c in ("fused", "unfused")}
     worst = min((r["psnr"] if r["psnr"] is not None else math.inf) for r in end_to_end.values())
     return {
         "prompts": list(prompts),
@@ -366,6 +356,29 @@ def measure(fp32, int8, prompts: Sequence[str], seeds: Sequence[int]) -> dict:
         "target_psnr_db": TARGET_PSNR,
         "ok": bool(worst >= TARGET_PSNR),
     }
+
+
+class _Borrowed:
+    """An open runner lent to another graph set (closing the set leaves it open)."""
+
+    def __init__(self, runner):
+        self.runner = runner
+        self.provider = runner.provider
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    def infer(self, feed):
+        return self.runner.infer(feed)
+
+
+def to_uint8(images):
+    from .sampling import to_uint8_images
+
+    return to_uint8_images(images)
 
 
 def quality_line(quality: dict) -> str:
@@ -399,7 +412,7 @@ def check_config(cfg: CalibrationConfig) -> None:
 def open_fp32_bundle(path: Path) -> Bundle:
     """The bundle, verified; refuses fp16 bundles (calibration quantizes the fp32 graphs)."""
     bundle = Bundle.open(path, verify=True)
-    precision = bundle.manifest.get("precision", "fp32")
+    precision = bundle.manifest.precision
     if precision != "fp32":
         raise InputError(
             f"{path} is an {precision} bundle: calibrate needs the fp32 graphs (tiue-export export --precision fp32)"
@@ -434,13 +447,13 @@ def calibrate_bundle(cfg: CalibrationConfig) -> CalibrationReport:
     entries: dict[str, dict] = {}
     root = bundle.path
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.calibrate-", dir=root.parent))
-    fp32 = Pipeline(bundle, ["CPUExecutionProvider"], threads=cfg.threads)
+    fp32 = Pipeline(bundle, "onnxruntime", threads=cfg.threads, providers=["CPUExecutionProvider"])
     try:
         for name in QUANTIZED_GRAPHS:
             t0 = time.perf_counter()
             src = bundle.graph_path(name)
             keep = keep_float_nodes(onnx.load(str(src), load_external_data=False), cfg.keep_patterns)
-            external = bool(bundle.manifest["graphs"][name].get("external_data"))
+            external = bool(bundle.manifest.graphs[name].external_data)
             out = staging / f"{name}.int8.onnx"
             batches = -(-len(calib) // cfg.batch)
             reader = data_reader(lambda a, b, name=name: graph_feeds(fp32, name, calib, seeds, cfg.batch, a, b), batches)
@@ -448,23 +461,19 @@ def calibrate_bundle(cfg: CalibrationConfig) -> CalibrationReport:
                 with quiet_ort_quantization():
                     quantize_graph(src, out, reader, keep, cfg, external)
             except (ValueError, RuntimeError, onnx.checker.ValidationError) as exc:
-                raise TiueError(f"quantizing {name} failed: {_first_line(exc)}") from exc
+                raise TiueError(f"quantizing {name} failed: {first_line(exc)}") from exc
             data = sorted(p.name for p in staging.iterdir() if p.name.startswith(out.name) and p != out)
-            entries[name] = {
-                "file": out.name,
-                "precision": "int8",
-                "external_data": data,
-                "sha256": sha256_file(out),
-                "quantized": count_quantized(out),
-                "kept_float": dict(sorted(keep.items())),
-            }
+            entries[name] = Variant(
+                out.name, "int8", sha256_file(out), tuple(data),
+                extra={"quantized": count_quantized(out), "kept_float": dict(sorted(keep.items()))},
+            )
             seconds[f"quantize_{name}"] = time.perf_counter() - t0
-            q = entries[name]["quantized"]
+            q = entries[name].extra["quantized"]
             log.info("  %s: %d weights and %d activations in int8, %d weighted nodes kept float", name, q["weights"], q["activations"], len(keep))
 
         t0 = time.perf_counter()
         staged_manifest = _with_variants(bundle.manifest, entries, prefix=os.path.relpath(staging, root))
-        with Pipeline(Bundle(root, staged_manifest).with_precision("int8"), ["CPUExecutionProvider"], threads=cfg.threads) as int8:
+        with Pipeline(Bundle(root, staged_manifest), "onnxruntime-int8", threads=cfg.threads, providers=["CPUExecutionProvider"]) as int8:
             quality = measure(fp32, int8, held, eval_seeds)
         seconds["measure"] = time.perf_counter() - t0
         log.info("  %s", quality_line(quality))
@@ -475,8 +484,7 @@ def calibrate_bundle(cfg: CalibrationConfig) -> CalibrationReport:
             )
 
         seconds["total"] = time.perf_counter() - t_start
-        manifest = _with_variants(bundle.manifest, entries, prefix="")
-        manifest["calibration"] = {
+        calibration = {
             "tool": "onnxruntime.quantization.quantize_static",
             "format": "QDQ",
             "activations": "int8 symmetric per-tensor",
@@ -491,9 +499,11 @@ def calibrate_bundle(cfg: CalibrationConfig) -> CalibrationReport:
             "seconds": seconds,
             "versions": {"tiue_export": __version__, "onnxruntime": _ort_version()},
         }
+        manifest = _with_variants(bundle.manifest, entries, prefix="")
+        manifest = manifest.replace(extra={**manifest.extra, "calibration": calibration})
         staged = {}
         for entry in entries.values():
-            for f in [entry["file"], *entry["external_data"]]:
+            for f in [entry.file, *entry.external_data]:
                 staged[f] = staging / f
         publish(root, staged, manifest)
     finally:
@@ -502,18 +512,16 @@ def calibrate_bundle(cfg: CalibrationConfig) -> CalibrationReport:
     return CalibrationReport(root, entries, quality, seconds)
 
 
-def _with_variants(manifest: dict, entries: dict[str, dict], prefix: str) -> dict:
-    """A copy of ``manifest`` whose graphs carry ``variants.int8`` (files under ``prefix``)."""
-    graphs = {}
-    for name, g in manifest["graphs"].items():
-        g = dict(g)
-        if name in entries:
-            e = dict(entries[name])
-            if prefix:
-                e["file"] = f"{prefix}/{e['file']}"
-            g["variants"] = {**g.get("variants", {}), "int8": e}
-        graphs[name] = g
-    return {**manifest, "graphs": graphs}
+def _with_variants(manifest: Manifest, entries: dict[str, Variant], prefix: str) -> Manifest:
+    """``manifest`` whose graphs carry ``variants.int8`` (files under ``prefix``)."""
+    for name, v in entries.items():
+        if prefix:
+            v = replace(v, file=f"{prefix}/{v.file}")
+        g = manifest.graphs[name]
+        manifest = manifest.with_graph(replace(g, variants={**g.variants, "int8": v}))
+    if prefix:  # staged files are not in the bundle yet: list them so the view is consistent
+        manifest = manifest.replace(files={**manifest.files, **{f"{prefix}/{v.file}": v.sha256 for v in entries.values()}})
+    return manifest
 
 
 @contextlib.contextmanager
@@ -536,8 +544,3 @@ def _ort_version() -> str:
     import onnxruntime
 
     return onnxruntime.__version__
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -15,8 +15,8 @@ from ..quantize import METHODS
     "--prompts",
     type=click.Path(),
     default=None,
-    help="Calibration prompts, one per line [default: calibration/toy_prompts.txt for the built-in toy "
-    "models, calibration/prompts.txt otherwise].",
+    help="Calibration prompts, one per line [default: tiue_export/calibration/toy_prompts.txt for the built-in toy "
+    "models, tiue_export/calibration/prompts.txt otherwise].",
 )
 @click.option("--num", type=int, default=64, show_default=True, help="Calibration images (prompts repeat with new seeds).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the prompt order; image i uses seed+i.")
@@ -46,6 +46,6 @@ def calibrate(bundle, prompts, num, seed, method, percentile, batch, keep_float,
         eval_prompts=eval_prompts,
     )
     report = calibrate_bundle(cfg)
-    files = ", ".join(e["file"] for e in report.graphs.values())
+    files = ", ".join(e.file for e in report.graphs.values())
     click.echo(f"wrote {files} into {bundle} ({report.seconds.get('total', 0):.1f} s)")
     click.echo(quality_line(report.quality))

@@ -14,16 +14,24 @@ import click
 @click.option("--prompt", "prompts", multiple=True, help="Prompt (repeatable) [default: two built-in prompts].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--model", type=click.Path(), default=None, help="The PyTorch source model [default: the one the manifest names].")
+@click.option(
+    "--reference",
+    type=click.Choice(["auto", "torch", "bundle"]),
+    default="auto",
+    show_default=True,
+    help="What backends are compared with: PyTorch on the source model, or the reference export stored in the bundle "
+    "(auto: PyTorch where torch and the model are here).",
+)
 @click.option("--json", "json_path", type=click.Path(), default=None, help="Write the results as JSON.")
 @click.option("--image", "image_path", type=click.Path(), default="check.png", show_default=True, help="PNG of reference vs backend images and their differences.")
-def check(bundle, backends, prompts, seed, model, json_path, image_path):
+def check(bundle, backends, prompts, seed, model, reference, json_path, image_path):
     """Compare every backend with the PyTorch reference, per graph and end to end.
 
     Exits 0 only if every backend checked is within tolerance.
     """
     from . import quiet_libraries
 
-    quiet_libraries()
+    quiet_libraries()  # no-op without torch
     from ..check import DEFAULT_PROMPTS, CheckConfig, run_check, table, write_image_grid, write_json
 
     cfg = CheckConfig(
@@ -32,14 +40,15 @@ def check(bundle, backends, prompts, seed, model, json_path, image_path):
         prompts=tuple(prompts) or DEFAULT_PROMPTS,
         seed=seed,
         model=model,
+        reference=reference,
     )
     reports, ref = run_check(cfg)
     click.echo(table(reports))
     if json_path:
-        write_json(reports, cfg, Path(json_path))
+        write_json(reports, cfg, Path(json_path), ref.get("coefficients"))
         click.echo(f"wrote {json_path}")
     image = Path(image_path)
-    write_image_grid(reports, ref, cfg.prompts, image)
+    write_image_grid(reports, ref, ref["prompts"], image)
     click.echo(f"wrote {image}")
     checked = [r for r in reports if r.available]
     failed = [r.backend for r in checked if not r.ok]

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
+from ..backends import ENGINES, REGISTRY, resolve
 from ..errors import InputError
 
 log = logging.getLogger("tiue_export")
@@ -65,16 +67,42 @@ def output_paths(out: str, jobs: list[tuple[str, int]]) -> list[Path]:
     return [path / f"{i:03d}-{_slug(p)}-s{s}.png" for i, (p, s) in enumerate(jobs)]
 
 
+@dataclass(frozen=True)
+class InferConfig:
+    """Everything ``infer`` needs, checked before any model loads."""
+
+    prompts: tuple[str, ...]
+    model: str | None = None
+    backend: str = "torch"
+    precision: str | None = None
+    sampler: str | None = None
+    guidance: float | None = None
+    k: int | None = None
+    seed: int = 0
+    num_images: int = 1
+    batch_size: int = 4
+    height: int | None = None
+    width: int | None = None
+    noise: str = "numpy"
+    out: str = "outputs"
+    low_memory: bool = False
+
+    @property
+    def jobs(self) -> list[tuple[str, int]]:
+        return [(p, self.seed + j) for p in self.prompts for j in range(self.num_images)]
+
+
 @click.command("infer")
 @click.option("--prompt", "prompts", multiple=True, help="Prompt (repeatable).")
 @click.option("--prompts-file", type=click.Path(), help="Text file, one prompt per line.")
 @click.option("--model", type=click.Path(), help="Model directory or bundle [default: the built-in model].")
 @click.option(
     "--backend",
-    type=click.Choice(["torch", "onnxruntime", "openvino", "tensorrt"]),
+    type=click.Choice(list(ENGINES) + [n for n in REGISTRY if n not in ENGINES]),
     default="torch",
     show_default=True,
-    help="torch: a model directory; onnxruntime / openvino: an exported bundle (no torch needed); tensorrt: a bundle's engines.",
+    help="torch: a model directory; onnxruntime / openvino: an exported bundle (no torch needed); tensorrt: a bundle's "
+    "engines; or a registry name such as openvino-int8.",
 )
 @click.option(
     "--precision",
@@ -106,87 +134,83 @@ def output_paths(out: str, jobs: list[tuple[str, int]]) -> list[Path]:
     help="onnxruntime / openvino: hold one graph at a time (peak = the largest graph and its activations, not all of "
     "them); each batch pays the graphs' load time.",
 )
-def infer(prompts, prompts_file, model, backend, precision, sampler, guidance, k, seed, num_images, batch_size, height, width, noise, out, low_memory):
+def infer(prompts, prompts_file, **options):
     """Generate images from prompts with the one-pass sampler (or a reference sampler)."""
-    if low_memory and backend not in ("onnxruntime", "openvino"):
-        raise InputError(f"--low-memory is for the onnxruntime and openvino backends, not {backend}")
-    if backend in ("onnxruntime", "openvino", "tensorrt"):
-        return infer_bundle(
-            prompts, prompts_file, model, sampler, k, seed, num_images, batch_size, height, width, noise, out, backend, precision, low_memory
-        )
-    if precision not in (None, "fp32"):
-        raise InputError(f"--precision {precision} runs a bundle: use --backend onnxruntime or tensorrt")
+    cfg = InferConfig(prompts=tuple(read_prompts(prompts, prompts_file)), **options)
+    engine = REGISTRY[cfg.backend].engine if cfg.backend in REGISTRY else cfg.backend
+    if cfg.low_memory and engine not in ("onnxruntime", "openvino"):
+        raise InputError(f"--low-memory is for the onnxruntime and openvino backends, not {cfg.backend}")
+    if engine != "torch":
+        return infer_bundle(cfg)
+    return infer_torch(cfg)
+
+
+def infer_torch(cfg: InferConfig) -> None:
+    """``--backend torch``: the PyTorch reference on a model directory."""
+    if cfg.precision not in (None, "fp32"):
+        raise InputError(f"--precision {cfg.precision} runs a bundle: use --backend onnxruntime, openvino or tensorrt")
     from . import quiet_libraries
 
     quiet_libraries()
     from ..models import resolve_model
     from ..pipeline import Sampler, load_pipeline
 
-    texts = read_prompts(prompts, prompts_file)
-    jobs = [(p, seed + j) for p in texts for j in range(num_images)]
-    paths = output_paths(out, jobs)
-    model_path = resolve_model(model)
-    pipe = load_pipeline(model_path, k=k)
-    sampler = Sampler.parse(sampler or pipe.default_sampler)
-    if guidance is None:
-        guidance = pipe.default_guidance
-    pipe.latent_shape(height, width)  # validate the size before any work
-    meta = {"model": str(model_path), "sampler": str(sampler), "backend": backend, "k": pipe.schedule.k, "noise": noise}
+    jobs = cfg.jobs
+    paths = output_paths(cfg.out, jobs)
+    model_path = resolve_model(cfg.model)
+    pipe = load_pipeline(model_path, k=cfg.k)
+    sampler = Sampler.parse(cfg.sampler or pipe.default_sampler)
+    guidance = pipe.default_guidance if cfg.guidance is None else cfg.guidance
+    pipe.latent_shape(cfg.height, cfg.width)  # validate the size before any work
+    meta = {"model": str(model_path), "sampler": str(sampler), "backend": "torch", "k": pipe.schedule.k, "noise": cfg.noise}
     if sampler.kind == "ddim":
         meta["guidance"] = guidance
 
     def sample(prompts, seeds):
-        return pipe.sample(prompts, seeds, sampler, guidance, height, width, noise_source=noise)
+        return pipe.sample(prompts, seeds, sampler, guidance, cfg.height, cfg.width, noise_source=cfg.noise)
 
-    totals = generate(jobs, paths, batch_size, sample, lambda result: meta)
-    click.echo(f"{len(jobs)} image(s) from {model_path} [{backend}, {sampler}]: {stage_summary(totals)}")
+    totals = generate(jobs, paths, cfg.batch_size, sample, lambda result: meta)
+    click.echo(f"{len(jobs)} image(s) from {model_path} [torch, {sampler}]: {stage_summary(totals)}")
 
-def infer_bundle(
-    prompts, prompts_file, model, sampler, k, seed, num_images, batch_size, height, width, noise, out, backend="onnxruntime", precision=None,
-    low_memory=False,
-):
-    """``--backend onnxruntime`` / ``openvino`` / ``tensorrt``: the torch-free runtime on an exported bundle."""
-    from ..runtime import Pipeline, openvino_options
 
-    if not model:
-        raise InputError(f"--backend {backend} needs --model BUNDLE (make one with tiue-export export)")
-    if sampler not in (None, "one-pass"):
-        raise InputError(f"--backend {backend} runs the one-pass sampler only, not {sampler!r}")
-    if k is not None:
+def infer_bundle(cfg: InferConfig) -> None:
+    """A bundle on a registry backend (ONNX Runtime, OpenVINO, TensorRT): the torch-free runtime."""
+    from ..bundle import Bundle
+    from ..runtime import Pipeline
+
+    if not cfg.model:
+        raise InputError(f"--backend {cfg.backend} needs --model BUNDLE (make one with tiue-export export)")
+    if cfg.sampler not in (None, "one-pass"):
+        raise InputError(f"--backend {cfg.backend} runs the one-pass sampler only, not {cfg.sampler!r}")
+    if cfg.k is not None:
         raise InputError("--k cannot change a bundle: K is fixed when it is exported")
-    if noise != "numpy":
+    if cfg.noise != "numpy":
         raise InputError("--noise torch needs --backend torch (the runtime draws z_T with numpy)")
-    texts = read_prompts(prompts, prompts_file)
-    jobs = [(p, seed + j) for p in texts for j in range(num_images)]
-    paths = output_paths(out, jobs)
-    if backend == "tensorrt":
-        from ..trt.runtime import TrtPipeline
-
-        loaded = TrtPipeline.load(model, precision=precision)
-        batch_size = min(batch_size, int(loaded.entry["batch_profile"]["max"]))
-    elif backend == "openvino":
-        loaded = Pipeline.load(model, **openvino_options(precision), low_memory=low_memory)
-    else:
-        if precision == "bf16":
-            raise InputError("--precision bf16 is OpenVINO's compute precision: use --backend openvino")
-        loaded = Pipeline.load(model, precision=precision, low_memory=low_memory)
-    with loaded as pipe:
-        size = pipe.image_size
-        asked = (height or size[0], width or size[1])
-        if asked != size:
-            raise InputError(f"{model} was exported for {size[0]}x{size[1]} images, not {asked[0]}x{asked[1]}: re-export it")
+    if cfg.guidance is not None:
+        raise InputError("--guidance is for ddim:N on the torch backend; a bundle's one-pass sampler has no guidance")
+    jobs = cfg.jobs
+    paths = output_paths(cfg.out, jobs)
+    bundle = Bundle.open(cfg.model)
+    backend = resolve(cfg.backend, cfg.precision, bundle.manifest)
+    size = bundle.manifest.image
+    asked = (cfg.height or size[0], cfg.width or size[1])
+    if asked != size:
+        raise InputError(f"{cfg.model} was exported for {size[0]}x{size[1]} images, not {asked[0]}x{asked[1]}: re-export it")
+    batch_size = cfg.batch_size
+    if backend.engine == "tensorrt":
+        batch_size = min(batch_size, int(bundle.manifest.engines[backend.compute]["batch_profile"]["max"]))
+    with Pipeline(bundle, backend, low_memory=cfg.low_memory) as pipe:
         meta = {
-            "model": str(model),
+            "model": str(cfg.model),
             "sampler": "one-pass",
-            "backend": backend,
-            "precision": pipe.precision if backend == "tensorrt" else (precision or pipe.bundle.manifest["precision"]),
-            "provider": pipe.provider if backend != "tensorrt" else "TensorRT",
-            "k": pipe.bundle.k,
-            "noise": noise,
+            "backend": backend.name,
+            "precision": pipe.precision,
+            "k": pipe.manifest.k,
+            "noise": cfg.noise,
         }
 
         def sample(prompts, seeds):
             return pipe(prompts, seeds=seeds)
 
         totals = generate(jobs, paths, batch_size, sample, lambda result: {**meta, "provider": result.provider})
-        click.echo(f"{len(jobs)} image(s) from {model} [{backend} {pipe.provider}, one-pass]: {stage_summary(totals)}")
+        click.echo(f"{len(jobs)} image(s) from {cfg.model} [{backend.name} {pipe.provider}, one-pass]: {stage_summary(totals)}")

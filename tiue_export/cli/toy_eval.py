@@ -53,8 +53,10 @@ def eval_cmd(model, sampler, guidance, backend, precision, n_prompts, seeds, spl
     config = EvalConfig(prompts=n_prompts, seeds=seeds, splits=parse_splits(split), batch_size=batch_size)
     for s in config.splits:
         config.prompts_for(s)
-    if backend not in BACKENDS:
-        raise InputError(f"unknown backend {backend!r}: use {', '.join(BACKENDS)}")
+    from ..backends import REGISTRY
+
+    if backend not in BACKENDS and backend not in REGISTRY:
+        raise InputError(f"unknown backend {backend!r}: use {', '.join(BACKENDS)} or a registry name ({', '.join(REGISTRY)})")
     if sampler is not None:
         from ..pipeline import Sampler
 

@@ -1,18 +1,19 @@
-"""The torch-free runtime: run an exported bundle with ONNX Runtime (or OpenVINO) and the
-``tokenizers`` library.
+"""The torch-free runtime: run an exported bundle with ONNX Runtime (or OpenVINO, or TensorRT)
+and the ``tokenizers`` library.
 
     from tiue_export.runtime import Pipeline
     with Pipeline.load("bundle/") as pipe:
         result = pipe(["a photo of a cat"], seed=0)   # result.images: uint8 NHWC
-    with Pipeline.load("bundle/", engine="openvino") as pipe:   # bf16 on CPUs with AMX
+    with Pipeline.load("bundle/", backend="openvino") as pipe:   # bf16 on CPUs with AMX
         ...
 
 Importing this package never imports torch (a test checks it).
 """
 
-from .bundle import MANIFEST, SCHEMA_VERSION, VALIDATION, Bundle, sha256_file
+from ..backends.onnxruntime import OrtRunner, SessionLoader, choose_providers
+from ..backends.openvino import OvLoader, OvRunner, openvino_default_precision
+from ..bundle import MANIFEST, SCHEMA_VERSION, VALIDATION, Bundle, sha256_file
 from .pipeline import ENGINES, BundleTokenizer, Pipeline, RuntimeResult, openvino_options
-from .session import OrtRunner, OvLoader, OvRunner, SessionLoader, choose_providers, openvino_default_precision
 
 __all__ = [
     "Bundle",

@@ -1,22 +1,20 @@
-"""The torch-free one-pass pipeline: tokenizer -> text encoder -> unified encoder -> K-batched
-decoder (Eq. 11 inside the fused graph, or :func:`~tiue_export.sampling.sample_one_pass` outside
-it) -> VAE, all read from a bundle's manifest and run on ONNX Runtime.
+"""The torch-free one-pass pipeline: a bundle's tokenizer and graphs on a registry backend
+(ONNX Runtime, OpenVINO, TensorRT), run by the one executor (:func:`~tiue_export.executor.run_chain`).
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 
+from .. import backends
+from ..bundle import Bundle
 from ..errors import InputError, require
-from ..sampling import initial_noise, sample_one_pass, to_uint8_images
-from ..specs import BatchProfile
-from .bundle import Bundle
-from .session import OrtRunner, OvLoader, OvRunner, SessionLoader, choose_providers, tensorrt_options
+from ..executor import run_chain
+from ..sampling import initial_noise, to_uint8_images
 
 #: What runs the bundle's ONNX graphs.
 ENGINES = ("onnxruntime", "openvino")
@@ -43,17 +41,16 @@ def openvino_options(word: str | None) -> dict:
 
 
 class BundleTokenizer:
-    """CLIP tokenization with the ``tokenizers`` library, as ``CLIPTokenizer(padding="max_length",
-    truncation=True)``: ids padded with the bundle's pad id to its max length."""
+    """CLIP tokenization with the ``tokenizers`` library, as the manifest's tokenizer rules say
+    (``CLIPTokenizer(padding="max_length", truncation=True)``)."""
 
     def __init__(self, bundle: Bundle):
         tokenizers = require("tokenizers", "tokenizers", why="the runtime's tokenizer")
-        info = bundle.manifest["tokenizer"]
-        path = bundle.path / info["file"]
-        self.max_length = int(info["model_max_length"])
-        self.tok = tokenizers.Tokenizer.from_file(str(path))
+        info = bundle.manifest.tokenizer
+        self.max_length = info.model_max_length
+        self.tok = tokenizers.Tokenizer.from_file(str(bundle.path / info.file))
         self.tok.enable_truncation(max_length=self.max_length)
-        self.tok.enable_padding(pad_id=int(info["pad_id"]), pad_token=info.get("pad_token", ""), length=self.max_length)
+        self.tok.enable_padding(pad_id=info.pad_id, pad_token=info.pad_token, length=self.max_length)
 
     def __call__(self, prompts: Sequence[str]) -> np.ndarray:
         encodings = self.tok.encode_batch(list(prompts))
@@ -64,33 +61,17 @@ class BundleTokenizer:
 
 
 class Pipeline:
-    """A loaded bundle; call it with prompts. Sessions open on first use and close with :meth:`close`
-    (or at the end of a ``with`` block)."""
+    """A loaded bundle on one backend; call it with prompts. Graphs open on first use and close
+    with :meth:`close` (or at the end of a ``with`` block)."""
 
-    def __init__(
-        self,
-        bundle: Bundle,
-        providers: Sequence[str] | None = None,
-        threads: int = 0,
-        engine: str = "onnxruntime",
-        inference_precision: str | None = None,
-        low_memory: bool = False,
-    ):
-        if engine not in ENGINES:
-            raise InputError(f"unknown engine {engine!r}: choose from {', '.join(ENGINES)}")
-        if engine == "openvino" and providers:
+    def __init__(self, bundle: Bundle, backend: str | backends.Backend = "onnxruntime", threads: int = 0, low_memory: bool = False, providers: Sequence[str] | None = None):
+        self.backend = backends.get(backend) if isinstance(backend, str) else backend
+        if providers and self.backend.engine != "onnxruntime":
             raise InputError("execution providers are ONNX Runtime's: the openvino engine runs on the CPU")
-        if engine == "onnxruntime" and inference_precision is not None:
-            raise InputError("inference_precision is OpenVINO's: ONNX Runtime runs each graph in the precision it was exported in")
-        self.bundle = bundle
-        self.manifest = bundle.manifest
-        self.engine = engine
-        self.inference_precision = inference_precision
-        self.providers = choose_providers(providers) if engine == "onnxruntime" else ["OpenVINO CPU"]
+        self.bundle = bundle.with_variant(self.backend.variant)
+        self.manifest = self.bundle.manifest
         self.tokenizer = BundleTokenizer(bundle)
-        self.threads = threads
-        self.low_memory = low_memory
-        self._runners: dict[str, OrtRunner | OvRunner] = {}
+        self.graphs = self.backend.graphs(bundle, threads=threads, low_memory=low_memory, providers=providers)
 
     @classmethod
     def load(
@@ -103,57 +84,56 @@ class Pipeline:
         engine: str = "onnxruntime",
         inference_precision: str | None = None,
         low_memory: bool = False,
+        backend: str | None = None,
     ) -> "Pipeline":
-        """Open a bundle directory (checking every file's sha256 unless ``verify=False``).
+        """Open a bundle directory (validating its manifest, and every file's sha256 unless
+        ``verify=False``).
 
         Args:
             bundle: the bundle directory written by ``tiue-export export``.
             providers: ONNX Runtime execution providers, best first; default: TensorRT EP, CUDA EP
                 (when onnxruntime-gpu is installed), else the CPU.
             verify: check files against the manifest's sha256 (seconds for multi-GB bundles).
-            threads: intra-op threads per session (0: ONNX Runtime's default).
+            threads: intra-op threads per graph (0: the engine's default).
             precision: run each graph's variant of this precision (``int8``: the Q/DQ graphs of
                 ``tiue-export calibrate``); default: the graphs as exported.
             engine: ``onnxruntime`` or ``openvino`` (the same ONNX files, OpenVINO's CPU plugin).
             inference_precision: openvino only: ``fp32`` (exact), ``bf16`` or ``fp16``; default:
                 the CPU's own (bf16 where it has bf16 units, e.g. AMX, else fp32).
-            low_memory: hold one graph at a time: each stage opens its graph, runs and releases it,
-                so the peak is the largest graph plus its activations instead of every graph at
-                once; every call pays the graphs' load time (one-shot jobs, small machines).
+            low_memory: hold one graph at a time (peak = the largest graph and its activations);
+                every call pays the graphs' load time (one-shot jobs, small machines).
+            backend: a registry name (``openvino-int8``) instead of engine/precision words.
         """
-        bundle = Bundle.open(bundle, verify=verify).with_precision(precision)
-        return cls(bundle, providers, threads, engine, inference_precision, low_memory)
+        opened = Bundle.open(bundle, verify=verify)
+        if backend is None:
+            if engine not in ENGINES:
+                raise InputError(f"unknown engine {engine!r}: choose from {', '.join(ENGINES)}")
+            if engine == "onnxruntime" and inference_precision is not None:
+                raise InputError("inference_precision is OpenVINO's: ONNX Runtime runs each graph in the precision it was exported in")
+            word = inference_precision if engine == "openvino" and precision is None else precision
+            chosen = backends.resolve(engine, word, opened.manifest)
+        else:
+            chosen = backends.get(backend)
+        opened.with_variant(chosen.variant)  # a missing variant is refused now, not at the first call
+        return cls(opened, chosen, threads, low_memory, providers)
 
-    # -- sessions -----------------------------------------------------------------------------
-    def _loader(self, name: str) -> SessionLoader | OvLoader:
-        if self.engine == "openvino":
-            return OvLoader(self.bundle.graph_path(name), self.inference_precision, self.threads)
-        options = {}
-        if "TensorrtExecutionProvider" in self.providers:
-            profile = BatchProfile(**self.manifest["batch_profile"])
-            spec = self.bundle.spec(name)
-            fp16 = self.manifest["graphs"][name].get("precision") == "fp16"
-            options["TensorrtExecutionProvider"] = tensorrt_options(spec.shape_profile(profile, self.bundle.k), fp16, None)
-        return SessionLoader(self.bundle.graph_path(name), self.providers, options, self.threads)
-
-    def runner(self, name: str) -> OrtRunner | OvRunner:
+    # -- graphs ---------------------------------------------------------------------------------
+    def runner(self, name: str):
         """The open runner of graph ``name`` (opened on first use)."""
-        if name not in self._runners:
-            loader = self._loader(name)
-            runner = OvRunner(loader) if isinstance(loader, OvLoader) else OrtRunner(loader)
-            self._runners[name] = runner.__enter__()
-        return self._runners[name]
+        return self.graphs.runner(name)
 
     @property
     def provider(self) -> str:
-        """What the graphs run on: the first provider ONNX Runtime accepted, or ``OpenVINO CPU <precision>``."""
-        runner = next(iter(self._runners.values()), None)
-        return runner.provider if runner else self.providers[0]
+        """What the graphs run on: the first provider ONNX Runtime accepted, ``OpenVINO CPU <precision>``, ..."""
+        return self.graphs.provider
+
+    @property
+    def precision(self) -> str:
+        """The precision results are judged at (the CPU's default for plain ``openvino``)."""
+        return self.backend.precision(self.manifest)
 
     def close(self) -> None:
-        for runner in self._runners.values():
-            runner.__exit__(None, None, None)
-        self._runners.clear()
+        self.graphs.close()
 
     def __enter__(self) -> "Pipeline":
         return self
@@ -161,35 +141,38 @@ class Pipeline:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    # -- stages -------------------------------------------------------------------------------
+    # -- single graphs (check, calibrate and tests call them one by one) ------------------------
     @property
     def latent_shape(self) -> tuple[int, int, int]:
-        return self.bundle.latent_shape
+        return self.manifest.latent
 
     @property
     def image_size(self) -> tuple[int, int]:
-        img = self.manifest["image"]
-        return int(img["height"]), int(img["width"])
+        return self.manifest.image
 
     def tokenize(self, prompts: Sequence[str]) -> np.ndarray:
         return self.tokenizer(prompts)
 
+    def _run(self, graph: str, feed: dict) -> dict[str, np.ndarray]:
+        return {k: self.graphs.to_host(v) for k, v in self.runner(graph).infer(feed).items()}
+
     def encode_text(self, prompts: Sequence[str]) -> np.ndarray:
-        return self.runner("text_encoder").infer({"input_ids": self.tokenize(prompts)})["text_embeddings"]
+        return self._run("text_encoder", {"input_ids": self.tokenize(prompts)})["text_embeddings"]
 
     def encode(self, latents: np.ndarray, text: np.ndarray) -> dict[str, np.ndarray]:
-        return self.runner("unet_encoder").infer({"latents": latents, "text_embeddings": text})
+        return self._run("unet_encoder", {"latents": latents, "text_embeddings": text})
 
     def decode(self, features: dict[str, np.ndarray], text: np.ndarray) -> np.ndarray:
-        return self.runner("unet_decoder").infer({**features, "text_embeddings": text})["eps"]
+        return self._run("unet_decoder", {**features, "text_embeddings": text})["eps"]
 
     def decode_fused(self, features: dict[str, np.ndarray], text: np.ndarray, latents: np.ndarray) -> np.ndarray:
-        return self.runner("unet_decoder_fused").infer({**features, "text_embeddings": text, "latents": latents})["z0"]
+        return self._run("unet_decoder_fused", {**features, "text_embeddings": text, "latents": latents})["z0"]
 
     def decode_latents(self, z0: np.ndarray) -> np.ndarray:
         """z0 to uint8 NHWC images (the graph divides by the VAE scaling factor itself)."""
-        return to_uint8_images(self.runner("vae_decoder").infer({"latents": z0})["images"])
+        return to_uint8_images(self._run("vae_decoder", {"latents": z0})["images"])
 
+    # -- the chain ------------------------------------------------------------------------------
     def prepare(self, prompts, seeds=None, seed: int = 0, noise=None) -> tuple[list[str], list[int], np.ndarray]:
         """Checked ``(prompts, seeds, z_T)`` for a call: seeds default to ``seed, seed+1, ...``."""
         prompts = list(prompts)
@@ -224,40 +207,8 @@ class Pipeline:
                 ``unet_decoder`` (False); both give the same latents up to float rounding.
         """
         prompts, seeds, noise = self.prepare(prompts, seeds, seed, noise)
-        graphs = self.manifest["runtime"]["fused" if fused else "unfused"]
-        timings: dict[str, float] = {}
-        t0 = time.perf_counter()
-        if not self.low_memory:
-            opened = [self.runner(g) for g in graphs if g not in self._runners]
-            if opened:  # sessions open on first use: report that apart from the stages
-                timings["load"] = time.perf_counter() - t0
-
-        def timed(stage, fn, *args):
-            if self.low_memory:  # open this stage's graph now (timed as load), release it after
-                t0 = time.perf_counter()
-                graph = next(g for g in graphs if g.startswith(stage))
-                self.runner(graph)
-                timings["load"] = timings.get("load", 0.0) + time.perf_counter() - t0
-            t0 = time.perf_counter()
-            out = fn(*args)
-            timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - t0
-            if self.low_memory:
-                self._runners.pop(graph).__exit__(None, None, None)
-            return out
-
-        text = timed("text_encoder", self.encode_text, prompts)
-        features = timed("unet_encoder", self.encode, noise, text)
-        if fused:
-            z0 = timed("unet_decoder", self.decode_fused, features, text, noise)
-        else:
-            s = self.manifest["sampler"]
-            z0, _ = sample_one_pass(
-                noise,
-                text,
-                lambda *_: features,
-                lambda f, c: timed("unet_decoder", self.decode, f, c),
-                float(s["S"]),
-                [float(e) for e in s["E"]],
-            )
-        images = timed("vae_decoder", self.decode_latents, np.ascontiguousarray(z0, dtype=np.float32))
-        return RuntimeResult(images, np.asarray(z0, dtype=np.float32), seeds, timings, self.provider)
+        chain = "fused" if fused else "unfused"
+        if hasattr(self.graphs, "check_chain"):  # engines built for one decoder only
+            self.graphs.check_chain(chain)
+        result = run_chain(self.manifest, self.graphs, self.tokenize(prompts), noise, chain)
+        return RuntimeResult(to_uint8_images(result.images), result.z0, seeds, result.timings, self.provider)

@@ -227,8 +227,10 @@ def _torch_sample_fn(model: Path, sampler: str | None, guidance: float | None, p
     return sample_fn, info
 
 
-def _bundle_pipeline(model: Path, sampler: str | None, guidance: float | None, **load):
-    """A bundle's runtime pipeline for toy eval, after the checks every bundle backend shares."""
+def _bundle_sample_fn(model: Path, backend: str, sampler: str | None, guidance: float | None, precision: str | None) -> tuple[SampleFn, dict]:
+    """A bundle's fused one-pass sampler on a registry backend (``--precision int8``: its Q/DQ graphs)."""
+    from ..backends import resolve
+    from ..bundle import Bundle
     from ..runtime import Pipeline
 
     if sampler not in (None, "one-pass"):
@@ -237,42 +239,31 @@ def _bundle_pipeline(model: Path, sampler: str | None, guidance: float | None, *
         raise InputError("--guidance is for ddim:N on the torch backend; a bundle's one-pass sampler has no guidance")
     if not (model / "manifest.json").is_file():
         raise InputError(f"{model} is not a bundle (no manifest.json): make one with tiue-export export --model ... --out {model}")
-    return Pipeline.load(model, **load)
-
-
-def _onnxruntime_sample_fn(model: Path, sampler: str | None, guidance: float | None, precision: str | None) -> tuple[SampleFn, dict]:
-    """A bundle's fused one-pass sampler on ONNX Runtime (``precision="int8"``: its Q/DQ graphs)."""
-    pipe = _bundle_pipeline(model, sampler, guidance, precision=None if precision in (None, "fp32") else precision)
-    info = {"sampler": "one-pass", "guidance": None, "k": pipe.bundle.k, "precision": precision or "as exported"}
+    bundle = Bundle.open(model)
+    chosen = resolve(backend, precision, bundle.manifest)
+    pipe = Pipeline(bundle, chosen)
+    pipe.runner("unet_encoder")  # open one graph now, so the report names the real precision
+    info = {"sampler": "one-pass", "guidance": None, "k": bundle.k, "precision": precision or "as exported", "provider": pipe.provider}
     return (lambda prompts, seeds: pipe(prompts, seeds).images), info
 
 
-def _openvino_sample_fn(model: Path, sampler: str | None, guidance: float | None, precision: str | None) -> tuple[SampleFn, dict]:
-    """A bundle's fused one-pass sampler on OpenVINO: ``precision`` int8 = the Q/DQ graphs, fp32 /
-    bf16 = the compute precision; default: the CPU's own (bf16 where it has bf16 units)."""
-    from ..runtime import openvino_options
-
-    pipe = _bundle_pipeline(model, sampler, guidance, **openvino_options(precision))
-    pipe.runner("unet_encoder")  # compile one graph now, so the report names the real precision
-    info = {"sampler": "one-pass", "guidance": None, "k": pipe.bundle.k, "precision": precision or "as exported", "provider": pipe.provider}
-    return (lambda prompts, seeds: pipe(prompts, seeds).images), info
-
-
-#: backend name -> ``(model_path, sampler, guidance, precision) -> (sample_fn, info)`` (None: default).
-BACKENDS: dict[str, Callable[..., tuple[SampleFn, dict]]] = {
-    "torch": _torch_sample_fn,
-    "onnxruntime": _onnxruntime_sample_fn,
-    "openvino": _openvino_sample_fn,
-}
+#: The engines ``toy eval --backend`` takes (precision words pick the registry entry).
+BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
 
 
 def make_sample_fn(
     backend: str, model: Path, sampler: str | None = None, guidance: float | None = None, precision: str | None = None
 ) -> tuple[SampleFn, dict]:
     """Build ``sample_fn`` for ``backend`` and the report fields that describe it."""
-    if backend not in BACKENDS:
-        raise InputError(f"unknown backend {backend!r}: use {', '.join(BACKENDS)}")
-    fn, info = BACKENDS[backend](Path(model), sampler, guidance, precision)
+    from ..backends import REGISTRY
+
+    engine = REGISTRY[backend].engine if backend in REGISTRY else backend
+    if engine not in BACKENDS:
+        raise InputError(f"unknown backend {backend!r}: use {', '.join(BACKENDS)} or a registry name ({', '.join(REGISTRY)})")
+    if engine == "torch":
+        fn, info = _torch_sample_fn(Path(model), sampler, guidance, precision)
+    else:
+        fn, info = _bundle_sample_fn(Path(model), backend, sampler, guidance, precision)
     return fn, {"model": str(model), "backend": backend, **info}
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError, TiueError
-from ..runtime.bundle import Bundle, publish, sha256_file
+from ..bundle import Bundle, publish, sha256_file
 from ..specs import BatchProfile, GraphSpec
 from .checks import GpuInfo, require_tensorrt_gpu
 
@@ -53,9 +53,12 @@ class BuildReport:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def pipeline_graphs(fused: bool) -> tuple[str, ...]:
-    """The graphs a runtime runs, in order: text encoder, UNet encoder, one decoder, VAE."""
-    return ("text_encoder", "unet_encoder", "unet_decoder_fused" if fused else "unet_decoder", "vae_decoder")
+def pipeline_graphs(fused: bool, manifest=None) -> tuple[str, ...]:
+    """The graphs an engine set holds, in run order: the manifest's fused or unfused chain."""
+    from ..bundle.manifest import default_chains
+
+    chains = manifest.chains if manifest is not None else default_chains([])
+    return tuple(chains["fused" if fused else "unfused"].graphs)
 
 
 def profile_shapes(spec: GraphSpec, batch: BatchProfile, k: int) -> dict[str, dict[str, list[int]]]:
@@ -79,7 +82,7 @@ def check_config(cfg: BuildConfig) -> None:
 
 def source_bundle(bundle: Bundle, precision: str) -> Bundle:
     """The bundle view whose graph files an engine of ``precision`` is built from."""
-    base = bundle.manifest.get("precision", "fp32")
+    base = bundle.manifest.precision
     if precision == "int8" and base != "fp32":
         raise InputError(
             f"int8 engines come from the Q/DQ graphs of an fp32 bundle and {bundle.path} is {base}: "
@@ -87,7 +90,7 @@ def source_bundle(bundle: Bundle, precision: str) -> Bundle:
         )
     if precision == "fp32" and base != "fp32":
         raise InputError(f"{bundle.path} is an {base} bundle: fp32 engines need an fp32 export")
-    return bundle.with_precision(precision)
+    return bundle.with_variant(precision)
 
 
 def build_plan(trt, logger, onnx_path: Path, profile: dict, cfg: BuildConfig, cache: bytes) -> tuple[bytes, bytes]:
@@ -141,7 +144,7 @@ def engine_entry(trt_version: str, gpu: GpuInfo, cfg: BuildConfig, batch: BatchP
         "gpu": gpu.to_dict(),
         "batch_profile": batch.to_dict(),
         "fused": cfg.fused,
-        "pipeline": list(pipeline_graphs(cfg.fused)),
+        "pipeline": list(graphs),
         "build": {
             "network": "strongly typed",
             "builder_optimization_level": cfg.opt_level,
@@ -166,7 +169,7 @@ def build_engines(cfg: BuildConfig) -> BuildReport:
     trt, gpu = require_tensorrt_gpu(cfg.device)
     bundle = Bundle.open(cfg.bundle, verify=True)
     source = source_bundle(bundle, cfg.precision)
-    batch = cfg.batch or BatchProfile(**bundle.manifest["batch_profile"])
+    batch = cfg.batch or bundle.manifest.batch_profile
     k = bundle.k
     logger = trt.Logger(trt.Logger.WARNING)
     cache = Path(cfg.timing_cache).read_bytes() if cfg.timing_cache and Path(cfg.timing_cache).is_file() else b""
@@ -178,11 +181,11 @@ def build_engines(cfg: BuildConfig) -> BuildReport:
     graphs: dict[str, dict] = {}
     staged: dict[str, Path] = {}
     try:
-        for name in pipeline_graphs(cfg.fused):
+        for name in pipeline_graphs(cfg.fused, bundle.manifest):
             t0 = time.perf_counter()
             spec = source.spec(name)
             onnx_path = source.graph_path(name)
-            src_rel = source.manifest["graphs"][name]["file"]
+            src_rel = source.manifest.graphs[name].file
             profile = profile_shapes(spec, batch, k)
             log.info("  %s <- %s", name, src_rel)
             plan, cache = build_plan(trt, logger, onnx_path, profile, cfg, cache)
@@ -195,8 +198,8 @@ def build_engines(cfg: BuildConfig) -> BuildReport:
             graphs[name] = {
                 "file": rel,
                 "source": src_rel,
-                "source_sha256": bundle.manifest["files"].get(src_rel) or sha256_file(onnx_path),
-                "precision": source.manifest["graphs"][name].get("precision", "fp32"),
+                "source_sha256": bundle.manifest.files.get(src_rel) or sha256_file(onnx_path),
+                "precision": source.manifest.graphs[name].precision,
                 "inputs": [t.to_dict() for t in spec.inputs],
                 "outputs": [t.to_dict() for t in spec.outputs],
                 "profile": profile,
@@ -205,8 +208,7 @@ def build_engines(cfg: BuildConfig) -> BuildReport:
             }
             log.info("    %.1f MiB, %.1f s", len(plan) / 2**20, seconds[name])
         entry = engine_entry(trt.__version__, gpu, cfg, batch, graphs, seconds)
-        manifest = dict(bundle.manifest)
-        manifest["engines"] = {**manifest.get("engines", {}), cfg.precision: entry}
+        manifest = bundle.manifest.replace(engines={**bundle.manifest.engines, cfg.precision: entry})
         # A previous build of this precision may hold a decoder this one does not: drop its plans.
         old = root / ENGINE_DIR / cfg.precision
         for stale in old.glob("*.plan") if old.is_dir() else []:

@@ -30,32 +30,51 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..errors import InputError, ModelError, TiueError
-from ..runtime.bundle import Bundle
-from ..runtime.pipeline import Pipeline, RuntimeResult
-from ..sampling import to_uint8_images
-from ..schedule import combine_one_pass
+from ..bundle import Bundle
+from ..executor import GraphSet
+from ..runtime.pipeline import BundleTokenizer, Pipeline, RuntimeResult
 from ..specs import GraphSpec, TensorSpec
-from .build import pipeline_graphs
 from .checks import check_engines, cuda_call, import_cudart, import_tensorrt, query_gpu
 
 log = logging.getLogger("tiue_export")
 
-def links(graphs: Sequence[str], specs: Mapping[str, GraphSpec]) -> dict[tuple[str, str], tuple[str, str]]:
-    """``{(graph, input): (graph, tensor)}``: the inputs that another engine of the pipeline
-    produces or shares; each pair gets one device buffer, so chaining engines copies nothing."""
+def links(chain, manifest) -> dict[tuple[str, str], tuple[str, str]]:
+    """``{(graph, input): (graph, tensor)}`` from the manifest chain's sources: the inputs that
+    another engine produces or shares (z_T feeds two graphs); each pair gets one device buffer,
+    so chaining engines copies nothing."""
     out: dict[tuple[str, str], tuple[str, str]] = {}
-    features = specs["unet_encoder"].output_names
-    for g in graphs:
-        for name in specs[g].input_names:
-            if g != "text_encoder" and name == "text_embeddings":
-                out[(g, name)] = ("text_encoder", "text_embeddings")
-            elif g.startswith("unet_decoder") and name in features:
-                out[(g, name)] = ("unet_encoder", name)
-            elif g == "unet_decoder_fused" and name == "latents":
-                out[(g, name)] = ("unet_encoder", "latents")  # the same z_T
-            elif g == "vae_decoder" and name == "latents" and "unet_decoder_fused" in graphs:
-                out[(g, name)] = ("unet_decoder_fused", "z0")
+    first_reader: dict[str, tuple[str, str]] = {}
+    for g in chain.graphs:
+        for name in manifest.graphs[g].input_names:
+            node, _, tensor = chain.sources[f"{g}.{name}"].partition(".")
+            if node in chain.graphs:
+                out[(g, name)] = (node, tensor)
+            elif node == "inputs":
+                key = f"inputs.{tensor}"
+                if key in first_reader:
+                    out[(g, name)] = first_reader[key]
+                else:
+                    first_reader[key] = (g, name)
     return out
+
+
+@dataclass
+class DeviceArray:
+    """An output left on the GPU in its engine's buffer; ``np.asarray`` downloads it (and syncs)."""
+
+    runner: "TrtRunner"
+    name: str
+    shape: tuple[int, ...]
+
+    @property
+    def buffer(self) -> "Buffer":
+        return self.runner.buffers[self.name]
+
+    def __array__(self, dtype=None, copy=None):
+        host = self.runner.download(self.name, self.shape)
+        self.runner.session.sync()
+        host = host.copy()
+        return host if dtype is None else host.astype(dtype)
 
 
 class Cuda:
@@ -84,6 +103,7 @@ class Buffer:
     device: int
     host_ptr: int
     host: np.ndarray  # uint8 view of the pinned memory
+    holds: object = None  # the host array last uploaded (the same z_T feeds two engines: upload once)
 
 
 def _pinned_view(ptr: int, nbytes: int) -> np.ndarray:
@@ -168,21 +188,33 @@ class TrtRunner:
         self.session.cuda.copy(buf.host_ptr, buf.device, nbytes, "d2h", self.session.stream)
         return buf.host[:nbytes].view(buf.dtype).reshape(shape)
 
-    def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Host in, host out: upload ``feed``, run, download every output."""
+    def infer(self, feed: Mapping[str, object]) -> dict[str, DeviceArray]:
+        """Run on ``feed``: host arrays are uploaded, outputs of linked engines are read in place
+        (a :class:`DeviceArray` in this engine's own buffer), others copied on the device. The
+        outputs stay on the GPU as :class:`DeviceArray` (``np.asarray`` downloads one)."""
         missing = [n for n in self.spec.input_names if n not in feed]
         if missing:
             raise InputError(f"{self.name}: missing input(s) {missing}")
         batch = _batch_of(self.spec.inputs, feed, self.session.k)
         shapes = self.shapes_for(batch)
         for name, shape in shapes:
-            if tuple(np.shape(feed[name])) != shape:
-                raise InputError(f"{self.name}: input {name} has shape {list(np.shape(feed[name]))}, expected {list(shape)}")
-            self.upload(name, feed[name])
+            value = feed[name]
+            if tuple(np.shape(value) if not isinstance(value, DeviceArray) else value.shape) != shape:
+                raise InputError(f"{self.name}: input {name} has shape {list(np.shape(value))}, expected {list(shape)}")
+            buf = self.buffers[name]
+            if isinstance(value, DeviceArray):
+                if value.buffer is not buf:
+                    nbytes = int(np.prod(shape)) * buf.dtype.itemsize
+                    self.session.cuda.copy(buf.device, value.buffer.device, nbytes, "d2d", self.session.stream)
+                buf.holds = None
+            elif buf.holds is not value:
+                self.upload(name, value)
+                buf.holds = value
         self.execute(shapes)
-        views = {t.name: self.download(t.name, t.concrete(batch, self.session.k)) for t in self.spec.outputs}
-        self.session.sync()
-        return {n: v.copy() for n, v in views.items()}
+        for t in self.spec.outputs:
+            self.buffers[t.name].holds = None
+        self.session.sync()  # stage times are what the GPU took, not what enqueueing took
+        return {t.name: DeviceArray(self, t.name, t.concrete(batch, self.session.k)) for t in self.spec.outputs}
 
     def close(self) -> None:
         for graph in self.graphs.values():
@@ -195,11 +227,13 @@ class TrtRunner:
 def _batch_of(inputs: Sequence[TensorSpec], feed: Mapping[str, np.ndarray], k: int) -> int:
     """The batch B of a feed, from its first input with a B (or KB) axis."""
     for t in inputs:
+        value = feed[t.name]
+        shape = value.shape if isinstance(value, DeviceArray) else np.shape(value)
         for axis, d in enumerate(t.shape):
             if d == "B":
-                return int(np.shape(feed[t.name])[axis])
+                return int(shape[axis])
             if d == "KB":
-                return int(np.shape(feed[t.name])[axis]) // k
+                return int(shape[axis]) // k
     return 1
 
 
@@ -231,11 +265,13 @@ class TrtSession:
 
     def _open(self) -> None:
         graphs = list(self.entry["pipeline"])
-        specs = {g: GraphSpec.from_manifest(g, {**self.bundle.manifest["graphs"][g], **self.entry["graphs"][g]}) for g in graphs}
+        m = self.bundle.manifest
+        specs = {g: m.graphs[g].spec for g in graphs}
         engines = {g: self._deserialize(g) for g in graphs}
         self.scratch_bytes = max(int(e.device_memory_size_v2) for e in engines.values())
         self.scratch = self._malloc(self.scratch_bytes)
-        shared = links(graphs, specs)
+        chain = next(c for c in m.chains.values() if list(c.graphs) == graphs)
+        shared = links(chain, m)
         owned: dict[tuple[str, str], Buffer] = {}
         for g in graphs:  # producers come before consumers in pipeline order
             buffers = {}
@@ -294,7 +330,7 @@ class TrtSession:
 
 def engine_entry(bundle: Bundle, precision: str | None) -> tuple[str, dict]:
     """``(precision, manifest entry)`` of the engines to run: ``precision``, or the only set built."""
-    engines = bundle.manifest.get("engines") or {}
+    engines = bundle.manifest.engines
     if not engines:
         raise ModelError(f"bundle {bundle.path} has no TensorRT engines: run tiue-export build-trt {bundle.path} --precision fp16")
     if precision is None:
@@ -306,19 +342,65 @@ def engine_entry(bundle: Bundle, precision: str | None) -> tuple[str, dict]:
             f"bundle {bundle.path} has no {precision} engines (it has {', '.join(sorted(engines))}): "
             f"run tiue-export build-trt {bundle.path} --precision {precision}"
         )
-    return precision, engines[precision]
+    return precision, dict(engines[precision])
 
 
-class TrtPipeline(Pipeline):
-    """The one-pass pipeline on TensorRT engines (see the module docstring)."""
+class TrtGraphs(GraphSet):
+    """A bundle's engines of one precision as the executor's graph set: every engine opens at once
+    (they share scratch memory and linked buffers) and outputs stay on the GPU."""
 
     def __init__(self, bundle: Bundle, precision: str | None = None, cuda_graphs: bool = True, device: int = 0):
         self.precision, self.entry = engine_entry(bundle, precision)
         trt = import_tensorrt()
-        check_engines(self.entry, bundle.manifest["files"], trt.__version__, query_gpu(device), str(bundle.path), self.precision)
-        super().__init__(bundle, ["CPUExecutionProvider"])  # the tokenizer and manifest handling; no ORT session opens
+        check_engines(self.entry, bundle.manifest.files, trt.__version__, query_gpu(device), str(bundle.path), self.precision)
         self.session = TrtSession(bundle, self.entry, cuda_graphs, device)
-        self._runners = dict(self.session.runners)
+        super().__init__({n: (lambda n=n: self.session.runners[n]) for n in self.session.runners}, provider=f"TensorRT {trt.__version__} ({self.precision})")
+        self._open = dict(self.session.runners)
+
+    def runner(self, name: str) -> TrtRunner:
+        if name not in self._open:
+            other = "--no-fused" if name == "unet_decoder" else "--fused"
+            raise InputError(f"the {self.precision} engines have no {name}: rebuild with tiue-export build-trt {other}")
+        return self._open[name]
+
+    def check_chain(self, chain: str) -> None:
+        built = "fused" if self.entry.get("fused", True) else "unfused"
+        if chain != built:
+            raise InputError(f"the engines were built {'with' if built == 'fused' else 'without'} the fused decoder: rebuild with build-trt {'--fused' if chain == 'fused' else '--no-fused'}")
+
+    @property
+    def chain(self) -> str:
+        return "fused" if self.entry.get("fused", True) else "unfused"
+
+    @property
+    def provider(self) -> str:
+        return self._provider
+
+    def close(self) -> None:
+        self.session.close()
+        self._open.clear()
+
+
+def graphs(bundle: Bundle, precision: str | None = None, cuda_graphs: bool = True, device: int = 0) -> TrtGraphs:
+    """The registry's entry point: ``bundle``'s ``precision`` engines on CUDA ``device``."""
+    return TrtGraphs(bundle, precision, cuda_graphs, device)
+
+
+class TrtPipeline(Pipeline):
+    """The one-pass pipeline on TensorRT engines: the runtime :class:`Pipeline` (tokenizer, stage
+    methods, the executor's chain) whose graph set is :class:`TrtGraphs`."""
+
+    def __init__(self, bundle: Bundle, precision: str | None = None, cuda_graphs: bool = True, device: int = 0):
+        from .. import backends
+
+        trt_graphs = TrtGraphs(bundle, precision, cuda_graphs, device)
+        self.precision_word, self.entry = trt_graphs.precision, trt_graphs.entry
+        self.backend = backends.get(f"tensorrt-{trt_graphs.precision}")
+        self.bundle = bundle
+        self.manifest = bundle.manifest
+        self.tokenizer = BundleTokenizer(bundle)
+        self.graphs = trt_graphs
+        self.session = trt_graphs.session
 
     @classmethod
     def load(cls, bundle, precision: str | None = None, verify: bool = True, cuda_graphs: bool = True, device: int = 0) -> "TrtPipeline":
@@ -330,70 +412,13 @@ class TrtPipeline(Pipeline):
         """
         return cls(Bundle.open(bundle, verify=verify), precision, cuda_graphs, device)
 
-    def runner(self, name: str) -> TrtRunner:
-        if name not in self._runners:
-            other = "--no-fused" if name == "unet_decoder" else "--fused"
-            raise InputError(f"the {self.precision} engines have no {name}: rebuild with tiue-export build-trt {other}")
-        return self._runners[name]
-
-    @property
-    def provider(self) -> str:
-        return f"TensorRT {self.session.trt.__version__} ({self.precision})"
-
-    def close(self) -> None:
-        self.session.close()
-        self._runners.clear()
-
     def __call__(self, prompts, seeds=None, seed: int = 0, noise=None, fused: bool | None = None) -> RuntimeResult:
-        """Images for ``prompts``, every intermediate tensor kept on the GPU.
-
-        ``fused`` must match how the engines were built (default: whatever they are); per-stage
-        timings are GPU times from CUDA events.
-        """
-        built_fused = bool(self.entry.get("fused", True))
-        if fused is not None and fused != built_fused:
-            raise InputError(f"the engines were built {'with' if built_fused else 'without'} the fused decoder: rebuild with build-trt {'--fused' if fused else '--no-fused'}")
-        prompts, seeds, noise = self.prepare(prompts, seeds, seed, noise)
-        b = len(prompts)
+        """Images for ``prompts``; ``fused`` must match how the engines were built (default: whatever they are)."""
         profile = self.entry["batch_profile"]
+        b = len(list(prompts))
         if not profile["min"] <= b <= profile["max"]:
             raise InputError(f"{b} images per call is outside the engines' batch profile {profile['min']}..{profile['max']}: rebuild with --batch")
-        r = self._runners
-        cuda, stream = self.session.cuda, self.session.stream
-        events = [cuda.cudaEventCreate() for _ in range(5)]
-        try:
-            r["text_encoder"].upload("input_ids", self.tokenize(prompts))
-            r["unet_encoder"].upload("latents", noise)
-            cuda.cudaEventRecord(events[0], stream)
-            r["text_encoder"].execute(r["text_encoder"].shapes_for(b))
-            cuda.cudaEventRecord(events[1], stream)
-            r["unet_encoder"].execute(r["unet_encoder"].shapes_for(b))
-            cuda.cudaEventRecord(events[2], stream)
-            if built_fused:
-                dec = r["unet_decoder_fused"]
-                dec.execute(dec.shapes_for(b))
-            else:
-                dec = r["unet_decoder"]
-                dec.execute(dec.shapes_for(b))
-                eps = dec.download("eps", dec.output_shape("eps", b))
-                self.session.sync()
-                s = self.manifest["sampler"]
-                z0 = combine_one_pass(noise, eps, float(s["S"]), [float(e) for e in s["E"]]).astype(np.float32)
-                r["vae_decoder"].upload("latents", z0)
-            cuda.cudaEventRecord(events[3], stream)
-            vae = r["vae_decoder"]
-            vae.execute(vae.shapes_for(b))
-            cuda.cudaEventRecord(events[4], stream)
-            images = vae.download("images", vae.output_shape("images", b))
-            z0_view = r["unet_decoder_fused"].download("z0", (b, *self.latent_shape)) if built_fused else None
-            self.session.sync()
-            z0 = z0_view.copy() if built_fused else z0
-            stages = ("text_encoder", "unet_encoder", "unet_decoder", "vae_decoder")
-            timings = {s: cuda.cudaEventElapsedTime(events[i], events[i + 1]) / 1000.0 for i, s in enumerate(stages)}
-            return RuntimeResult(to_uint8_images(images), z0, seeds, timings, self.provider)
-        finally:
-            for ev in events:
-                cuda.cudaEventDestroy(ev)
+        return super().__call__(prompts, seeds, seed, noise, fused=self.graphs.chain == "fused" if fused is None else fused)
 
 
-__all__ = ["TrtPipeline", "TrtRunner", "TrtSession", "engine_entry", "links", "pipeline_graphs"]
+__all__ = ["DeviceArray", "TrtGraphs", "TrtPipeline", "TrtRunner", "TrtSession", "engine_entry", "graphs", "links"]

@@ -1,0 +1,175 @@
+"""The one executor of the one-pass chain: tokens -> text encoder -> UNet encoder -> K-batched
+decoder -> Eq. 11 -> VAE decoder, driven by the manifest's chains (which tensor feeds which input).
+
+Every command that runs the chain (infer on every backend, check, bench, calibrate, export's
+validation, toy eval) calls :func:`run_chain` with a :class:`GraphSet` (the backend's runners by
+graph name) and asks it for what it needs: timings, intermediate values, the chain up to a graph.
+A backend never composes the chain itself.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Protocol
+
+import numpy as np
+
+from .bundle.manifest import EQ11, Manifest
+from .schedule import combine_one_pass
+
+#: The stage a graph's time is reported under (both decoders are "the decoder call").
+STAGES = {"unet_decoder_fused": "unet_decoder", EQ11: "sum"}
+
+
+class Runner(Protocol):
+    """One graph on one backend: ``with runner: outputs = runner.infer(feed)``."""
+
+    provider: str
+
+    def __enter__(self) -> "Runner": ...
+
+    def __exit__(self, *exc) -> None: ...
+
+    def infer(self, feed: Mapping[str, np.ndarray]) -> dict: ...
+
+
+class GraphSet:
+    """A backend's runners by graph name, each opened on first use and closed by :meth:`close`.
+
+    Args:
+        factories: graph name -> a callable that makes its (unopened) :class:`Runner`.
+        low_memory: release each graph as soon as its stage is done (one graph held at a time).
+        provider: what the graphs run on, before any is opened.
+    """
+
+    def __init__(self, factories: Mapping[str, Callable[[], Runner]], low_memory: bool = False, provider: str = ""):
+        self.factories = dict(factories)
+        self.low_memory = low_memory
+        self._provider = provider
+        self._open: dict[str, Runner] = {}
+
+    def is_open(self, name: str) -> bool:
+        return name in self._open
+
+    def runner(self, name: str) -> Runner:
+        if name not in self._open:
+            if name not in self.factories:
+                raise KeyError(f"this backend has no graph {name!r}")
+            self._open[name] = self.factories[name]().__enter__()
+        return self._open[name]
+
+    def done(self, name: str) -> None:
+        """Called after each stage: a low-memory set releases the graph it just ran."""
+        if self.low_memory and name in self._open:
+            self._open.pop(name).__exit__(None, None, None)
+
+    def to_host(self, value) -> np.ndarray:
+        """A runner's output as a numpy array (device-resident backends override this)."""
+        return np.asarray(value)
+
+    @property
+    def provider(self) -> str:
+        runner = next(iter(self._open.values()), None)
+        return runner.provider if runner is not None else self._provider
+
+    def close(self) -> None:
+        for runner in self._open.values():
+            runner.__exit__(None, None, None)
+        self._open.clear()
+
+    def __enter__(self) -> "GraphSet":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@dataclass
+class ChainResult:
+    """What one run of the chain produced.
+
+    ``images`` are the VAE's float output (NCHW, in [-1, 1]); ``values`` holds every tensor by
+    ``graph.tensor`` (``inputs.noise``, ``unet_decoder.eps``, ``eq11.z0`` ...) when asked to keep them.
+    """
+
+    z0: np.ndarray | None
+    images: np.ndarray | None
+    timings: dict[str, float] = field(default_factory=dict)
+    values: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def run_chain(
+    manifest: Manifest,
+    graphs: GraphSet,
+    input_ids: np.ndarray,
+    noise: np.ndarray,
+    chain: str = "fused",
+    *,
+    keep: bool = False,
+    until: str | None = None,
+    sum_dtype=np.float32,
+    hook: Callable[[str, float], None] | None = None,
+) -> ChainResult:
+    """Run the manifest's ``chain`` on ``graphs`` for token ids and z_T.
+
+    Args:
+        manifest: the bundle's manifest (its chains, S and E).
+        graphs: the backend's runners.
+        input_ids, noise: the chain's inputs (B prompts' ids, their z_T).
+        chain: ``fused`` (Eq. 11 inside ``unet_decoder_fused``) or ``unfused`` (Eq. 11 here).
+        keep: keep every intermediate tensor in ``ChainResult.values``.
+        until: stop after this graph (its outputs are in ``values``; z0/images may be None).
+        sum_dtype: the dtype Eq. 11 is computed in when it runs here (the result is float32).
+        hook: called with ``(stage, seconds)`` after every stage (``load`` for opening a graph).
+
+    Returns:
+        A :class:`ChainResult` with per-stage seconds.
+    """
+    ch = manifest.chains[chain]
+    s = manifest.sampler
+    values: dict[str, object] = {"inputs.input_ids": input_ids, "inputs.noise": noise}
+    timings: dict[str, float] = {}
+
+    def record(stage: str, seconds: float) -> None:
+        timings[stage] = timings.get(stage, 0.0) + seconds
+        if hook is not None:
+            hook(stage, seconds)
+
+    def resolve(dest: str):
+        src = ch.sources[dest]
+        if src == f"{EQ11}.z0" and src not in values:
+            latents = graphs.to_host(resolve(f"{EQ11}.latents"))
+            eps = graphs.to_host(resolve(f"{EQ11}.eps"))
+            t0 = time.perf_counter()
+            if np.dtype(sum_dtype) != np.float32:
+                latents, eps = latents.astype(sum_dtype), eps.astype(sum_dtype)
+            values[src] = np.ascontiguousarray(combine_one_pass(latents, eps, s.S, s.E), dtype=np.float32)
+            record(STAGES[EQ11], time.perf_counter() - t0)
+        return values[src]
+
+    for name in ch.graphs:
+        feed = {t: resolve(f"{name}.{t}") for t in manifest.graphs[name].input_names}
+        if not graphs.is_open(name):
+            t0 = time.perf_counter()
+            graphs.runner(name)
+            record("load", time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        out = graphs.runner(name).infer(feed)
+        record(STAGES.get(name, name), time.perf_counter() - t0)
+        graphs.done(name)
+        values.update({f"{name}.{k}": v for k, v in out.items()})
+        if name == until:
+            break
+    done = until is None or until not in ch.graphs
+    z0 = graphs.to_host(resolve("outputs.z0")) if done else None
+    images = graphs.to_host(resolve("outputs.images")) if done else None
+    kept = {k: graphs.to_host(v) for k, v in values.items()} if keep or not done else {}
+    return ChainResult(z0, images, timings, kept)
+
+
+def graph_feed(manifest: Manifest, values: Mapping[str, np.ndarray], graph: str, chain: str = "fused") -> dict[str, np.ndarray]:
+    """The inputs ``graph`` got in a kept run of ``chain`` (``ChainResult.values``), by input name:
+    what a per-graph comparison feeds a backend so that each graph's error is its own."""
+    ch = manifest.chains[chain]
+    return {t: values[ch.sources[f"{graph}.{t}"]] for t in manifest.graphs[graph].input_names}
