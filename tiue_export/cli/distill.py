@@ -40,7 +40,7 @@ def _default(name):
 @click.option("--guidance", type=float, default=_default("guidance"), show_default=True, help="CFG of both teachers in the VSD score.")
 @click.option("--vsd-t-min", type=int, default=_default("vsd_t_min"), show_default=True, help="Smallest VSD timestep.")
 @click.option("--vsd-t-max", type=int, default=_default("vsd_t_max"), show_default=True, help="Largest VSD timestep (inclusive).")
-@click.option("--lambda-vsd", type=float, default=_default("lambda_vsd"), show_default=True, help="Weight of the VSD loss; 0 drops VSD and the LoRA teacher (the regression terms and KL only).")
+@click.option("--lambda-vsd", type=float, default=_default("lambda_vsd"), show_default=True, help="Weight of the VSD loss; 0 drops VSD and the LoRA teacher (teacher pairs and KL only: an ablation).")
 @click.option("--lambda-kl", type=float, default=None, help="Weight of the KL term  [default: 0.1; 0 for --baseline one-step-vsd]")
 @click.option("--regression-pairs", type=int, default=_default("regression_pairs"), show_default=True, help="Teacher DDIM (noise, latent) pairs for DMD's regression term; 0: off (the authors' recipe).")
 @click.option("--lambda-reg", type=float, default=_default("lambda_reg"), show_default=True, help="Weight of the regression term (latent MSE to the teacher's z0).")
