@@ -335,6 +335,43 @@ def test_cli_errors_without_builtin_teacher_and_on_existing_out(prompts_file, te
     assert code == 2 and "--out" in err and "already exists: choose a new directory" in err
 
 
+
+def test_cli_options_reach_the_recipe_and_the_trainer(teacher, prompts_file, tmp_path, capsys):
+    """The optimiser, EMA, VSD, LoRA and engineering flags are recorded in the recipe, and the
+    trainer built from that recipe uses them."""
+    from tiue_export.distill.train import build_trainer, make_accelerator
+
+    out, run = tmp_path / "s", tmp_path / "elsewhere"
+    expected = {"lr_lora": 5e-4, "adam_beta1": 0.8, "adam_beta2": 0.99, "adam_eps": 1e-6, "weight_decay": 0.01,
+                "max_grad_norm": 0.5, "ema_decay": 0.99, "guidance": 3.0, "vsd_t_min": 100, "vsd_t_max": 900,
+                "lora_rank": 4, "lora_alpha": 8.0, "lora_uncond_prob": 0.5, "seed": 3}
+    flags = [x for key, value in expected.items() for x in (f"--{key.replace('_', '-')}", str(value))]
+    argv = ["distill", "--teacher", str(teacher), "--prompts", str(prompts_file), "--out", str(out), "--run-dir", str(run),
+            "--steps", "1", "--batch-size", "2", "--gradient-checkpointing", *flags]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 0, err
+    assert (run / "config.json").is_file() and (run / "checkpoints" / "step-00000001").is_dir()
+    recipe = json.loads((out / "tiue.json").read_text())["provenance"]["recipe"]
+    assert {key: recipe[key] for key in expected} == expected
+    assert recipe["gradient_checkpointing"] is True and recipe["run_dir"] == str(run)
+
+    cfg = DistillConfig.from_dict(recipe)
+    tr = build_trainer(cfg, Path(teacher), make_accelerator(cfg))
+    student, lora = tr.opt.param_groups[0], tr.opt_lora.param_groups[0]
+    assert (student["betas"], student["eps"], student["weight_decay"]) == ((0.8, 0.99), 1e-6, 0.01)
+    assert lora["lr"] == 5e-4 and tr.ema.decay == 0.99
+    assert tr.student.unet.is_gradient_checkpointing and tr.lora_unet.is_gradient_checkpointing
+    scalings = {m.scaling["default"] for m in tr.lora_unet.modules() if hasattr(m, "scaling") and "default" in m.scaling}
+    assert scalings == {8 / 4}  # lora_alpha / lora_rank
+
+
+def test_cli_log_tensorboard_without_tensorboard_is_one_line(teacher, prompts_file, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if not installed
+    argv = ["distill", "--teacher", str(teacher), "--prompts", str(prompts_file), "--out", str(tmp_path / "o"), "--log-tensorboard"]
+    code, _, err = run_cli(argv, capsys)
+    assert code != 0 and "tensorboard is not installed (--log-tensorboard): pip install tensorboard" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is allowed on a GPU")
 def test_cli_fp16_on_cpu_is_refused(teacher, prompts_file, tmp_path, capsys):
     argv = ["distill", "--teacher", str(teacher), "--prompts", str(prompts_file), "--out", str(tmp_path / "o")]
