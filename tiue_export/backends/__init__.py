@@ -118,11 +118,8 @@ def resolve(backend: str, precision: str | None = None, manifest=None) -> Backen
 
     ``tensorrt`` without a precision takes the bundle's only engine set.
     """
-    if precision is None and backend in REGISTRY:
-        if backend == "tensorrt":
-            pass
-        else:
-            return REGISTRY[backend]
+    if precision is None and backend in REGISTRY and backend != "tensorrt":
+        return REGISTRY[backend]
     if backend not in ENGINES:
         if precision is not None and backend in REGISTRY:
             raise InputError(f"--backend {backend} already names its precision: drop --precision {precision}")
@@ -144,7 +141,7 @@ def resolve(backend: str, precision: str | None = None, manifest=None) -> Backen
         choices = [n.split("-", 1)[1] for n in REGISTRY if n.startswith(backend + "-")]
         hint = f"choose from {', '.join(choices)}" if choices else "it takes none"
         if backend == "onnxruntime" and precision == "bf16":
-            hint = "bf16 is OpenVINO's compute precision: use --backend openvino"
+            raise InputError("--precision bf16 is OpenVINO's compute precision: use --backend openvino")
         raise InputError(f"--backend {backend} has no --precision {precision}: {hint}")
     return REGISTRY[name]
 

@@ -203,7 +203,7 @@ def infer_bundle(cfg: InferConfig) -> None:
         meta = {
             "model": str(cfg.model),
             "sampler": "one-pass",
-            "backend": backend.name,
+            "backend": backend.engine,
             "precision": pipe.precision,
             "k": pipe.manifest.k,
             "noise": cfg.noise,
