@@ -16,6 +16,7 @@ from typing import Callable, Mapping, Protocol
 import numpy as np
 
 from .bundle.manifest import EQ11, Manifest
+from .errors import InputError
 from .schedule import combine_one_pass
 
 #: The stage a graph's time is reported under (both decoders are "the decoder call").
@@ -48,6 +49,17 @@ class GraphSet:
         self.low_memory = low_memory
         self._provider = provider
         self._open: dict[str, Runner] = {}
+
+    @classmethod
+    def per_graph(cls, bundle, make: Callable, low_memory: bool = False, provider: str = "") -> "GraphSet":
+        """One runner per graph of ``bundle``, ``make(graph_name) -> Runner`` called on first use."""
+        return cls({n: (lambda n=n: make(n)) for n in bundle.manifest.graphs}, low_memory, provider)
+
+    def check_chain(self, chain: str, manifest: Manifest) -> None:
+        """Refuse a chain that needs a graph this set does not have (an engine set built for one decoder)."""
+        missing = [g for g in manifest.chains[chain].graphs if g not in self.factories]
+        if missing:
+            raise InputError(f"this backend has no {missing[0]} graph: the {chain} chain cannot run on it")
 
     def is_open(self, name: str) -> bool:
         return name in self._open

@@ -325,6 +325,7 @@ def measure(fp32, int8, prompts: Sequence[str], seeds: Sequence[int]) -> dict:
     import math
 
     from .executor import GraphSet, graph_feed, run_chain
+    from .sampling import to_uint8_images
 
     m = fp32.manifest
     ids = fp32.tokenize(prompts)
@@ -337,15 +338,15 @@ def measure(fp32, int8, prompts: Sequence[str], seeds: Sequence[int]) -> dict:
         return GraphSet({n: (lambda n=n: _Borrowed((int8 if n == graph else fp32).runner(n))) for n in m.graphs})
 
     ref_fused, ref_unfused = run(fp32.graphs, "fused", keep=True), run(fp32.graphs, "unfused", keep=True)
-    ref = to_uint8(ref_fused.images)
+    ref = to_uint8_images(ref_fused.images)
     graphs = {}
     for name, chain, base in (("unet_encoder", "fused", ref_fused), ("unet_decoder", "unfused", ref_unfused), ("unet_decoder_fused", "fused", ref_fused)):
         out = int8.runner(name).infer(graph_feed(m, base.values, name, chain))
         graphs[name] = {
             "outputs": {n: _range_psnr(base.values[f"{name}.{n}"], out[n], n) for n in out},
-            "image": _image_psnr(ref, to_uint8(run(mixed(name), chain).images), "images"),
+            "image": _image_psnr(ref, to_uint8_images(run(mixed(name), chain).images), "images"),
         }
-    end_to_end = {c: _image_psnr(ref, to_uint8(run(int8.graphs, c).images), "images") for c in ("fused", "unfused")}
+    end_to_end = {c: _image_psnr(ref, to_uint8_images(run(int8.graphs, c).images), "images") for c in ("fused", "unfused")}
     worst = min((r["psnr"] if r["psnr"] is not None else math.inf) for r in end_to_end.values())
     return {
         "prompts": list(prompts),
@@ -373,12 +374,6 @@ class _Borrowed:
 
     def infer(self, feed):
         return self.runner.infer(feed)
-
-
-def to_uint8(images):
-    from .sampling import to_uint8_images
-
-    return to_uint8_images(images)
 
 
 def quality_line(quality: dict) -> str:

@@ -112,15 +112,12 @@ def graphs(bundle, providers: Sequence[str] | None = None, threads: int = 0, low
 
     chosen = choose_providers(providers)
 
-    def factory(name):
-        def make():
-            options = {}
-            if "TensorrtExecutionProvider" in chosen:
-                graph = bundle.manifest.graphs[name]
-                profile = graph.spec.shape_profile(bundle.manifest.batch_profile, bundle.k)
-                options["TensorrtExecutionProvider"] = tensorrt_options(profile, graph.precision == "fp16", None)
-            return OrtRunner(SessionLoader(bundle.graph_path(name), chosen, options, threads))
+    def make(name):
+        options = {}
+        if "TensorrtExecutionProvider" in chosen:
+            graph = bundle.manifest.graphs[name]
+            profile = graph.spec.shape_profile(bundle.manifest.batch_profile, bundle.k)
+            options["TensorrtExecutionProvider"] = tensorrt_options(profile, graph.precision == "fp16", None)
+        return OrtRunner(SessionLoader(bundle.graph_path(name), chosen, options, threads))
 
-        return make
-
-    return GraphSet({n: factory(n) for n in bundle.manifest.graphs}, low_memory, provider=chosen[0])
+    return GraphSet.per_graph(bundle, make, low_memory, provider=chosen[0])

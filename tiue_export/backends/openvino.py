@@ -108,7 +108,7 @@ def graphs(bundle, precision: str | None = None, threads: int = 0, low_memory: b
     """The bundle's graphs compiled by OpenVINO in ``precision`` (None: the CPU's default)."""
     from ..executor import GraphSet
 
-    def factory(name):
-        return lambda: OvRunner(OvLoader(bundle.graph_path(name), precision, threads))
+    def make(name):
+        return OvRunner(OvLoader(bundle.graph_path(name), precision, threads))
 
-    return GraphSet({n: factory(n) for n in bundle.manifest.graphs}, low_memory, provider=f"OpenVINO CPU {precision or 'default'}")
+    return GraphSet.per_graph(bundle, make, low_memory, provider=f"OpenVINO CPU {precision or 'default'}")

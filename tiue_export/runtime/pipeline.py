@@ -208,7 +208,6 @@ class Pipeline:
         """
         prompts, seeds, noise = self.prepare(prompts, seeds, seed, noise)
         chain = "fused" if fused else "unfused"
-        if hasattr(self.graphs, "check_chain"):  # engines built for one decoder only
-            self.graphs.check_chain(chain)
+        self.graphs.check_chain(chain, self.manifest)
         result = run_chain(self.manifest, self.graphs, self.tokenize(prompts), noise, chain)
         return RuntimeResult(to_uint8_images(result.images), result.z0, seeds, result.timings, self.provider)

@@ -363,7 +363,7 @@ class TrtGraphs(GraphSet):
             raise InputError(f"the {self.precision} engines have no {name}: rebuild with tiue-export build-trt {other}")
         return self._open[name]
 
-    def check_chain(self, chain: str) -> None:
+    def check_chain(self, chain: str, manifest=None) -> None:
         built = "fused" if self.entry.get("fused", True) else "unfused"
         if chain != built:
             raise InputError(f"the engines were built {'with' if built == 'fused' else 'without'} the fused decoder: rebuild with build-trt {'--fused' if chain == 'fused' else '--no-fused'}")
