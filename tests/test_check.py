@@ -7,10 +7,10 @@ import shutil
 import numpy as np
 import onnx
 import pytest
-from onnx import numpy_helper
-
 from _bundles import tiny_bundle
 from _cli import run_cli as run
+from onnx import numpy_helper
+
 from tiue_export.bundle import sha256_file
 
 

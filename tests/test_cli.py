@@ -4,9 +4,8 @@ import subprocess
 import sys
 
 import pytest
-from PIL import Image
-
 from _cli import run_cli as run
+from PIL import Image
 
 
 def test_help_imports_no_heavy_module():

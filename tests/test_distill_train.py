@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _cli import run_cli
 from safetensors.torch import load_file
 
-from _cli import run_cli
 from tiue_export.distill.config import DistillConfig
 from tiue_export.errors import InputError
 

@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-
 from _bundles import VARIANTS, tiny_bundle
 from _cli import run_cli as run
+
 from tiue_export import export as export_mod
 from tiue_export import specs as specs_mod
+from tiue_export.bundle import sha256_file
 from tiue_export.errors import InputError, TiueError
 from tiue_export.export import ExportConfig, export_bundle, save_onnx
-from tiue_export.bundle import sha256_file
 from tiue_export.specs import GRAPHS, Tolerance
 
 
@@ -221,3 +221,20 @@ def test_external_data_policy(tmp_path, monkeypatch):
     assert (tmp_path / "big.onnx.data").stat().st_size == 4096 * 4
     with pytest.raises(InputError, match=r"over protobuf's 2 GB limit: use --external-data auto"):
         save_onnx(onnx.load(str(tmp_path / "small.onnx")), tmp_path / "never.onnx", "never")
+
+
+@pytest.mark.slow
+def test_the_same_export_writes_the_same_bytes(tmp_path):
+    # onnxslim's shape annotations depended on Python's hash seed (seeds 1 and 2 gave different
+    # decoder graphs of the default model); every process must write the same bytes.
+    import os
+    import subprocess
+    import sys
+
+    digests = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"seed{seed}"
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        subprocess.run([sys.executable, "-m", "tiue_export.cli", "export", "--out", str(out)], env=env, check=True, capture_output=True)
+        digests.append({p.name: sha256_file(p) for p in sorted(out.glob("*.onnx"))})
+    assert len(digests[0]) == len(GRAPHS) and digests[0] == digests[1]

@@ -9,15 +9,15 @@ import sys
 import numpy as np
 import onnx
 import pytest
+from _bundles import VARIANTS, tiny_bundle
+from _cli import run_cli as run
 from onnx import numpy_helper
 from PIL import Image
 
-from _bundles import VARIANTS, tiny_bundle
-from _cli import run_cli as run
+from tiue_export.bundle import sha256_file
 from tiue_export.compare import compare_arrays
 from tiue_export.errors import InputError
 from tiue_export.runtime import OvLoader, OvRunner, Pipeline, openvino_default_precision
-from tiue_export.bundle import sha256_file
 
 ov = pytest.importorskip("openvino", reason="openvino is not installed (pip install 'tiue-export[openvino]')")
 
@@ -64,7 +64,7 @@ def test_runner_is_a_context_manager_that_releases(bundle):
         assert images.shape == (1, 3, 16, 16)
         again = r.infer({"latents": latents + 1})["images"]
         assert not np.array_equal(images, again), "outputs must be copies, not views the next call overwrites"
-    assert runner.compiled is None and runner.request is None
+    assert runner.handle is None and runner.request is None
 
 
 def test_bad_engine_options(bundle):

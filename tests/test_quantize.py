@@ -6,15 +6,15 @@ import json
 import shutil
 from importlib import resources
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
 import pytest
-from types import SimpleNamespace
-from onnx import numpy_helper
-
 from _bundles import tiny_bundle
 from _cli import run_cli as run
+from onnx import numpy_helper
+
 from tiue_export import quantize
 from tiue_export.cli import main
 from tiue_export.errors import ModelError, TiueError

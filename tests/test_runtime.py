@@ -9,10 +9,10 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from _bundles import VARIANTS, tiny_bundle
 from _cli import run_cli as run
+from PIL import Image
+
 from tiue_export.compare import compare_arrays
 from tiue_export.errors import InputError, ModelError
 from tiue_export.runtime import Bundle, OrtRunner, Pipeline, SessionLoader

@@ -107,8 +107,9 @@ def test_heldout_split_is_compositional():
     for name, values in zip(d.ATTRIBUTES, (d.SHAPES, tuple(d.COLORS), d.SIZES, d.BACKGROUNDS)):
         assert {getattr(a, name) for a in train} == set(values), name
     for n1, n2 in itertools.combinations(d.ATTRIBUTES, 2):
-        pairs = lambda xs: {(getattr(a, n1), getattr(a, n2)) for a in xs}  # noqa: E731
-        assert pairs(held) <= pairs(train), (n1, n2)
+        held_pairs = {(getattr(a, n1), getattr(a, n2)) for a in held}
+        train_pairs = {(getattr(a, n1), getattr(a, n2)) for a in train}
+        assert held_pairs <= train_pairs, (n1, n2)
     # Every caption with a shape colour different from its background is in exactly one split.
     every = set(itertools.product(d.SHAPES, d.COLORS, d.SIZES, d.BACKGROUNDS))
     every = {d.Attributes(*t) for t in every if t[1] != t[3]}

@@ -13,11 +13,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-
-from tiue_export.bundle import sha256_file
-
 from _bundles import tiny_bundle
 from _cli import run_cli as run
+
+from tiue_export.bundle import sha256_file
 from tiue_export.errors import InputError, MissingDependency, ModelError, TiueError
 from tiue_export.runtime import Bundle
 from tiue_export.specs import BatchProfile, GraphSpec, TensorSpec, Tolerance

@@ -11,9 +11,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -203,7 +203,7 @@ def check_torch_determinism(pipe, manifest, ref: dict) -> BackendReport:
 
 def _torch_reference(cfg: CheckConfig, bundle):
     """``(pipe, reference, prompts)`` from the source model, or None where torch or the model is missing."""
-    
+
     model = cfg.model or bundle.manifest.source.get("model")
     if cfg.model and not Path(cfg.model).exists():
         raise ModelError(f"no such source model {cfg.model}: give the model the bundle was exported from with --model PATH")

@@ -8,8 +8,8 @@ the export's validation, the runtime tests and ``check`` all use it on numpy arr
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Mapping
 
 import numpy as np
 

@@ -10,8 +10,8 @@ A backend never composes the chain itself.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Protocol
 
 import numpy as np
 
@@ -23,16 +23,40 @@ from .schedule import combine_one_pass
 STAGES = {"unet_decoder_fused": "unet_decoder", EQ11: "sum"}
 
 
-class Runner(Protocol):
-    """One graph on one backend: ``with runner: outputs = runner.infer(feed)``."""
+class Runner:
+    """One graph on one backend: ``with runner: outputs = runner.infer(feed)``.
 
-    provider: str
+    ``loader()`` opens the graph (an ONNX Runtime session, an OpenVINO compiled model ...) on
+    entering the first ``with``; leaving it releases the graph. A subclass gives :meth:`infer`, and
+    :meth:`opened` for whatever it derives from the loaded graph.
+    """
 
-    def __enter__(self) -> "Runner": ...
+    provider: str = ""
 
-    def __exit__(self, *exc) -> None: ...
+    def __init__(self, loader: Callable[[], object] | None = None):
+        self.loader = loader
+        self.handle = None
 
-    def infer(self, feed: Mapping[str, np.ndarray]) -> dict: ...
+    def opened(self) -> None:
+        """Called once the graph is loaded (``self.handle`` is set)."""
+
+    def __enter__(self):
+        if self.handle is None and self.loader is not None:
+            self.handle = self.loader()
+            self.opened()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.handle = None  # drops the engine's buffers (and device memory, for GPU providers)
+
+    def loaded(self):
+        """The loaded graph; a clear error outside a ``with`` block."""
+        if self.handle is None:
+            raise RuntimeError(f"{type(self).__name__}.infer outside its 'with' block")
+        return self.handle
+
+    def infer(self, feed: Mapping[str, np.ndarray]) -> dict:
+        raise NotImplementedError
 
 
 class GraphSet:

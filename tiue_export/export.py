@@ -24,10 +24,10 @@ import numpy as np
 import torch
 
 from . import __version__
+from .bundle import MANIFEST, REFERENCE, VALIDATION, Manifest, Tokenizer, save_manifest, sha256_file
 from .compare import Comparison, compare_arrays, compare_outputs
 from .errors import InputError, TiueError, first_line, require
 from .io import atomic_path
-from .bundle import MANIFEST, REFERENCE, VALIDATION, Manifest, Tokenizer, save_manifest, sha256_file
 from .sampling import initial_noise
 from .specs import DEFAULT_OPSET, PRECISIONS, BatchProfile, GraphSpec, check_opset
 
@@ -169,9 +169,23 @@ def slim(model, name: str):
     """onnxslim: constant folding, symbolic shape inference, dead-code removal, topological sort."""
     onnxslim = require("onnxslim", "onnxslim", why="graph folding at export")
     try:
-        return onnxslim.slim(model)
+        model = onnxslim.slim(model)
     except Exception as exc:
         raise TiueError(f"optimising {name} with onnxslim failed: {first_line(exc)}") from exc
+    return model
+
+
+def canonical_shapes(model):
+    """Drop the intermediate tensors' shape annotations (``graph.value_info``).
+
+    onnxslim's symbolic shape inference writes them through sympy, whose results depend on
+    Python's hash seed: ``floor(4.0*B)`` in one process, ``floor(1.0*floor(4.0*B))`` or an unknown
+    size where another found 2. Two exports of one model then differed in bytes, and ONNX Runtime's
+    quantizer, which starts its own inference from them, calibrated them differently. They are
+    hints that every engine (and the quantizer) infers again, so the graph goes without them.
+    """
+    del model.graph.value_info[:]
+    return model
 
 
 def to_fp16(model):
@@ -348,6 +362,7 @@ def export_bundle(cfg: ExportConfig, pipe=None) -> ExportReport:
             model = export_onnx(modules[name], spec, inputs[name], tmp / ".scratch" / name)
             if cfg.precision == "fp16" and spec.fp16:
                 model = slim(to_fp16(model), name)  # the converter appends Casts out of order: re-sort
+            model = canonical_shapes(model)  # after fp16: the converter reads the tensor types from them
             path = tmp / spec.file
             data_files = save_onnx(model, path, cfg.external_data)
             del model

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-
 ASSETS = Path(__file__).parent / "assets"
 #: Built-in models, best first: the distilled toy student, then the toy teacher it came from.
 BUILTIN = ("toy-student", "toy-teacher")

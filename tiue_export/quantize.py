@@ -22,16 +22,16 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 from . import __version__
+from .bundle import Bundle, Manifest, Variant, publish, sha256_file
 from .compare import compare_arrays
 from .errors import InputError, MissingDependency, TiueError, first_line, require
-from .bundle import Bundle, Manifest, Variant, publish, sha256_file
 from .sampling import initial_noise
 
 log = logging.getLogger("tiue_export")

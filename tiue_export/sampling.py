@@ -5,7 +5,7 @@ Nothing here imports torch: the torch-free runtime and the PyTorch reference sha
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 

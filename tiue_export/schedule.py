@@ -8,8 +8,8 @@ A DDIM step with eta=0 is linear in the latent and the noise prediction:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, asdict
-from typing import Sequence
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 
 import numpy as np
 

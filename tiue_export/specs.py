@@ -12,8 +12,8 @@ axis is fixed when the bundle is exported (image size, text length, feature size
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -120,8 +120,30 @@ FP16_TOL = {
 }
 
 
+class NamedTensors:
+    """Names and lookup over ``inputs`` and ``outputs`` (a graph spec, a manifest graph)."""
+
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+    def tensor(self, name: str) -> TensorSpec:
+        for t in self.inputs + self.outputs:
+            if t.name == name:
+                return t
+        raise KeyError(f"{self.name} has no tensor {name!r}")
+
+
 @dataclass(frozen=True)
-class GraphSpec:
+class GraphSpec(NamedTensors):
     """One exported graph: its tensors, opset, tolerance and how to feed and profile it."""
 
     name: str
@@ -136,14 +158,6 @@ class GraphSpec:
     @property
     def file(self) -> str:
         return f"{self.name}.onnx"
-
-    @property
-    def input_names(self) -> list[str]:
-        return [t.name for t in self.inputs]
-
-    @property
-    def output_names(self) -> list[str]:
-        return [t.name for t in self.outputs]
 
     def tolerance_for(self, precision: str) -> Tolerance:
         if precision == "fp16" and self.fp16 and self.tolerance_fp16 is not None:

@@ -8,7 +8,7 @@ features with ``Tensor.repeat`` and flattens ``timesteps[:, None].repeat(1, B)``
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 
 def build_clip_tokenizer(corpus: Iterable[str], out_dir, vocab_size: int = 1024, model_max_length: int = 77):

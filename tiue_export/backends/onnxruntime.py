@@ -8,12 +8,13 @@ split). :func:`graphs` gives a bundle's graphs as a :class:`~tiue_export.executo
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
 from ..errors import InputError, TiueError, first_line, require
+from ..executor import Runner
 
 log = logging.getLogger("tiue_export")
 
@@ -79,31 +80,24 @@ class SessionLoader:
             raise TiueError(f"ONNX Runtime cannot load {self.path.name}: {first_line(exc)}") from exc
 
 
-class OrtRunner:
+class OrtRunner(Runner):
     """Runs one graph: ``with OrtRunner(loader) as r: outputs = r.infer(feed)``."""
 
-    def __init__(self, loader: SessionLoader):
-        self.loader = loader
-        self.session = None
+    loader: SessionLoader
 
-    def __enter__(self) -> "OrtRunner":
-        if self.session is None:
-            self.session = self.loader()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.session = None  # drops ORT's buffers and (for GPU providers) device memory
+    @property
+    def session(self):
+        return self.handle
 
     @property
     def provider(self) -> str:
         """The provider that ONNX Runtime actually selected first for this session."""
-        return self.session.get_providers()[0] if self.session is not None else self.loader.providers[0]
+        return self.handle.get_providers()[0] if self.handle is not None else self.loader.providers[0]
 
     def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self.session is None:
-            raise RuntimeError("OrtRunner.infer outside its 'with' block")
-        names = [o.name for o in self.session.get_outputs()]
-        return dict(zip(names, self.session.run(names, dict(feed))))
+        session = self.loaded()
+        names = [o.name for o in session.get_outputs()]
+        return dict(zip(names, session.run(names, dict(feed))))
 
 
 def graphs(bundle, providers: Sequence[str] | None = None, threads: int = 0, low_memory: bool = False):

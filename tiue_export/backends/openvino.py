@@ -5,13 +5,13 @@ bf16 (AMX, AVX-512-BF16) and int8 (VNNI, AMX) units. ``OvLoader`` builds nothing
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 
 from ..errors import InputError, TiueError, first_line, require
-
+from ..executor import Runner
 
 #: ``--backend`` precision words -> OpenVINO's ``INFERENCE_PRECISION_HINT`` (None: the CPU's
 #: default, bf16 where the CPU has bf16 units, else f32).
@@ -69,39 +69,32 @@ class OvLoader:
             raise TiueError(f"OpenVINO cannot load {self.path.name}: {first_line(exc)}") from exc
 
 
-class OvRunner:
+class OvRunner(Runner):
     """Runs one graph on OpenVINO: ``with OvRunner(loader) as r: outputs = r.infer(feed)``."""
 
-    def __init__(self, loader: OvLoader):
-        self.loader = loader
-        self.compiled = None
-        self.request = None
-        self.names: list[str] = []
+    loader: OvLoader
+    request = None
 
-    def __enter__(self) -> "OvRunner":
-        if self.compiled is None:
-            self.compiled = self.loader()
-            self.request = self.compiled.create_infer_request()
-            self.names = [o.get_any_name() for o in self.compiled.outputs]
-        return self
+    def opened(self) -> None:
+        self.request = self.handle.create_infer_request()
+        self.names = [o.get_any_name() for o in self.handle.outputs]
 
     def __exit__(self, *exc) -> None:
         self.request = None
-        self.compiled = None
+        super().__exit__(*exc)
 
     @property
     def provider(self) -> str:
         """``OpenVINO CPU <precision>``: the precision the compiled model actually runs in."""
-        if self.compiled is None:
+        if self.handle is None:
             return f"OpenVINO CPU {self.loader.precision or 'default'}"
-        return f"OpenVINO CPU {_precision_word(self.compiled.get_property('INFERENCE_PRECISION_HINT'))}"
+        return f"OpenVINO CPU {_precision_word(self.handle.get_property('INFERENCE_PRECISION_HINT'))}"
 
     def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self.request is None:
-            raise RuntimeError("OvRunner.infer outside its 'with' block")
+        compiled = self.loaded()
         # share_outputs=False: the arrays are copies, not views the next call overwrites.
         result = self.request.infer(dict(feed), share_inputs=False, share_outputs=False)
-        return {name: np.asarray(result[port]) for name, port in zip(self.names, self.compiled.outputs)}
+        return {name: np.asarray(result[port]) for name, port in zip(self.names, compiled.outputs)}
 
 
 def graphs(bundle, precision: str | None = None, threads: int = 0, low_memory: bool = False):

@@ -8,13 +8,13 @@ computes time embeddings as diffusers does and divides by the VAE scale as the a
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..executor import GraphSet
+from ..executor import GraphSet, Runner
 from ..schedule import combine_one_pass
 from ..student import TiUEStudent
 
@@ -110,19 +110,14 @@ def graph_modules(pipe, baked: bool = True, student: TiUEStudent | None = None, 
     }
 
 
-class TorchRunner:
+class TorchRunner(Runner):
     """One graph module run on numpy feeds: inputs in spec order, float inputs cast to ``dtype``,
-    outputs back as float32 numpy arrays by name."""
+    outputs back as float32 numpy arrays by name. The module is already in memory: nothing to open."""
 
     def __init__(self, module: nn.Module, inputs: Sequence[str], outputs: Sequence[str], dtype: torch.dtype = torch.float32):
+        super().__init__()
         self.module, self.inputs, self.outputs, self.dtype = module, list(inputs), list(outputs), dtype
         self.provider = f"PyTorch CPU {str(dtype).replace('torch.', '')}"
-
-    def __enter__(self) -> "TorchRunner":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        pass
 
     def _tensor(self, x) -> torch.Tensor:
         t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))

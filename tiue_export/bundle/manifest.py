@@ -9,10 +9,10 @@ calibration report, ride along in ``extra``). Nothing here imports torch or touc
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Mapping
 
-from ..specs import BatchProfile, GraphSpec, TensorSpec, Tolerance
+from ..specs import BatchProfile, GraphSpec, NamedTensors, TensorSpec, Tolerance
 
 #: Bumped when a reader of the previous version would misread a new manifest.
 SCHEMA_VERSION = 2
@@ -66,7 +66,7 @@ class Variant:
 
 
 @dataclass(frozen=True)
-class Graph:
+class Graph(NamedTensors):
     """One ONNX graph of the bundle: its file and hash, its tensors, tolerance and variants."""
 
     name: str
@@ -84,20 +84,6 @@ class Graph:
     @property
     def spec(self) -> GraphSpec:
         return GraphSpec(self.name, self.inputs, self.outputs, self.opset, self.tolerance, self.description, self.precision == "fp16")
-
-    @property
-    def input_names(self) -> list[str]:
-        return [t.name for t in self.inputs]
-
-    @property
-    def output_names(self) -> list[str]:
-        return [t.name for t in self.outputs]
-
-    def tensor(self, name: str) -> TensorSpec:
-        for t in self.inputs + self.outputs:
-            if t.name == name:
-                return t
-        raise KeyError(f"{self.name} has no tensor {name!r}")
 
     def with_variant(self, variant: str) -> "Graph":
         """This graph with ``variant``'s file, hash, precision (and tolerance) in place of its own."""

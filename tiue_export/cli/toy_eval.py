@@ -46,8 +46,8 @@ def eval_cmd(model, sampler, guidance, backend, precision, n_prompts, seeds, spl
     toy attribute classifier, and compares classifier features with as many real renders of the
     same captions.
     """
-    from . import quiet_libraries
     from ..toy.evaluate import BACKENDS, EvalConfig, parse_splits
+    from . import quiet_libraries
 
     # Everything that can be checked without torch is checked before any model loads.
     config = EvalConfig(prompts=n_prompts, seeds=seeds, splits=parse_splits(split), batch_size=batch_size)

@@ -592,6 +592,48 @@ def teacher_pairs(tr: Trainer, prompts: list[str], teacher_dir: Path) -> tuple:
     return load_pairs(cfg.run_path, spec)
 
 
+def check_resume(cfg: DistillConfig, ckpts: list[Path], resume: bool) -> None:
+    """Refuse to overwrite an earlier run or its output, and to resume one with another recipe."""
+    run, out = cfg.run_path, Path(cfg.out)
+    if ckpts and not resume:
+        raise InputError(f"{run} holds checkpoints of an earlier run: pass --resume to continue it, or choose another --out")
+    if out.exists() and not resume:
+        raise InputError(f"--out {out} already exists: choose a new directory")
+    if resume and (run / CONFIG_FILE).exists():
+        recorded = json.loads((run / CONFIG_FILE).read_text())
+        if removed_options(recorded):
+            raise InputError(
+                f"{run} was trained with {', '.join(removed_options(recorded))}, which this version no longer has "
+                "(no measured gain; docs/distill.md): start a new run, or resume with the version that made it"
+            )
+        changed = DistillConfig.from_dict(recorded).differences(cfg)
+        if changed:
+            raise InputError(f"--resume with a different recipe ({', '.join(changed)}): use the original options")
+
+
+def step_record(cfg: DistillConfig, tr, accelerator, student_stats: dict, lora_stats: dict, step: int, epoch: int, seconds: float):
+    """The losses of one step, averaged over every process, and its log.jsonl record."""
+    stats = {**student_stats, **lora_stats}
+    if tr.pairs is None:
+        del stats["loss_reg"]
+    if not cfg.lambda_vsd:
+        del stats["loss_vsd"]
+    names = [n for n in LOGGED if n in stats]
+    losses = torch.stack([stats[n] for n in names]).float()
+    losses = dict(zip(names, accelerator.reduce(losses, reduction="mean").tolist()))
+    record = {
+        "step": step,
+        "epoch": epoch,
+        **losses,
+        "grad_norm": float(student_stats["grad_norm"]),
+        **({"grad_norm_lora": float(lora_stats["grad_norm_lora"])} if lora_stats else {}),
+        "ema_decay": float(tr.ema.cur_decay_value),
+        "lr": float(tr.opt.param_groups[0]["lr"]),
+        "seconds": seconds,
+    }
+    return losses, record
+
+
 def distill(cfg: DistillConfig, resume: bool = False) -> DistillResult:
     """Distil a teacher into a TiUE student (or the one-step VSD baseline).
 
@@ -613,20 +655,7 @@ def distill(cfg: DistillConfig, resume: bool = False) -> DistillResult:
         cfg = cfg.replace(regression_guidance=teacher_guidance(teacher_dir))
     run, out = cfg.run_path, Path(cfg.out)
     ckpts = checkpoint_dirs(run)
-    if ckpts and not resume:
-        raise InputError(f"{run} holds checkpoints of an earlier run: pass --resume to continue it, or choose another --out")
-    if out.exists() and not resume:
-        raise InputError(f"--out {out} already exists: choose a new directory")
-    if resume and (run / CONFIG_FILE).exists():
-        recorded = json.loads((run / CONFIG_FILE).read_text())
-        if removed_options(recorded):
-            raise InputError(
-                f"{run} was trained with {', '.join(removed_options(recorded))}, which this version no longer has "
-                "(no measured gain; docs/distill.md): start a new run, or resume with the version that made it"
-            )
-        changed = DistillConfig.from_dict(recorded).differences(cfg)
-        if changed:
-            raise InputError(f"--resume with a different recipe ({', '.join(changed)}): use the original options")
+    check_resume(cfg, ckpts, resume)
     prompts = load_prompts(cfg.prompts)
     accelerator = make_accelerator(cfg)
     main = accelerator.is_main_process
@@ -666,24 +695,7 @@ def distill(cfg: DistillConfig, resume: bool = False) -> DistillResult:
             lora_stats = tr.lora_update(z0, cond) if cfg.lambda_vsd else {}  # no VSD: the LoRA teacher is unused
             step += 1
 
-            stats = {**student_stats, **lora_stats}
-            if tr.pairs is None:
-                del stats["loss_reg"]
-            if not cfg.lambda_vsd:
-                del stats["loss_vsd"]
-            names = [n for n in LOGGED if n in stats]
-            losses = torch.stack([stats[n] for n in names]).float()
-            losses = dict(zip(names, accelerator.reduce(losses, reduction="mean").tolist()))
-            record = {
-                "step": step,
-                "epoch": epoch,
-                **losses,
-                "grad_norm": float(student_stats["grad_norm"]),
-                **({"grad_norm_lora": float(lora_stats["grad_norm_lora"])} if lora_stats else {}),
-                "ema_decay": float(tr.ema.cur_decay_value),
-                "lr": float(tr.opt.param_groups[0]["lr"]),
-                "seconds": time.perf_counter() - t0,
-            }
+            losses, record = step_record(cfg, tr, accelerator, student_stats, lora_stats, step, epoch, time.perf_counter() - t0)
             if main:
                 with (run / LOG_FILE).open("a") as f:
                     f.write(json.dumps(record) + "\n")

@@ -17,7 +17,7 @@ import logging
 import math
 import sys
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ import numpy as np
 from ..errors import InputError
 from ..io import atomic_path
 from ..schedule import SD21_SCHEDULER_CONFIG
+from ..tiny import write_model_index
 from . import domain
 
 log = logging.getLogger("tiue_export")
@@ -289,6 +290,37 @@ def _progress(total: int, initial: int, desc: str, enabled: bool):
 # ---------------------------------------------------------------------------------------------
 
 
+@dataclass
+class _Run:
+    """What the two training stages share: the work directory, the checkpoint, the data RNG, the step budget."""
+
+    config: TeacherConfig
+    work: Path
+    state: dict | None  # the checkpoint resumed from, or None
+    data_rng: np.random.Generator
+    budget: int | None  # optimisation steps left before an early stop (None: no limit)
+    progress: bool
+    elapsed_before: float
+    t_start: float = field(default_factory=time.perf_counter)
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.work / CHECKPOINT
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.t_start
+
+    def out_of_budget(self) -> bool:
+        return self.budget is not None and self.budget <= 0
+
+    def spend_step(self) -> None:
+        if self.budget is not None:
+            self.budget -= 1
+
+    def save(self, payload: dict) -> None:
+        _save_checkpoint(self.ckpt_path, {**payload, "rng": _rng_state(self.data_rng), "elapsed": self.elapsed()})
+
+
 def train_teacher(
     out_dir,
     config: TeacherConfig = TeacherConfig(),
@@ -317,6 +349,57 @@ def train_teacher(
 
     out_dir = Path(out_dir)
     work = Path(work_dir) if work_dir else out_dir.with_name(out_dir.name + ".train")
+    resuming = _check_resume(work, config, resume)
+
+    torch.manual_seed(config.seed)
+    if resuming:
+        from transformers import CLIPTokenizer
+
+        tokenizer = CLIPTokenizer.from_pretrained(work / "tokenizer")
+    else:
+        tokenizer = build_tokenizer(config, work / "tokenizer")
+    text_encoder, vae, unet = build_models(config, tokenizer)
+    state = torch.load(work / CHECKPOINT, weights_only=False) if resuming else None
+    run = _Run(config, work, state, np.random.default_rng([config.seed, 1]), stop_after, progress, state["elapsed"] if state else 0.0)
+
+    vae_step, vae_losses = _train_vae(run, vae)
+    if vae_step is None:
+        return None
+    vae.eval().requires_grad_(False)
+    if run.out_of_budget():
+        return None
+    pool = _latent_pool(run, vae)
+    vae.register_to_config(scaling_factor=float(pool["scaling_factor"]))
+    trained = _train_unet(run, tokenizer, text_encoder, vae, unet, pool, vae_step, vae_losses)
+    if trained is None:
+        return None
+    unet_losses, unet_segments = trained
+
+    provenance = {
+        "source": "tiue-export toy train-teacher",
+        "command": command or "tiue-export toy train-teacher",
+        "seed": config.seed,
+        "vae_steps": config.vae_steps,
+        "unet_steps": config.unet_steps,
+        # [from step, schedule length] of each cosine schedule: more than one entry means the
+        # run was extended with --resume --steps N at that step (a warm restart).
+        "unet_schedule_lengths": unet_segments,
+        "data": f"tiue_export.toy.domain, split 'train' ({len(domain.combos('train'))} captions); "
+        f"{config.latent_pool} encoded images for the UNet, fresh renders for the VAE",
+        "final_losses": {"vae": vae_losses, "unet": unet_losses},
+        "train_seconds": round(run.elapsed(), 1),
+        "guidance": config.guidance,
+        "torch_threads": config.threads,
+    }
+    export_pipeline(out_dir, work / "tokenizer", text_encoder, vae, unet, config, provenance)
+    log.info("wrote the toy teacher to %s (%.0f s of training)", out_dir, run.elapsed())
+    return out_dir
+
+
+def _check_resume(work: Path, config: TeacherConfig, resume: bool) -> bool:
+    """Refuse a clash with an earlier run, record the config; True when a checkpoint is resumed."""
+    import torch
+
     ckpt_path = work / CHECKPOINT
     if ckpt_path.exists() and not resume:
         raise InputError(f"{work} holds a checkpoint of an earlier run: pass --resume to continue it, or remove {work}")
@@ -337,32 +420,23 @@ def train_teacher(
             log.info("extending the UNet stage from %d to %d steps", saved.unet_steps, config.unet_steps)
             with atomic_path(cfg_file) as tmp:
                 tmp.write_text(json.dumps(config.to_dict(), indent=2))
-    else:
-        if resume:
-            log.info("no checkpoint in %s: starting from scratch", work)
-        with atomic_path(cfg_file) as tmp:
-            tmp.write_text(json.dumps(config.to_dict(), indent=2))
+        return True
+    if resume:
+        log.info("no checkpoint in %s: starting from scratch", work)
+    with atomic_path(cfg_file) as tmp:
+        tmp.write_text(json.dumps(config.to_dict(), indent=2))
+    return False
 
-    torch.manual_seed(config.seed)
-    if resume and ckpt_path.exists():
-        from transformers import CLIPTokenizer
 
-        tokenizer = CLIPTokenizer.from_pretrained(work / "tokenizer")
-    else:
-        tokenizer = build_tokenizer(config, work / "tokenizer")
-    text_encoder, vae, unet = build_models(config, tokenizer)
-    data_rng = np.random.default_rng([config.seed, 1])
-    state = torch.load(ckpt_path, weights_only=False) if (resume and ckpt_path.exists()) else None
-    budget = [stop_after]  # optimisation steps left before an early stop (None: no limit)
-    t_start = time.perf_counter()
-    elapsed_before = state["elapsed"] if state else 0.0
+def _train_vae(run: _Run, vae) -> tuple[int | None, dict]:
+    """Stage (a): the VAE on fresh renders (crops first, then whole images).
 
-    def elapsed() -> float:
-        return elapsed_before + time.perf_counter() - t_start
-
-    # (a) VAE --------------------------------------------------------------------------------
+    Returns (steps done, smoothed losses); steps is None when the budget stopped the run.
+    """
+    import torch
     from diffusers.optimization import get_cosine_schedule_with_warmup
 
+    config, state, data_rng = run.config, run.state, run.data_rng
     vae_opt = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
     vae_sched = get_cosine_schedule_with_warmup(vae_opt, config.vae_warmup, max(config.vae_steps, 1))
     vae_step, vae_losses = 0, {}
@@ -376,67 +450,74 @@ def train_teacher(
         vae_losses = state.get("vae_losses", {})
 
     def save_vae():
-        _save_checkpoint(
-            ckpt_path,
+        run.save(
             {"stage": "vae", "vae_step": vae_step, "vae": vae.state_dict(), "vae_opt": vae_opt.state_dict(),
-             "vae_sched": vae_sched.state_dict(),
-             "rng": _rng_state(data_rng), "vae_losses": vae_losses, "elapsed": elapsed()},
+             "vae_sched": vae_sched.state_dict(), "vae_losses": vae_losses}
         )
 
+    if vae_step >= config.vae_steps:
+        return vae_step, vae_losses
     train_combos = domain.combos("train")
-    if vae_step < config.vae_steps:
-        vae.train()
-        bar = _progress(config.vae_steps, vae_step, "vae", progress)
-        smooth = None
-        while vae_step < config.vae_steps:
-            if budget[0] is not None and budget[0] <= 0:
-                save_vae()
-                bar.close()
-                return None
-            if vae_step < config.vae_crop_steps:
-                batch = [train_combos[i] for i in data_rng.integers(0, len(train_combos), config.vae_batch)]
-                images = [object_crop(*domain.render_with_box(a, data_rng, config.resolution), config.vae_crop, data_rng) for a in batch]
-            else:
-                batch = [train_combos[i] for i in data_rng.integers(0, len(train_combos), config.vae_full_batch)]
-                images = [domain.render(a, data_rng, config.resolution) for a in batch]
-            x = images_to_tensor(np.stack(images))
-            post = vae.encode(x).latent_dist
-            recon = vae.decode(post.sample()).sample
-            loss = vae_loss(recon, x, post.kl(), config.vae_kl_weight)
-            vae_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            vae_opt.step()
-            vae_sched.step()
-            vae_step += 1
-            if budget[0] is not None:
-                budget[0] -= 1
-            smooth = loss.item() if smooth is None else 0.98 * smooth + 0.02 * loss.item()
-            psnr = 10 * math.log10(4.0 / max(smooth, 1e-12))
-            bar.set_postfix(loss=f"{smooth:.5f}", psnr=f"{psnr:.1f}dB", refresh=False)
-            bar.update(1)
-            if vae_step % config.checkpoint_every == 0 or vae_step == config.vae_steps:
-                vae_losses = {"mse_smoothed": smooth, "psnr_db": psnr}
-                log.info("vae step %d/%d: loss %.5f (PSNR %.1f dB)", vae_step, config.vae_steps, smooth, psnr)
-                save_vae()
-        bar.close()
-    vae.eval().requires_grad_(False)
-    if budget[0] is not None and budget[0] <= 0:
-        return None
+    vae.train()
+    bar = _progress(config.vae_steps, vae_step, "vae", run.progress)
+    smooth = None
+    while vae_step < config.vae_steps:
+        if run.out_of_budget():
+            save_vae()
+            bar.close()
+            return None, vae_losses
+        if vae_step < config.vae_crop_steps:
+            batch = [train_combos[i] for i in data_rng.integers(0, len(train_combos), config.vae_batch)]
+            images = [object_crop(*domain.render_with_box(a, data_rng, config.resolution), config.vae_crop, data_rng) for a in batch]
+        else:
+            batch = [train_combos[i] for i in data_rng.integers(0, len(train_combos), config.vae_full_batch)]
+            images = [domain.render(a, data_rng, config.resolution) for a in batch]
+        x = images_to_tensor(np.stack(images))
+        post = vae.encode(x).latent_dist
+        recon = vae.decode(post.sample()).sample
+        loss = vae_loss(recon, x, post.kl(), config.vae_kl_weight)
+        vae_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        vae_opt.step()
+        vae_sched.step()
+        vae_step += 1
+        run.spend_step()
+        smooth = loss.item() if smooth is None else 0.98 * smooth + 0.02 * loss.item()
+        psnr = 10 * math.log10(4.0 / max(smooth, 1e-12))
+        bar.set_postfix(loss=f"{smooth:.5f}", psnr=f"{psnr:.1f}dB", refresh=False)
+        bar.update(1)
+        if vae_step % config.checkpoint_every == 0 or vae_step == config.vae_steps:
+            vae_losses = {"mse_smoothed": smooth, "psnr_db": psnr}
+            log.info("vae step %d/%d: loss %.5f (PSNR %.1f dB)", vae_step, config.vae_steps, smooth, psnr)
+            save_vae()
+    bar.close()
+    return vae_step, vae_losses
 
-    # The latent pool: rendered and encoded once with the frozen VAE; sets SD's scaling_factor.
-    pool_path = work / LATENTS
-    if pool_path.exists() and state is not None and state["stage"] == "unet":
-        pool = torch.load(pool_path, weights_only=False)
-    else:
-        pool = encode_latent_pool(vae, config, progress)
-        with atomic_path(pool_path) as tmp:
-            torch.save(pool, tmp)
-    vae.register_to_config(scaling_factor=float(pool["scaling_factor"]))
 
-    # (b) UNet + text encoder ------------------------------------------------------------------
+def _latent_pool(run: _Run, vae) -> dict:
+    """The latent pool: rendered and encoded once with the frozen VAE; sets SD's scaling_factor."""
+    import torch
+
+    pool_path = run.work / LATENTS
+    if pool_path.exists() and run.state is not None and run.state["stage"] == "unet":
+        return torch.load(pool_path, weights_only=False)
+    pool = encode_latent_pool(vae, run.config, run.progress)
+    with atomic_path(pool_path) as tmp:
+        torch.save(pool, tmp)
+    return pool
+
+
+def _train_unet(run: _Run, tokenizer, text_encoder, vae, unet, pool, vae_step, vae_losses) -> tuple[dict, list] | None:
+    """Stage (b): the UNet and text encoder, jointly, on the latent pool; the EMA weights are copied in.
+
+    Returns (smoothed losses, schedule segments), or None when the budget stopped the run.
+    """
+    import torch
     from diffusers import DDIMScheduler
+    from diffusers.optimization import get_cosine_schedule_with_warmup
     from diffusers.training_utils import EMAModel, compute_snr
 
+    config, state, data_rng = run.config, run.state, run.data_rng
     noise_scheduler = DDIMScheduler.from_config(SD21_SCHEDULER_CONFIG)
     # The UNet stage draws from its own seed: it depends on the VAE's weights, not on how many
     # random numbers the VAE stage used, so it can be rerun alone on a finished VAE.
@@ -465,21 +546,19 @@ def train_teacher(
         unet_segments.append([unet_step, config.unet_steps])
 
     def save_unet():
-        _save_checkpoint(
-            ckpt_path,
+        run.save(
             {"stage": "unet", "vae_step": vae_step, "unet_step": unet_step, "vae": vae.state_dict(),
              "unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(), "opt": opt.state_dict(),
-             "lr_sched": lr_sched.state_dict(), "ema": ema.state_dict(), "rng": _rng_state(data_rng),
-             "vae_losses": vae_losses, "unet_losses": unet_losses, "unet_segments": unet_segments,
-             "elapsed": elapsed()},
+             "lr_sched": lr_sched.state_dict(), "ema": ema.state_dict(),
+             "vae_losses": vae_losses, "unet_losses": unet_losses, "unet_segments": unet_segments}
         )
 
     unet.train()
     text_encoder.train()
-    bar = _progress(config.unet_steps, unet_step, "unet", progress)
+    bar = _progress(config.unet_steps, unet_step, "unet", run.progress)
     smooth = None
     while unet_step < config.unet_steps:
-        if budget[0] is not None and budget[0] <= 0:
+        if run.out_of_budget():
             save_unet()
             bar.close()
             return None
@@ -501,38 +580,17 @@ def train_teacher(
         lr_sched.step()
         ema.step(params)
         unet_step += 1
-        if budget[0] is not None:
-            budget[0] -= 1
+        run.spend_step()
         smooth = loss.item() if smooth is None else 0.99 * smooth + 0.01 * loss.item()
         bar.set_postfix(loss=f"{smooth:.4f}", lr=f"{lr_sched.get_last_lr()[0]:.1e}", refresh=False)
         bar.update(1)
         if unet_step % config.checkpoint_every == 0 or unet_step == config.unet_steps:
             unet_losses = {"eps_loss_smoothed": smooth}
-            log.info("unet step %d/%d: loss %.4f (%.0f s)", unet_step, config.unet_steps, smooth, elapsed())
+            log.info("unet step %d/%d: loss %.4f (%.0f s)", unet_step, config.unet_steps, smooth, run.elapsed())
             save_unet()
     bar.close()
-
-    # Export the EMA weights as a diffusers pipeline directory ----------------------------------
     ema.copy_to(params)
-    provenance = {
-        "source": "tiue-export toy train-teacher",
-        "command": command or "tiue-export toy train-teacher",
-        "seed": config.seed,
-        "vae_steps": config.vae_steps,
-        "unet_steps": config.unet_steps,
-        # [from step, schedule length] of each cosine schedule: more than one entry means the
-        # run was extended with --resume --steps N at that step (a warm restart).
-        "unet_schedule_lengths": unet_segments,
-        "data": f"tiue_export.toy.domain, split 'train' ({len(domain.combos('train'))} captions); "
-        f"{config.latent_pool} encoded images for the UNet, fresh renders for the VAE",
-        "final_losses": {"vae": vae_losses, "unet": unet_losses},
-        "train_seconds": round(elapsed(), 1),
-        "guidance": config.guidance,
-        "torch_threads": config.threads,
-    }
-    export_pipeline(out_dir, work / "tokenizer", text_encoder, vae, unet, config, provenance)
-    log.info("wrote the toy teacher to %s (%.0f s of training)", out_dir, elapsed())
-    return out_dir
+    return unet_losses, unet_segments
 
 
 def encode_latent_pool(vae, config: TeacherConfig, progress: bool = True, batch: int = 64) -> dict:
@@ -579,19 +637,7 @@ def export_pipeline(out_dir: Path, tokenizer_dir: Path, text_encoder, vae, unet,
         unet.save_pretrained(tmp / "unet", safe_serialization=True)
         (tmp / "scheduler").mkdir()
         (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(SD21_SCHEDULER_CONFIG, indent=2))
-        (tmp / "model_index.json").write_text(
-            json.dumps(
-                {
-                    "_class_name": "StableDiffusionPipeline",
-                    "tokenizer": ["transformers", "CLIPTokenizer"],
-                    "text_encoder": ["transformers", "CLIPTextModel"],
-                    "vae": ["diffusers", "AutoencoderKL"],
-                    "unet": ["diffusers", "UNet2DConditionModel"],
-                    "scheduler": ["diffusers", "DDIMScheduler"],
-                },
-                indent=2,
-            )
-        )
+        write_model_index(tmp)
         (tmp / "tiue.json").write_text(json.dumps({"kind": "teacher", "k": 4, "provenance": provenance}, indent=2))
         (tmp / CONFIG_JSON).write_text(json.dumps(config.to_dict(), indent=2))
     return out_dir

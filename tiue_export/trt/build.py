@@ -21,8 +21,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import InputError, TiueError
 from ..bundle import Bundle, publish, sha256_file
+from ..errors import InputError, TiueError
 from ..specs import BatchProfile, GraphSpec
 from .checks import GpuInfo, require_tensorrt_gpu
 

@@ -7,8 +7,8 @@ checks compare the manifest's record with this machine first and say what to do 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from ..errors import MissingDependency, ModelError, TiueError
 

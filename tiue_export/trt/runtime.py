@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import ctypes
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..errors import InputError, ModelError, TiueError
 from ..bundle import Bundle
+from ..errors import InputError, ModelError, TiueError
 from ..executor import GraphSet
 from ..runtime.pipeline import BundleTokenizer, Pipeline, RuntimeResult
 from ..specs import GraphSpec, TensorSpec
