@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from .schedule import combine_one_pass, ddim_step_coefficients
+from .schedule import ddim_step_coefficients
 
 
 def initial_noise(seeds: Sequence[int], shape: Sequence[int]) -> np.ndarray:
@@ -19,17 +19,6 @@ def initial_noise(seeds: Sequence[int], shape: Sequence[int]) -> np.ndarray:
     every backend (PyTorch, ONNX Runtime, TensorRT, C++ given this array) starts from the same z_T.
     """
     return np.stack([np.random.default_rng(int(s)).standard_normal(tuple(shape), dtype=np.float32) for s in seeds])
-
-
-def sample_one_pass(noise, cond, encode: Callable, decode: Callable, S: float, E: Sequence[float]):
-    """The loop-free TiUE sampler: encoder once, K-batched decoder once, then paper Eq. 11.
-
-    Returns:
-        ``(z0, eps)``: the final latent and the K x B noise predictions.
-    """
-    features = encode(noise, cond)
-    eps = decode(features, cond)
-    return combine_one_pass(noise, eps, S, E), eps
 
 
 def sample_ddim(
