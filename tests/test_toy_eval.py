@@ -77,6 +77,8 @@ def test_real_renders_score_like_real_images(classifier):
     res = evaluate(lambda p, s: real_images(p, seed=99, resolution=64), cfg, classifier)
     s = res.report["splits"]["train"]
     assert s["images"] == 9 and s["prompt_accuracy"] >= 8 / 9
+    assert s["strict_accuracy"] == 1.0 and not any(s["defect_rates"].values())
+    assert res.reasons["train"] == ["ok"] * 9 and res.right["train"].all()
     assert s["precision"] > 0.5 and s["coverage"] > 0.5
     assert s["reference"]["prompt_accuracy"] == 1.0 and s["reference"]["fd"] > 0.0
     gray = evaluate(lambda p, s: np.full((len(p), 32, 32, 3), 128, np.uint8), cfg, classifier)
@@ -84,6 +86,8 @@ def test_real_renders_score_like_real_images(classifier):
     assert g["fd"] > 10 * max(s["fd"], 1e-3)
     # Identical fakes have k-NN radius 0 (mode collapse): no real point is recalled.
     assert g["recall"] == 0.0 and g["prompt_accuracy"] < s["prompt_accuracy"]
+    # No object on a plain background: the strict judge says so for every image.
+    assert g["strict_accuracy"] == 0.0 and g["defect_rates"]["no object"] == 1.0
 
 
 def test_bad_sampler_output_is_input_error():

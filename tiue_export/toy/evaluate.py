@@ -110,28 +110,40 @@ def _finite(x: float) -> float | None:
 def score_split(classifier, prompts: Sequence[str], fake: np.ndarray, real: np.ndarray, k: int = NEAREST_K) -> dict:
     """Accuracy of ``fake`` against the attributes its prompts state, and FD/PRDC against ``real``."""
     from .classifier import score
+    from .judge import DEFECTS, judge_images
 
     attrs = [domain.parse_caption(p) for p in prompts]
     targets = classifier.targets(attrs)
     fp, rp = classifier.predict(fake), classifier.predict(real)
     acc = score(fp.labels, targets)
-    right = np.logical_and.reduce([fp.labels[n] == targets[n] for n in targets])
-    by_prompt: dict[str, list[bool]] = {}
-    for p, r in zip(prompts, right):
-        by_prompt.setdefault(p, []).append(bool(r))
     n = len(prompts)
     if n > k:
         pr = prdc(rp.features, fp.features, k).to_dict()
     else:  # too few points for k-NN balls: reported as null
         pr = dict.fromkeys(("precision", "recall", "density", "coverage"))
+    verdicts = judge_images(fake, attrs)
+    strict = np.asarray([v.right for v in verdicts])
+    reasons = [v.reason for v in verdicts]
+    by_prompt: dict[str, list[bool]] = {}
+    for p, r in zip(prompts, strict):
+        by_prompt.setdefault(p, []).append(bool(r))
     return {
         "images": n,
+        # the strict judge (toy/judge.py): one clean object, recognisable, every attribute right
+        "strict_accuracy": float(strict.mean()) if n else None,
+        "strict_attribute_accuracy": {
+            a: float(np.mean([getattr(v.measured, a) == getattr(t, a) for v, t in zip(verdicts, attrs)])) if n else None
+            for a in domain.ATTRIBUTES
+        },
+        "defect_rates": {d: (sum(d in v.wrong for v in verdicts) / n if n else None) for d in DEFECTS},
+        # the forced-choice classifier, as reported before the strict judge (kept for history)
         "prompt_accuracy": acc["all"],
         "attribute_accuracy": acc["per_attribute"],
         "fd": _finite(frechet_distance(rp.features, fp.features)) if n >= 2 else None,
         **pr,
         "per_prompt": {p: sum(v) / len(v) for p, v in by_prompt.items()},
-        "_right": right,  # per-image verdicts for the grid; removed from the JSON report
+        "_right": strict,  # per-image strict verdicts and why, for the grid; removed from the JSON report
+        "_reasons": reasons,
     }
 
 
@@ -143,6 +155,7 @@ class EvalResult:
     images: dict[str, np.ndarray] = field(default_factory=dict)
     prompts: dict[str, list[str]] = field(default_factory=dict)
     right: dict[str, np.ndarray] = field(default_factory=dict)
+    reasons: dict[str, list[str]] = field(default_factory=dict)
 
 
 def evaluate(sample_fn: SampleFn, config: EvalConfig = EvalConfig(), classifier=None, info: dict | None = None) -> EvalResult:
@@ -173,12 +186,12 @@ def evaluate(sample_fn: SampleFn, config: EvalConfig = EvalConfig(), classifier=
         res = classifier.config.resolution
         real = real_images(prompts, config.real_seed + SPLITS.index(split), res)
         scores = score_split(classifier, prompts, fake, real, config.nearest_k)
-        result.right[split] = scores.pop("_right")
+        result.right[split], result.reasons[split] = scores.pop("_right"), scores.pop("_reasons")
         # A second, independent set of real renders scored the same way: what a perfect model
         # gets at these counts (FD is biased upwards and PRDC is noisy when sets are small).
         other = real_images(prompts, config.real_seed + REFERENCE_SEED_OFFSET + SPLITS.index(split), res)
         reference = score_split(classifier, prompts, other, real, config.nearest_k)
-        scores["reference"] = {k: v for k, v in reference.items() if k not in ("_right", "per_prompt")}
+        scores["reference"] = {k: v for k, v in reference.items() if k not in ("_right", "_reasons", "per_prompt")}
         result.images[split], result.prompts[split] = fake, prompts
         splits[split] = scores
     result.report = {
@@ -288,7 +301,8 @@ def write_report(path: str | Path, report: dict) -> Path:
 def image_grid(result: EvalResult, seeds: int, cell: int = 96, label_width: int = 220) -> np.ndarray:
     """One row per prompt (all splits, in order), ``seeds`` images per row, caption at the left.
 
-    Each image has a green frame if the classifier finds every stated attribute, else red.
+    Each image has a green frame if the strict judge passes it, else red, with why under it
+    (the failed attributes and defects: ``shape``, ``stained``, ``objects``, ``shapeless`` ...).
     """
     from PIL import Image, ImageDraw
 
@@ -304,6 +318,10 @@ def image_grid(result: EvalResult, seeds: int, cell: int = 96, label_width: int 
             ok = bool(result.right[split][j])
             draw.rectangle([x - 3, y - 3, x + cell + 2, y + cell + 2], fill=(40, 170, 60) if ok else (210, 40, 40))
             grid.paste(Image.fromarray(im).resize((cell, cell), Image.NEAREST), (x, y))
+            if not ok and result.reasons.get(split):
+                why = result.reasons[split][j]
+                draw.rectangle([x, y + cell - 12, x + cell - 1, y + cell - 1], fill=(255, 255, 255))
+                draw.text((x + 2, y + cell - 12), why[: cell // 6], fill=(210, 40, 40))
         for i, p in enumerate(dict.fromkeys(result.prompts[split])):
             y = pad + (r + i) * (cell + pad) + cell // 2 - 12
             words = p.split(" on ")
@@ -321,7 +339,7 @@ def write_grid(path: str | Path, result: EvalResult, seeds: int, metadata: dict 
 def summary_table(report: dict) -> str:
     """A fixed-width table of the headline numbers, one line per split."""
     attrs = domain.ATTRIBUTES
-    head = f"{'split':<8} {'images':>6} {'prompt':>7} " + " ".join(f"{a[:5]:>6}" for a in attrs)
+    head = f"{'split':<8} {'images':>6} {'strict':>7} {'prompt':>7} " + " ".join(f"{a[:5]:>6}" for a in attrs)
     head += f" {'FD':>8} {'prec':>5} {'rec':>5} {'dens':>5} {'cov':>5}"
     lines = [head]
 
@@ -332,9 +350,14 @@ def summary_table(report: dict) -> str:
         for name, row in ((split, s), ("  real", s.get("reference"))):
             if row is None:
                 continue
-            line = f"{name:<8} {row['images']:>6} {f(row['prompt_accuracy'], 7, 3)} "
+            line = f"{name:<8} {row['images']:>6} {f(row['strict_accuracy'], 7, 3)} {f(row['prompt_accuracy'], 7, 3)} "
             line += " ".join(f(row["attribute_accuracy"][a], 6, 3) for a in attrs)
             line += f" {f(row['fd'], 8, 3)} " + " ".join(f(row[m], 5, 2) for m in ("precision", "recall", "density", "coverage"))
             lines.append(line)
-    lines.append("(real: independent real renders of the same prompts, scored the same way: a perfect model's numbers)")
+    for split, s in report["splits"].items():
+        rates = ", ".join(f"{d} {r:.0%}" for d, r in s["defect_rates"].items() if r)
+        lines.append(f"{split}: defects {rates or 'none'}")
+    lines.append("(strict: the judge's one clean, recognisable object with every attribute right; prompt and the")
+    lines.append(" attribute columns: the forced-choice classifier, as reported before; real: independent real")
+    lines.append(" renders of the same prompts, scored the same way: a perfect model's numbers)")
     return "\n".join(lines)
