@@ -135,6 +135,11 @@ def test_compare_failure_is_falsy_and_says_the_tolerance_it_needed():
     assert r.needed["atol"] == pytest.approx(0.01, rel=1e-5)
     text = str(r)
     assert "eps: FAIL" in text and "1 of 16 elements outside atol=0.001" in text and "would need atol>=0.01" in text
+    # Every element within atol/rtol but the direction off: the hint names the cosine only.
+    loose = Tolerance(atol=10.0, rtol=0.0, min_cosine=0.99999)
+    r = compare_arrays(np.ones(8, np.float32), np.linspace(0.5, 1.5, 8, dtype=np.float32), loose, name="z0")
+    assert not r and r.hint() == f"would need min_cosine<={r.cosine:.7f}"
+    assert "atol>=" not in str(r) and "inf" not in str(r)
 
 
 def test_compare_shape_mismatch_and_nan_always_fail():

@@ -302,13 +302,8 @@ def table(reports: Sequence[BackendReport]) -> str:
 
 
 def _failure(x) -> str:
-    need = x.needed
-    if not need:
-        return f"{x.name}: {x.reason}"
-    return (
-        f"{x.name}: {x.reason} (would need atol>={need['atol']:.3g} or rtol>={need['rtol']:.3g}, "
-        f"min_cosine<={need['min_cosine']:.7f})"
-    )
+    hint = x.hint()
+    return f"{x.name}: {x.reason} ({hint})" if hint else f"{x.name}: {x.reason}"
 
 
 def write_json(reports: Sequence[BackendReport], cfg: CheckConfig, path: Path, coefficients: Comparison | None = None) -> None:

@@ -33,6 +33,17 @@ class Result:
     inf: int = 0
     tolerance: dict | None = None
     needed: dict = field(default_factory=dict)  # the tolerance that would have passed
+
+    def hint(self) -> str:
+        """What tolerance would have passed, naming only the bounds that failed."""
+        n, parts = self.needed, []
+        if not n:
+            return ""
+        if n.get("elements_over"):
+            parts.append(f"atol>={n['atol']:.3g} or rtol>={n['rtol']:.3g}")
+        if n.get("cosine_low"):
+            parts.append(f"min_cosine<={n['min_cosine']:.7f}")
+        return f"would need {', '.join(parts)}" if parts else ""
     reason: str = ""
 
     def __bool__(self) -> bool:
@@ -47,8 +58,7 @@ class Result:
         if self.nan or self.inf:
             head += f" nan={self.nan} inf={self.inf}"
         if not self.ok:
-            n = self.needed
-            head += f" ({self.reason}; would need atol>={n.get('atol', 0):.3g} or rtol>={n.get('rtol', 0):.3g}, min_cosine<={n.get('min_cosine', 0):.7f})"
+            head += f" ({self.reason}{'; ' + self.hint() if self.hint() else ''})"
         return head
 
     def to_dict(self) -> dict:
@@ -125,9 +135,11 @@ def compare_arrays(
         absr = np.abs(rf)
         over = diff > tol.atol + tol.rtol * absr
         result.needed = {
-            "atol": float(np.max(diff - tol.rtol * absr)) if diff.size else 0.0,
-            "rtol": float(np.max((diff - tol.atol) / np.maximum(absr, 1e-30))) if diff.size else 0.0,
+            "atol": max(float(np.max(diff - tol.rtol * absr)), 0.0) if diff.size else 0.0,
+            "rtol": max(float(np.max((diff - tol.atol) / np.maximum(absr, 1e-30))), 0.0) if diff.size else 0.0,
             "min_cosine": cosine,
+            "elements_over": bool(over.any()),
+            "cosine_low": bool(cosine < tol.min_cosine),
         }
         if over.any():
             reasons.append(f"{int(over.sum())} of {over.size} elements outside atol={tol.atol:g} rtol={tol.rtol:g}")
