@@ -19,8 +19,9 @@ def bundle(tiny_models, tmp_path_factory):
     return tiny_bundle(tiny_models, tmp_path_factory, "sd21")
 
 
-def test_check_passes_on_a_good_bundle(bundle, tmp_path, capsys):
-    code, out, err = run(["check", str(bundle), "--json", str(tmp_path / "c.json"), "--image", str(tmp_path / "c.png")], capsys)
+def test_check_passes_on_a_good_bundle(bundle, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(["check", str(bundle), "--json", str(tmp_path / "c.json")], capsys)
     assert code == 0, out + err
     assert "check passed: torch, onnxruntime" in out
     data = json.loads((tmp_path / "c.json").read_text())
@@ -30,7 +31,8 @@ def test_check_passes_on_a_good_bundle(bundle, tmp_path, capsys):
     assert set(graphs) == {"tokenizer", "text_encoder", "unet_encoder", "unet_decoder", "unet_decoder_fused", "vae_decoder"}
     assert graphs["unet_decoder"]["outputs"]["eps"]["cosine"] > 0.99999
     assert ort["end_to_end"]["outputs"]["images_uint8"]["psnr"] is None or ort["end_to_end"]["outputs"]["images_uint8"]["psnr"] >= 40
-    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"  # the image goes beside --json
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.json", "c.png"]  # nothing in the working directory
 
 
 def test_check_fails_on_a_corrupted_graph(bundle, tmp_path, capsys):

@@ -23,7 +23,13 @@ import click
     "(auto: PyTorch where torch and the model are here).",
 )
 @click.option("--json", "json_path", type=click.Path(), default=None, help="Write the results as JSON.")
-@click.option("--image", "image_path", type=click.Path(), default="check.png", show_default=True, help="PNG of reference vs backend images and their differences.")
+@click.option(
+    "--image",
+    "image_path",
+    type=click.Path(),
+    default=None,
+    help="PNG of reference vs backend images and their differences [default: beside --json, as FILE.png; none without --json].",
+)
 def check(bundle, backends, prompts, seed, model, reference, json_path, image_path):
     """Compare every backend with the PyTorch reference, per graph and end to end.
 
@@ -47,9 +53,10 @@ def check(bundle, backends, prompts, seed, model, reference, json_path, image_pa
     if json_path:
         write_json(reports, cfg, Path(json_path), ref.get("coefficients"))
         click.echo(f"wrote {json_path}")
-    image = Path(image_path)
-    write_image_grid(reports, ref, ref["prompts"], image)
-    click.echo(f"wrote {image}")
+    image = Path(image_path) if image_path else (Path(json_path).with_suffix(".png") if json_path else None)
+    if image is not None:
+        write_image_grid(reports, ref, ref["prompts"], image)
+        click.echo(f"wrote {image}")
     checked = [r for r in reports if r.available]
     failed = [r.backend for r in checked if not r.ok]
     if failed or not checked:
