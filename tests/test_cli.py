@@ -74,10 +74,15 @@ def test_missing_builtin_model_is_one_line(tmp_path, capsys, monkeypatch):
         (["--sampler", "euler"], "error: unknown sampler 'euler'"),
         (["--height", "17"], "error: height 17 is not possible for this model"),
         (["--prompts-file", "/nonexistent.txt"], "error: no such prompts file"),
+        (["--prompts-file", "TMP/latin1.txt"], "latin1.txt is not UTF-8 text (byte 5: b'\\xe9')"),
+        (["--prompts-file", "TMP/a-dir"], "a-dir is a directory, not a file"),
         (["--num-images", "2", "--out", "x.png"], "names one file but 2 images were asked for"),
     ],
 )
 def test_infer_bad_input_is_one_line(tiny_sd21, tmp_path, capsys, extra, message):
+    (tmp_path / "latin1.txt").write_bytes(b"a caf\xe9\n")
+    (tmp_path / "a-dir").mkdir()
+    extra = [str(tmp_path / x[4:]) if x.startswith("TMP/") else x for x in extra]
     argv = ["infer", "--prompt", "a cat", "--model", str(tiny_sd21), "--out", str(tmp_path / "o")] + extra
     code, out, err = run(argv, capsys)
     assert code == 2

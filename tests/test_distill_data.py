@@ -57,11 +57,18 @@ def test_parquet(tmp_path):
         ("p.jsonl", '["a cat"]\n', "p.jsonl:1: expected a JSON object"),
         ("p.csv", "id,url\n1,x\n", "no caption column"),
         ("p.csv", "caption\n\n", "no prompts found"),
+        ("p.txt", b"a cat\n\xff\xfe\n", "is not UTF-8 text (byte 6"),
+        ("p.csv", b"caption\n\xe9t\xe9\n", "is not UTF-8 text"),
+        ("dir.txt", "DIR", "is a directory, not a file"),
     ],
 )
 def test_prompt_file_errors(tmp_path, name, content, message):
     p = tmp_path / name
-    if content is not None:
+    if content == "DIR":
+        p.mkdir()
+    elif isinstance(content, bytes):
+        p.write_bytes(content)
+    elif content is not None:
         p.write_text(content)
     with pytest.raises(InputError) as exc:
         load_prompts(p)

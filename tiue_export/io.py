@@ -32,6 +32,32 @@ def atomic_path(path: str | os.PathLike, suffix: str = ""):
         shutil.rmtree(tmp.parent, ignore_errors=True)
 
 
+def require_file(path: str | os.PathLike, what: str = "file") -> Path:
+    """``path``, or a one-line :class:`InputError` when it is missing or a directory."""
+    from .errors import InputError
+
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{what} {path} is a directory, not a file")
+    if not path.is_file():
+        raise InputError(f"no such {what}: {path}")
+    return path
+
+
+def read_text(path: str | os.PathLike, what: str = "file") -> str:
+    """A UTF-8 text file's contents; a one-line :class:`InputError` when it is missing, a
+    directory, unreadable or not UTF-8."""
+    from .errors import InputError
+
+    path = require_file(path, what)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{what} {path} is not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r})") from exc
+    except OSError as exc:
+        raise InputError(f"cannot read {what} {path}: {exc.strerror}") from exc
+
+
 def write_json(path: str | os.PathLike, data) -> None:
     """Write ``data`` as indented JSON, atomically."""
     with atomic_path(path) as tmp:

@@ -106,10 +106,10 @@ def default_prompts_file(manifest) -> Path:
 
 def read_prompt_file(path: Path) -> list[str]:
     """Non-empty lines, ``#`` comments skipped."""
+    from .io import read_text
+
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"no such prompts file: {path}")
-    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    lines = [ln.strip() for ln in read_text(path, "prompts file").splitlines()]
     prompts = [ln for ln in lines if ln and not ln.startswith("#")]
     if not prompts:
         raise InputError(f"{path} holds no prompts")

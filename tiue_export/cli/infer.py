@@ -18,10 +18,9 @@ log = logging.getLogger("tiue_export")
 def read_prompts(prompts: tuple[str, ...], prompts_file: str | None) -> list[str]:
     out = list(prompts)
     if prompts_file:
-        path = Path(prompts_file)
-        if not path.is_file():
-            raise InputError(f"no such prompts file: {path}")
-        out += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        from ..io import read_text
+
+        out += [line.strip() for line in read_text(prompts_file, "prompts file").splitlines() if line.strip()]
     if not out:
         raise InputError("no prompt given: use --prompt TEXT or --prompts-file FILE")
     return out

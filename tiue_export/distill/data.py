@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
 from ..errors import InputError, require
+from ..io import read_text, require_file
 
 #: Keys (JSONL) or columns (CSV, Parquet) that hold the prompt, in order of preference.
 CAPTION_KEYS = ("caption", "prompt", "text")
@@ -25,27 +27,25 @@ def _pick_key(keys, path: Path) -> str:
     raise InputError(f"{path}: no caption column: expected one of {', '.join(CAPTION_KEYS)}, found {', '.join(map(str, keys)) or 'none'}")
 
 
-def _read_jsonl(path: Path) -> list[str]:
+def _read_jsonl(path: Path, text: str) -> list[str]:
     out = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError as exc:
-                raise InputError(f"{path}:{n}: not valid JSON ({exc.msg})") from exc
-            if not isinstance(obj, dict):
-                raise InputError(f"{path}:{n}: expected a JSON object with a {'/'.join(CAPTION_KEYS)} key")
-            out.append(obj[_pick_key(list(obj), Path(f"{path}:{n}"))])
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as exc:
+            raise InputError(f"{path}:{n}: not valid JSON ({exc.msg})") from exc
+        if not isinstance(obj, dict):
+            raise InputError(f"{path}:{n}: expected a JSON object with a {'/'.join(CAPTION_KEYS)} key")
+        out.append(obj[_pick_key(list(obj), Path(f"{path}:{n}"))])
     return out
 
 
-def _read_csv(path: Path) -> list[str]:
-    with path.open(encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        key = _pick_key(reader.fieldnames or [], path)
-        return [row[key] for row in reader]
+def _read_csv(path: Path, text: str) -> list[str]:
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    key = _pick_key(reader.fieldnames or [], path)
+    return [row[key] for row in reader]
 
 
 def _read_parquet(path: Path) -> list[str]:
@@ -66,17 +66,13 @@ def load_prompts(path) -> list[str]:
         InputError: missing file, unknown format, no caption column, or no prompt at all.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"no such prompts file: {path}")
     suffix = path.suffix.lower()
-    if suffix == ".txt":
-        raw = path.read_text(encoding="utf-8").splitlines()
-    elif suffix == ".jsonl":
-        raw = _read_jsonl(path)
-    elif suffix == ".csv":
-        raw = _read_csv(path)
-    elif suffix == ".parquet":
+    if suffix == ".parquet":
+        require_file(path, "prompts file")
         raw = _read_parquet(path)
+    elif suffix in (".txt", ".jsonl", ".csv"):
+        text = read_text(path, "prompts file")  # missing, a directory or not UTF-8: one line
+        raw = {".txt": lambda p, t: t.splitlines(), ".jsonl": _read_jsonl, ".csv": _read_csv}[suffix](path, text)
     else:
         raise InputError(f"{path}: unknown prompts format {suffix or '(none)'}: use one of {', '.join(FORMATS)}")
     prompts = dedupe(raw)
