@@ -225,7 +225,8 @@ def measure(image: np.ndarray) -> Measurement:
         return Measurement(bg_name, None, None, None, 0, float((dist > STAIN).mean()), 0.0)
     main = int(np.argmax(sizes)) + 1
     obj = labels == main
-    objects = 1 + int(sum(1 for i, s in enumerate(sizes, 1) if i != main and s >= SECOND_MIN and s >= SECOND_SHARE * sizes[main - 1]))
+    others = [i for i, s in enumerate(sizes, 1) if i != main and s >= SECOND_MIN and s >= SECOND_SHARE * sizes[main - 1]]
+    objects = 1 + len(others)
     # The object's colour: the median of its confidently-foreground core.
     core = ndimage.binary_erosion(obj) if obj.sum() > 30 else obj
     core = core if core.any() else obj
@@ -241,7 +242,7 @@ def measure(image: np.ndarray) -> Measurement:
     # are mixtures of the two); a second colour lies off it.
     residual = np.linalg.norm(img - (bg + alpha[..., None] * span), axis=2)
     purity = float((residual[obj] < PURE_DIST / 2).mean())
-    stains = (dist > STAIN) & ~near & ~np.isin(labels, [i for i, s in enumerate(sizes, 1) if s >= SECOND_MIN and s >= SECOND_SHARE * sizes[main - 1]])
+    stains = (dist > STAIN) & ~near & ~np.isin(labels, [main, *others])
     stained = float(ndimage.binary_opening(stains).mean()) if stains.any() else 0.0
     solidity, iou = _fit_shapes(cover)
     shape = recognise(iou, solidity)
@@ -253,7 +254,7 @@ def measure(image: np.ndarray) -> Measurement:
 def judge(image: np.ndarray, stated: domain.Attributes) -> Verdict:
     """The verdict on ``image`` for its caption's attributes ``stated``."""
     m = measure(image)
-    wrong = [d for d in m.defects()]
+    wrong = m.defects()
     if m.color is not None:
         wrong += [a for a in domain.ATTRIBUTES if a != "shape" and getattr(m, a) != getattr(stated, a)]
         if m.shape is not None and m.shape != stated.shape:
