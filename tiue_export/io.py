@@ -64,14 +64,24 @@ def write_json(path: str | os.PathLike, data) -> None:
         tmp.write_text(json.dumps(data, indent=2) + "\n")
 
 
-def write_png(path: str | os.PathLike, image, metadata: dict[str, str] | None = None) -> Path:
-    """Write an HWC uint8 image as PNG with text metadata, atomically."""
+def png_bytes(image, metadata: dict[str, str] | None = None) -> bytes:
+    """An HWC uint8 image as PNG bytes with text metadata (what :func:`write_png` writes)."""
+    from io import BytesIO  # the standard library's, not this module
+
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
 
     info = PngInfo()
     for key, value in (metadata or {}).items():
         info.add_itxt(key, str(value))
+    buf = BytesIO()
+    Image.fromarray(image).save(buf, format="PNG", pnginfo=info)
+    return buf.getvalue()
+
+
+def write_png(path: str | os.PathLike, image, metadata: dict[str, str] | None = None) -> Path:
+    """Write an HWC uint8 image as PNG with text metadata, atomically."""
+    data = png_bytes(image, metadata)
     with atomic_path(path) as tmp:
-        Image.fromarray(image).save(tmp, format="PNG", pnginfo=info)
+        tmp.write_bytes(data)
     return Path(path)

@@ -27,6 +27,7 @@ COMMANDS = {
     "calibrate": ("tiue_export.cli.calibrate", "calibrate", "Calibrate int8 Q/DQ UNet graphs into a bundle."),
     "build-trt": ("tiue_export.cli.build_trt", "build_trt", "Build TensorRT engines for this GPU into a bundle."),
     "toy": ("tiue_export.cli.toy", "toy", "The built-in toy domain: train its teacher, evaluate models on it."),
+    "serve": ("tiue_export.cli.serve", "serve", "Serve a bundle over HTTP on Ray Serve, with dynamic batching."),
 }
 
 

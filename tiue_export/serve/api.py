@@ -1,0 +1,117 @@
+"""The HTTP API of ``tiue-export serve``, without Ray: request parsing and response bodies.
+
+``POST /v1/images`` takes JSON ``{"prompt": TEXT}`` or ``{"prompts": [TEXT, ...]}`` with optional
+``seed`` (default 0), ``num_images`` (per prompt, default 1) and ``response`` (``png`` or ``json``;
+default ``png`` for one image, else ``json``). Image j of a prompt uses ``seed + j``, as
+``tiue-export infer`` does, so a request and an infer run with the same words give the same files.
+A request the server cannot take gets 400 and ``{"error": {"field": NAME, "message": TEXT}}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+
+#: numpy's SeedSequence takes any non-negative integer; 63 bits keep ``seed + j`` a C long
+#: everywhere (torch.Generator, the C++ example) and match infer's --seed range.
+SEED_MAX = 2**63 - 1
+FIELDS = ("prompt", "prompts", "seed", "num_images", "response")
+RESPONSES = ("png", "json")
+
+
+class RequestError(ValueError):
+    """A malformed request: 400, naming the field at fault (None: the body as a whole)."""
+
+    def __init__(self, field: str | None, message: str):
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """A checked ``POST /v1/images`` body."""
+
+    prompts: tuple[str, ...]
+    seed: int = 0
+    num_images: int = 1
+    response: str = "png"
+
+    @property
+    def jobs(self) -> list[tuple[str, int]]:
+        """(prompt, seed) per image, in infer's order: every image of the first prompt first."""
+        return [(p, self.seed + j) for p in self.prompts for j in range(self.num_images)]
+
+
+def _int(body: dict, name: str, default: int, low: int, high: int) -> int:
+    value = body.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RequestError(name, f"{name} must be an integer, not {json.dumps(value)}")
+    if not low <= value <= high:
+        raise RequestError(name, f"{name} must be in [{low}, {high}], not {value}")
+    return value
+
+
+def _prompt(value, field: str) -> str:
+    if not isinstance(value, str):
+        raise RequestError(field, f"{field} must be a string, not {json.dumps(value)}")
+    if not value.strip():
+        raise RequestError(field, f"{field} is empty")
+    return value
+
+
+def parse_request(raw: bytes, max_images: int) -> ImageRequest:
+    """A ``POST /v1/images`` body as an :class:`ImageRequest`.
+
+    Args:
+        raw: the request body.
+        max_images: the most images one request may ask for (prompts x num_images).
+
+    Raises:
+        RequestError: naming the field at fault.
+    """
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestError(None, f"the body is not JSON ({exc})") from exc
+    if not isinstance(body, dict):
+        raise RequestError(None, "the body must be a JSON object with a prompt or prompts")
+    unknown = [k for k in body if k not in FIELDS]
+    if unknown:
+        raise RequestError(unknown[0], f"unknown field {unknown[0]!r}: the fields are {', '.join(FIELDS)}")
+    if ("prompt" in body) == ("prompts" in body):
+        raise RequestError("prompt", "give one of prompt (a string) or prompts (a list of strings)")
+    if "prompt" in body:
+        prompts = (_prompt(body["prompt"], "prompt"),)
+    else:
+        value = body["prompts"]
+        if not isinstance(value, list) or not value:
+            raise RequestError("prompts", f"prompts must be a non-empty list of strings, not {json.dumps(value)[:80]}")
+        prompts = tuple(_prompt(p, f"prompts[{i}]") for i, p in enumerate(value))
+    num_images = _int(body, "num_images", 1, 1, max_images)
+    if len(prompts) * num_images > max_images:
+        raise RequestError("num_images", f"{len(prompts)} prompts x {num_images} images is over this server's {max_images} images a request")
+    seed = _int(body, "seed", 0, 0, SEED_MAX - num_images + 1)
+    one = len(prompts) * num_images == 1
+    response = body.get("response", "png" if one else "json")
+    if response not in RESPONSES:
+        raise RequestError("response", f"response must be one of {', '.join(RESPONSES)}, not {json.dumps(response)}")
+    if response == "png" and not one:
+        raise RequestError("response", f"response png holds one image, this request makes {len(prompts) * num_images}: ask for json")
+    return ImageRequest(prompts, seed, num_images, response)
+
+
+def error_body(field: str | None, message: str) -> dict:
+    return {"error": {"field": field, "message": message}}
+
+
+def image_entry(png: bytes, metadata: dict, batch: dict) -> dict:
+    """One image of a JSON response: the PNG (base64), its text metadata and the batch it was drawn in."""
+    return {
+        "prompt": metadata["prompt"],
+        "seed": metadata["seed"],
+        "png": base64.b64encode(png).decode("ascii"),
+        "metadata": metadata,
+        "batch": batch,
+    }

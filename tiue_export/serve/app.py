@@ -1,0 +1,222 @@
+"""The Ray Serve application of ``tiue-export serve``.
+
+Two deployments: ``ImagesAPI``, the HTTP ingress (routes, request checks, the admission limit,
+resubmitting an image whose replica died), and ``Generator``, the model replicas, each an
+:class:`~tiue_export.serve.worker.ImageWorker` whose ``sample`` is a ``serve.batch`` method:
+images of concurrent requests share one pipeline call. Drawing an image is a pure function of its
+prompt and seed, so resubmitting one is safe and gives the same bytes.
+
+Metrics go to Ray's Prometheus endpoint beside Serve's own (``ray_serve_*``): ``tiue_images``
+(images drawn; ``rate()`` is images/s), ``tiue_pipeline_calls``, ``tiue_batch_size``,
+``tiue_stage_seconds`` (per stage: text_encoder, unet_encoder, unet_decoder, vae_decoder, load),
+``tiue_requests`` (by HTTP code), ``tiue_request_seconds``, ``tiue_queued_images`` and
+``tiue_resubmitted_images``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+import ray
+from ray import serve
+from ray.exceptions import RayActorError
+from ray.util import metrics
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from ..io import png_bytes
+from .api import RequestError, error_body, image_entry, parse_request
+from .config import ServeConfig
+from .worker import ImageWorker
+
+log = logging.getLogger("tiue_export")
+
+STAGE_BOUNDS = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30]
+REQUEST_BOUNDS = [0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100]
+
+
+@serve.deployment(name="Generator")
+class Generator:
+    """A model replica: one pipeline, images of concurrent requests drawn in shared calls."""
+
+    def __init__(self, cfg: ServeConfig):
+        self.worker = ImageWorker(cfg.worker)
+        self.sample.set_max_batch_size(cfg.worker.max_batch)
+        self.sample.set_batch_wait_timeout_s(cfg.batch_wait_ms / 1000)
+        self.replica = serve.get_replica_context().replica_id.unique_id
+        self.calls = 0
+        self.m_images = metrics.Counter("tiue_images", "images drawn")
+        self.m_calls = metrics.Counter("tiue_pipeline_calls", "pipeline calls (one per batch when batching is exact)")
+        self.m_batch = metrics.Histogram("tiue_batch_size", "images per serve.batch batch", boundaries=[1, 2, 4, 8, 16, 32, 64])
+        self.m_stage = metrics.Histogram("tiue_stage_seconds", "seconds per pipeline stage and batch", boundaries=STAGE_BOUNDS, tag_keys=("stage",))
+
+    async def describe(self) -> dict:
+        return {**self.worker.describe(), "replica": self.replica}
+
+    def _draw(self, jobs: list[tuple[str, int]]) -> list[tuple[bytes, dict]]:
+        drawn = self.worker.sample(jobs)
+        self.m_images.inc(len(jobs))
+        self.m_calls.inc(drawn.calls)
+        self.m_batch.observe(len(jobs))
+        for stage, seconds in drawn.timings.items():
+            self.m_stage.observe(seconds, tags={"stage": stage})
+        return [(png_bytes(image, meta), meta) for image, meta in zip(drawn.images, drawn.metadata)]
+
+    @serve.batch
+    async def sample(self, jobs: list[tuple[str, int]]) -> list[dict]:
+        """One (prompt, seed) per caller; the batch is drawn in a thread, so the replica keeps
+        taking requests (and filling the next batch) meanwhile."""
+        self.calls += 1
+        batch = {"id": f"{self.replica}:{self.calls}", "size": len(jobs)}
+        drawn = await asyncio.to_thread(self._draw, [tuple(j) for j in jobs])
+        return [{"png": png, "metadata": meta, "batch": batch} for png, meta in drawn]
+
+
+class ReplicaFailed(Exception):
+    """An image's replica died on every try."""
+
+
+@serve.deployment(name="ImagesAPI")
+class ImagesAPI:
+    """The HTTP API: ``POST /v1/images``, ``GET /healthz``, ``GET /v1/model``."""
+
+    def __init__(self, generator, cfg: ServeConfig):
+        self.generator = generator
+        self.cfg = cfg
+        self.queued = 0  # images accepted and not yet answered
+        self.resubmitted = 0
+        self.model: dict | None = None
+        self.m_requests = metrics.Counter("tiue_requests", "HTTP requests by status code", tag_keys=("code",))
+        self.m_latency = metrics.Histogram("tiue_request_seconds", "seconds per POST /v1/images", boundaries=REQUEST_BOUNDS)
+        self.m_queued = metrics.Gauge("tiue_queued_images", "images accepted and not yet answered")
+        self.m_resubmitted = metrics.Counter("tiue_resubmitted_images", "images resubmitted because their replica died")
+
+    async def __call__(self, request: Request) -> Response:
+        path = request.url.path.rstrip("/") or "/"
+        routes = {"/v1/images": ("POST", self.images), "/healthz": ("GET", self.healthz), "/v1/model": ("GET", self.describe)}
+        if path not in routes:
+            response = self.error(404, None, f"no route {path}: POST /v1/images, GET /healthz, GET /v1/model")
+        elif request.method != routes[path][0]:
+            response = self.error(405, None, f"{path} takes {routes[path][0]}, not {request.method}")
+        else:
+            response = await routes[path][1](request)
+        self.m_requests.inc(tags={"code": str(response.status_code)})
+        return response
+
+    def error(self, code: int, field: str | None, message: str, headers: dict | None = None) -> JSONResponse:
+        return JSONResponse(error_body(field, message), status_code=code, headers=headers)
+
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok", "queued_images": self.queued, "max_queued": self.cfg.max_queued, "resubmitted_images": self.resubmitted})
+
+    async def describe(self, request: Request) -> Response:
+        if self.model is None:
+            self.model = await self.generator.describe.remote()
+        return JSONResponse({**self.model, "max_queued": self.cfg.max_queued, "max_images": self.cfg.max_images, "batch_wait_ms": self.cfg.batch_wait_ms})
+
+    async def one(self, job: tuple[str, int]) -> dict:
+        """One image, resubmitted (at most ``retries`` times) when its replica dies under it."""
+        for attempt in range(self.cfg.retries + 1):
+            try:
+                return await self.generator.sample.remote(job)
+            except RayActorError as exc:
+                log.warning("replica died drawing %r seed %d (try %d): %s", job[0][:40], job[1], attempt + 1, type(exc).__name__)
+                self.resubmitted += 1
+                self.m_resubmitted.inc()
+                await asyncio.sleep(0.2 * 2**attempt)
+        raise ReplicaFailed(f"the model replica died on each of {self.cfg.retries + 1} tries")
+
+    async def images(self, request: Request) -> Response:
+        t0 = time.perf_counter()
+        try:
+            req = parse_request(await request.body(), self.cfg.max_images)
+        except RequestError as exc:
+            return self.error(400, exc.field, exc.message)
+        jobs = req.jobs
+        if self.queued + len(jobs) > self.cfg.max_queued:
+            return self.error(503, None, f"busy: {self.queued} images queued, at most {self.cfg.max_queued}: retry later", {"Retry-After": "1"})
+        self.queued += len(jobs)
+        self.m_queued.set(self.queued)
+        try:
+            done = await asyncio.gather(*(self.one(job) for job in jobs))
+        except ReplicaFailed as exc:
+            return self.error(503, None, f"{exc}: retry later", {"Retry-After": "1"})
+        except Exception as exc:  # a failed draw (non-finite output ...): said, not hidden
+            log.warning("drawing failed: %s", exc)
+            return self.error(500, None, f"drawing failed: {str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__}")
+        finally:
+            self.queued -= len(jobs)
+            self.m_queued.set(self.queued)
+        self.m_latency.observe(time.perf_counter() - t0)
+        if req.response == "png":
+            only = done[0]
+            headers = {"X-Tiue-Seed": str(only["metadata"]["seed"]), "X-Tiue-Batch-Id": only["batch"]["id"], "X-Tiue-Batch-Size": str(only["batch"]["size"])}
+            return Response(only["png"], media_type="image/png", headers=headers)
+        body = {"images": [image_entry(d["png"], d["metadata"], d["batch"]) for d in done]}
+        return Response(json.dumps(body), media_type="application/json")
+
+
+def build_app(cfg: ServeConfig):
+    """The bound application: ``ImagesAPI`` (one light replica, no CPU reserved) over ``Generator``."""
+    replicas = {"num_replicas": cfg.replicas}
+    if cfg.autoscale is not None:
+        lo, hi = cfg.autoscale
+        replicas = {"autoscaling_config": {"min_replicas": lo, "max_replicas": hi, "target_ongoing_requests": cfg.worker.max_batch}}
+    generator = Generator.options(
+        **replicas,
+        # two batches' worth in flight per replica: one drawing, the next one filling
+        max_ongoing_requests=2 * cfg.worker.max_batch,
+        ray_actor_options={"num_cpus": cfg.cpus_per_replica, "num_gpus": cfg.gpus_per_replica},
+    ).bind(cfg)
+    return ImagesAPI.options(
+        num_replicas=1,
+        # the ingress must take every request at once to answer 503 at once: its own limit is max_queued images
+        max_ongoing_requests=max(256, 4 * cfg.max_queued),
+        ray_actor_options={"num_cpus": 0},
+    ).bind(generator, cfg)
+
+
+def start(cfg: ServeConfig, ray_options: dict | None = None) -> str:
+    """Start Ray (local, unless ``cfg.address``) if it is not running, then Serve and the
+    application; returns the base URL. ``ray_options`` go to ``ray.init`` for a local Ray."""
+    if not ray.is_initialized():
+        if cfg.address:
+            ray.init(address=cfg.address, log_to_driver=False)
+        else:
+            ray.init(**{"include_dashboard": False, "log_to_driver": False, **(ray_options or {})})
+    serve.start(http_options={"host": cfg.host, "port": cfg.port, "request_timeout_s": cfg.request_timeout_s})
+    serve.run(build_app(cfg), name=cfg.app_name, route_prefix="/")
+    return f"http://{cfg.host}:{cfg.port}"
+
+
+def stop(cfg: ServeConfig, shutdown_serve: bool = True) -> None:
+    """Remove the application (and Serve, when this process started it)."""
+    if shutdown_serve:
+        serve.shutdown()
+    else:
+        serve.delete(cfg.app_name)
+
+
+def run_forever(cfg: ServeConfig) -> None:
+    """``tiue-export serve``: start, say where, serve until Ctrl-C, then remove the application
+    (and the local Ray this process started)."""
+    import click
+
+    url = start(cfg)
+    node = ray._private.worker.global_worker.node
+    click.echo(f"serving {cfg.worker.bundle} [{cfg.worker.backend}] at {url}: POST /v1/images, GET /healthz, GET /v1/model")
+    if node is not None and getattr(node, "metrics_export_port", None):
+        click.echo(f"Prometheus metrics (Ray Serve's and tiue_*) at http://{node.node_ip_address}:{node.metrics_export_port}/metrics")
+    click.echo("Ctrl-C stops the server")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        click.echo("stopping")
+    finally:
+        stop(cfg, shutdown_serve=cfg.address is None)
+        if cfg.address is None:
+            ray.shutdown()

@@ -1,0 +1,151 @@
+"""What one serving replica or generation actor does: a runtime pipeline over (prompt, seed) jobs.
+
+No Ray here: ``tiue-export serve`` and ``tiue-export generate`` wrap one :class:`ImageWorker` per
+replica / actor. An image must not depend on the batch it was drawn in (a served image equals
+``tiue-export infer``'s for its prompt and seed), so a worker checks that at start-up
+(:func:`check_batch_invariance`) and falls back to one pipeline call per image when a batched call
+changes any pixel.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .config import WorkerConfig
+
+log = logging.getLogger("tiue_export")
+
+#: Prompts of the batch check: any text works, distinct ones make the rows differ.
+PROBE_PROMPTS = ("a small red triangle on a blue background", "a photo of a cat", "a large green cross", "an empty room")
+
+def png_metadata(meta: dict, prompt: str, seed: int) -> dict:
+    """One image's PNG text metadata, key for key what ``tiue-export infer`` writes for a bundle."""
+    from .. import __version__
+
+    return {"prompt": prompt, "seed": seed, **meta, "software": f"tiue-export {__version__}"}
+
+
+@dataclass
+class BatchCheck:
+    """Whether a batched call gives the same images as one call per image; falsy when it does not."""
+
+    size: int
+    pixels_max_abs: int = 0  # grey levels
+    latents_max_abs: float = 0.0
+    seconds: float = 0.0
+
+    def __bool__(self) -> bool:
+        return self.pixels_max_abs == 0 and self.latents_max_abs == 0.0
+
+    def __str__(self) -> str:
+        verdict = "identical" if self else f"differ (pixels by up to {self.pixels_max_abs}, z0 by {self.latents_max_abs:.3g})"
+        return f"batch of {self.size} vs one image a call: {verdict} ({self.seconds:.2f} s)"
+
+
+def check_batch_invariance(pipe, size: int) -> BatchCheck:
+    """Draw ``size`` probe images in one call and its first and last image alone, and compare
+    their uint8 pixels and z0 (three pipeline calls; a batch of 1 is trivially invariant)."""
+    t0 = time.perf_counter()
+    if size <= 1:
+        return BatchCheck(size)
+    prompts = [PROBE_PROMPTS[i % len(PROBE_PROMPTS)] for i in range(size)]
+    seeds = list(range(size))
+    batched = pipe(prompts, seeds=seeds)
+    pixels, latents = 0, 0.0
+    for i in sorted({0, size - 1}):
+        alone = pipe([prompts[i]], seeds=[seeds[i]])
+        pixels = max(pixels, int(np.abs(batched.images[i].astype(np.int16) - alone.images[0]).max()))
+        latents = max(latents, float(np.abs(batched.latents[i] - alone.latents[0]).max()))
+    return BatchCheck(size, pixels, latents, time.perf_counter() - t0)
+
+
+@dataclass
+class Drawn:
+    """What one :meth:`ImageWorker.sample` call made: images (uint8 HWC) in job order, their PNG
+    metadata, per-stage seconds summed over its pipeline calls, and how many calls it took."""
+
+    images: list[np.ndarray]
+    metadata: list[dict]
+    timings: dict[str, float] = field(default_factory=dict)
+    calls: int = 0
+
+
+class ImageWorker:
+    """A bundle's pipeline on one backend, drawing (prompt, seed) jobs in as few calls as the
+    batch check allows.
+
+    Args:
+        cfg: the bundle, backend, threads and batch mode.
+    """
+
+    def __init__(self, cfg: WorkerConfig):
+        from ..runtime import Pipeline
+
+        self.cfg = cfg
+        self.pipe = Pipeline.load(cfg.bundle, backend=cfg.backend, threads=cfg.threads)
+        self.check: BatchCheck | None = None
+        if cfg.batch_mode == "auto":
+            self.check = check_batch_invariance(self.pipe, cfg.max_batch)
+            log.info("%s", self.check)
+            if not self.check:
+                log.warning("batched calls change images on %s: drawing one image a call", self.pipe.provider)
+        self.batched = cfg.batch_mode == "batched" or (cfg.batch_mode == "auto" and bool(self.check))
+
+    def metadata(self, provider: str) -> dict:
+        """The PNG metadata shared by every image of this worker (infer's keys, in infer's order)."""
+        m = self.pipe.manifest
+        return {
+            "model": self.cfg.bundle,
+            "sampler": "one-pass",
+            "backend": self.pipe.backend.engine,
+            "precision": self.pipe.precision,
+            "k": m.k,
+            "noise": "numpy",
+            "provider": provider,
+        }
+
+    def sample(self, jobs: Sequence[tuple[str, int]]) -> Drawn:
+        """Images for ``jobs`` (prompt, seed), in order: one pipeline call per ``max_batch`` jobs
+        when batching is exact, else one per job."""
+        jobs = list(jobs)
+        step = self.cfg.max_batch if self.batched else 1
+        out = Drawn([], [])
+        for start in range(0, len(jobs), step):
+            chunk = jobs[start : start + step]
+            result = self.pipe([p for p, _ in chunk], seeds=[s for _, s in chunk])
+            out.calls += 1
+            for key, v in result.timings.items():
+                out.timings[key] = out.timings.get(key, 0.0) + v
+            meta = self.metadata(result.provider)
+            out.images.extend(result.images)
+            out.metadata.extend(png_metadata(meta, p, s) for p, s in chunk)
+        return out
+
+    def describe(self) -> dict:
+        """A summary of the model and how this worker runs it (``GET /v1/model``)."""
+        m = self.pipe.manifest
+        return {
+            "model": self.cfg.bundle,
+            "source": str(m.source.get("model", "")),
+            "image": {"height": m.image[0], "width": m.image[1]},
+            "latent": list(m.latent),
+            "k": m.k,
+            "timesteps": list(m.sampler.timesteps),
+            "sampler": "one-pass",
+            "precision": self.pipe.precision,
+            "backend": self.pipe.backend.name,
+            "provider": self.pipe.provider,
+            "graphs": list(m.graphs),
+            "max_batch": self.cfg.max_batch,
+            "batching": "batched" if self.batched else "per-image",
+            "batch_check": None if self.check is None else str(self.check),
+            "schema_version": m.schema_version,
+        }
+
+    def close(self) -> None:
+        self.pipe.close()
