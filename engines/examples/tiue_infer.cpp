@@ -1,124 +1,162 @@
-// tiue_infer: run a tiue-export bundle from C++.
+// tiue_infer: run a tiue-export bundle from C++, from prompts and seeds to PNGs.
 //
+//   tiue_infer BUNDLE --prompt "a red cube" --seed 0 --out cube.png
 //   tiue_infer --bundle BUNDLE --ids ids.npy --noise noise.npy --out image.ppm [--latents z0.npy]
 //
-// Token ids come from the bundle's tokenizer in Python (examples/python_embed.py --save-inputs),
-// and so does z_T (numpy PCG64 noise), so that C++ and Python start from the same arrays.
+// Prompts are tokenized by the bundle's tokenizer and z_T drawn from numpy's PCG64 stream, both
+// in C++ (tiue::Generator): the images are those of tiue-export infer --backend onnxruntime.
 #include <chrono>
 #include <cstdlib>
+#include <fstream>
 #include <iostream>
+#include <limits>
 #include <map>
 #include <string>
 #include <vector>
 
 #include "tiue/error.hpp"
+#include "tiue/generator.hpp"
 #include "tiue/manifest.hpp"
+#include "tiue/noise.hpp"
 #include "tiue/ort_backend.hpp"
-#include "tiue/pipeline.hpp"
+#include "tiue/png.hpp"
 #include "tiue/sampler.hpp"
 #include "tiue/tensor.hpp"
-#ifdef TIUE_WITH_TENSORRT
-#include "tiue/trt_backend.hpp"
-#endif
+#include "tiue/version.hpp"
 
 namespace fs = std::filesystem;
 
 namespace {
 
-const char* kUsage = R"(usage: tiue_infer --bundle DIR --ids FILE --noise FILE [options]
+const char* kUsage = R"(usage: tiue_infer BUNDLE --prompt TEXT [--seed N] --out FILE.png [options]
+       tiue_infer --bundle DIR --ids FILE --noise FILE --out FILE.ppm [options]
 
-Run a one-pass TiUE bundle (tiue-export export) on token ids and z_T.
+Run a one-pass TiUE bundle (tiue-export export): prompts and seeds, or token ids and z_T, to images.
 
-required:
-  --bundle DIR        the bundle directory (manifest.json + ONNX graphs)
-  --ids FILE          token ids: .npy int64 (B, L), or text with one prompt's ids per line
-  --noise FILE        z_T: .npy float32 (B, C, h, w)
+inputs:
+  BUNDLE, --bundle DIR  the bundle directory (manifest.json + ONNX graphs + tokenizer)
+  --prompt TEXT         a prompt (repeatable; may be empty)
+  --prompts-file FILE   one prompt per line (UTF-8; surrounding whitespace stripped, blank lines skipped)
+  --seed N              seed of each prompt's first image, 0 .. 2^64-1 (default 0); image j uses N+j
+  --num-images N        images per prompt (default 1)
+  --ids FILE            instead of prompts: token ids, .npy int64 (B, L) or text with one prompt's ids per line
+  --noise FILE          with --ids: z_T, .npy float32 (B, C, h, w)
 outputs (at least one):
-  --out FILE.ppm      the image(s): FILE.ppm for one prompt, FILE_0.ppm, FILE_1.ppm, ... for more
-  --latents FILE.npy  z0, float32 (B, C, h, w)
-  --images FILE.npy   the VAE output, float32 (B, 3, H, W) in [-1, 1]
+  --out FILE.png        the image(s), PNG with tiue-export infer's text metadata (FILE.ppm: binary PPM);
+                        FILE.png for one image, FILE_0.png, FILE_1.png, ... for more
+  --latents FILE.npy    z0, float32 (B, C, h, w)
+  --images FILE.npy     the VAE output, float32 (B, 3, H, W) in [-1, 1]
+  --save-ids FILE.npy   the token ids of the prompts (no graph runs if only --save-* are given)
+  --save-noise FILE.npy z_T of the seeds
 options:
-  --unfused           run unet_decoder and Eq. 11 here instead of unet_decoder_fused
-  --backend NAME      onnxruntime (default) or tensorrt (when built with TIUE_WITH_TENSORRT)
-  --provider NAME     ONNX Runtime provider: cpu (default) or cuda
-  --threads N         ONNX Runtime intra-op threads (default: all cores)
-  --precision NAME    TensorRT engine set to run (fp16, int8, fp32; default: the only one built)
-  --device N          CUDA device for --backend tensorrt (default 0)
-  --verify            check every bundle file's sha256 first
-  --version           print versions and exit
+  --unfused             run unet_decoder and Eq. 11 here instead of unet_decoder_fused
+  --backend NAME        onnxruntime (default) or tensorrt (when built with TIUE_WITH_TENSORRT)
+  --provider NAME       ONNX Runtime provider: cpu (default) or cuda
+  --threads N           ONNX Runtime intra-op threads, 0 .. 1024 (default 0: all cores)
+  --precision NAME      onnxruntime: int8 runs the calibrated graphs; tensorrt: the engine set (fp16, int8, fp32)
+  --device N            CUDA device (default 0)
+  --batch-size N        images per graph call (default 4, as tiue-export infer)
+  --verify              check every bundle file's sha256 first
+  --version             print versions and exit
 )";
 
 struct Args {
-  std::string bundle, ids, noise, out, latents, images, backend = "onnxruntime", provider = "cpu", precision;
-  int threads = 0, device = 0;
+  std::string bundle, ids, noise, prompts_file, out, latents, images, save_ids, save_noise;
+  std::string backend = "onnxruntime", provider = "cpu", precision;
+  std::vector<std::string> prompts;
+  uint64_t seed = 0;
+  int64_t num_images = 1, threads = 0, device = 0, batch_size = 4;
   bool unfused = false, verify = false, version = false, help = false;
 };
+
+int64_t parse_int(const std::string& flag, const std::string& v, int64_t lo, int64_t hi) {
+  int64_t n = 0;
+  try {
+    std::size_t used = 0;
+    n = std::stoll(v, &used);
+    if (used != v.size()) throw std::invalid_argument(v);
+  } catch (const std::exception&) {
+    throw tiue::InputError(flag + " needs an integer, got '" + v + "'");
+  }
+  if (n < lo || n > hi) throw tiue::InputError(flag + " must be " + std::to_string(lo) + " to " + std::to_string(hi) + ", got " + v);
+  return n;
+}
+
+uint64_t parse_seed(const std::string& v) {
+  const bool digits = !v.empty() && v.find_first_not_of("0123456789") == std::string::npos;
+  try {
+    if (digits) return std::stoull(v);
+  } catch (const std::out_of_range&) {
+  }
+  throw tiue::InputError("--seed must be an integer from 0 to 18446744073709551615, got '" + v + "'");
+}
 
 Args parse(int argc, char** argv) {
   Args a;
   const std::map<std::string, std::string*> values = {
-      {"--bundle", &a.bundle},   {"--ids", &a.ids},         {"--noise", &a.noise},       {"--out", &a.out},
-      {"--latents", &a.latents}, {"--images", &a.images},   {"--backend", &a.backend},   {"--provider", &a.provider},
-      {"--precision", &a.precision}};
+      {"--bundle", &a.bundle},     {"--ids", &a.ids},         {"--noise", &a.noise},         {"--out", &a.out},
+      {"--latents", &a.latents},   {"--images", &a.images},   {"--backend", &a.backend},     {"--provider", &a.provider},
+      {"--precision", &a.precision}, {"--prompts-file", &a.prompts_file}, {"--save-ids", &a.save_ids}, {"--save-noise", &a.save_noise}};
+  const std::map<std::string, std::pair<int64_t*, std::pair<int64_t, int64_t>>> ints = {
+      {"--threads", {&a.threads, {0, tiue::kMaxThreads}}}, {"--device", {&a.device, {0, 1023}}},
+      {"--num-images", {&a.num_images, {1, 10000}}},         {"--batch-size", {&a.batch_size, {1, 1024}}}};
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--unfused") a.unfused = true;
     else if (arg == "--verify") a.verify = true;
     else if (arg == "--version") a.version = true;
     else if (arg == "-h" || arg == "--help") a.help = true;
-    else if (arg == "--threads" || arg == "--device" || values.count(arg)) {
+    else if (arg == "--prompt" || arg == "--seed" || values.count(arg) || ints.count(arg)) {
       if (i + 1 >= argc) throw tiue::InputError(arg + " needs a value");
       const std::string v = argv[++i];
-      if (arg == "--threads" || arg == "--device") {
-        int n = 0;
-        try {
-          std::size_t used = 0;
-          n = std::stoi(v, &used);
-          if (used != v.size()) throw std::invalid_argument(v);
-        } catch (const std::exception&) {
-          throw tiue::InputError(arg + " needs an integer, got '" + v + "'");
-        }
-        if (n < 0) throw tiue::InputError(arg + " must be >= 0");
-        (arg == "--threads" ? a.threads : a.device) = n;
-      } else {
-        *values.at(arg) = v;
-      }
+      if (arg == "--prompt") a.prompts.push_back(v);
+      else if (arg == "--seed") a.seed = parse_seed(v);
+      else if (ints.count(arg)) *ints.at(arg).first = parse_int(arg, v, ints.at(arg).second.first, ints.at(arg).second.second);
+      else *values.at(arg) = v;
+    } else if (arg.rfind("-", 0) != 0 && a.bundle.empty()) {
+      a.bundle = arg;
     } else {
       throw tiue::InputError("unknown option '" + arg + "' (see --help)");
     }
   }
   if (a.help || a.version) return a;
-  for (const auto& [flag, value] : {std::pair{"--bundle", a.bundle}, {"--ids", a.ids}, {"--noise", a.noise}})
-    if (value.empty()) throw tiue::InputError(std::string("missing ") + flag + " (see --help)");
-  if (a.out.empty() && a.latents.empty() && a.images.empty())
+  if (a.bundle.empty()) throw tiue::InputError("missing --bundle (see --help)");
+  const bool from_text = !a.prompts.empty() || !a.prompts_file.empty();
+  if (from_text && (!a.ids.empty() || !a.noise.empty())) throw tiue::InputError("give prompts or --ids/--noise, not both");
+  if (!from_text && (a.ids.empty() || a.noise.empty()))
+    throw tiue::InputError(a.ids.empty() && a.noise.empty() ? "no prompt given: use --prompt TEXT or --prompts-file FILE"
+                                                            : std::string("missing ") + (a.ids.empty() ? "--ids" : "--noise") + " (see --help)");
+  if (!from_text && (!a.save_ids.empty() || !a.save_noise.empty())) throw tiue::InputError("--save-ids and --save-noise need prompts");
+  if (a.out.empty() && a.latents.empty() && a.images.empty() && a.save_ids.empty() && a.save_noise.empty())
     throw tiue::InputError("nothing to write: give --out, --latents or --images");
-  for (const auto& path : {a.out, a.latents, a.images})
+  if (!a.out.empty()) {
+    const std::string ext = fs::path(a.out).extension().string();
+    if (ext != ".png" && ext != ".ppm") throw tiue::InputError("--out " + a.out + ": name a .png (or .ppm) file");
+  }
+  for (const auto& path : {a.out, a.latents, a.images, a.save_ids, a.save_noise})
     if (!path.empty() && !fs::path(path).parent_path().empty() && !fs::is_directory(fs::path(path).parent_path()))
       throw tiue::InputError("cannot write " + path + ": its directory does not exist");
   return a;
 }
 
-/// The backend, the graphs it runs and whether its decoder is the fused one.
-std::unique_ptr<tiue::Backend> make_backend(const Args& a, const tiue::Manifest& m, bool& fused) {
-  if (a.backend == "onnxruntime") {
-    if (!a.precision.empty()) throw tiue::InputError("--precision chooses TensorRT engines: use it with --backend tensorrt");
-    fused = !a.unfused;
-    return std::make_unique<tiue::OrtBackend>(m, fused ? m.fused : m.unfused, tiue::OrtOptions{a.provider, a.threads});
+/// tiue-export infer's prompt file rules: one per line, whitespace around it stripped, blank lines skipped.
+std::vector<std::string> read_prompts_file(const std::string& path) {
+  if (fs::is_directory(path)) throw tiue::InputError(path + " is a directory, not a prompts file");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw tiue::InputError(path + ": cannot open the prompts file (no such file?)");
+  std::vector<std::string> out;
+  std::string line;
+  const char* space = " \t\r\n\v\f\x1c\x1d\x1e\x1f";
+  while (std::getline(in, line)) {
+    const auto b = line.find_first_not_of(space);
+    if (b == std::string::npos) continue;
+    out.push_back(line.substr(b, line.find_last_not_of(space) - b + 1));
   }
-#ifdef TIUE_WITH_TENSORRT
-  if (a.backend == "tensorrt") {
-    auto trt = std::make_unique<tiue::TrtBackend>(m, tiue::TrtOptions{a.precision, a.device});
-    fused = trt->engines().fused;
-    if (a.unfused && fused)
-      throw tiue::InputError("the " + trt->engines().precision + " engines were built with the fused decoder: drop --unfused");
-    return trt;
-  }
-#endif
-  if (a.backend == "tensorrt") throw tiue::InputError("this tiue_infer was built without TensorRT: rebuild with -DTIUE_WITH_TENSORRT=ON");
-  throw tiue::InputError("unknown backend '" + a.backend + "': use onnxruntime or tensorrt");
+  if (out.empty()) throw tiue::InputError(path + ": no prompt in the file");
+  return out;
 }
 
-fs::path image_path(const std::string& out, int64_t i, int64_t count) {
+fs::path image_path(const std::string& out, std::size_t i, std::size_t count) {
   if (count == 1) return out;
   fs::path p(out);
   return p.parent_path() / (p.stem().string() + "_" + std::to_string(i) + p.extension().string());
@@ -131,36 +169,83 @@ int run(int argc, char** argv) {
     return 0;
   }
   if (a.version) {
-    std::cout << "tiue_infer 0.1.0 (manifest schema " << tiue::kSchemaVersion << ", onnxruntime " << tiue::OrtBackend::library_version()
+    std::cout << "tiue_infer " << tiue::kVersion << " (manifest schema " << tiue::kSchemaVersion << ", onnxruntime "
+              << tiue::OrtBackend::library_version()
 #ifdef TIUE_WITH_TENSORRT
               << ", tensorrt"
 #endif
               << ")\n";
     return 0;
   }
-  tiue::Manifest manifest = tiue::Manifest::load(a.bundle);
-  if (a.verify) manifest.verify();
-  const tiue::Tensor ids = tiue::read_token_ids(a.ids);
-  const tiue::Tensor noise = tiue::read_npy(a.noise);
+  // The jobs, as tiue-export infer makes them: each prompt with seeds seed, seed+1, ...
+  std::vector<std::string> prompts;
+  std::vector<uint64_t> seeds;
+  std::vector<std::string> given = a.prompts;
+  if (!a.prompts_file.empty())
+    for (auto& p : read_prompts_file(a.prompts_file)) given.push_back(std::move(p));
+  for (const auto& p : given)
+    for (int64_t j = 0; j < a.num_images; ++j) {
+      if (a.seed > std::numeric_limits<uint64_t>::max() - static_cast<uint64_t>(j))
+        throw tiue::InputError("--seed " + std::to_string(a.seed) + " + image " + std::to_string(j) + " does not fit in 64 bits");
+      prompts.push_back(p);
+      seeds.push_back(a.seed + static_cast<uint64_t>(j));
+    }
 
-  bool fused = true;
-  const auto t0 = std::chrono::steady_clock::now();
-  auto backend = make_backend(a, manifest, fused);
-  const double load = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  tiue::Pipeline pipe(manifest, std::move(backend));
-  pipe.check_inputs(ids, noise);  // before the run, so a bad input costs nothing
-  tiue::Result r = pipe.run(ids, noise, fused);
+  const bool run_graphs = !a.out.empty() || !a.latents.empty() || !a.images.empty();
+  tiue::GeneratorOptions options;
+  options.backend = a.backend;
+  options.precision = a.precision;
+  if (a.unfused) options.fused = false;
+  options.provider = a.provider;
+  options.threads = static_cast<int>(a.threads);
+  options.device = static_cast<int>(a.device);
+  options.batch_size = static_cast<int>(a.batch_size);
+  options.verify = a.verify;
+  options.on_warning = [](const std::string& line) { std::cerr << "tiue_infer: warning: " << line << "\n"; };
 
-  if (!a.latents.empty()) tiue::write_npy(a.latents, r.latents);
-  if (!a.images.empty()) tiue::write_npy(a.images, r.images);
-  if (!a.out.empty()) {
-    const auto pixels = tiue::to_uint8_images(r.images);
-    const int64_t b = r.images.shape[0], h = r.images.shape[2], w = r.images.shape[3];
-    for (int64_t i = 0; i < b; ++i) tiue::write_ppm(image_path(a.out, i, b), pixels.data() + i * h * w * 3, h, w);
+  if (!run_graphs) {  // only the inputs: the tokenizer and the noise need no graph
+    tiue::Manifest m = tiue::Manifest::load(a.bundle);
+    if (!a.save_ids.empty()) tiue::write_npy(a.save_ids, tiue::Tokenizer::from_bundle(m)(prompts, options.on_warning));
+    if (!a.save_noise.empty()) tiue::write_npy(a.save_noise, tiue::initial_noise(seeds, m.latent));
+    std::cout << "tiue_infer: inputs of " << prompts.size() << " image(s) written\n";
+    return 0;
   }
-  std::cout << "tiue_infer: " << r.images.shape[0] << " image(s) " << r.images.shape[2] << "x" << r.images.shape[3] << " on "
-            << pipe.backend().name() << (fused ? "" : " (unfused)") << "; seconds: load " << load;
-  for (const auto& [stage, s] : r.seconds) std::cout << ", " << stage << " " << s;
+
+  const auto t0 = std::chrono::steady_clock::now();
+  const tiue::Generator gen = tiue::Generator::open(a.bundle, options);
+  const double load = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  tiue::Generation g;
+  if (prompts.empty()) {
+    g = gen.run(tiue::read_token_ids(a.ids), tiue::read_npy(a.noise));
+  } else {
+    if (!a.save_ids.empty()) tiue::write_npy(a.save_ids, gen.tokenize(prompts));
+    if (!a.save_noise.empty()) tiue::write_npy(a.save_noise, gen.noise(seeds));
+    g = gen.generate(prompts, seeds);
+  }
+  // Everything is computed (and checked finite) before the first file is written.
+  if (!a.latents.empty()) tiue::write_npy(a.latents, g.latents);
+  if (!a.images.empty()) tiue::write_npy(a.images, g.float_images);
+  if (!a.out.empty()) {
+    const bool png = fs::path(a.out).extension() == ".png";
+    for (std::size_t i = 0; i < g.images.size(); ++i) {
+      const tiue::Image& im = g.images[i];
+      const fs::path path = image_path(a.out, i, g.images.size());
+      if (!png) {
+        tiue::write_ppm(path, im.rgb.data(), im.height, im.width);
+      } else if (!prompts.empty()) {
+        gen.write_png(path, im);
+      } else {  // from ids and z_T: no prompt or seed to record
+        tiue::PngText text;
+        for (auto& kv : gen.metadata(im))
+          if (kv.first != "prompt" && kv.first != "seed") text.push_back(kv);
+        tiue::write_png(path, im.rgb.data(), im.height, im.width, text);
+      }
+    }
+  }
+  const auto& shape = g.float_images.shape;
+  std::cout << "tiue_infer: " << shape[0] << " image(s) " << shape[2] << "x" << shape[3] << " on " << gen.backend_name()
+            << (gen.fused() ? "" : " (unfused)") << "; seconds: load " << load;
+  for (const auto& [stage, s] : g.seconds) std::cout << ", " << stage << " " << s;
   std::cout << "\n";
   return 0;
 }
@@ -173,6 +258,9 @@ int main(int argc, char** argv) {
   } catch (const tiue::Error& e) {
     std::cerr << "tiue_infer: error: " << tiue::first_line(e.what()) << "\n";
     return e.exit_code();
+  } catch (const std::bad_alloc&) {
+    std::cerr << "tiue_infer: error: out of memory\n";
+    return 1;
   } catch (const std::exception& e) {
     std::cerr << "tiue_infer: internal error: " << tiue::first_line(e.what()) << "\n";
     return 1;

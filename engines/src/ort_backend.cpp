@@ -36,6 +36,7 @@ struct OrtBackend::Impl {
   Ort::Env env{ORT_LOGGING_LEVEL_ERROR, "tiue"};
   Ort::MemoryInfo cpu = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
   std::map<std::string, Ort::Session> sessions;
+  std::vector<std::string> order;
 };
 
 namespace {
@@ -59,6 +60,10 @@ Ort::SessionOptions session_options(const OrtOptions& o) {
 
 OrtBackend::OrtBackend(const Manifest& manifest, const std::vector<std::string>& graphs, OrtOptions options)
     : impl_((init_api(), std::make_unique<Impl>())) {
+  if (options.threads < 0 || options.threads > kMaxThreads)
+    throw InputError("threads must be 0 (ONNX Runtime's default) to " + std::to_string(kMaxThreads) + ", got " + std::to_string(options.threads));
+  if (!options.variant.empty() && options.variant != "int8")
+    throw InputError("unknown graph variant '" + options.variant + "': the bundles' variants are int8 (tiue-export calibrate)");
   impl_->options = options;
   Ort::SessionOptions so;
   try {
@@ -67,14 +72,17 @@ OrtBackend::OrtBackend(const Manifest& manifest, const std::vector<std::string>&
     throw Error("ONNX Runtime cannot use provider '" + options.provider + "': " + first_line(e.what()));
   }
   for (const auto& g : graphs) {
-    const auto path = manifest.graph_path(g);
-    if (!std::filesystem::is_regular_file(path))
-      throw InputError("bundle " + manifest.dir.string() + ": " + manifest.graph(g).file + " is missing: re-export the bundle");
+    const GraphSpec& spec = manifest.graph(g);
+    auto variant = spec.variants.find(options.variant);
+    const std::string file = variant != spec.variants.end() ? variant->second.file : spec.file;
+    const auto path = manifest.dir / file;
+    if (!std::filesystem::is_regular_file(path)) throw InputError("bundle " + manifest.dir.string() + ": " + file + " is missing: re-export the bundle");
     try {
       impl_->sessions.emplace(g, Ort::Session(impl_->env, path.c_str(), so));
-      impl_->specs.emplace(g, manifest.graph(g));
+      impl_->specs.emplace(g, spec);
+      impl_->order.push_back(g);
     } catch (const Ort::Exception& e) {
-      throw Error("ONNX Runtime cannot load " + path.filename().string() + ": " + first_line(e.what()));
+      throw InputError("ONNX Runtime cannot load " + file + " (damaged or truncated? --verify checks the bundle's files): " + first_line(e.what()));
     }
   }
 }
@@ -84,6 +92,8 @@ OrtBackend::~OrtBackend() = default;
 std::string OrtBackend::name() const {
   return std::string("onnxruntime:") + (impl_->options.provider == "cuda" ? "CUDAExecutionProvider" : "CPUExecutionProvider");
 }
+
+std::vector<std::string> OrtBackend::graphs() const { return impl_->order; }
 
 std::string OrtBackend::library_version() { return OrtGetApiBase()->GetVersionString(); }
 

@@ -1,5 +1,6 @@
 #include "tiue/pipeline.hpp"
 
+#include <algorithm>
 #include <chrono>
 
 #include "tiue/error.hpp"
@@ -7,8 +8,14 @@
 
 namespace tiue {
 
-Pipeline::Pipeline(Manifest manifest, std::unique_ptr<Backend> backend)
-    : manifest_(std::move(manifest)), backend_(std::move(backend)) {}
+Pipeline::Pipeline(Manifest manifest, std::unique_ptr<Backend> backend) : manifest_(std::move(manifest)), backend_(std::move(backend)) {
+  if (!backend_) throw Error("Pipeline needs a backend");
+  const std::vector<std::string> opened = backend_->graphs();
+  auto has = [&](const char* g) { return std::find(opened.begin(), opened.end(), g) != opened.end(); };
+  fused_ = has("unet_decoder_fused");
+  for (const char* g : {"text_encoder", "unet_encoder", fused_ ? "unet_decoder_fused" : "unet_decoder", "vae_decoder"})
+    if (!has(g)) throw InputError(backend_->name() + " did not open " + g + ": open the bundle's fused or unfused chain");
+}
 
 void Pipeline::check_inputs(const Tensor& ids, const Tensor& noise) const {
   const auto& spec = manifest_.graph("text_encoder").input("input_ids");
@@ -65,8 +72,22 @@ Tensor Pipeline::decode_latents(const Tensor& z0) {
   return single_output("vae_decoder", "images", {{"latents", z0}});
 }
 
-Result Pipeline::run(const Tensor& input_ids, const Tensor& noise, bool fused) {
+namespace {
+
+/// A stage whose output holds NaN or Inf makes a garbage image: refuse it, naming the stage.
+void require_finite(const char* stage, const char* output, const Tensor& t) {
+  if (!all_finite(t))
+    throw Error(std::string(stage) + " produced non-finite values (NaN or Inf) in " + output +
+                ": no image written (a damaged bundle? tiue_infer --verify checks its files)");
+}
+
+}  // namespace
+
+Result Pipeline::run(const Tensor& input_ids, const Tensor& noise) {
   check_inputs(input_ids, noise);
+  if (!all_finite(noise)) throw InputError("noise holds non-finite values (NaN or Inf)");
+  std::unique_lock<std::mutex> turn(serial_, std::defer_lock);
+  if (!backend_->concurrent_runs()) turn.lock();
   Result r;
   auto timed = [&](const char* stage, auto&& fn) {
     const auto t0 = std::chrono::steady_clock::now();
@@ -75,14 +96,20 @@ Result Pipeline::run(const Tensor& input_ids, const Tensor& noise, bool fused) {
     return out;
   };
   r.text_embeddings = timed("text_encoder", [&] { return encode_text(input_ids); });
+  require_finite("text_encoder", "text_embeddings", r.text_embeddings);
   TensorMap features = timed("unet_encoder", [&] { return encode(noise, r.text_embeddings); });
-  if (fused) {
+  for (const auto& [name, t] : features) require_finite("unet_encoder", name.c_str(), t);
+  if (fused_) {
     r.latents = timed("unet_decoder", [&] { return decode_fused(features, r.text_embeddings, noise); });
+    require_finite("unet_decoder_fused", "z0", r.latents);
   } else {
     Tensor eps = timed("unet_decoder", [&] { return decode(features, r.text_embeddings); });
+    require_finite("unet_decoder", "eps", eps);
     r.latents = combine_one_pass(noise, eps, manifest_.sampler.S, manifest_.sampler.E);
+    require_finite("Eq. 11 (combine_one_pass)", "z0", r.latents);
   }
   r.images = timed("vae_decoder", [&] { return decode_latents(r.latents); });
+  require_finite("vae_decoder", "images", r.images);
   return r;
 }
 

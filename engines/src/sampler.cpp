@@ -9,7 +9,10 @@
 namespace tiue {
 
 Tensor combine_one_pass(const Tensor& noise, const Tensor& eps, double S, const std::vector<double>& E) {
-  const int64_t b = noise.shape.at(0);
+  if (noise.dtype() != DType::Float32 || eps.dtype() != DType::Float32 || noise.shape.empty())
+    throw InputError("Eq. 11 needs float32 z_T (B, C, h, w) and eps, got " + std::string(dtype_name(noise.dtype())) + " " + shape_str(noise.shape) +
+                     " and " + dtype_name(eps.dtype()) + " " + shape_str(eps.shape));
+  const int64_t b = noise.shape[0];
   const int64_t k = static_cast<int64_t>(E.size());
   Shape want = noise.shape;
   want[0] = k * b;
@@ -47,6 +50,14 @@ std::vector<uint8_t> to_uint8_images(const Tensor& images) {
           out[static_cast<std::size_t>(((n * h + y) * w + xx) * c + ch)] = static_cast<uint8_t>(std::clamp(v, 0.0f, 255.0f));
         }
   return out;
+}
+
+bool all_finite(const Tensor& t) {
+  if (t.dtype() != DType::Float32) return true;
+  const float* x = t.f32();
+  for (int64_t i = 0, n = t.size(); i < n; ++i)
+    if (!std::isfinite(x[i])) return false;
+  return true;
 }
 
 void write_ppm(const std::filesystem::path& path, const uint8_t* hwc, int64_t height, int64_t width) {

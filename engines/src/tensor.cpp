@@ -1,5 +1,6 @@
 #include "tiue/tensor.hpp"
 
+#include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <regex>
@@ -47,6 +48,22 @@ Tensor Tensor::of(Shape shape, std::vector<int64_t> values) {
   if (static_cast<int64_t>(values.size()) != numel(shape)) throw Error("Tensor::of: values do not fill " + shape_str(shape));
   return Tensor{std::move(shape), std::move(values)};
 }
+
+namespace {
+
+template <typename T>
+T* elements(std::variant<std::vector<float>, std::vector<int64_t>>& data, DType have, DType want) {
+  auto* v = std::get_if<std::vector<T>>(&data);
+  if (!v) throw Error(std::string("tensor holds ") + dtype_name(have) + ", " + dtype_name(want) + " was expected");
+  return v->data();
+}
+
+}  // namespace
+
+float* Tensor::f32() { return elements<float>(data, dtype(), DType::Float32); }
+const float* Tensor::f32() const { return const_cast<Tensor*>(this)->f32(); }
+int64_t* Tensor::i64() { return elements<int64_t>(data, dtype(), DType::Int64); }
+const int64_t* Tensor::i64() const { return const_cast<Tensor*>(this)->i64(); }
 
 std::size_t Tensor::nbytes() const {
   return std::visit([](const auto& v) { return v.size() * sizeof(v[0]); }, data);
@@ -111,6 +128,7 @@ Tensor read_npy(const fs::path& path) {
   unsigned char len_bytes[4] = {0, 0, 0, 0};
   in.read(reinterpret_cast<char*>(len_bytes), version[0] == 1 ? 2 : 4);
   for (int i = 3; i >= 0; --i) header_len = (header_len << 8) | len_bytes[i];
+  if (!in || header_len > (1u << 20)) throw InputError(path.string() + ": not a .npy file (bad header length)");
   std::string header(header_len, '\0');
   in.read(header.data(), header_len);
   if (!in) throw InputError(path.string() + ": truncated .npy header");
@@ -119,7 +137,27 @@ Tensor read_npy(const fs::path& path) {
   if (header_field(header, "fortran_order", path) != "False")
     throw InputError(path.string() + ": Fortran-order arrays are not supported: save np.ascontiguousarray(x)");
   Shape shape = parse_shape(header_field(header, "shape", path), path);
-  const auto n = static_cast<std::size_t>(numel(shape));
+  if (descr != "'<f4'" && descr != "'<f8'" && descr != "'<i8'" && descr != "'<i4'")
+    throw InputError(path.string() + ": unsupported .npy dtype " + descr + ": use float32 or int64");
+  // The header is untrusted: a negative or huge shape must be refused, not allocated.
+  const std::size_t item = descr == "'<f8'" || descr == "'<i8'" ? 8 : 4;
+  const auto data_start = in.tellg();
+  in.seekg(0, std::ios::end);
+  const auto file_size = in.tellg();
+  in.seekg(data_start);
+  const auto available = static_cast<uint64_t>(file_size - data_start) / item;
+  uint64_t count = 1;
+  for (int64_t d : shape) {
+    if (d < 0) throw InputError(path.string() + ": its .npy header claims a negative shape " + shape_str(shape));
+    if (d != 0 && count > available / static_cast<uint64_t>(d))
+      count = available + 1;  // more than the file holds (and no overflow)
+    else
+      count *= static_cast<uint64_t>(d);
+  }
+  if (count > available)
+    throw InputError(path.string() + ": its .npy header claims shape " + shape_str(shape) + " but the file holds " + std::to_string(available) +
+                     " elements (truncated or damaged)");
+  const auto n = static_cast<std::size_t>(count);
 
   Tensor t;
   t.shape = shape;
@@ -129,10 +167,8 @@ Tensor read_npy(const fs::path& path) {
     t.data = read_converted<double, float>(in, n);
   } else if (descr == "'<i8'") {
     t.data = read_converted<int64_t, int64_t>(in, n);
-  } else if (descr == "'<i4'") {
+  } else {  // '<i4'
     t.data = read_converted<int32_t, int64_t>(in, n);
-  } else {
-    throw InputError(path.string() + ": unsupported .npy dtype " + descr + ": use float32 or int64");
   }
   if (!in) throw InputError(path.string() + ": truncated .npy data (expected " + std::to_string(n) + " elements)");
   return t;
@@ -141,8 +177,9 @@ Tensor read_npy(const fs::path& path) {
 void atomic_write(const fs::path& path, const std::function<void(std::ostream&)>& write) {
   const fs::path tmp = path.parent_path() / ("." + path.filename().string() + ".tmp");
   {
+    errno = 0;
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) throw InputError(path.string() + ": cannot write here (does the directory exist?)");
+    if (!out) throw InputError(path.string() + ": cannot write here: " + (errno ? std::strerror(errno) : "cannot create a file"));
     try {
       write(out);
     } catch (...) {
@@ -151,18 +188,21 @@ void atomic_write(const fs::path& path, const std::function<void(std::ostream&)>
       fs::remove(tmp, ec);
       throw;
     }
+    errno = 0;
     out.flush();
+    out.close();
     if (!out) {
-      out.close();
-      std::error_code ec;
-      fs::remove(tmp, ec);
-      throw Error(path.string() + ": write failed (disk full?)");
+      const std::string why = errno ? std::strerror(errno) : "the stream failed";
+      std::error_code ignored;
+      fs::remove(tmp, ignored);
+      throw Error(path.string() + ": write failed: " + why);
     }
   }
   std::error_code ec;
   fs::rename(tmp, path, ec);
   if (ec) {
-    fs::remove(tmp, ec);
+    std::error_code ignored;  // the rename's reason is what the user needs, not the cleanup's
+    fs::remove(tmp, ignored);
     throw Error(path.string() + ": cannot replace: " + ec.message());
   }
 }

@@ -159,6 +159,8 @@ std::string TrtBackend::name() const { return "tensorrt-" + impl_->set.precision
 
 const EngineSet& TrtBackend::engines() const { return impl_->set; }
 
+std::vector<std::string> TrtBackend::graphs() const { return impl_->set.pipeline; }
+
 TensorMap TrtBackend::run(const std::string& name, const Feed& feed) {
   auto it = impl_->graphs.find(name);
   if (it == impl_->graphs.end()) throw Error("graph " + name + " has no engine in the " + impl_->set.precision + " set");

@@ -6,7 +6,9 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <vector>
 
 #include "tiue/manifest.hpp"
 #include "tiue/tensor.hpp"
@@ -25,6 +27,12 @@ class Backend {
   virtual TensorMap run(const std::string& name, const Feed& feed) = 0;
   /// "onnxruntime:CPUExecutionProvider", "tensorrt", ...
   virtual std::string name() const = 0;
+  /// The graphs this backend opened, in run order: the manifest's fused or unfused chain. Which
+  /// one is decided once, when the backend is made.
+  virtual std::vector<std::string> graphs() const = 0;
+  /// Whether run() may be called from several threads at once (ONNX Runtime sessions: yes; a
+  /// TensorRT execution context: no, Pipeline serialises those calls).
+  virtual bool concurrent_runs() const { return false; }
 };
 
 /// What a call produced: z0, the decoded images (float32 NCHW in [-1, 1]), the text
@@ -36,15 +44,22 @@ struct Result {
   std::map<std::string, double> seconds;
 };
 
+/// Thread safety: run() may be called from several threads at once; on a backend without
+/// concurrent runs the calls take turns. The stages below are not guarded.
 class Pipeline {
  public:
+  /// Throws InputError when the backend did not open a whole chain (fused: text_encoder,
+  /// unet_encoder, unet_decoder_fused, vae_decoder; unfused: unet_decoder instead).
   Pipeline(Manifest manifest, std::unique_ptr<Backend> backend);
 
   /// One image per row of `input_ids` (int64 (B, L), from the bundle's tokenizer) from z_T
-  /// `noise` (float32 (B, C, h, w)). `fused`: Eq. 11 inside unet_decoder_fused (default), else
-  /// unet_decoder then combine_one_pass here. Throws InputError for ids or noise that do not fit
-  /// the bundle (the message says what it needs).
-  Result run(const Tensor& input_ids, const Tensor& noise, bool fused = true);
+  /// `noise` (float32 (B, C, h, w)), on the backend's chain. Throws InputError for ids or noise
+  /// that do not fit the bundle (the message says what it needs), Error when a stage's output is
+  /// not finite (the message names the first such stage).
+  Result run(const Tensor& input_ids, const Tensor& noise);
+
+  /// Whether Eq. 11 runs inside unet_decoder_fused (the backend opened the fused chain).
+  bool fused() const { return fused_; }
 
   // The stages, for callers that want their own chain.
   Tensor encode_text(const Tensor& input_ids);
@@ -55,6 +70,7 @@ class Pipeline {
 
   const Manifest& manifest() const { return manifest_; }
   Backend& backend() { return *backend_; }
+  const Backend& backend() const { return *backend_; }
 
   /// Throws InputError unless ids and noise fit the bundle (shapes, dtypes, id range, batch).
   void check_inputs(const Tensor& input_ids, const Tensor& noise) const;
@@ -64,6 +80,8 @@ class Pipeline {
 
   Manifest manifest_;
   std::unique_ptr<Backend> backend_;
+  bool fused_ = true;
+  std::mutex serial_;  // taken by run() when the backend has no concurrent runs
 };
 
 }  // namespace tiue

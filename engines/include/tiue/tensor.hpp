@@ -44,10 +44,11 @@ struct Tensor {
   void* raw();
   const void* raw() const;
 
-  float* f32() { return std::get<std::vector<float>>(data).data(); }
-  const float* f32() const { return std::get<std::vector<float>>(data).data(); }
-  int64_t* i64() { return std::get<std::vector<int64_t>>(data).data(); }
-  const int64_t* i64() const { return std::get<std::vector<int64_t>>(data).data(); }
+  /// The elements; throws Error (not std::bad_variant_access) when the dtype differs.
+  float* f32();
+  const float* f32() const;
+  int64_t* i64();
+  const int64_t* i64() const;
 };
 
 /// Named tensors: a graph's feed or outputs.
@@ -64,6 +65,8 @@ Tensor read_token_ids(const std::filesystem::path& path);
 
 /// Write a file atomically: `write` fills a stream on a temporary file that is renamed to `path`
 /// only when it returned and the stream is good; nothing half-written is ever left at `path`.
+/// Throws InputError when the directory cannot be written, Error when writing or renaming fails
+/// (the message carries the system's reason).
 void atomic_write(const std::filesystem::path& path, const std::function<void(std::ostream&)>& write);
 
 }  // namespace tiue

@@ -33,6 +33,8 @@ class TrtBackend : public Backend {
   /// backend's stream; returns after the stream synchronised.
   TensorMap run(const std::string& name, const Feed& feed) override;
   std::string name() const override;
+  /// The engine set's graph order (its fused or unfused chain, fixed when it was built).
+  std::vector<std::string> graphs() const override;
 
   /// The engine set in use: its graph order and whether its decoder is the fused one.
   const EngineSet& engines() const;
