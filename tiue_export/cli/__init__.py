@@ -28,6 +28,7 @@ COMMANDS = {
     "build-trt": ("tiue_export.cli.build_trt", "build_trt", "Build TensorRT engines for this GPU into a bundle."),
     "toy": ("tiue_export.cli.toy", "toy", "The built-in toy domain: train its teacher, evaluate models on it."),
     "serve": ("tiue_export.cli.serve", "serve", "Serve a bundle over HTTP on Ray Serve, with dynamic batching."),
+    "generate": ("tiue_export.cli.generate", "generate", "Generate images for a prompt file on Ray Data over an actor pool, resumable."),
 }
 
 
