@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "tiue/error.hpp"
 #include "tiue/manifest.hpp"
 #include "tiue/png.hpp"
 #include "tiue/tensor.hpp"
