@@ -235,6 +235,34 @@ def test_metrics_include_images_and_stages(server):
     assert "tiue_images" in text and "tiue_stage_seconds" in text and "ray_serve_" in text
 
 
+def test_application_builder_for_config_files_and_kuberay(bundle):
+    from ray.serve import Application
+
+    from tiue_export.serve.app import from_args
+
+    assert isinstance(from_args({"bundle": str(bundle), "max_batch": 2, "autoscale": [1, 2], "max_queued": 16}), Application)
+    with pytest.raises(ValueError, match="bundle"):
+        from_args({"max_batch": 2})
+
+
+def test_replica_code_imports_no_torch(bundle):
+    """What a replica or actor runs (the worker, the app, generate) on a torch-free node."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import tiue_export.serve.app, tiue_export.serve.generate, tiue_export.cli.serve, tiue_export.cli.generate\n"
+        "from tiue_export.serve.worker import ImageWorker, WorkerConfig\n"
+        f"w = ImageWorker(WorkerConfig({str(bundle)!r}, max_batch=2))\n"
+        "assert len(w.sample([('a red square', 0), ('a red square', 1)]).images) == 2\n"
+        "heavy = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -167,8 +167,9 @@ def build_app(cfg: ServeConfig):
         replicas = {"autoscaling_config": {"min_replicas": lo, "max_replicas": hi, "target_ongoing_requests": cfg.worker.max_batch}}
     generator = Generator.options(
         **replicas,
-        # two batches' worth in flight per replica: one drawing, the next one filling
-        max_ongoing_requests=2 * cfg.worker.max_batch,
+        # a few batches' worth per replica (one drawing, the next filling): fewer and Serve's router
+        # holds the rest back with backoff, which idles a replica between small batches
+        max_ongoing_requests=max(8, 4 * cfg.worker.max_batch),
         ray_actor_options={"num_cpus": cfg.cpus_per_replica, "num_gpus": cfg.gpus_per_replica},
     ).bind(cfg)
     return ImagesAPI.options(
@@ -177,6 +178,23 @@ def build_app(cfg: ServeConfig):
         max_ongoing_requests=max(256, 4 * cfg.max_queued),
         ray_actor_options={"num_cpus": 0},
     ).bind(generator, cfg)
+
+
+def from_args(args: dict):
+    """An application builder for a Serve config file or KubeRay's RayService
+    (``import_path: tiue_export.serve.app:from_args``): ``args`` holds ``bundle`` and, optionally,
+    ``backend``, ``precision``, ``threads``, ``batch_mode``, ``max_batch`` and any
+    :class:`ServeConfig` field (``replicas``, ``autoscale: [MIN, MAX]``, ``max_queued`` ...)."""
+    from .config import worker_config
+
+    args = dict(args)
+    if "bundle" not in args:
+        raise ValueError("args: give bundle: PATH (the bundle every node sees)")
+    worker_keys = ("backend", "precision", "threads", "batch_mode", "max_batch")
+    worker = worker_config(args.pop("bundle"), **{k: args.pop(k) for k in worker_keys if k in args})
+    if "autoscale" in args:
+        args["autoscale"] = tuple(args["autoscale"])
+    return build_app(ServeConfig(worker, **args))
 
 
 def start(cfg: ServeConfig, ray_options: dict | None = None) -> str:
