@@ -256,3 +256,81 @@ def test_build_script_reports_missing_prerequisite(tmp_path):
         return
     assert proc.returncode == 3, proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == "build_cpp: cannot build here: npm is not installed (needed to fetch the ONNX Runtime headers)"
+
+
+# -- prompts in C++, PNG out, and bad input (one line, the right exit code, nothing written) -----
+def test_prompt_to_png_matches_python(tiue_infer, bundle, python_run, tmp_path):
+    """tiue_infer BUNDLE --prompt --seed --out x.png: the bundle's tokenizer and numpy's noise in
+    C++, a real PNG, the pixels python_embed.py made from the same prompts and seeds."""
+    from PIL import Image
+
+    proc = run(tiue_infer, bundle, "--prompt", PROMPTS[0], "--seed", "3", "--out", tmp_path / "cat.png", "--unfused")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "cat.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(tmp_path / "cat.png") as im:
+        assert im.text["prompt"] == PROMPTS[0] and im.text["seed"] == "3"
+        assert np.array_equal(np.asarray(im.convert("RGB")), read_ppm(python_run / "py_0.png"))
+
+
+def test_error_out_format(tiue_infer, bundle, inputs, tmp_path):
+    expect_error(run(tiue_infer, "--bundle", bundle, *inputs, "--out", tmp_path / "x.jpg"), 2, "--out", tmp_path / "x.jpg")
+
+
+def test_error_threads_bounded(tiue_infer, bundle, inputs, tmp_path):
+    expect_error(run(tiue_infer, "--bundle", bundle, *inputs, "--out", tmp_path / "x.png", "--threads", "100000"), 2,
+                 "--threads must be 0 to 1024, got 100000", tmp_path / "x.png")
+    expect_error(run(tiue_infer, bundle, "--prompt", "a", "--seed", "-1", "--out", tmp_path / "x.png"), 2, "--seed must be an integer from 0")
+
+
+def _npy_with_header(path: Path, shape: str) -> None:
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': " + shape + ", }"
+    header += " " * ((64 - (10 + len(header) + 1) % 64) % 64) + "\n"
+    path.write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() + b"\0" * 64)
+
+
+def test_error_npy_shape_claims(tiue_infer, bundle, python_run, tmp_path):
+    """A header claiming a huge or negative shape is refused, not allocated (no std::bad_alloc)."""
+    out = tmp_path / "x.png"
+    ids = python_run / "ids.npy"
+    _npy_with_header(tmp_path / "huge.npy", "(1099511627776, 1099511627776, 4)")
+    expect_error(run(tiue_infer, "--bundle", bundle, "--ids", ids, "--noise", tmp_path / "huge.npy", "--out", out), 2,
+                 "claims shape [1099511627776, 1099511627776, 4] but the file holds 16 elements", out)
+    _npy_with_header(tmp_path / "negative.npy", "(-1, 4)")
+    expect_error(run(tiue_infer, "--bundle", bundle, "--ids", ids, "--noise", tmp_path / "negative.npy", "--out", out), 2,
+                 "claims a negative shape [-1, 4]", out)
+
+
+def test_error_truncated_graph(tiue_infer, bundle, inputs, tmp_path):
+    """A damaged bundle is bad input, exit 2, as the docs say."""
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    data = (copy / "unet_encoder.onnx").read_bytes()
+    (copy / "unet_encoder.onnx").write_bytes(data[: len(data) // 2])
+    expect_error(run(tiue_infer, "--bundle", copy, *inputs, "--out", tmp_path / "x.png"), 2, "ONNX Runtime cannot load unet_encoder.onnx", tmp_path / "x.png")
+
+
+def test_error_replace_says_why(tiue_infer, bundle, inputs, tmp_path):
+    """A failed rename reports the system's reason, not 'Success'."""
+    (tmp_path / "x_0.png").mkdir()  # the first of the two images
+    proc = run(tiue_infer, "--bundle", bundle, *inputs, "--out", tmp_path / "x.png")
+    expect_error(proc, 1, "x_0.png: cannot replace: Is a directory")
+    assert not list(tmp_path.glob(".x_0.png*")) and not (tmp_path / "x_1.png").exists()
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "unfused"])
+def test_error_non_finite_stage(tiue_infer, bundle, inputs, tmp_path, fused):
+    """NaN weights in the decoder: exit 1, one line naming it, nothing written."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = "unet_decoder_fused" if fused else "unet_decoder"
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    model = onnx.load(str(copy / f"{graph}.onnx"))
+    init = next(i for i in model.graph.initializer if "conv_out" in i.name and i.name.endswith("weight"))
+    init.CopyFrom(numpy_helper.from_array(np.full_like(numpy_helper.to_array(init), np.nan), init.name))
+    onnx.save(model, str(copy / f"{graph}.onnx"))
+    out = tmp_path / "x.png"
+    proc = run(tiue_infer, "--bundle", copy, *inputs, "--out", out, "--latents", tmp_path / "z0.npy", *([] if fused else ["--unfused"]))
+    expect_error(proc, 1, f"{graph} produced non-finite values (NaN or Inf) in {'z0' if fused else 'eps'}: no image written", out)
+    assert not (tmp_path / "z0.npy").exists() and not (tmp_path / "x_0.png").exists()
