@@ -58,7 +58,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=15.0, help="load per cell")
     ap.add_argument("--requests", type=int, default=2000, help="most requests per client and cell")
     ap.add_argument("--replicas", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1, help="intra-op threads of the replica (serve's default: its CPUs)")
     ap.add_argument("--batch-wait-ms", type=float, default=10.0)
     ap.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray [default: all]")
     args = ap.parse_args()

@@ -206,7 +206,8 @@ def test_killed_replica_loses_no_request(server):
         time.sleep(1.5)
         names = [a for a in ray.util.list_named_actors(all_namespaces=True) if "#Generator#" in a["name"]]
         assert names, "no Generator replica found"
-        ray.kill(ray.get_actor(names[0]["name"], namespace=names[0]["namespace"]), no_restart=True)
+        killed = names[0]["name"]
+        ray.kill(ray.get_actor(killed, namespace=names[0]["namespace"]), no_restart=True)
         for f in futures:
             f.result(timeout=120)
     codes = [c for c, _ in results]
@@ -214,12 +215,13 @@ def test_killed_replica_loses_no_request(server):
     print(f"replica killed under load: {len(codes)} requests, answers {sorted(set(map(str, codes)))}, {codes.count(200)} images, {resubmitted} resubmitted")
     assert codes and all(c in (200, 503) for c in codes), codes
     assert all(t == "application/json" for c, t in results if c == 503)
-    for _ in range(60):  # recovery: bounded to a minute
+    for _ in range(60):  # recovery, bounded to a minute: two replicas again, the killed one replaced
+        replicas = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "#Generator#" in a["name"]]
         r = post(url, {"prompt": "a red square", "seed": 0}, timeout=30)
-        if r.status_code == 200:
+        if r.status_code == 200 and len(replicas) == 2 and killed not in replicas:
             break
         time.sleep(1)
-    assert r.status_code == 200
+    assert r.status_code == 200 and len(replicas) == 2 and killed not in replicas, replicas
 
 
 def test_metrics_include_images_and_stages(server):
@@ -233,6 +235,21 @@ def test_metrics_include_images_and_stages(server):
             break
         time.sleep(1)
     assert "tiue_images" in text and "tiue_stage_seconds" in text and "ray_serve_" in text
+
+
+def test_a_replica_error_surfaces_as_its_own_line():
+    from tiue_export.errors import ModelError, TiueError
+    from tiue_export.serve.worker import project_error
+
+    remote = RuntimeError('The actor died ...\n  File "x.py", line 1\ntiue_export.errors.ModelError: bundle b has no int8 graphs (it is fp32): run tiue-export calibrate b')
+    found = project_error(remote)
+    assert isinstance(found, ModelError) and str(found).startswith("bundle b has no int8 graphs")
+    assert isinstance(project_error(RuntimeError("x"), "tiue_export.errors.Nonsense: y"), TiueError)
+    assert project_error(RuntimeError("deploy failed")) is None
+    try:
+        raise RuntimeError("wrapped") from ModelError("inner")
+    except RuntimeError as exc:
+        assert str(project_error(exc)) == "inner"
 
 
 def test_application_builder_for_config_files_and_kuberay(bundle):

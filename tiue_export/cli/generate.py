@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..errors import require
-from .serve import backend_options
+from .serve import backend_options, threads_for
 
 
 @click.command("generate")
@@ -29,6 +29,7 @@ def generate(bundle, prompts_file, out, backend, precision, threads, batch_mode,
     from ..serve.config import worker_config
     from ..serve.generate import GenerateConfig, run
 
+    threads = threads_for(threads, options["cpus_per_worker"])
     worker = worker_config(bundle, backend, precision, threads=threads, batch_mode=batch_mode, max_batch=batch_size)
     cfg = GenerateConfig(worker, prompts_file, out, **options)
     require("ray.data", "'tiue-export[serve]'", "tiue-export generate runs on Ray Data")

@@ -21,6 +21,11 @@ def parse_autoscale(value: str | None) -> tuple[int, int] | None:
     return int(lo), int(hi)
 
 
+def threads_for(threads: int | None, cpus: float) -> int:
+    """``--threads``, defaulting to the CPUs a replica or actor reserves (at least one)."""
+    return threads if threads is not None else max(1, int(cpus))
+
+
 def backend_options(f):
     """--backend, --precision, --threads and --batch-mode, shared with ``generate``."""
     from ..serve.config import BATCH_MODES
@@ -28,7 +33,13 @@ def backend_options(f):
     options = [
         click.option("--backend", type=click.Choice(BACKENDS), default="onnxruntime", show_default=True, help="Engine (or registry name) of every replica."),
         click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "int8"]), default=None, help="As infer's --precision: int8 = the Q/DQ graphs; tensorrt: the engine set."),
-        click.option("--threads", type=click.IntRange(0, 1024), default=0, show_default=True, help="Intra-op threads per graph and replica (0: the engine's default)."),
+        click.option(
+            "--threads",
+            type=click.IntRange(0, 1024),
+            default=None,
+            help="Intra-op threads per graph and replica or actor; 0: the engine's default (every core of the node) [default: "
+            "the CPUs it reserves, at least 1: more threads than reserved cores spin against each other].",
+        ),
         click.option(
             "--batch-mode",
             type=click.Choice(BATCH_MODES),
@@ -68,6 +79,7 @@ def serve(bundle, backend, precision, threads, batch_mode, replicas, autoscale, 
     if replicas is not None and autoscale is not None:
         raise InputError("give --replicas or --autoscale, not both")
     scale = parse_autoscale(autoscale)
+    threads = threads_for(threads, options["cpus_per_replica"])
     worker = worker_config(bundle, backend, precision, threads=threads, batch_mode=batch_mode, max_batch=max_batch)
     cfg = ServeConfig(worker, replicas=replicas or 1, autoscale=scale, max_queued=max_queued, max_images=max_images, **options)
     require("ray.serve", "'tiue-export[serve]'", "tiue-export serve runs on Ray Serve")

@@ -30,7 +30,7 @@ from starlette.responses import JSONResponse, Response
 from ..io import png_bytes
 from .api import RequestError, error_body, image_entry, parse_request
 from .config import ServeConfig
-from .worker import ImageWorker
+from .worker import ImageWorker, project_error
 
 log = logging.getLogger("tiue_export")
 
@@ -206,7 +206,15 @@ def start(cfg: ServeConfig, ray_options: dict | None = None) -> str:
         else:
             ray.init(**{"include_dashboard": False, "log_to_driver": False, **(ray_options or {})})
     serve.start(http_options={"host": cfg.host, "port": cfg.port, "request_timeout_s": cfg.request_timeout_s})
-    serve.run(build_app(cfg), name=cfg.app_name, route_prefix="/")
+    try:
+        serve.run(build_app(cfg), name=cfg.app_name, route_prefix="/")
+    except Exception as exc:
+        status = serve.status().applications.get(cfg.app_name)
+        found = project_error(exc, "\n".join(d.message for d in status.deployments.values()) if status else "")
+        if found is None:
+            raise
+        serve.delete(cfg.app_name)
+        raise found from None  # the replica's own one line (a bundle it cannot load ...), not Serve's wrapping
     return f"http://{cfg.host}:{cfg.port}"
 
 

@@ -19,9 +19,10 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import InputError, TiueError
 from ..io import atomic_path, write_json, write_png
 from .config import WorkerConfig
+from .worker import project_error
 
 log = logging.getLogger("tiue_export")
 
@@ -180,6 +181,11 @@ def run(cfg: GenerateConfig, ray_options: dict | None = None, progress: bool = T
             ray.init(log_to_driver=False, **options)
         try:
             summary["drawn"] = _draw(cfg, out, todo, len(jobs), progress)
+        except Exception as exc:
+            found = project_error(exc)
+            if found is None:
+                raise
+            raise found from None  # the actor's own one line (a bundle it cannot load ...), not Ray's wrapping
         finally:
             if started:
                 ray.shutdown()
@@ -187,7 +193,7 @@ def run(cfg: GenerateConfig, ray_options: dict | None = None, progress: bool = T
     wanted = {j["file"] for j in jobs}
     missing = wanted - {r["file"] for r in rows if (out / r["file"]).is_file()}
     if missing:
-        raise InputError(f"{len(missing)} images were not written (e.g. {sorted(missing)[0]}): run the same command again to finish")
+        raise TiueError(f"{len(missing)} images were not written (e.g. {sorted(missing)[0]}): run the same command again to finish")
     write_table(out / INDEX, [r for r in rows if r["file"] in wanted])
     shutil.rmtree(out / PARTS, ignore_errors=True)
     summary["seconds"] = time.perf_counter() - t0

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import TiueError
 from .config import WorkerConfig
 
 log = logging.getLogger("tiue_export")
@@ -149,3 +150,25 @@ class ImageWorker:
 
     def close(self) -> None:
         self.pipe.close()
+
+
+def project_error(exc: BaseException, text: str = "") -> TiueError | None:
+    """The project error (a bundle a node cannot load, a missing engine ...) behind what Ray
+    raised for a failed replica or actor: found in its causes, else in the remote traceback Ray
+    quotes in its message (or in ``text``, e.g. Serve's deployment status). None if there is none."""
+    import re
+
+    from .. import errors
+
+    seen, cur = set(), exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, TiueError):
+            return cur
+        cur = getattr(cur, "cause", None) or cur.__cause__ or cur.__context__
+    found = re.findall(r"tiue_export\.errors\.(\w+): (.+)", f"{exc}\n{text}")
+    if not found:
+        return None
+    name, message = found[-1]
+    kind = getattr(errors, name, TiueError)
+    return kind(message.strip()) if isinstance(kind, type) and issubclass(kind, TiueError) else TiueError(message.strip())
