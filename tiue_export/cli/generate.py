@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..errors import require
-from .serve import backend_options, threads_for
+from .serve import backend_options
 
 
 @click.command("generate")
@@ -26,7 +26,7 @@ def generate(bundle, prompts_file, out, backend, precision, threads, batch_mode,
     Exactly one PNG per (prompt, seed), with infer's metadata, and an index (OUT/index.parquet).
     Killed and run again with the same arguments, it draws only the images that are missing.
     """
-    from ..serve.config import worker_config
+    from ..serve.config import threads_for, worker_config
     from ..serve.generate import GenerateConfig, run
 
     threads = threads_for(threads, options["cpus_per_worker"])

@@ -21,11 +21,6 @@ def parse_autoscale(value: str | None) -> tuple[int, int] | None:
     return int(lo), int(hi)
 
 
-def threads_for(threads: int | None, cpus: float) -> int:
-    """``--threads``, defaulting to the CPUs a replica or actor reserves (at least one)."""
-    return threads if threads is not None else max(1, int(cpus))
-
-
 def backend_options(f):
     """--backend, --precision, --threads and --batch-mode, shared with ``generate``."""
     from ..serve.config import BATCH_MODES
@@ -74,7 +69,7 @@ def serve(bundle, backend, precision, threads, batch_mode, replicas, autoscale, 
     Concurrent requests share K-batched pipeline calls (serve.batch); an image equals tiue-export
     infer's for the same prompt and seed, bit for bit. Ctrl-C stops it.
     """
-    from ..serve.config import ServeConfig, worker_config
+    from ..serve.config import ServeConfig, threads_for, worker_config
 
     if replicas is not None and autoscale is not None:
         raise InputError("give --replicas or --autoscale, not both")

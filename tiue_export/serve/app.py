@@ -185,13 +185,15 @@ def from_args(args: dict):
     (``import_path: tiue_export.serve.app:from_args``): ``args`` holds ``bundle`` and, optionally,
     ``backend``, ``precision``, ``threads``, ``batch_mode``, ``max_batch`` and any
     :class:`ServeConfig` field (``replicas``, ``autoscale: [MIN, MAX]``, ``max_queued`` ...)."""
-    from .config import worker_config
+    from .config import threads_for, worker_config
 
     args = dict(args)
     if "bundle" not in args:
         raise ValueError("args: give bundle: PATH (the bundle every node sees)")
     worker_keys = ("backend", "precision", "threads", "batch_mode", "max_batch")
-    worker = worker_config(args.pop("bundle"), **{k: args.pop(k) for k in worker_keys if k in args})
+    options = {k: args.pop(k) for k in worker_keys if k in args}
+    options["threads"] = threads_for(options.get("threads"), args.get("cpus_per_replica", ServeConfig.cpus_per_replica))
+    worker = worker_config(args.pop("bundle"), **options)
     if "autoscale" in args:
         args["autoscale"] = tuple(args["autoscale"])
     return build_app(ServeConfig(worker, **args))

@@ -29,6 +29,13 @@ class WorkerConfig:
             raise InputError(f"batch mode {self.batch_mode!r}: choose from {', '.join(BATCH_MODES)}")
 
 
+def threads_for(threads: int | None, cpus: float) -> int:
+    """Intra-op threads of a replica or actor: ``threads``, else the CPUs it reserves (at least
+    one). ONNX Runtime's own default, every core of the node, makes replicas that share a node
+    spin against each other."""
+    return threads if threads is not None else max(1, int(cpus))
+
+
 def worker_config(bundle: str, backend: str = "onnxruntime", precision: str | None = None, **options) -> WorkerConfig:
     """Open ``bundle`` here (manifest, files, sha256) and resolve the backend, so that a bad bundle
     or backend is one line before any replica or actor starts.
