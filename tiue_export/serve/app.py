@@ -29,6 +29,7 @@ from starlette.responses import JSONResponse, Response
 
 from ..io import png_bytes
 from .api import RequestError, error_body, image_entry, parse_request
+from .cluster import connect
 from .config import ServeConfig
 from .worker import ImageWorker, project_error
 
@@ -109,12 +110,27 @@ class ImagesAPI:
     def error(self, code: int, field: str | None, message: str, headers: dict | None = None) -> JSONResponse:
         return JSONResponse(error_body(field, message), status_code=code, headers=headers)
 
+    async def ready(self, timeout_s: float) -> bool:
+        """Whether a model replica has answered once (they take a while to load and check)."""
+        if self.model is None:
+
+            async def ask():
+                return await self.generator.describe.remote()
+
+            try:
+                self.model = await asyncio.wait_for(ask(), timeout_s)
+            except (asyncio.TimeoutError, RayActorError):
+                return False
+        return True
+
     async def healthz(self, request: Request) -> Response:
+        if not await self.ready(2.0):  # 503 until the first replica is up: a load balancer waits
+            return JSONResponse({"status": "starting"}, status_code=503)
         return JSONResponse({"status": "ok", "queued_images": self.queued, "max_queued": self.cfg.max_queued, "resubmitted_images": self.resubmitted})
 
     async def describe(self, request: Request) -> Response:
-        if self.model is None:
-            self.model = await self.generator.describe.remote()
+        if not await self.ready(60.0):
+            return self.error(503, None, "no model replica is up yet: retry later", {"Retry-After": "5"})
         return JSONResponse({**self.model, "max_queued": self.cfg.max_queued, "max_images": self.cfg.max_images, "batch_wait_ms": self.cfg.batch_wait_ms})
 
     async def one(self, job: tuple[str, int]) -> dict:
@@ -202,11 +218,7 @@ def from_args(args: dict):
 def start(cfg: ServeConfig, ray_options: dict | None = None) -> str:
     """Start Ray (local, unless ``cfg.address``) if it is not running, then Serve and the
     application; returns the base URL. ``ray_options`` go to ``ray.init`` for a local Ray."""
-    if not ray.is_initialized():
-        if cfg.address:
-            ray.init(address=cfg.address, log_to_driver=False)
-        else:
-            ray.init(**{"include_dashboard": False, "log_to_driver": False, **(ray_options or {})})
+    connect(cfg.address, ray_options)
     serve.start(http_options={"host": cfg.host, "port": cfg.port, "request_timeout_s": cfg.request_timeout_s})
     try:
         serve.run(build_app(cfg), name=cfg.app_name, route_prefix="/")
@@ -233,18 +245,20 @@ def run_forever(cfg: ServeConfig) -> None:
     (and the local Ray this process started)."""
     import click
 
-    url = start(cfg)
-    node = ray._private.worker.global_worker.node
-    click.echo(f"serving {cfg.worker.bundle} [{cfg.worker.backend}] at {url}: POST /v1/images, GET /healthz, GET /v1/model")
-    if node is not None and getattr(node, "metrics_export_port", None):
-        click.echo(f"Prometheus metrics (Ray Serve's and tiue_*) at http://{node.node_ip_address}:{node.metrics_export_port}/metrics")
-    click.echo("Ctrl-C stops the server")
     try:
+        url = start(cfg)
+        node = ray._private.worker.global_worker.node
+        click.echo(f"serving {cfg.worker.bundle} [{cfg.worker.backend}] at {url}: POST /v1/images, GET /healthz, GET /v1/model")
+        if node is not None and getattr(node, "metrics_export_port", None):
+            click.echo(f"Prometheus metrics (Ray Serve's and tiue_*) at http://{node.node_ip_address}:{node.metrics_export_port}/metrics")
+        click.echo("Ctrl-C stops the server")
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        click.echo("stopping")
+        click.echo("stopping", err=True)
     finally:
-        stop(cfg, shutdown_serve=cfg.address is None)
-        if cfg.address is None:
-            ray.shutdown()
+        if ray.is_initialized():
+            if cfg.address is None:
+                ray.shutdown()  # the local Ray, Serve and the application with it
+            else:
+                stop(cfg, shutdown_serve=False)  # the cluster's Serve stays for its other applications

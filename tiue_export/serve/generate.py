@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..errors import InputError, TiueError
 from ..io import atomic_path, write_json, write_png
+from .cluster import connect
 from .config import WorkerConfig
 from .worker import project_error
 
@@ -175,10 +176,7 @@ def run(cfg: GenerateConfig, ray_options: dict | None = None, progress: bool = T
         log.info("resuming %s: %d of %d images already there", out, summary["done_before"], len(jobs))
     t0 = time.perf_counter()
     if todo:
-        started = not ray.is_initialized()
-        if started:
-            options = {"address": cfg.address} if cfg.address else {"include_dashboard": False, **(ray_options or {})}
-            ray.init(log_to_driver=False, **options)
+        started = connect(cfg.address, ray_options)
         try:
             summary["drawn"] = _draw(cfg, out, todo, len(jobs), progress)
         except Exception as exc:
