@@ -160,9 +160,10 @@ class ImagesAPI:
             done = await asyncio.gather(*(self.one(job) for job in jobs))
         except ReplicaFailed as exc:
             return self.error(503, None, f"{exc}: retry later", {"Retry-After": "1"})
-        except Exception as exc:  # a failed draw (non-finite output ...): said, not hidden
+        except Exception as exc:  # a failed draw (a non-finite output ...): said, not hidden
             log.warning("drawing failed: %s", exc)
-            return self.error(500, None, f"drawing failed: {str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__}")
+            found = project_error(exc)
+            return self.error(500, None, f"drawing failed: {found if found is not None else type(exc).__name__}")
         finally:
             self.queued -= len(jobs)
             self.m_queued.set(self.queued)
