@@ -1,5 +1,6 @@
 """The CLI: help without heavy imports, infer end to end, one-line errors with exit codes."""
 
+import re
 import subprocess
 import sys
 
@@ -25,7 +26,8 @@ def test_infer_writes_deterministic_pngs_with_metadata(tiny_sd21, tmp_path, caps
     code, out, err = run(args + ["--out", str(tmp_path / "a")], capsys)
     assert code == 0, err
     files = sorted((tmp_path / "a").glob("*.png"))
-    assert [f.name for f in files] == ["000-a-red-cube-s7.png", "001-a-red-cube-s8.png", "002-a-cat-s7.png", "003-a-cat-s8.png"]
+    stems = ["000-a-red-cube-s7", "001-a-red-cube-s8", "002-a-cat-s7", "003-a-cat-s8"]
+    assert [f.name[:-13] for f in files] == stems and all(re.fullmatch(r"-[0-9a-f]{8}\.png", f.name[-13:]) for f in files)
     assert "unet_encoder" in out and "unet_decoder" in out and "vae_decoder" in out
     img = Image.open(files[1])
     assert img.size == (16, 16)
@@ -33,8 +35,14 @@ def test_infer_writes_deterministic_pngs_with_metadata(tiny_sd21, tmp_path, caps
     assert img.text["model"] == str(tiny_sd21)
     code, _, _ = run(args + ["--out", str(tmp_path / "b")], capsys)
     assert code == 0
-    for f in files:
+    for f in files:  # the same recipe: the same names, the same bytes
         assert f.read_bytes() == (tmp_path / "b" / f.name).read_bytes()
+    # another sampler into the same directory: new names, the first run's images untouched
+    before = {f.name: f.read_bytes() for f in files}
+    code, _, err = run(args + ["--out", str(tmp_path / "a"), "--sampler", "loop"], capsys)
+    assert code == 0, err
+    after = {f.name: f.read_bytes() for f in (tmp_path / "a").glob("*.png")}
+    assert len(after) == 8 and all(after[n] == b for n, b in before.items())
 
 
 def test_infer_single_file_and_prompts_file(tiny_sd21, tmp_path, capsys):

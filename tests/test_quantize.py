@@ -185,7 +185,7 @@ def test_int8_needs_calibration(fp32_bundle, tmp_path, capsys):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--num", "0"], "error: --num must be at least 1, got 0"),
+        (["--num", "0"], "error: Invalid value for '--num': 0 is not in the range x>=1."),
         (["--prompts", "missing.txt"], "error: no such prompts file: missing.txt"),
         (["--keep-float", "conv_in("], "error: bad --keep-float pattern 'conv_in(':"),
         (["--percentile", "20"], "error: --percentile must be in (50, 100], got 20.0"),

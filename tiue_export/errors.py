@@ -17,6 +17,10 @@ class ModelError(InputError):
     """A model directory or bundle that is missing, incomplete, corrupt or contradictory."""
 
 
+class NonFiniteError(TiueError):
+    """A stage produced NaN or infinite values (broken weights or inputs): nothing is written."""
+
+
 class MissingDependency(TiueError):
     """An optional package is not installed; the message names the ``pip install`` to run."""
 

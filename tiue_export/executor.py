@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .bundle.manifest import EQ11, Manifest
-from .errors import InputError
+from .errors import InputError, NonFiniteError
 from .schedule import combine_one_pass
 
 #: The stage a graph's time is reported under (both decoders are "the decoder call").
@@ -146,6 +146,7 @@ def run_chain(
     until: str | None = None,
     sum_dtype=np.float32,
     hook: Callable[[str, float], None] | None = None,
+    finite: bool = True,
 ) -> ChainResult:
     """Run the manifest's ``chain`` on ``graphs`` for token ids and z_T.
 
@@ -158,6 +159,8 @@ def run_chain(
         until: stop after this graph (its outputs are in ``values``; z0/images may be None).
         sum_dtype: the dtype Eq. 11 is computed in when it runs here (the result is float32).
         hook: called with ``(stage, seconds)`` after every stage (``load`` for opening a graph).
+        finite: raise :class:`NonFiniteError` naming the first stage whose output holds NaN or
+            infinity when z0 or the images do (costs one scan of z0 and the images).
 
     Returns:
         A :class:`ChainResult` with per-stage seconds.
@@ -200,8 +203,27 @@ def run_chain(
     done = until is None or until not in ch.graphs
     z0 = graphs.to_host(resolve("outputs.z0")) if done else None
     images = graphs.to_host(resolve("outputs.images")) if done else None
+    if finite and done:
+        require_finite({**values, "outputs.z0": z0, "outputs.images": images}, graphs.to_host)
     kept = {k: graphs.to_host(v) for k, v in values.items()} if keep or not done else {}
     return ChainResult(z0, images, timings, kept)
+
+
+def require_finite(values: Mapping[str, object], to_host: Callable = np.asarray) -> None:
+    """Raise :class:`NonFiniteError` naming the first of ``values`` (in chain order) that holds NaN
+    or infinity; the inputs are named as such. Nothing is raised when every value is finite."""
+    for key, value in values.items():
+        if value is None:
+            continue
+        x = np.asarray(to_host(value))
+        if x.dtype.kind != "f" or np.isfinite(x).all():
+            continue
+        bad = int(x.size - np.isfinite(x).sum())
+        where = "the input" if key.startswith("inputs.") else "the output"
+        raise NonFiniteError(
+            f"{where} {key} is not finite ({bad} of {x.size} values NaN or infinite): the model's weights or "
+            "the inputs are broken; nothing was written"
+        )
 
 
 def graph_feed(manifest: Manifest, values: Mapping[str, np.ndarray], graph: str, chain: str = "fused") -> dict[str, np.ndarray]:

@@ -3,22 +3,86 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
+import logging
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
+
+log = logging.getLogger("tiue_export")
+
+
+#: The file in a staging directory that names its writer (host, pid, process start time).
+OWNER = ".tiue-owner.json"
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of process ``pid`` (clock ticks since boot, from /proc), None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _owner() -> dict:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "start": _process_start(os.getpid())}
+
+
+def _writer_gone(owner: dict) -> bool:
+    """True when ``owner`` ran on this host and its process no longer runs (or its pid was reused)."""
+    if owner.get("host") != socket.gethostname() or not isinstance(owner.get("pid"), int):
+        return False  # another machine's writer (a shared file system): not ours to judge
+    start = _process_start(owner["pid"])
+    return start is None or (owner.get("start") is not None and start != owner["start"])
+
+
+def staging_dir(target: str | os.PathLike, kind: str = "") -> Path:
+    """A new hidden directory beside ``target`` (``.NAME.KIND-XXXX.tmp``) that names its writer,
+    so that :func:`sweep_stale` can remove it once the writer is gone. Stale ones of ``target``
+    are removed first."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{kind + '-' if kind else ''}", suffix=".tmp", dir=target.parent))
+    (tmp / OWNER).write_text(json.dumps(_owner()))
+    return tmp
+
+
+def sweep_stale(target: str | os.PathLike) -> list[Path]:
+    """Remove the staging directories of ``target`` left by a writer that was killed (SIGKILL, a
+    power cut): only ours (they hold :data:`OWNER`), only when their writer's process is gone."""
+    target = Path(target)
+    removed = []
+    try:
+        siblings = list(target.parent.glob(f".{glob.escape(target.name)}.*.tmp"))
+    except OSError:
+        return removed
+    for d in siblings:
+        try:
+            owner = json.loads((d / OWNER).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(owner, dict) and _writer_gone(owner):
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    if removed:
+        log.info("removed %d staging director%s of killed writers beside %s", len(removed), "y" if len(removed) == 1 else "ies", target)
+    return removed
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = ""):
     """Yield a temporary path beside ``path``; on success rename it over ``path``, else remove it.
 
-    Works for files and directories (a directory target is replaced whole).
+    Works for files and directories (a directory target is replaced whole). The temporary path
+    lies in a :func:`staging_dir`, so a killed writer's leftovers go at the next write of ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)) / (path.name + suffix)
+    tmp = staging_dir(path) / (path.name + suffix)
     try:
         yield tmp
         if path.is_dir() and not path.is_symlink() and tmp.is_dir():
@@ -41,6 +105,27 @@ def require_file(path: str | os.PathLike, what: str = "file") -> Path:
         raise InputError(f"{what} {path} is a directory, not a file")
     if not path.is_file():
         raise InputError(f"no such {what}: {path}")
+    return path
+
+
+def writable_dir(path: str | os.PathLike, what: str = "--out") -> Path:
+    """Check, before any work, that the directory ``path`` can be written or created: its nearest
+    existing ancestor is a directory that takes a new file (the one probe that tells the truth
+    for root, read-only mounts and quotas). Creates nothing; a one-line :class:`InputError` otherwise."""
+    from .errors import InputError
+
+    path = Path(path)
+    base = path.absolute()
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise InputError(f"{what} {path}: {base} is not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".tiue-probe-", dir=base)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise InputError(f"{what} {path}: cannot write into {base} ({exc.strerror})") from exc
     return path
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .errors import InputError, ModelError
+from .executor import require_finite
 from .sampling import classifier_free_guidance, initial_noise, sample_ddim, to_uint8_images
 from .schedule import OnePassSchedule, ddim_plan
 from .student import TiUEStudent
@@ -221,10 +222,10 @@ class TorchPipeline:
         return self._cache[key]
 
     # -- stages ---------------------------------------------------------------------------------
-    def tokenize(self, prompts: Sequence[str]) -> np.ndarray:
-        """Token ids padded to the tokenizer's max length; over-long prompts warn and truncate."""
+    def tokenize(self, prompts: Sequence[str], warn: bool = True) -> np.ndarray:
+        """Token ids padded to the tokenizer's max length; over-long prompts truncate (and warn)."""
         max_len = self.tokenizer.model_max_length
-        for p in prompts:
+        for p in prompts if warn else ():
             n = len(self.tokenizer(p, truncation=False).input_ids)
             if n > max_len:
                 log.warning("prompt has %d tokens, more than this model's %d: truncated: %r", n, max_len, p[:60])
@@ -239,10 +240,13 @@ class TorchPipeline:
         return self.text_encoder(ids)[0].to(self.unet.dtype)
 
     @torch.no_grad()
+    def decode_float(self, z0: torch.Tensor) -> np.ndarray:
+        """Latents to the VAE's float NCHW output in [-1, 1]: ``vae.decode(z0 / scaling_factor)``."""
+        return self.vae.decode(z0.to(self.vae.dtype) / self.vae.config.scaling_factor).sample.float().numpy()
+
     def decode_latents(self, z0: torch.Tensor) -> np.ndarray:
-        """Latents to uint8 NHWC images: ``vae.decode(z0 / scaling_factor)``."""
-        x = self.vae.decode(z0.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
-        return to_uint8_images(x.float().numpy())
+        """Latents to uint8 NHWC images."""
+        return to_uint8_images(self.decode_float(z0))
 
     def _eps_full(self, cond: torch.Tensor):
         """A denoiser ``eps(z, t)`` that runs the whole UNet (no encoder sharing)."""
@@ -324,9 +328,12 @@ class TorchPipeline:
                 z0 = sample_ddim(z, eps_fn, ts, prev, alphas, final)
             timings["unet"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        images = self.decode_latents(z0)
+        z0 = z0.float()
+        require_finite({"inputs.noise": np.asarray(noise), f"{sampler}.z0": z0.numpy()})
+        decoded = self.decode_float(z0)
+        require_finite({"vae_decoder.images": decoded})
         timings["vae_decoder"] = time.perf_counter() - t0
-        return SampleResult(images, z0.float().numpy(), list(seeds), timings)
+        return SampleResult(to_uint8_images(decoded), z0.numpy(), list(seeds), timings)
 
 
 def load_pipeline(path, k: int | None = None, dtype: torch.dtype = torch.float32) -> TorchPipeline:

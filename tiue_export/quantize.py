@@ -32,6 +32,7 @@ from . import __version__
 from .bundle import Bundle, Manifest, Variant, publish, sha256_file
 from .compare import compare_arrays
 from .errors import InputError, MissingDependency, TiueError, first_line, require
+from .io import staging_dir
 from .sampling import initial_noise
 
 log = logging.getLogger("tiue_export")
@@ -441,7 +442,7 @@ def calibrate_bundle(cfg: CalibrationConfig) -> CalibrationReport:
     seconds: dict[str, float] = {}
     entries: dict[str, dict] = {}
     root = bundle.path
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.calibrate-", dir=root.parent))
+    staging = staging_dir(root, "calibrate")
     fp32 = Pipeline(bundle, "onnxruntime", threads=cfg.threads, providers=["CPUExecutionProvider"])
     try:
         for name in QUANTIZED_GRAPHS:

@@ -80,6 +80,9 @@ def check_semantics(m: Manifest, where: str) -> None:
     for t in (*s.timesteps, s.encoder_timestep):
         if not 0 <= t < n_train:
             bad(f"timestep {t} is outside 0..{n_train - 1}")
+    alphas = (*s.schedule.alphas_cumprod, s.final_alpha_cumprod)
+    if not all(0.0 < a <= 1.0 for a in alphas):
+        bad("the schedule's alphas_cumprod must lie in (0, 1]")
     from ..schedule import ddim_prev_timesteps, one_pass_coefficients
 
     if list(s.prev_timesteps) != ddim_prev_timesteps(s.timesteps, n_train):

@@ -2,7 +2,9 @@
 
 Subcommands are imported only when run, so ``tiue-export --help`` needs neither torch nor a GPU.
 Project errors (:class:`tiue_export.errors.TiueError`) print one line and exit with their code
-(2 for bad input, 1 for a failed job); anything else is a bug and keeps its traceback.
+(2 for bad input, 1 for a failed job), and so do the environment's (a read-only or full disk, a
+file that vanished: ``OSError``; memory); ``-v`` prints the traceback and its cause before that
+line. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import sys
 import click
 
 from .. import __version__
-from ..errors import TiueError
+from ..errors import TiueError, first_line
 
 # name -> (module, attribute, one-line help): the help line is here so --help imports nothing.
 COMMANDS = {
@@ -70,6 +72,27 @@ def setup_logging(verbose: bool = False) -> None:
 def cli(verbose: bool):
     """tiue-export: export and edge inference for one-pass TiUE text-to-image students."""
     setup_logging(verbose)
+    _STATE["verbose"] = verbose
+
+
+_STATE = {"verbose": False}
+
+
+def _fail(message: str, code: int) -> None:
+    """Print the error (after its traceback with ``-v``) and exit with ``code``."""
+    if _STATE["verbose"]:
+        import traceback
+
+        traceback.print_exc()
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def os_error_line(exc: OSError) -> str:
+    """An OSError as the user's one line: what failed, on which path."""
+    what = exc.strerror or first_line(exc)
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    return f"{what}: {' -> '.join(paths)}" if paths else what
 
 
 def quiet_libraries() -> None:
@@ -97,8 +120,11 @@ def main(argv=None) -> None:
         if isinstance(rv, int) and rv:
             sys.exit(rv)
     except TiueError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
+        _fail(str(exc), exc.exit_code)
+    except OSError as exc:  # the environment: permissions, a full disk, a path that vanished
+        _fail(os_error_line(exc), 1)
+    except MemoryError:
+        _fail("out of memory: try a smaller --batch-size (or --low-memory with a bundle)", 1)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)

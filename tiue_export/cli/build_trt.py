@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ..trt.build import ENGINE_PRECISIONS
+from .types import POSITIVE
 
 
 @click.command("build-trt")
@@ -16,8 +17,8 @@ from ..trt.build import ENGINE_PRECISIONS
 @click.option("--timing-cache", type=click.Path(), default=None, help="TensorRT timing cache to read and update.")
 @click.option("--opt-level", type=int, default=3, show_default=True, help="TensorRT builder optimization level, 0..5.")
 @click.option("--fused/--no-fused", default=True, show_default=True, help="Decoder with Eq. 11 inside, or the K-batched eps decoder.")
-@click.option("--workspace", type=float, default=None, help="Builder workspace limit in GiB [default: TensorRT's].")
-@click.option("--device", type=int, default=0, show_default=True, help="CUDA device index.")
+@click.option("--workspace", type=POSITIVE, default=None, help="Builder workspace limit in GiB [default: TensorRT's].")
+@click.option("--device", type=click.IntRange(0, None), default=0, show_default=True, help="CUDA device index.")
 def build_trt(bundle, precision, batch, timing_cache, opt_level, fused, workspace, device):
     """Build one TensorRT engine per graph of BUNDLE for this GPU (strongly typed networks)."""
     from ..specs import BatchProfile

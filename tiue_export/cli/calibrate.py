@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ..quantize import METHODS
+from .types import COUNT, SEED, Finite
 
 
 @click.command("calibrate")
@@ -18,18 +19,18 @@ from ..quantize import METHODS
     help="Calibration prompts, one per line [default: tiue_export/calibration/toy_prompts.txt for the built-in toy "
     "models, tiue_export/calibration/prompts.txt otherwise].",
 )
-@click.option("--num", type=int, default=64, show_default=True, help="Calibration images (prompts repeat with new seeds).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the prompt order; image i uses seed+i.")
+@click.option("--num", type=COUNT, default=64, show_default=True, help="Calibration images (prompts repeat with new seeds).")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the prompt order; image i uses seed+i.")
 @click.option("--method", type=click.Choice(METHODS), default="percentile", show_default=True, help="Activation range estimator.")
-@click.option("--percentile", type=float, default=99.999, show_default=True, help="Range percentile of --method percentile.")
-@click.option("--batch", type=int, default=4, show_default=True, help="Images per calibration batch.")
+@click.option("--percentile", type=Finite(0.0, 100.0, min_open=True), default=99.999, show_default=True, help="Range percentile of --method percentile.")
+@click.option("--batch", type=COUNT, default=4, show_default=True, help="Images per calibration batch.")
 @click.option(
     "--keep-float",
     multiple=True,
     help="Regular expression of node names to keep in float (repeatable; replaces the default: conv_in, conv_out, "
     "proj_in/proj_out, conv_shortcut).",
 )
-@click.option("--eval-prompts", type=int, default=4, show_default=True, help="Held-out prompts for the int8 vs fp32 PSNR.")
+@click.option("--eval-prompts", type=click.IntRange(0, None), default=4, show_default=True, help="Held-out prompts for the int8 vs fp32 PSNR.")
 def calibrate(bundle, prompts, num, seed, method, percentile, batch, keep_float, eval_prompts):
     """Calibrate int8 Q/DQ graphs of the UNet encoder and decoders on the bundle's own pipeline."""
     from ..quantize import CalibrationConfig, calibrate_bundle, quality_line

@@ -7,12 +7,14 @@ from pathlib import Path
 
 import click
 
+from .types import SEED
+
 
 @click.command("check")
 @click.argument("bundle", type=click.Path())
 @click.option("--backends", default=None, help="Comma-separated: torch, onnxruntime[-int8], openvino[-fp32|-bf16|-int8], tensorrt-fp16, tensorrt-int8 [default: all available].")
 @click.option("--prompt", "prompts", multiple=True, help="Prompt (repeatable) [default: two built-in prompts].")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--model", type=click.Path(), default=None, help="The PyTorch source model [default: the one the manifest names].")
 @click.option(
     "--reference",
@@ -39,6 +41,7 @@ def check(bundle, backends, prompts, seed, model, reference, json_path, image_pa
 
     quiet_libraries()  # no-op without torch
     from ..check import DEFAULT_PROMPTS, CheckConfig, run_check, table, write_image_grid, write_json
+    from ..io import writable_dir
 
     cfg = CheckConfig(
         bundle=bundle,
@@ -48,12 +51,15 @@ def check(bundle, backends, prompts, seed, model, reference, json_path, image_pa
         model=model,
         reference=reference,
     )
+    image = Path(image_path) if image_path else (Path(json_path).with_suffix(".png") if json_path else None)
+    for path, what in ((json_path, "--json"), (image, "--image")):
+        if path is not None:  # before the check runs, not after
+            writable_dir(Path(path).absolute().parent, f"{what}'s directory")
     reports, ref = run_check(cfg)
     click.echo(table(reports))
     if json_path:
         write_json(reports, cfg, Path(json_path), ref.get("coefficients"))
         click.echo(f"wrote {json_path}")
-    image = Path(image_path) if image_path else (Path(json_path).with_suffix(".png") if json_path else None)
     if image is not None:
         write_image_grid(reports, ref, ref["prompts"], image)
         click.echo(f"wrote {image}")

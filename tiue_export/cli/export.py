@@ -5,13 +5,14 @@ from __future__ import annotations
 import click
 
 from ..specs import DEFAULT_OPSET, BatchProfile
+from .types import COUNT
 
 
 @click.command("export")
 @click.option("--model", type=click.Path(), help="Student directory [default: the built-in model].")
 @click.option("--out", required=True, type=click.Path(), help="Bundle directory to write (replaced atomically).")
-@click.option("--height", type=int, default=None, help="Image height [default: the model's].")
-@click.option("--width", type=int, default=None, help="Image width [default: the model's].")
+@click.option("--height", type=COUNT, default=None, help="Image height [default: the model's].")
+@click.option("--width", type=COUNT, default=None, help="Image width [default: the model's].")
 @click.option("--batch", default="1:1:4", show_default=True, help="Batch sizes engines must take: N or min:opt:max.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
 @click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True, help="ONNX opset.")

@@ -11,6 +11,7 @@ import click
 
 from ..backends import ENGINES, REGISTRY, resolve
 from ..errors import InputError
+from .types import COUNT, FINITE, SEED, SEED_MAX
 
 log = logging.getLogger("tiue_export")
 
@@ -53,17 +54,44 @@ def stage_summary(totals: dict[str, float]) -> str:
     return ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in totals.items())
 
 
-def output_paths(out: str, jobs: list[tuple[str, int]]) -> list[Path]:
-    """One PNG per (prompt, seed): ``out`` itself if it ends in .png and there is one image,
-    else files named ``NNN-prompt-slug-sSEED.png`` inside the directory ``out``."""
+#: Image suffixes infer does not write (it writes PNG): ``--out x.jpg`` is refused, not made a directory.
+NOT_PNG = (".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".npy")
+
+
+def recipe_digest(recipe: dict, prompt: str, seed: int) -> str:
+    """8 hex digits of sha256 over what made one image (model, sampler, backend, precision, size,
+    noise, prompt, seed): two images share a file name only if they are the same image."""
+    import hashlib
+    import json
+
+    text = json.dumps({**recipe, "prompt": prompt, "seed": seed}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def output_paths(out: str, jobs: list[tuple[str, int]], recipe: dict | None = None, overwrite: bool = False) -> list[Path]:
+    """One PNG per (prompt, seed): ``out`` itself if it ends in .png and there is one image (an
+    existing file is replaced only with ``overwrite``), else files named
+    ``NNN-prompt-slug-sSEED-DIGEST.png`` inside the directory ``out``, DIGEST from
+    :func:`recipe_digest` (a file of that name holds the same image, so it is replaced)."""
+    from ..io import writable_dir
+
     path = Path(out)
     if path.suffix.lower() == ".png":
         if len(jobs) != 1:
             raise InputError(f"--out {out} names one file but {len(jobs)} images were asked for: give a directory")
+        if path.is_dir():
+            raise InputError(f"--out {out} is a directory: give a new FILE.png or the directory without .png")
+        if path.exists() and not overwrite:
+            raise InputError(f"--out {out} exists: pass --overwrite to replace it, or give a directory")
+        writable_dir(path.parent)
         return [path]
+    if path.suffix.lower() in NOT_PNG:
+        raise InputError(f"--out {out}: infer writes PNG files; give FILE.png or a directory")
     if path.exists() and not path.is_dir():
         raise InputError(f"--out {out} exists and is not a directory")
-    return [path / f"{i:03d}-{_slug(p)}-s{s}.png" for i, (p, s) in enumerate(jobs)]
+    writable_dir(path)
+    recipe = recipe or {}
+    return [path / f"{i:03d}-{_slug(p)}-s{s}-{recipe_digest(recipe, p, s)}.png" for i, (p, s) in enumerate(jobs)]
 
 
 @dataclass(frozen=True)
@@ -85,6 +113,18 @@ class InferConfig:
     noise: str = "numpy"
     out: str = "outputs"
     low_memory: bool = False
+    overwrite: bool = False
+
+    def __post_init__(self):
+        if self.seed + self.num_images - 1 > SEED_MAX:
+            raise InputError(f"--seed {self.seed} with --num-images {self.num_images} passes the largest seed, {SEED_MAX}")
+
+    def recipe(self, model: str) -> dict:
+        """What makes an image besides its prompt and seed (for :func:`recipe_digest`)."""
+        return {
+            "model": model, "backend": self.backend, "precision": self.precision, "sampler": self.sampler,
+            "guidance": self.guidance, "k": self.k, "height": self.height, "width": self.width, "noise": self.noise,
+        }
 
     @property
     def jobs(self) -> list[tuple[str, int]]:
@@ -112,13 +152,13 @@ class InferConfig:
     "default, bf16 on CPUs with bf16 units].",
 )
 @click.option("--sampler", default=None, help="one-pass | loop | ddim:N  [default: one-pass; ddim:50 for a teacher]")
-@click.option("--guidance", type=float, default=None, help="CFG scale of the ddim:N sampler [default: the model's, else 7.5].")
+@click.option("--guidance", type=FINITE, default=None, help="CFG scale of the ddim:N sampler [default: the model's, else 7.5].")
 @click.option("--k", type=click.IntRange(1, 1000), default=None, help="Override the number of decoder timesteps.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the first image; image j uses seed+j.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the first image; image j uses seed+j.")
 @click.option("--num-images", type=click.IntRange(1, 10000), default=1, show_default=True, help="Images per prompt.")
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=4, show_default=True)
-@click.option("--height", type=int, default=None, help="Image height [default: the model's].")
-@click.option("--width", type=int, default=None, help="Image width [default: the model's].")
+@click.option("--height", type=COUNT, default=None, help="Image height [default: the model's].")
+@click.option("--width", type=COUNT, default=None, help="Image width [default: the model's].")
 @click.option(
     "--noise",
     type=click.Choice(["numpy", "torch"]),
@@ -127,6 +167,7 @@ class InferConfig:
     help="z_T source: numpy (same on every backend) or torch (torch.Generator per image, as the authors' script).",
 )
 @click.option("--out", default="outputs", show_default=True, help="Output directory, or FILE.png for one image.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out FILE.png.")
 @click.option(
     "--low-memory",
     is_flag=True,
@@ -155,8 +196,8 @@ def infer_torch(cfg: InferConfig) -> None:
     from ..pipeline import Sampler, load_pipeline
 
     jobs = cfg.jobs
-    paths = output_paths(cfg.out, jobs)
     model_path = resolve_model(cfg.model)
+    paths = output_paths(cfg.out, jobs, cfg.recipe(str(Path(model_path).resolve())), cfg.overwrite)
     pipe = load_pipeline(model_path, k=cfg.k)
     sampler = Sampler.parse(cfg.sampler or pipe.default_sampler)
     guidance = pipe.default_guidance if cfg.guidance is None else cfg.guidance
@@ -170,6 +211,14 @@ def infer_torch(cfg: InferConfig) -> None:
 
     totals = generate(jobs, paths, cfg.batch_size, sample, lambda result: meta)
     click.echo(f"{len(jobs)} image(s) from {model_path} [torch, {sampler}]: {stage_summary(totals)}")
+
+
+def bundle_identity(bundle) -> str:
+    """A bundle's path and the sha256 of its manifest (which holds every graph's sha256)."""
+    import hashlib
+
+    digest = hashlib.sha256((Path(bundle.path) / "manifest.json").read_bytes()).hexdigest()[:16]
+    return f"{Path(bundle.path).resolve()}@{digest}"
 
 
 def infer_bundle(cfg: InferConfig) -> None:
@@ -188,8 +237,8 @@ def infer_bundle(cfg: InferConfig) -> None:
     if cfg.guidance is not None:
         raise InputError("--guidance is for ddim:N on the torch backend; a bundle's one-pass sampler has no guidance")
     jobs = cfg.jobs
-    paths = output_paths(cfg.out, jobs)
     bundle = Bundle.open(cfg.model)
+    paths = output_paths(cfg.out, jobs, cfg.recipe(bundle_identity(bundle)), cfg.overwrite)
     backend = resolve(cfg.backend, cfg.precision, bundle.manifest)
     size = bundle.manifest.image
     asked = (cfg.height or size[0], cfg.width or size[1])

@@ -12,6 +12,8 @@ import shlex
 
 import click
 
+from .types import SEED
+
 TOY_COMMANDS = {
     "eval": ("tiue_export.cli.toy_eval", "eval_cmd", "Score a model on the toy domain (attribute accuracy, FD, ...)."),
     "train-classifier": ("tiue_export.cli.toy_eval", "train_classifier_cmd", "Train the attribute classifier that toy eval measures with."),
@@ -60,7 +62,7 @@ def toy():
 @click.option("--work-dir", type=click.Path(), default=None, help="Checkpoints, latent pool, config [default: OUT.train].")
 @click.option("--vae-steps", type=click.IntRange(0), default=None, help="VAE optimisation steps [default: from the config].")
 @click.option("--steps", type=click.IntRange(0), default=None, help="UNet + text-encoder steps [default: from the config].")
-@click.option("--seed", type=int, default=None, help="Seed of data, initialisation and noise [default: 0].")
+@click.option("--seed", type=SEED, default=None, help="Seed of data, initialisation and noise [default: 0].")
 @click.option("--threads", type=click.IntRange(1), default=None, help="torch CPU threads [default: 2].")
 @click.option("--checkpoint-every", type=click.IntRange(1), default=None, help="Steps between resumable checkpoints.")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in the work directory.")

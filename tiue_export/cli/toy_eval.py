@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import InputError
+from .types import FINITE, SEED
 
 
 def _check_out(path: str | None, suffix: str, option: str) -> Path | None:
@@ -26,7 +27,7 @@ def _check_out(path: str | None, suffix: str, option: str) -> Path | None:
 @click.command("eval")
 @click.option("--model", type=click.Path(), default=None, help="Model directory [default: the built-in model].")
 @click.option("--sampler", default=None, help="one-pass | loop | ddim:N  [default: one-pass; ddim:50 for a teacher]")
-@click.option("--guidance", type=float, default=None, help="CFG scale of ddim:N [default: the model's, else 7.5].")
+@click.option("--guidance", type=FINITE, default=None, help="CFG scale of ddim:N [default: the model's, else 7.5].")
 @click.option("--backend", default="torch", show_default=True, metavar="torch|onnxruntime|openvino",
               help="Where the model runs: torch (a model directory), onnxruntime or openvino (a bundle from tiue-export export).")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "int8"]), default=None,
@@ -88,7 +89,7 @@ def eval_cmd(model, sampler, guidance, backend, precision, n_prompts, seeds, spl
 @click.command("train-classifier")
 @click.option("--out", required=True, type=click.Path(), help="Directory to write (replaced atomically at the end).")
 @click.option("--steps", type=int, default=None, help="Training steps [default: 1500].")
-@click.option("--seed", type=int, default=None, help="Seed of the renders, initialisation and augmentation [default: 0].")
+@click.option("--seed", type=SEED, default=None, help="Seed of the renders, initialisation and augmentation [default: 0].")
 def train_classifier_cmd(out, steps, seed):
     """Train the toy attribute classifier that ``toy eval`` measures with (a few minutes on 2 CPU cores).
 

@@ -599,6 +599,8 @@ def check_resume(cfg: DistillConfig, ckpts: list[Path], resume: bool) -> None:
         raise InputError(f"{run} holds checkpoints of an earlier run: pass --resume to continue it, or choose another --out")
     if out.exists() and not resume:
         raise InputError(f"--out {out} already exists: choose a new directory")
+    if resume and not ckpts and not (run / CONFIG_FILE).exists():
+        raise InputError(f"--resume: {run} holds no run to continue: drop --resume to start one")
     if resume and (run / CONFIG_FILE).exists():
         recorded = json.loads((run / CONFIG_FILE).read_text())
         if removed_options(recorded):

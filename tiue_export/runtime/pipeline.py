@@ -52,10 +52,10 @@ class BundleTokenizer:
         self.tok.enable_truncation(max_length=self.max_length)
         self.tok.enable_padding(pad_id=info.pad_id, pad_token=info.pad_token, length=self.max_length)
 
-    def __call__(self, prompts: Sequence[str]) -> np.ndarray:
+    def __call__(self, prompts: Sequence[str], warn: bool = True) -> np.ndarray:
         encodings = self.tok.encode_batch(list(prompts))
         for p, e in zip(prompts, encodings):
-            if e.overflowing:
+            if e.overflowing and warn:
                 log.warning("prompt is longer than this model's %d tokens: truncated: %r", self.max_length, p[:60])
         return np.asarray([e.ids for e in encodings], dtype=np.int64)
 

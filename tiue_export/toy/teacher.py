@@ -403,6 +403,8 @@ def _check_resume(work: Path, config: TeacherConfig, resume: bool) -> bool:
     ckpt_path = work / CHECKPOINT
     if ckpt_path.exists() and not resume:
         raise InputError(f"{work} holds a checkpoint of an earlier run: pass --resume to continue it, or remove {work}")
+    if resume and not ckpt_path.exists() and not (work / CONFIG_JSON).exists():
+        raise InputError(f"--resume: {work} holds no run to continue: drop --resume to start one")
     torch.set_num_threads(config.threads)
     work.mkdir(parents=True, exist_ok=True)
     cfg_file = work / CONFIG_JSON

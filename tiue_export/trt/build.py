@@ -16,13 +16,13 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..bundle import Bundle, publish, sha256_file
 from ..errors import InputError, TiueError
+from ..io import staging_dir
 from ..specs import BatchProfile, GraphSpec
 from .checks import GpuInfo, require_tensorrt_gpu
 
@@ -176,7 +176,7 @@ def build_engines(cfg: BuildConfig) -> BuildReport:
     log.info("building %s engines for %s (sm %s) with TensorRT %s, batch %s", cfg.precision, gpu.name, gpu.compute_capability, trt.__version__, batch)
 
     root = bundle.path
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.build-trt-", dir=root.parent))
+    staging = staging_dir(root, "build-trt")
     seconds: dict[str, float] = {}
     graphs: dict[str, dict] = {}
     staged: dict[str, Path] = {}

@@ -1,0 +1,300 @@
+"""Bad input, as a new user gives it: one line on stderr (no traceback), a non-zero exit, no image
+made of NaNs, nothing half written, no earlier output lost; and a fuzz test of the bundle: random
+byte flips in its files and random changes to its manifest never give exit 0 with another image."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _bundles import VARIANTS, tiny_bundle
+from _cli import run_cli
+
+PROMPT = "a red cube"
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_models, tmp_path_factory):
+    return tiny_bundle(tiny_models, tmp_path_factory, "sd21", **VARIANTS["sd21"])
+
+
+def one_line_error(code: int, err: str, expect: str, exit_code: int | None = None) -> None:
+    """The failure contract: non-zero exit, exactly one ``error:`` line holding ``expect``, no traceback."""
+    assert code != 0, err
+    if exit_code is not None:
+        assert code == exit_code, err
+    assert "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and expect in errors[0], err
+
+
+def tree(path: Path) -> dict[str, bytes]:
+    """Every file under ``path`` (hidden ones too) with its bytes."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def nan_weights(model: Path, dest: Path) -> Path:
+    """A copy of ``model`` whose UNet weights hold NaNs (same size: the loader cannot tell)."""
+    shutil.copytree(model, dest)
+    (weights,) = (dest / "unet").glob("*.safetensors")
+    data = bytearray(weights.read_bytes())
+    header = 8 + int.from_bytes(data[:8], "little")
+    data[header + 64 : header + 64 + 4096] = b"\xff" * 4096  # float32 0xffffffff is NaN
+    weights.write_bytes(bytes(data))
+    return dest
+
+
+# -- numbers: non-finite outputs, non-finite or out-of-range flags --------------------------------
+def test_nan_weights_fail_naming_the_stage_and_write_nothing(tiny_sd21, tmp_path, capsys):
+    model = nan_weights(tiny_sd21, tmp_path / "nan-model")
+    for sampler, stage in (("one-pass", "unet_encoder."), ("loop", "loop.z0"), ("ddim:3", "ddim:3.z0")):
+        out = tmp_path / f"out-{sampler.replace(':', '')}"
+        code, _, err = run_cli(["infer", "--model", str(model), "--prompt", PROMPT, "--sampler", sampler, "--out", str(out)], capsys)
+        one_line_error(code, err, "is not finite", 1)
+        assert stage in err and "nothing was written" in err, err
+        assert not out.exists() or not any(out.rglob("*.png"))
+
+
+@pytest.mark.parametrize(
+    "command, flag, value",
+    [
+        ("infer", "--guidance", "nan"),
+        ("infer", "--guidance", "inf"),
+        ("infer", "--seed", "-1"),
+        ("infer", "--seed", str(2**70)),
+        ("infer", "--height", "0"),
+        ("check", "--seed", "-5"),
+        ("calibrate", "--percentile", "nan"),
+        ("calibrate", "--num", "0"),
+        ("toy eval", "--guidance", "-inf"),
+        ("distill", "--lr", "nan"),
+    ],
+)
+def test_non_finite_or_out_of_range_flags_are_refused_before_loading(command, flag, value, tmp_path, capsys):
+    args = {
+        "infer": ["--prompt", PROMPT, "--out", str(tmp_path / "o")],
+        "check": [str(tmp_path / "b")],
+        "calibrate": [str(tmp_path / "b")],
+        "toy eval": ["--json", str(tmp_path / "r.json")],
+        "distill": ["--teacher", str(tmp_path / "t"), "--prompts", str(tmp_path / "p.txt"), "--out", str(tmp_path / "d")],
+    }[command]
+    code, _, err = run_cli([*command.split(), *args, f"{flag}={value}"], capsys)
+    one_line_error(code, err, flag, 2)
+    assert not list(tmp_path.iterdir())
+
+
+def test_largest_seed_with_torch_noise_works_and_overflow_is_refused(tiny_sd21, tmp_path, capsys):
+    top = 2**63 - 1
+    code, _, err = run_cli(["infer", "--model", str(tiny_sd21), "--prompt", PROMPT, "--seed", str(top), "--noise", "torch", "--out", str(tmp_path / "o")], capsys)
+    assert code == 0, err
+    code, _, err = run_cli(["infer", "--model", str(tiny_sd21), "--prompt", PROMPT, "--seed", str(top), "--num-images", "2", "--out", str(tmp_path / "p")], capsys)
+    one_line_error(code, err, "passes the largest seed", 2)
+
+
+# -- destinations: read-only, wrong kind, existing files ------------------------------------------
+READ_ONLY = Path("/sys/tiue-export-test")  # a read-only file system even for root
+
+
+@pytest.mark.skipif(os.access("/sys", os.W_OK) and not Path("/sys/kernel").is_dir(), reason="no read-only /sys here")
+def test_read_only_destinations_are_one_line_before_any_work(tiny_sd21, bundle, tmp_path, capsys):
+    cases = [
+        (["infer", "--model", str(tiny_sd21), "--prompt", PROMPT, "--out", str(READ_ONLY)], "--out"),
+        (["infer", "--model", str(tiny_sd21), "--prompt", PROMPT, "--out", str(READ_ONLY / "x.png")], "--out"),
+        (["infer", "--model", str(bundle), "--backend", "onnxruntime", "--prompt", PROMPT, "--out", str(READ_ONLY)], "--out"),
+        (["export", "--model", str(tiny_sd21), "--out", str(READ_ONLY / "b")], "--out"),
+        (["check", str(bundle), "--backends", "onnxruntime", "--json", str(READ_ONLY / "c.json")], "--json"),
+    ]
+    for args, flag in cases:
+        t0 = time.perf_counter()
+        code, out, err = run_cli(args, capsys)
+        one_line_error(code, err, flag, 2)
+        assert "wrote" not in out and time.perf_counter() - t0 < 30
+
+
+def test_destinations_of_the_wrong_kind(tiny_sd21, tmp_path, capsys):
+    base = ["infer", "--model", str(tiny_sd21), "--prompt", PROMPT]
+    code, _, err = run_cli([*base, "--out", str(tmp_path / "new.jpg")], capsys)
+    one_line_error(code, err, "writes PNG", 2)
+    assert not (tmp_path / "new.jpg").exists()
+    (tmp_path / "file").write_text("x")
+    code, _, err = run_cli([*base, "--out", str(tmp_path / "file" / "sub")], capsys)
+    one_line_error(code, err, "is not a directory", 2)
+    code, _, err = run_cli([*base, "--out", str(tmp_path / "file")], capsys)
+    one_line_error(code, err, "is not a directory", 2)
+
+
+def test_an_existing_png_is_replaced_only_with_overwrite(tiny_sd21, tmp_path, capsys):
+    target = tmp_path / "one.png"
+    base = ["infer", "--model", str(tiny_sd21), "--out", str(target)]
+    assert run_cli([*base, "--prompt", PROMPT], capsys)[0] == 0
+    first = target.read_bytes()
+    code, _, err = run_cli([*base, "--prompt", "a cat"], capsys)
+    one_line_error(code, err, "--overwrite", 2)
+    assert target.read_bytes() == first
+    assert run_cli([*base, "--prompt", "a cat", "--overwrite"], capsys)[0] == 0
+    assert target.read_bytes() != first
+
+
+def test_prompts_that_share_a_prefix_or_differ_in_model_keep_their_own_files(tiny_models, tmp_path, capsys):
+    long = "a red cube on a blue table next to a green ball, in the morning light"
+    out = tmp_path / "o"
+    for model in (tiny_models("sd21"), tiny_models("sd15")):
+        for prompt in (long + " A", long + " B"):
+            assert run_cli(["infer", "--model", str(model), "--prompt", prompt, "--out", str(out)], capsys)[0] == 0
+    assert len(list(out.glob("*.png"))) == 4
+
+
+def test_concurrent_runs_into_one_directory_lose_nothing(tiny_sd21, tmp_path):
+    out = tmp_path / "shared"
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tiue_export", "infer", "--model", str(tiny_sd21), "--prompt", PROMPT, "--num-images", "3", "--sampler", s, "--out", str(out)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for s in ("one-pass", "loop")
+    ]
+    for r in runs:
+        _, err = r.communicate(timeout=300)
+        assert r.returncode == 0, err
+    assert len(list(out.glob("*.png"))) == 6
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+# -- prompts files and runs ----------------------------------------------------------------------
+def test_prompts_files_that_are_not_text(tiny_sd21, bundle, tmp_path, capsys):
+    latin = tmp_path / "latin1.txt"
+    latin.write_bytes("caf\xe9 au lait\n".encode("latin-1"))
+    for args in (["--model", str(tiny_sd21)], ["--model", str(bundle), "--backend", "onnxruntime"]):
+        code, _, err = run_cli(["infer", *args, "--prompts-file", str(latin), "--out", str(tmp_path / "o")], capsys)
+        one_line_error(code, err, "not UTF-8", 2)
+        code, _, err = run_cli(["infer", *args, "--prompts-file", str(tmp_path), "--out", str(tmp_path / "o")], capsys)
+        one_line_error(code, err, "is a directory", 2)
+
+
+def test_distill_resume_refuses_a_folder_without_a_run(tiny_models, tmp_path, capsys):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a cat\n")
+    (tmp_path / "empty").mkdir()
+    from tiue_export.tiny import build_tiny_pipeline
+
+    teacher = build_tiny_pipeline(tmp_path / "teacher", "sd21", student=False)
+    code, _, err = run_cli(["distill", "--teacher", str(teacher), "--prompts", str(prompts), "--out", str(tmp_path / "empty"), "--resume", "--steps", "1"], capsys)
+    one_line_error(code, err, "no run to continue", 2)
+    assert not list((tmp_path / "empty").iterdir())
+
+
+# -- killed writers ------------------------------------------------------------------------------
+def test_a_killed_export_leaves_staging_that_the_next_export_removes(tiny_sd21, tmp_path):
+    out = tmp_path / "bundle"
+    cmd = [sys.executable, "-m", "tiue_export", "export", "--model", str(tiny_sd21), "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".bundle.*.tmp/bundle/*.onnx")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "export finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    (stale,) = tmp_path.glob(".bundle.*.tmp")
+    assert not out.exists()
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert not stale.exists() and (out / "manifest.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
+
+
+def test_a_live_writers_staging_is_left_alone(tmp_path):
+    from tiue_export.io import OWNER, staging_dir, sweep_stale
+
+    mine = staging_dir(tmp_path / "target", "test")
+    assert sweep_stale(tmp_path / "target") == [] and mine.is_dir()
+    owner = json.loads((mine / OWNER).read_text())
+    foreign = tmp_path / ".target.x-1.tmp"  # another host's writer: not ours to judge
+    foreign.mkdir()
+    (foreign / OWNER).write_text(json.dumps({**owner, "host": owner["host"] + "-elsewhere", "pid": 1}))
+    unowned = tmp_path / ".target.y-2.tmp"  # no owner file: not ours
+    unowned.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    gone = tmp_path / ".target.z-3.tmp"
+    gone.mkdir()
+    (gone / OWNER).write_text(json.dumps({**owner, "pid": int(dead), "start": "0"}))
+    assert sweep_stale(tmp_path / "target") == [gone]
+    assert mine.is_dir() and foreign.is_dir() and unowned.is_dir() and not gone.exists()
+
+
+# -- the bundle fuzz test ------------------------------------------------------------------------
+def _infer_png(bundle: Path, out: Path, capsys) -> tuple[int, bytes | None, str]:
+    """Exit code, the image's pixels (not its metadata, which names the bundle's path), stderr."""
+    from PIL import Image
+
+    code, _, err = run_cli(["infer", "--model", str(bundle), "--backend", "onnxruntime", "--prompt", PROMPT, "--out", str(out)], capsys)
+    return code, (np.asarray(Image.open(out)).tobytes() if out.is_file() else None), err
+
+
+def _mutations(value, path=()):
+    """(path, new value) for every leaf of the manifest: numbers moved, strings changed, flags flipped, lists cut."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _mutations(v, (*path, k))
+    elif isinstance(value, list):
+        if value:
+            yield path, value[:-1]
+        for i, v in enumerate(value):
+            yield from _mutations(v, (*path, i))
+    elif isinstance(value, bool):
+        yield path, not value
+    elif isinstance(value, (int, float)):
+        yield path, value + 1 if isinstance(value, int) else value * 1.5 + 1e-3
+    elif isinstance(value, str):
+        yield path, value + "x"
+
+
+def _set(d, path, value):
+    for k in path[:-1]:
+        d = d[k]
+    d[path[-1]] = value
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # a numpy warning leaking out is a failure too
+def test_fuzz_byte_flips_and_manifest_mutations_never_give_another_image(bundle, tmp_path, capsys):
+    """Every outcome is one of: exit 0 with the untouched bundle's image, or a one-line error."""
+    code, baseline, err = _infer_png(bundle, tmp_path / "base.png", capsys)
+    assert code == 0 and baseline, err
+    rng = np.random.default_rng(0)
+    files = sorted(p.relative_to(bundle) for p in bundle.rglob("*") if p.is_file())
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    mutations = list(_mutations(manifest))
+    picked = [mutations[i] for i in rng.choice(len(mutations), size=min(30, len(mutations)), replace=False)]
+    trials = [("flip", f) for f in files] + [("field", m) for m in picked]
+    outcomes = {"same image": 0, "refused": 0}
+    for i, (kind, what) in enumerate(trials):
+        work = tmp_path / f"b{i}"
+        shutil.copytree(bundle, work)
+        if kind == "flip":
+            target = work / what
+            data = bytearray(target.read_bytes())
+            for pos in rng.integers(0, len(data), size=int(rng.integers(1, 4))):
+                data[pos] ^= 1 << int(rng.integers(0, 8))
+            target.write_bytes(bytes(data))
+        else:
+            m = json.loads((work / "manifest.json").read_text())
+            _set(m, *what)
+            (work / "manifest.json").write_text(json.dumps(m, indent=2))
+        code, png, err = _infer_png(work, tmp_path / f"o{i}.png", capsys)
+        if code == 0:
+            assert png == baseline, f"{kind} {what}: exit 0 with another image"
+            outcomes["same image"] += 1
+        else:
+            one_line_error(code, err, "")
+            assert png is None, f"{kind} {what}: failed but wrote an image"
+            outcomes["refused"] += 1
+        shutil.rmtree(work)
+    print(f"fuzz: {len(trials)} trials: {outcomes}")
+    assert outcomes["refused"] >= len(files)  # graph flips at least are caught

@@ -1,0 +1,43 @@
+"""Click parameter types that refuse what no model can use, before any model loads."""
+
+from __future__ import annotations
+
+import math
+
+import click
+
+#: Seeds are non-negative and fit 63 bits: numpy's SeedSequence and torch.Generator.manual_seed
+#: both take every one of them, and ``seed + image index`` stays in range for any run here.
+SEED_MAX = 2**63 - 1
+
+
+class Finite(click.ParamType):
+    """A finite float (``nan`` and ``inf`` are refused), optionally bounded."""
+
+    name = "float"
+
+    def __init__(self, min: float | None = None, max: float | None = None, min_open: bool = False):
+        self.min, self.max, self.min_open = min, max, min_open
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float) and math.isfinite(value):
+            x = value
+        else:
+            try:
+                x = float(value)
+            except (TypeError, ValueError):
+                self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(x):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        if self.min is not None and (x < self.min or (self.min_open and x == self.min)):
+            self.fail(f"{x:g} is not {'>' if self.min_open else '>='} {self.min:g}", param, ctx)
+        if self.max is not None and x > self.max:
+            self.fail(f"{x:g} is not <= {self.max:g}", param, ctx)
+        return x
+
+
+FINITE = Finite()
+NON_NEGATIVE = Finite(min=0.0)
+POSITIVE = Finite(min=0.0, min_open=True)
+SEED = click.IntRange(0, SEED_MAX)
+COUNT = click.IntRange(1, None)
