@@ -121,7 +121,8 @@ def score_split(classifier, prompts: Sequence[str], fake: np.ndarray, real: np.n
         pr = prdc(rp.features, fp.features, k).to_dict()
     else:  # too few points for k-NN balls: reported as null
         pr = dict.fromkeys(("precision", "recall", "density", "coverage"))
-    verdicts = judge_images(fake, attrs)
+    shapes = classifier.config.classes["shape"]
+    verdicts = judge_images(fake, attrs, [shapes[int(i)] for i in fp.labels["shape"]])
     strict = np.asarray([v.right for v in verdicts])
     reasons = [v.reason for v in verdicts]
     by_prompt: dict[str, list[bool]] = {}
