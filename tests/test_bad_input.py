@@ -298,3 +298,12 @@ def test_fuzz_byte_flips_and_manifest_mutations_never_give_another_image(bundle,
         shutil.rmtree(work)
     print(f"fuzz: {len(trials)} trials: {outcomes}")
     assert outcomes["refused"] >= len(files)  # graph flips at least are caught
+
+
+def test_verbose_shows_the_traceback(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    args = ["infer", "--prompt", PROMPT, "--out", str(tmp_path / "file" / "sub")]
+    code, _, err = run_cli(args, capsys)
+    one_line_error(code, err, "is not a directory", 2)
+    code, _, err = run_cli(["-v", *args], capsys)
+    assert code == 2 and "Traceback" in err and "InputError" in err and err.strip().splitlines()[-1].startswith("error:")
