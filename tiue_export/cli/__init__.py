@@ -24,6 +24,7 @@ COMMANDS = {
     "export": ("tiue_export.cli.export", "export", "Export a student to a validated ONNX bundle."),
     "distill": ("tiue_export.cli.distill", "distill", "Distil a teacher into a one-pass TiUE student (VSD + KL)."),
     "distill-export": ("tiue_export.cli.distill", "distill_export", "Write the student of a distill checkpoint (to sample or export it)."),
+    "distill-vae": ("tiue_export.cli.distill_vae", "distill_vae", "Distil the model's VAE decoder into a tiny AutoencoderTiny decoder."),
     "check": ("tiue_export.cli.check", "check", "Compare every backend with the PyTorch reference, per graph and end to end."),
     "bench": ("tiue_export.cli.bench", "bench", "Time every backend per stage against the PyTorch references."),
     "calibrate": ("tiue_export.cli.calibrate", "calibrate", "Calibrate int8 Q/DQ UNet graphs into a bundle."),
