@@ -75,6 +75,9 @@ class ExportConfig:
     # Images from ORT vs PyTorch, same prompt/seed: fp32 differences are float reorderings, far
     # under one grey level; 40 dB is the project's parity bar.
     min_psnr: float = 40.0
+    # full: the model's VAE only; tiny or a distill-vae directory: also a "tiny" variant of
+    # vae_decoder (tiue_export.vae_tiny), chosen at run time with --vae tiny
+    vae: str = "full"
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -106,6 +109,10 @@ def check_config(cfg: ExportConfig) -> None:
     if cfg.external_data not in EXTERNAL_DATA:
         raise InputError(f"unknown --external-data {cfg.external_data!r}: use auto, always or never")
     check_opset(cfg.opset, max_opset())
+    if cfg.vae != "full":
+        from . import vae_tiny
+
+        vae_tiny.resolve(Path(cfg.model), cfg.vae)  # an unknown word or a decoder of another VAE: refused now
     if cfg.validate_batch < 1:
         raise InputError("validate_batch must be >= 1")
     out = Path(cfg.out)
@@ -381,6 +388,8 @@ def export_bundle(cfg: ExportConfig, pipe=None) -> ExportReport:
             manifest = manifest.with_graph(replace(graph, sha256=sha256_file(path), external_data=tuple(data_files)))
             report.sizes[spec.file] = sum((tmp / f).stat().st_size for f in [spec.file] + data_files)
 
+        if cfg.vae != "full":
+            manifest = export_tiny_vae(tmp, manifest, cfg, inputs["vae_decoder"], refs["vae_decoder"], results, failures, report)
         end_to_end = validate_chain(tmp, manifest, inputs, refs, cfg)
         if end_to_end is not None and not end_to_end["ok"]:
             failures.append(f"end to end: {end_to_end['summary']}")
@@ -412,6 +421,51 @@ def export_bundle(cfg: ExportConfig, pipe=None) -> ExportReport:
         save_manifest(tmp, manifest)
         report.validation = validation
     return report
+
+
+def export_tiny_vae(root: Path, manifest: Manifest, cfg: ExportConfig, feed: dict, full_ref: dict, results: dict, failures: list, report) -> Manifest:
+    """The tiny decoder as ``vae_decoder``'s ``tiny`` variant: the same spec (z0 in, images in
+    [-1, 1] out), exported, checked and validated against its PyTorch module like every graph;
+    the variant records where it came from and its PSNR against the full decoder on the reference z0."""
+    from . import vae_tiny
+    from .backends.torch import VaeDecoderGraph
+    from .bundle.manifest import Variant
+    from .compare import psnr
+
+    source = vae_tiny.resolve(Path(cfg.model), cfg.vae)
+    graph = manifest.graphs["vae_decoder"]
+    spec = replace(graph.spec, name="vae_decoder")
+    file = f"vae_decoder.{vae_tiny.VARIANT}.onnx"
+    log.info("exporting vae_decoder (%s variant from %s)", vae_tiny.VARIANT, source)
+    module = VaeDecoderGraph(vae_tiny.load(source), baked=True).eval()
+    with torch.no_grad():
+        ref = {"images": module(torch.from_numpy(feed["latents"])).numpy()}
+    model = export_onnx(module, spec, feed, root / ".scratch" / "vae_tiny")
+    if cfg.precision == "fp16" and spec.fp16:
+        model = slim(to_fp16(model), "vae_decoder tiny")
+    model = canonical_shapes(model)
+    path = root / file
+    data_files = save_onnx(model, path, cfg.external_data)
+    check_graph(path, spec)
+    comparison = validate_graph(path, spec, feed, ref, cfg.precision)
+    key = f"vae_decoder.{vae_tiny.VARIANT}"
+    if isinstance(comparison, Comparison):
+        results[key] = comparison.to_dict()
+        if not comparison:
+            failures.append(str(comparison))
+    else:
+        results[key] = comparison
+    record = json.loads((source / vae_tiny.RECORD).read_text())
+    variant = Variant(
+        file, graph.precision, sha256_file(path), tuple(data_files),
+        extra={
+            "distilled_from": record["distilled_from"],
+            "held_out_psnr_db": record.get("held_out_psnr_db"),
+            "psnr_vs_full_db": psnr(np.clip(full_ref["images"], -1, 1), np.clip(ref["images"], -1, 1), 2.0),
+        },
+    )
+    report.sizes[file] = sum((root / f).stat().st_size for f in [file] + data_files)
+    return manifest.with_graph(replace(graph, variants={**graph.variants, vae_tiny.VARIANT: variant}))
 
 
 def validate_chain(root: Path, manifest: Manifest, inputs: dict, refs: dict, cfg: ExportConfig) -> dict | None:

@@ -99,6 +99,7 @@ class TorchPipeline:
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
         self.vae = vae
+        self.vae_tiny = None  # an AutoencoderTiny that decodes instead of the VAE (``--vae tiny``)
         self.unet = unet
         self.scheduler = scheduler
         self.student_config = student_config
@@ -129,6 +130,11 @@ class TorchPipeline:
     def default_guidance(self) -> float:
         """The CFG scale the model was made for (``tiue.json`` provenance ``guidance``), else 7.5."""
         return self.student_config.guidance if self.student_config else DEFAULT_GUIDANCE
+
+    @property
+    def decoder_vae(self):
+        """What decodes z0: the tiny decoder when one is set, else the model's VAE."""
+        return self.vae_tiny if self.vae_tiny is not None else self.vae
 
     @property
     def vae_scale_factor(self) -> int:
@@ -216,7 +222,7 @@ class TorchPipeline:
         """The PyTorch reference's graphs (:mod:`tiue_export.backends.torch`), for the executor."""
         from .backends import torch as torch_backend
 
-        key = ("graphs", baked, dtype)
+        key = ("graphs", baked, dtype, self.vae_tiny is not None)
         if key not in self._cache:
             self._cache[key] = torch_backend.graphs(self, self.manifest(), baked, dtype or self.unet.dtype)
         return self._cache[key]
@@ -241,8 +247,10 @@ class TorchPipeline:
 
     @torch.no_grad()
     def decode_float(self, z0: torch.Tensor) -> np.ndarray:
-        """Latents to the VAE's float NCHW output in [-1, 1]: ``vae.decode(z0 / scaling_factor)``."""
-        return self.vae.decode(z0.to(self.vae.dtype) / self.vae.config.scaling_factor).sample.float().numpy()
+        """Latents to the VAE's float NCHW output in [-1, 1]: ``vae.decode(z0 / scaling_factor)``
+        (the tiny decoder's factor is 1: it takes z0 itself)."""
+        vae = self.decoder_vae
+        return vae.decode(z0.to(vae.dtype) / vae.config.scaling_factor).sample.float().numpy()
 
     def decode_latents(self, z0: torch.Tensor) -> np.ndarray:
         """Latents to uint8 NHWC images."""
@@ -336,7 +344,7 @@ class TorchPipeline:
         return SampleResult(to_uint8_images(decoded), z0.numpy(), list(seeds), timings)
 
 
-def load_pipeline(path, k: int | None = None, dtype: torch.dtype = torch.float32) -> TorchPipeline:
+def load_pipeline(path, k: int | None = None, dtype: torch.dtype = torch.float32, vae: str = "full") -> TorchPipeline:
     """Load a diffusers-format pipeline directory (a TiUE student, the authors' or ours, or a teacher).
 
     Args:
@@ -344,9 +352,13 @@ def load_pipeline(path, k: int | None = None, dtype: torch.dtype = torch.float32
             ``tiue.json`` (K, timesteps, encoder timestep, provenance).
         k: override the number of decoder timesteps.
         dtype: weights dtype (float32 by default: the highest precision on CPU).
+        vae: ``full`` (the model's VAE decodes), ``tiny`` (its distilled tiny decoder, see
+            :mod:`tiue_export.vae_tiny`) or a ``distill-vae`` output directory.
     """
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
+
+    from . import vae_tiny
 
     path = Path(path)
     _check_model_dir(path)
@@ -367,9 +379,14 @@ def load_pipeline(path, k: int | None = None, dtype: torch.dtype = torch.float32
 
     tokenizer = _load("tokenizer", path, lambda p: CLIPTokenizer.from_pretrained(p))
     text_encoder = _load("text_encoder", path, lambda p: CLIPTextModel.from_pretrained(p, torch_dtype=dtype))
-    vae = _load("vae", path, lambda p: AutoencoderKL.from_pretrained(p, torch_dtype=dtype))
+    vae_choice = vae
+    vae_model = _load("vae", path, lambda p: AutoencoderKL.from_pretrained(p, torch_dtype=dtype))
     unet = _load("unet", path, lambda p: UNet2DConditionModel.from_pretrained(p, torch_dtype=dtype))
     scheduler = _load("scheduler", path, scheduler_loader)
-    for m in (text_encoder, vae, unet):
+    for m in (text_encoder, vae_model, unet):
         m.eval().requires_grad_(False)
-    return TorchPipeline(path, tokenizer, text_encoder, vae, unet, scheduler, student_config, k=k)
+    tiny = vae_tiny.resolve(path, vae_choice)
+    pipe = TorchPipeline(path, tokenizer, text_encoder, vae_model, unet, scheduler, student_config, k=k)
+    if tiny is not None:
+        pipe.vae_tiny = vae_tiny.load(tiny, dtype)
+    return pipe

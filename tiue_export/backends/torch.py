@@ -106,7 +106,7 @@ def graph_modules(pipe, baked: bool = True, student: TiUEStudent | None = None, 
         "unet_encoder": UNetEncoderGraph(student).eval(),
         "unet_decoder": UNetDecoderGraph(student).eval(),
         "unet_decoder_fused": UNetDecoderFusedGraph(student, s.S, s.E).eval(),
-        "vae_decoder": VaeDecoderGraph(vae if vae is not None else pipe.vae, baked).eval(),
+        "vae_decoder": VaeDecoderGraph(vae if vae is not None else pipe.decoder_vae, baked).eval(),
     }
 
 

@@ -23,7 +23,8 @@ from .types import COUNT
     show_default=True,
     help="Weights in a .onnx.data file beside each graph: auto = only graphs over protobuf's 2 GB limit.",
 )
-def export(model, out, height, width, batch, precision, opset, external_data):
+@click.option("--vae", default="full", show_default=True, help="full, or also a 'tiny' variant of vae_decoder: tiny (the model's distill-vae decoder) or a distill-vae directory.")
+def export(model, out, height, width, batch, precision, opset, external_data, vae):
     """Export a student to ONNX graphs + manifest, validated against PyTorch on ONNX Runtime."""
     from . import quiet_libraries
 
@@ -40,6 +41,7 @@ def export(model, out, height, width, batch, precision, opset, external_data):
         precision=precision,
         opset=opset,
         external_data=external_data,
+        vae=vae,
     )
     report = export_bundle(cfg)
     e2e = report.validation.get("end_to_end") or {}

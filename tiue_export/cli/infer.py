@@ -114,6 +114,7 @@ class InferConfig:
     out: str = "outputs"
     low_memory: bool = False
     overwrite: bool = False
+    vae: str = "full"  # tiny: the distilled tiny decoder (a bundle's tiny variant of vae_decoder)
 
     def __post_init__(self):
         if self.seed + self.num_images - 1 > SEED_MAX:
@@ -124,6 +125,7 @@ class InferConfig:
         return {
             "model": model, "backend": self.backend, "precision": self.precision, "sampler": self.sampler,
             "guidance": self.guidance, "k": self.k, "height": self.height, "width": self.width, "noise": self.noise,
+            **({"vae": self.vae} if self.vae != "full" else {}),  # full-VAE names stay as they were
         }
 
     @property
@@ -174,6 +176,8 @@ class InferConfig:
     help="onnxruntime / openvino: hold one graph at a time (peak = the largest graph and its activations, not all of "
     "them); each batch pays the graphs' load time.",
 )
+@click.option("--vae", default="full", show_default=True, help="full, or tiny: the distilled tiny decoder (a bundle's tiny variant; "
+              "torch: the model's distill-vae decoder, or a distill-vae directory).")
 def infer(prompts, prompts_file, **options):
     """Generate images from prompts with the one-pass sampler (or a reference sampler)."""
     cfg = InferConfig(prompts=tuple(read_prompts(prompts, prompts_file)), **options)
@@ -198,11 +202,11 @@ def infer_torch(cfg: InferConfig) -> None:
     jobs = cfg.jobs
     model_path = resolve_model(cfg.model)
     paths = output_paths(cfg.out, jobs, cfg.recipe(str(Path(model_path).resolve())), cfg.overwrite)
-    pipe = load_pipeline(model_path, k=cfg.k)
+    pipe = load_pipeline(model_path, k=cfg.k, vae=cfg.vae)
     sampler = Sampler.parse(cfg.sampler or pipe.default_sampler)
     guidance = pipe.default_guidance if cfg.guidance is None else cfg.guidance
     pipe.latent_shape(cfg.height, cfg.width)  # validate the size before any work
-    meta = {"model": str(model_path), "sampler": str(sampler), "backend": "torch", "k": pipe.schedule.k, "noise": cfg.noise}
+    meta = {"model": str(model_path), "sampler": str(sampler), "backend": "torch", "k": pipe.schedule.k, "noise": cfg.noise, "vae": cfg.vae}
     if sampler.kind == "ddim":
         meta["guidance"] = guidance
 
@@ -247,7 +251,7 @@ def infer_bundle(cfg: InferConfig) -> None:
     batch_size = cfg.batch_size
     if backend.engine == "tensorrt":
         batch_size = min(batch_size, int(bundle.manifest.engines[backend.compute]["batch_profile"]["max"]))
-    with Pipeline(bundle, backend, low_memory=cfg.low_memory) as pipe:
+    with Pipeline(bundle, backend, low_memory=cfg.low_memory, vae=cfg.vae) as pipe:
         meta = {
             "model": str(cfg.model),
             "sampler": "one-pass",
@@ -255,6 +259,7 @@ def infer_bundle(cfg: InferConfig) -> None:
             "precision": pipe.precision,
             "k": pipe.manifest.k,
             "noise": cfg.noise,
+            "vae": cfg.vae,
         }
 
         def sample(prompts, seeds):

@@ -64,8 +64,12 @@ class Pipeline:
     """A loaded bundle on one backend; call it with prompts. Graphs open on first use and close
     with :meth:`close` (or at the end of a ``with`` block)."""
 
-    def __init__(self, bundle: Bundle, backend: str | backends.Backend = "onnxruntime", threads: int = 0, low_memory: bool = False, providers: Sequence[str] | None = None):
+    def __init__(self, bundle: Bundle, backend: str | backends.Backend = "onnxruntime", threads: int = 0, low_memory: bool = False, providers: Sequence[str] | None = None, vae: str = "full"):
         self.backend = backends.get(backend) if isinstance(backend, str) else backend
+        if vae not in ("full", "tiny"):
+            raise InputError(f"--vae {vae}: a bundle takes full or tiny")
+        if vae == "tiny":  # vae_decoder's tiny variant (export --vae tiny); composes with int8 UNet graphs
+            bundle = bundle.with_variant("tiny")
         if providers and self.backend.engine != "onnxruntime":
             raise InputError("execution providers are ONNX Runtime's: the openvino engine runs on the CPU")
         self.bundle = bundle.with_variant(self.backend.variant)
@@ -85,6 +89,7 @@ class Pipeline:
         inference_precision: str | None = None,
         low_memory: bool = False,
         backend: str | None = None,
+        vae: str = "full",
     ) -> "Pipeline":
         """Open a bundle directory (validating its manifest, and every file's sha256 unless
         ``verify=False``).
@@ -103,6 +108,7 @@ class Pipeline:
             low_memory: hold one graph at a time (peak = the largest graph and its activations);
                 every call pays the graphs' load time (one-shot jobs, small machines).
             backend: a registry name (``openvino-int8``) instead of engine/precision words.
+            vae: ``tiny``: decode with the bundle's distilled tiny decoder (``export --vae tiny``).
         """
         opened = Bundle.open(bundle, verify=verify)
         if backend is None:
@@ -115,7 +121,7 @@ class Pipeline:
         else:
             chosen = backends.get(backend)
         opened.with_variant(chosen.variant)  # a missing variant is refused now, not at the first call
-        return cls(opened, chosen, threads, low_memory, providers)
+        return cls(opened, chosen, threads, low_memory, providers, vae)
 
     # -- graphs ---------------------------------------------------------------------------------
     def runner(self, name: str):

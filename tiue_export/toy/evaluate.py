@@ -225,12 +225,12 @@ def versions() -> dict[str, str]:
 
 
 # -- backends -------------------------------------------------------------------------------------
-def _torch_sample_fn(model: Path, sampler: str | None, guidance: float | None, precision: str | None) -> tuple[SampleFn, dict]:
+def _torch_sample_fn(model: Path, sampler: str | None, guidance: float | None, precision: str | None, vae: str = "full") -> tuple[SampleFn, dict]:
     from ..pipeline import Sampler, load_pipeline
 
     if precision not in (None, "fp32"):
         raise InputError(f"--precision {precision} is for bundles: use --backend onnxruntime with a bundle from tiue-export export")
-    pipe = load_pipeline(model)
+    pipe = load_pipeline(model, vae=vae)
     parsed = Sampler.parse(sampler or pipe.default_sampler)
     g = pipe.default_guidance if guidance is None else guidance
 
@@ -241,7 +241,7 @@ def _torch_sample_fn(model: Path, sampler: str | None, guidance: float | None, p
     return sample_fn, info
 
 
-def _bundle_sample_fn(model: Path, backend: str, sampler: str | None, guidance: float | None, precision: str | None) -> tuple[SampleFn, dict]:
+def _bundle_sample_fn(model: Path, backend: str, sampler: str | None, guidance: float | None, precision: str | None, vae: str = "full") -> tuple[SampleFn, dict]:
     """A bundle's fused one-pass sampler on a registry backend (``--precision int8``: its Q/DQ graphs)."""
     from ..backends import resolve
     from ..bundle import Bundle
@@ -255,7 +255,7 @@ def _bundle_sample_fn(model: Path, backend: str, sampler: str | None, guidance: 
         raise InputError(f"{model} is not a bundle (no manifest.json): make one with tiue-export export --model ... --out {model}")
     bundle = Bundle.open(model)
     chosen = resolve(backend, precision, bundle.manifest)
-    pipe = Pipeline(bundle, chosen)
+    pipe = Pipeline(bundle, chosen, vae=vae)
     pipe.runner("unet_encoder")  # open one graph now, so the report names the real precision
     info = {"sampler": "one-pass", "guidance": None, "k": bundle.k, "precision": precision or "as exported", "provider": pipe.provider}
     return (lambda prompts, seeds: pipe(prompts, seeds).images), info
@@ -266,7 +266,7 @@ BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
 
 
 def make_sample_fn(
-    backend: str, model: Path, sampler: str | None = None, guidance: float | None = None, precision: str | None = None
+    backend: str, model: Path, sampler: str | None = None, guidance: float | None = None, precision: str | None = None, vae: str = "full"
 ) -> tuple[SampleFn, dict]:
     """Build ``sample_fn`` for ``backend`` and the report fields that describe it."""
     from ..backends import REGISTRY
@@ -275,10 +275,10 @@ def make_sample_fn(
     if engine not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}: use {', '.join(BACKENDS)} or a registry name ({', '.join(REGISTRY)})")
     if engine == "torch":
-        fn, info = _torch_sample_fn(Path(model), sampler, guidance, precision)
+        fn, info = _torch_sample_fn(Path(model), sampler, guidance, precision, vae)
     else:
-        fn, info = _bundle_sample_fn(Path(model), backend, sampler, guidance, precision)
-    return fn, {"model": str(model), "backend": backend, **info}
+        fn, info = _bundle_sample_fn(Path(model), backend, sampler, guidance, precision, vae)
+    return fn, {"model": str(model), "backend": backend, "vae": vae, **info}
 
 
 # -- output ---------------------------------------------------------------------------------------

@@ -1,0 +1,130 @@
+"""distill-vae on a tiny model (a loadable AutoencoderTiny, exact resume), and its decoder as the
+``tiny`` variant of vae_decoder through export, infer (PyTorch and the runtime) and the errors."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from _cli import run_cli
+from PIL import Image
+from safetensors.torch import load_file
+from test_distill_train import _one_thread  # noqa: F401  (tiny models: one thread, module-wide)
+
+from tiue_export.distill.vae import VaeDistillConfig, distill_vae
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for i in range(10):
+        Image.fromarray(rng.integers(0, 255, (24, 20, 3), dtype=np.uint8)).save(folder / f"{i:02d}.png")
+    return folder
+
+
+def config(model, images, out, **kw):
+    return VaeDistillConfig(out=str(out), model=str(model), images=str(images), steps=4, batch_size=2, width=8, blocks=(1, 1), checkpoint_every=2, keep_checkpoints=0, **kw)
+
+
+@pytest.fixture(scope="module")
+def tiny_vae(tiny_models, images, tmp_path_factory):
+    out = tmp_path_factory.mktemp("vae") / "tiny"
+    result = distill_vae(config(tiny_models("sd21"), images, out))
+    return out, result
+
+
+def test_distill_vae_writes_a_loadable_tiny_decoder(tiny_vae, tiny_models):
+    from diffusers import AutoencoderKL, AutoencoderTiny
+
+    out, result = tiny_vae
+    assert result.steps == 4 and np.isfinite(result.psnr_held_out)
+    tiny = AutoencoderTiny.from_pretrained(out)
+    full = AutoencoderKL.from_pretrained(tiny_models("sd21") / "vae")
+    z0 = torch.randn(1, 4, 8, 8)
+    assert tiny.decode(z0).sample.shape == full.decode(z0).sample.shape  # same upsampling: z0 in, image out
+    assert tiny.config.scaling_factor == 1.0  # decode(z0 / scaling_factor) decodes z0 itself
+    record = json.loads((out / "distill_vae.json").read_text())
+    assert record["distilled_from"]["vae_scaling_factor"] == full.config.scaling_factor
+    assert record["data"].startswith("10 images of") and record["steps"] == 4
+    log = [json.loads(line) for line in (out.parent / "tiny.run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4]
+
+
+def test_distill_vae_resumes_bit_for_bit(tiny_vae, tiny_models, images, tmp_path):
+    import shutil
+
+    out, _ = tiny_vae
+    run = out.parent / "tiny.run"
+    copy = tmp_path / "tiny"
+    shutil.copytree(run, tmp_path / "tiny.run")
+    shutil.rmtree(tmp_path / "tiny.run" / "checkpoints" / "step-00000004")  # killed after step 2's checkpoint
+    distill_vae(config(tiny_models("sd21"), images, copy), resume=True)
+    a, b = load_file(out / "diffusion_pytorch_model.safetensors"), load_file(copy / "diffusion_pytorch_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    log = [json.loads(line)["step"] for line in (tmp_path / "tiny.run" / "log.jsonl").read_text().splitlines()]
+    assert log == [1, 2, 3, 4]
+
+
+def test_distill_vae_errors(tiny_vae, tiny_models, images, tmp_path, capsys):
+    model = str(tiny_models("sd21"))
+    code, _, err = run_cli(["distill-vae", "--model", model, "--out", str(tmp_path / "a")], capsys)
+    assert code == 2 and "is not the toy domain's VAE: pass --images FOLDER" in err
+    code, _, err = run_cli(["distill-vae", "--model", model, "--images", str(tmp_path), "--out", str(tmp_path / "b")], capsys)
+    assert code == 2 and "holds no images" in err
+    code, _, err = run_cli(["distill-vae", "--model", model, "--images", str(images), "--blocks", "1,1,1", "--out", str(tmp_path / "c")], capsys)
+    assert code == 2 and "--blocks needs 2 stages for this VAE" in err
+    code, _, err = run_cli(["distill-vae", "--model", model, "--images", str(images), "--out", str(tmp_path / "d"), "--resume"], capsys)
+    assert code == 2 and "holds no run to continue" in err
+
+
+def test_tiny_variant_through_export_and_infer(tiny_vae, tiny_models, tmp_path_factory, tmp_path, capsys):
+    from tiue_export.export import ExportConfig, export_bundle
+    from tiue_export.pipeline import load_pipeline
+    from tiue_export.runtime import Pipeline
+
+    out, _ = tiny_vae
+    model = tiny_models("sd21")
+    bundle = tmp_path_factory.mktemp("bundles") / "tiny-vae"
+    report = export_bundle(ExportConfig(model=model, out=bundle, vae=str(out), validate_batch=1))
+    assert report.validation["graphs"]["vae_decoder.tiny"]["ok"]
+    variant = json.loads((bundle / "manifest.json").read_text())["graphs"]["vae_decoder"]["variants"]["tiny"]
+    assert variant["file"] == "vae_decoder.tiny.onnx" and "psnr_vs_full_db" in variant
+
+    prompts, seeds = ["a photo of a cat", "a red cube"], [3, 4]
+    ref = load_pipeline(model, vae=str(out)).sample(prompts, seeds)
+    full = load_pipeline(model).sample(prompts, seeds)
+    with Pipeline.load(bundle, vae="tiny") as pipe:
+        got = pipe(prompts, seeds=seeds)
+    assert np.abs(got.images.astype(int) - ref.images.astype(int)).max() <= 1  # ONNX Runtime vs PyTorch, tiny decoder
+    assert np.array_equal(got.latents, full.latents.reshape(got.latents.shape)) or np.allclose(got.latents, full.latents, atol=1e-4)
+    assert not np.array_equal(ref.images, full.images)  # the tiny decoder did decode
+
+    code, stdout, err = run_cli(["infer", "--prompt", "a cat", "--model", str(bundle), "--backend", "onnxruntime", "--vae", "tiny", "--out", str(tmp_path / "o")], capsys)
+    assert code == 0 and len(list((tmp_path / "o").glob("*.png"))) == 1
+    import shutil
+
+    plain = tmp_path / "plain"
+    shutil.copytree(bundle, plain)
+    manifest = json.loads((plain / "manifest.json").read_text())
+    del manifest["graphs"]["vae_decoder"]["variants"]
+    (plain / "manifest.json").write_text(json.dumps(manifest))
+    code, _, err = run_cli(["infer", "--prompt", "a cat", "--model", str(plain), "--backend", "onnxruntime", "--vae", "tiny", "--out", str(tmp_path / "p")], capsys)
+    assert code == 2 and "has no tiny graphs" in err and "--vae tiny" in err
+
+
+def test_vae_choice_errors(tiny_vae, tiny_models, tmp_path, capsys):
+    model = str(tiny_models("sd21"))
+    code, _, err = run_cli(["infer", "--prompt", "x", "--model", model, "--vae", "tiny", "--out", str(tmp_path / "a")], capsys)
+    assert code == 2 and "has no tiny VAE decoder: make one with tiue-export distill-vae" in err
+    code, _, err = run_cli(["infer", "--prompt", "x", "--model", model, "--vae", "bogus", "--out", str(tmp_path / "b")], capsys)
+    assert code == 2 and "not full, tiny or a distill-vae output directory" in err
+    import shutil
+
+    other = tmp_path / "other"  # a decoder distilled from another VAE
+    shutil.copytree(tiny_vae[0], other)
+    record = json.loads((other / "distill_vae.json").read_text())
+    record["distilled_from"]["vae_sha256"] = "0" * 64
+    (other / "distill_vae.json").write_text(json.dumps(record))
+    code, _, err = run_cli(["infer", "--prompt", "x", "--model", model, "--vae", str(other), "--out", str(tmp_path / "c")], capsys)
+    assert code == 2 and "was distilled from another VAE" in err
