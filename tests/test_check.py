@@ -104,7 +104,7 @@ def test_available_backends_without_tensorrt():
 
     from tiue_export.backends import available as available_backends
 
-    manifest = SimpleNamespace(variants={"int8"}, engines={"fp16": {}})
+    manifest = SimpleNamespace(variants={"int8", "openvino-int8"}, engines={"fp16": {}})
     # No TensorRT or GPU here: engines in the manifest are not offered, int8 graphs are.
     pytest.importorskip("onnxruntime")
     try:
@@ -113,5 +113,5 @@ def test_available_backends_without_tensorrt():
         pytest.skip("TensorRT is installed here")
     except ImportError:
         pass
-    openvino = ["openvino", "openvino-int8"] if importlib.util.find_spec("openvino") else []
+    openvino = ["openvino", "openvino-int8", "openvino-int8-qdq"] if importlib.util.find_spec("openvino") else []
     assert available_backends(manifest) == ["torch", "onnxruntime", "onnxruntime-int8", *openvino]

@@ -183,7 +183,7 @@ def test_openvino_backend_matches_onnxruntime_on_a_bundle(tiny_models, tmp_path_
         (["--split", "heldout", "--prompts", "30"], "error: the heldout split has 26 distinct prompts; asked for 30"),
         (["--seeds", "0"], "error: --seeds must be >= 1, got 0"),
         (["--sampler", "euler"], "error: unknown sampler 'euler': use one-pass, loop or ddim:N (N >= 1)"),
-        (["--backend", "tensorflow"], "error: unknown backend 'tensorflow': use torch, onnxruntime, openvino, tensorrt or a registry name (torch, torch-bf16, onnxruntime, onnxruntime-int8, openvino, openvino-fp32, openvino-bf16, openvino-fp16, openvino-int8, tensorrt-fp16, tensorrt-int8, tensorrt-fp32)"),
+        (["--backend", "tensorflow"], "error: unknown backend 'tensorflow': use torch, onnxruntime, openvino, tensorrt or a registry name (torch, torch-bf16, onnxruntime, onnxruntime-int8, openvino, openvino-fp32, openvino-bf16, openvino-fp16, openvino-int8, openvino-int8-qdq, tensorrt-fp16, tensorrt-int8, tensorrt-fp32)"),
         (["--grid", "grid.jpg"], "error: --grid grid.jpg: the file name must end in .png"),
     ],
 )

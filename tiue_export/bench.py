@@ -421,7 +421,9 @@ def runtime_memory(backend: str, bundle_path, threads: int = 0, timeout: float =
     for low in (False, True):
         run = _runtime_memory_run(backend, bundle_path, threads, low, timeout)
         out.update({f"{k}_low_memory": v for k, v in run.items()} if low else run)
-    weights = _runtime_weight_bytes(bundle_path, "int8" if backend.endswith("int8") else None)
+    from .backends import get
+
+    weights = _runtime_weight_bytes(bundle_path, get(backend).variant)
     out["weight_mb"] = weights / 2**20
     out["peak_over_weights"] = out["peak_rss_mb"] / out["weight_mb"]
     out["peak_over_weights_low_memory"] = out["peak_rss_mb_low_memory"] / out["weight_mb"]
@@ -464,6 +466,7 @@ def _runtime_weight_bytes(bundle_path, precision: str | None) -> int:
         path = bundle.graph_path(name)
         total += path.stat().st_size
         total += sum(f.stat().st_size for f in path.parent.glob(path.name + ".data*"))
+        total += sum((path.parent / f).stat().st_size for f in bundle.manifest.graphs[name].external_data if path.suffix == ".xml")
     return total
 
 

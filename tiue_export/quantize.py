@@ -42,6 +42,9 @@ log = logging.getLogger("tiue_export")
 QUANTIZED_GRAPHS = ("unet_encoder", "unet_decoder", "unet_decoder_fused")
 
 METHODS = ("minmax", "entropy", "percentile")
+#: ``--engine``: ONNX Runtime Q/DQ graphs (variant ``int8``; TensorRT, ONNX Runtime, the C++ runtime)
+#: or OpenVINO IR from NNCF (variant ``openvino-int8``; ov_quantize.py).
+ENGINES = ("onnxruntime", "openvino")
 
 #: Weighted ops worth int8. Everything else stays float: it is either cheap (elementwise) or
 #: fragile at 8 bits (normalisations, softmax, GELU's Erf).
@@ -52,6 +55,9 @@ OP_TYPES = ("Conv", "MatMul", "Gemm")
 #: eps, whose error Eq. 11 multiplies by |E_k|) are worth +5 dB end to end; the attention blocks'
 #: proj_in/proj_out and the resnets' 1x1 conv_shortcut another +4 dB, for few FLOPs.
 KEEP_FLOAT = (r"/conv_in/", r"/conv_out/", r"/proj_(in|out)/", r"/conv_shortcut/")
+#: ``--engine openvino``'s default: its MatMuls (proj_in/out included) are weight-only int8 there,
+#: so only the UNet's first and last convolutions are kept by name (ov_quantize.py).
+KEEP_FLOAT_OPENVINO = (r"/conv_in/", r"/conv_out/")
 
 #: The shipped prompt sets (package data).
 CALIBRATION_DIR = Path(__file__).resolve().parent / "calibration"
@@ -78,6 +84,7 @@ class CalibrationConfig:
     percentile: float = 99.999  # for method=percentile: the |activation| percentile that becomes the range
     eval_prompts: int = 4  # held-out prompts for the int8 vs fp32 measurement
     threads: int = 0  # ONNX Runtime intra-op threads (0: its default)
+    engine: str = "onnxruntime"  # onnxruntime: Q/DQ ONNX graphs; openvino: NNCF's OpenVINO IR (method/batch unused)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -87,7 +94,9 @@ class CalibrationConfig:
 
     @property
     def keep_patterns(self) -> tuple[str, ...]:
-        return KEEP_FLOAT if self.keep_float is None else tuple(self.keep_float)
+        if self.keep_float is not None:
+            return tuple(self.keep_float)
+        return KEEP_FLOAT_OPENVINO if self.engine == "openvino" else KEEP_FLOAT
 
 
 @dataclass
@@ -390,6 +399,8 @@ def quality_line(quality: dict) -> str:
 
 # -- the command ----------------------------------------------------------------------------------
 def check_config(cfg: CalibrationConfig) -> None:
+    if cfg.engine not in ENGINES:
+        raise InputError(f"unknown --engine {cfg.engine!r}: use one of {', '.join(ENGINES)}")
     if cfg.method not in METHODS:
         raise InputError(f"unknown --method {cfg.method!r}: use one of {', '.join(METHODS)}")
     if cfg.num < 1:
@@ -416,6 +427,30 @@ def open_fp32_bundle(path: Path) -> Bundle:
     return bundle
 
 
+def calibration_sets(cfg: CalibrationConfig, bundle: Bundle, num: int):
+    """``(prompts file, calibration prompts, held-out prompts, their seeds, held-out seeds)``."""
+    prompts_file = Path(cfg.prompts) if cfg.prompts else default_prompts_file(bundle.manifest)
+    calib, held = split_prompts(read_prompt_file(prompts_file), num, cfg.eval_prompts, cfg.seed)
+    seeds = [cfg.seed + i for i in range(len(calib))]
+    return prompts_file, calib, held, seeds, [cfg.seed + 1_000_000 + i for i in range(len(held))]
+
+
+def calibration_record(cfg: CalibrationConfig, prompts_file: Path, num: int, quality: dict, seconds: dict, versions: dict, **how) -> dict:
+    """The manifest's record of a calibration: ``how`` (tool, format ...), then what every
+    engine records (prompts and their hash, count, config, quality, timings, versions)."""
+    return {
+        **how,
+        "prompts_file": str(prompts_file),
+        "prompts_sha256": sha256_file(prompts_file),
+        "num": num,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "config": cfg.to_dict(),
+        "quality": quality,
+        "seconds": seconds,
+        "versions": {"tiue_export": __version__, **versions},
+    }
+
+
 def calibrate_bundle(cfg: CalibrationConfig) -> CalibrationReport:
     """Calibrate and write the int8 graphs of the bundle at ``cfg.bundle``.
 
@@ -428,15 +463,15 @@ def calibrate_bundle(cfg: CalibrationConfig) -> CalibrationReport:
     from .runtime import Pipeline
 
     check_config(cfg)
+    if cfg.engine == "openvino":
+        from .ov_quantize import calibrate_openvino
+
+        return calibrate_openvino(cfg)
     require("onnxruntime.quantization", "onnxruntime", why="int8 calibration")
     t_start = time.perf_counter()
     bundle = open_fp32_bundle(Path(cfg.bundle))
-    prompts_file = Path(cfg.prompts) if cfg.prompts else default_prompts_file(bundle.manifest)
     # Whole batches only: the histogram calibrators stack a stride's batches into one array.
-    num = -(-cfg.num // cfg.batch) * cfg.batch
-    calib, held = split_prompts(read_prompt_file(prompts_file), num, cfg.eval_prompts, cfg.seed)
-    seeds = [cfg.seed + i for i in range(len(calib))]
-    eval_seeds = [cfg.seed + 1_000_000 + i for i in range(len(held))]
+    prompts_file, calib, held, seeds, eval_seeds = calibration_sets(cfg, bundle, -(-cfg.num // cfg.batch) * cfg.batch)
     log.info("calibrating %s on %d prompts from %s (%s)", bundle.path, len(calib), prompts_file, cfg.method)
 
     seconds: dict[str, float] = {}
@@ -480,21 +515,11 @@ def calibrate_bundle(cfg: CalibrationConfig) -> CalibrationReport:
             )
 
         seconds["total"] = time.perf_counter() - t_start
-        calibration = {
-            "tool": "onnxruntime.quantization.quantize_static",
-            "format": "QDQ",
-            "activations": "int8 symmetric per-tensor",
-            "weights": "int8 symmetric per-channel",
-            "op_types": list(OP_TYPES),
-            "prompts_file": str(prompts_file),
-            "prompts_sha256": sha256_file(prompts_file),
-            "num": len(calib),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "config": cfg.to_dict(),
-            "quality": quality,
-            "seconds": seconds,
-            "versions": {"tiue_export": __version__, "onnxruntime": _ort_version()},
-        }
+        calibration = calibration_record(
+            cfg, prompts_file, len(calib), quality, seconds, {"onnxruntime": _ort_version()},
+            tool="onnxruntime.quantization.quantize_static", format="QDQ", activations="int8 symmetric per-tensor",
+            weights="int8 symmetric per-channel", op_types=list(OP_TYPES),
+        )
         manifest = _with_variants(bundle.manifest, entries, prefix="")
         manifest = manifest.replace(extra={**manifest.extra, "calibration": calibration})
         staged = {}
@@ -508,13 +533,13 @@ def calibrate_bundle(cfg: CalibrationConfig) -> CalibrationReport:
     return CalibrationReport(root, entries, quality, seconds)
 
 
-def _with_variants(manifest: Manifest, entries: dict[str, Variant], prefix: str) -> Manifest:
-    """``manifest`` whose graphs carry ``variants.int8`` (files under ``prefix``)."""
+def _with_variants(manifest: Manifest, entries: dict[str, Variant], prefix: str, variant: str = "int8") -> Manifest:
+    """``manifest`` whose graphs carry ``variants.<variant>`` (files under ``prefix``)."""
     for name, v in entries.items():
         if prefix:
             v = replace(v, file=f"{prefix}/{v.file}")
         g = manifest.graphs[name]
-        manifest = manifest.with_graph(replace(g, variants={**g.variants, "int8": v}))
+        manifest = manifest.with_graph(replace(g, variants={**g.variants, variant: v}))
     if prefix:  # staged files are not in the bundle yet: list them so the view is consistent
         manifest = manifest.replace(files={**manifest.files, **{f"{prefix}/{v.file}": v.sha256 for v in entries.values()}})
     return manifest

@@ -20,7 +20,8 @@ class Backend:
     Attributes:
         name: what users type (``openvino-int8``).
         engine: ``torch``, ``onnxruntime``, ``openvino`` or ``tensorrt``.
-        variant: the bundle graph variant it runs (``int8``: the Q/DQ graphs), None: as exported.
+        variant: the bundle graph variant it runs (``int8``: the Q/DQ graphs; ``openvino-int8``:
+            NNCF's OpenVINO IR), None: as exported. Its last word is the precision.
         compute: the compute precision it asks for (OpenVINO's hint, TensorRT's engine set, torch's
             dtype); None: the bundle's own / the device's default.
         needs: ``bundle`` (an exported bundle) or ``model`` (the PyTorch source model).
@@ -36,7 +37,7 @@ class Backend:
     def precision(self, manifest=None) -> str:
         """The precision its results are judged at: int8, bf16, fp16 or fp32."""
         if self.variant:
-            return self.variant
+            return self.variant.rsplit("-", 1)[-1]
         if self.engine == "openvino" and self.compute is None:
             from .openvino import openvino_default_precision
 
@@ -53,7 +54,7 @@ class Backend:
         if manifest is None:
             return None
         if self.variant and self.variant not in manifest.variants:
-            return f"no {self.variant} graphs in this bundle: run tiue-export calibrate BUNDLE first"
+            return f"no {self.variant} graphs in this bundle: {VARIANT_FIX.get(self.variant, 'run tiue-export calibrate BUNDLE first')}"
         if self.engine == "tensorrt":
             if self.compute not in manifest.engines:
                 return f"no {self.compute} TensorRT engines in this bundle: run tiue-export build-trt BUNDLE --precision {self.compute}"
@@ -82,6 +83,12 @@ class Backend:
         raise InputError(f"backend {self.name} runs a PyTorch model directory, not a bundle")
 
 
+#: variant -> the command that writes it
+VARIANT_FIX = {
+    "int8": "run tiue-export calibrate BUNDLE first",
+    "openvino-int8": "run tiue-export calibrate BUNDLE --engine openvino first",
+}
+
 #: engine -> the pip extra that installs it
 EXTRAS = {"torch": "torch", "onnxruntime": "runtime", "openvino": "openvino", "tensorrt": "tensorrt"}
 
@@ -96,7 +103,8 @@ REGISTRY: dict[str, Backend] = {
         Backend("openvino-fp32", "openvino", compute="fp32", description="OpenVINO CPU in fp32"),
         Backend("openvino-bf16", "openvino", compute="bf16", description="OpenVINO CPU in bf16"),
         Backend("openvino-fp16", "openvino", compute="fp16", description="OpenVINO CPU in fp16"),
-        Backend("openvino-int8", "openvino", variant="int8", description="the Q/DQ int8 UNet graphs on OpenVINO"),
+        Backend("openvino-int8", "openvino", variant="openvino-int8", description="NNCF's int8 UNet graphs of calibrate --engine openvino"),
+        Backend("openvino-int8-qdq", "openvino", variant="int8", description="the ONNX Runtime Q/DQ int8 UNet graphs on OpenVINO"),
         Backend("tensorrt-fp16", "tensorrt", compute="fp16", description="TensorRT fp16 engines of build-trt"),
         Backend("tensorrt-int8", "tensorrt", compute="int8", description="TensorRT int8 engines of build-trt"),
         Backend("tensorrt-fp32", "tensorrt", compute="fp32", description="TensorRT fp32 engines of build-trt"),
@@ -150,7 +158,7 @@ def available(manifest) -> list[str]:
     """Registry names this machine and bundle can run, one per distinct result (``openvino`` and
     the precision it defaults to are not both listed)."""
     out = []
-    for name in ("torch", "onnxruntime", "onnxruntime-int8", "openvino", "openvino-int8", "tensorrt-fp16", "tensorrt-int8"):
+    for name in ("torch", "onnxruntime", "onnxruntime-int8", "openvino", "openvino-int8", "openvino-int8-qdq", "tensorrt-fp16", "tensorrt-int8"):
         if REGISTRY[name].unavailable(manifest) is None:
             out.append(name)
     return out

@@ -1,4 +1,4 @@
-"""``tiue-export calibrate``: int8 Q/DQ UNet graphs for a bundle (see docs/engines.md)."""
+"""``tiue-export calibrate``: int8 UNet graphs for a bundle, Q/DQ ONNX or OpenVINO IR (docs/engines.md)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..quantize import METHODS
+from ..quantize import ENGINES, METHODS
 from .types import COUNT, SEED, Finite
 
 
@@ -28,11 +28,19 @@ from .types import COUNT, SEED, Finite
     "--keep-float",
     multiple=True,
     help="Regular expression of node names to keep in float (repeatable; replaces the default: conv_in, conv_out, "
-    "proj_in/proj_out, conv_shortcut).",
+    "proj_in/proj_out, conv_shortcut; --engine openvino: conv_in, conv_out).",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(ENGINES),
+    default="onnxruntime",
+    show_default=True,
+    help="onnxruntime: Q/DQ ONNX graphs (backends onnxruntime-int8, tensorrt-int8, the C++ runtime); openvino: NNCF's "
+    "OpenVINO IR (backend openvino-int8; --method and --batch do not apply).",
 )
 @click.option("--eval-prompts", type=click.IntRange(0, None), default=4, show_default=True, help="Held-out prompts for the int8 vs fp32 PSNR.")
-def calibrate(bundle, prompts, num, seed, method, percentile, batch, keep_float, eval_prompts):
-    """Calibrate int8 Q/DQ graphs of the UNet encoder and decoders on the bundle's own pipeline."""
+def calibrate(bundle, prompts, num, seed, method, percentile, batch, keep_float, engine, eval_prompts):
+    """Calibrate int8 graphs of the UNet encoder and decoders on the bundle's own pipeline."""
     from ..quantize import CalibrationConfig, calibrate_bundle, quality_line
 
     cfg = CalibrationConfig(
@@ -45,6 +53,7 @@ def calibrate(bundle, prompts, num, seed, method, percentile, batch, keep_float,
         keep_float=tuple(keep_float) if keep_float else None,
         percentile=percentile,
         eval_prompts=eval_prompts,
+        engine=engine,
     )
     report = calibrate_bundle(cfg)
     files = ", ".join(e.file for e in report.graphs.values())

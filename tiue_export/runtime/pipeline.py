@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import backends
 from ..bundle import Bundle
-from ..errors import InputError, require
+from ..errors import InputError, ModelError, require
 from ..executor import run_chain
 from ..sampling import initial_noise, to_uint8_images
 
@@ -120,7 +120,9 @@ class Pipeline:
             chosen = backends.resolve(engine, word, opened.manifest)
         else:
             chosen = backends.get(backend)
-        opened.with_variant(chosen.variant)  # a missing variant is refused now, not at the first call
+        if chosen.variant in backends.VARIANT_FIX and chosen.variant not in opened.manifest.variants:  # refused now
+            raise ModelError(f"bundle {opened.path} has no {chosen.variant} graphs: {backends.VARIANT_FIX[chosen.variant]}")
+        opened.with_variant(chosen.variant)
         return cls(opened, chosen, threads, low_memory, providers, vae)
 
     # -- graphs ---------------------------------------------------------------------------------

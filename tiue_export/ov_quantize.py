@@ -1,0 +1,228 @@
+"""``tiue-export calibrate --engine openvino``: OpenVINO int8 UNet graphs from NNCF's post-training
+quantization, calibrated on the real inputs the bundle's own fp32 pipeline feeds each graph.
+
+The recipe is the hybrid one used for diffusion UNets: convolutions fully quantized (int8 weights
+and activations), every MatMul weight-only int8 (attention and feed-forward activations stay float,
+so no attention score or softmax output is ever rounded to 8 bits), model type transformer,
+SmoothQuant off. Kept float besides: the time embedding (constant per timestep), conv_in, conv_out
+and everything downstream of conv_out (the fused decoder's Eq. 11 tail), norms and softmax.
+
+Why MatMul activations stay float (measured, docs/engines.md): NNCF's full transformer recipe puts
+FakeQuantize on both inputs of the cross-attention's activation x activation matmuls; OpenVINO's
+CPU plugin, in its default bf16 mode, runs those as a fused int8 attention subgraph that loses the
+decoder's output (z0 cosine 0.917 where the same graph in f32 keeps 0.994). NNCF streams its
+statistics one sample at a time, so memory stays one sample's activations at any model size.
+
+The graphs go into the bundle as ``<graph>.openvino-int8.xml`` + ``.bin`` (OpenVINO IR: NNCF's
+output cannot be written as ONNX) under ``variants.openvino-int8``, with a top-level
+``openvino_calibration`` entry; staged beside the bundle and moved in, manifest last.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from .bundle import Bundle, Variant, publish, sha256_file
+from .errors import TiueError, first_line, require
+from .io import staging_dir
+from .quantize import (
+    KEEP_FLOAT_OPENVINO,
+    QUANTIZED_GRAPHS,
+    TARGET_PSNR,
+    CalibrationConfig,
+    CalibrationReport,
+    _with_variants,
+    calibration_record,
+    calibration_sets,
+    check_config,
+    graph_feeds,
+    measure,
+    open_fp32_bundle,
+    quality_line,
+)
+
+log = logging.getLogger("tiue_export")
+
+#: The bundle variant (and the backend registry name that runs it).
+VARIANT = "openvino-int8"
+
+#: Ops never quantized, whatever feeds them (NNCF leaves most of them alone already; listed so the
+#: recipe does not depend on its defaults).
+FLOAT_TYPES = ("MVN", "GroupNormalization", "NormalizeL2", "Softmax")
+
+
+class _Feeds:
+    """A re-iterable calibration set for ``nncf.Dataset``: one image's real inputs per item, made
+    lazily from the fp32 pipeline (NNCF may iterate more than once; nothing is held)."""
+
+    def __init__(self, pipe, graph: str, prompts: Sequence[str], seeds: Sequence[int]):
+        self.pipe, self.graph, self.prompts, self.seeds = pipe, graph, list(prompts), list(seeds)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def __iter__(self):
+        return graph_feeds(self.pipe, self.graph, self.prompts, self.seeds, batch=1)
+
+
+def _depends_on_inputs(model) -> set[str]:
+    """Friendly names of the ops whose values depend on the graph's inputs (ShapeOf cuts)."""
+    dep: set[str] = set()
+    for op in model.get_ordered_ops():
+        kind = op.get_type_name()
+        if kind == "Parameter" or (kind != "ShapeOf" and any(i.get_source_output().get_node().get_friendly_name() in dep for i in op.inputs())):
+            dep.add(op.get_friendly_name())
+    return dep
+
+
+def _downstream(model, roots: set[str]) -> set[str]:
+    """Friendly names of every op fed (directly or not) by an op named in ``roots``."""
+    out: set[str] = set()
+    for op in model.get_ordered_ops():
+        if any(i.get_source_output().get_node().get_friendly_name() in roots | out for i in op.inputs()):
+            out.add(op.get_friendly_name())
+    return out
+
+
+def float_scope(model, patterns: Sequence[str] = KEEP_FLOAT_OPENVINO) -> tuple[dict[str, str], set[str]]:
+    """What stays float in ``model`` (an ``openvino.Model`` read from a bundle's UNet graph).
+
+    Returns:
+        ``({weighted op: reason}, every op name NNCF must leave alone)``: the first is what the
+        manifest records (Convolution/MatMul kept float), the second the ignored scope.
+    """
+    dep = _depends_on_inputs(model)
+    compiled = [re.compile(p) for p in patterns]
+    ops = {op.get_friendly_name(): op for op in model.get_ordered_ops()}
+    named = {n for n, op in ops.items() if op.get_type_name() == "Convolution" and any(p.search(n) for p in compiled)}
+    tail = _downstream(model, {n for n in named if "conv_out" in n})
+    reasons: dict[str, str] = {}
+    ignored: set[str] = set()
+    for name, op in ops.items():
+        kind = op.get_type_name()
+        if kind in ("Parameter", "Result", "Constant"):
+            continue
+        why = None
+        if name not in dep:
+            why = "constant per timestep (time embedding)"
+        elif name in named:
+            why = next(f"matches {p.pattern}" for p in compiled if p.search(name))
+        elif name in tail:
+            why = "downstream of conv_out (eps and Eq. 11)"
+        elif kind in FLOAT_TYPES:
+            why = kind
+        if why:
+            ignored.add(name)
+            if kind in ("Convolution", "MatMul"):
+                reasons[name] = why
+    return reasons, ignored
+
+
+def quantize_model(model, dataset, n: int, ignored: set[str]):
+    """The hybrid recipe on one ``openvino.Model``: MatMul weights to int8 (weight-only), then
+    NNCF post-training quantization of the convolutions on ``dataset`` (``n`` samples)."""
+    nncf = require("nncf", "nncf", why="calibrate --engine openvino")
+    matmuls = {op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() == "MatMul"}
+    # Weight-only int8 for the MatMuls (symmetric per output channel); convolutions and the kept
+    # ops are left to the second step or stay float.
+    model = nncf.compress_weights(
+        model,
+        mode=nncf.CompressWeightsMode.INT8_SYM,
+        ignored_scope=nncf.IgnoredScope(names=sorted(ignored & matmuls), types=["Convolution"], validate=False),
+    )
+    return nncf.quantize(
+        model,
+        nncf.Dataset(dataset),
+        subset_size=n,
+        model_type=nncf.ModelType.TRANSFORMER,
+        ignored_scope=nncf.IgnoredScope(names=sorted(ignored | matmuls), types=list(FLOAT_TYPES), validate=False),
+        advanced_parameters=nncf.AdvancedQuantizationParameters(
+            smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=-1, convolution=-1),
+        ),
+    )
+
+
+def count_int8(model) -> dict[str, int]:
+    """FakeQuantize nodes (quantized activations and conv weights) and int8 weight constants."""
+    fq = sum(1 for op in model.get_ordered_ops() if op.get_type_name() == "FakeQuantize")
+    weights = sum(1 for op in model.get_ordered_ops() if op.get_type_name() == "Constant" and op.get_element_type().get_type_name() in ("i8", "u8"))
+    return {"fake_quantize": fq, "int8_weights": weights}
+
+
+def calibrate_openvino(cfg: CalibrationConfig) -> CalibrationReport:
+    """Calibrate and write the OpenVINO int8 graphs of the bundle at ``cfg.bundle``.
+
+    Raises:
+        InputError: bad options, not an fp32 bundle, a missing prompts file. MissingDependency:
+            no nncf/openvino. TiueError: quantization failed (the bundle is left as it was).
+    """
+    from .runtime import Pipeline
+
+    check_config(cfg)
+    ov = require("openvino", "openvino", why="calibrate --engine openvino")
+    require("nncf", "nncf", why="calibrate --engine openvino")
+    import nncf
+
+    t_start = time.perf_counter()
+    bundle = open_fp32_bundle(Path(cfg.bundle))
+    prompts_file, calib, held, seeds, eval_seeds = calibration_sets(cfg, bundle, cfg.num)
+    log.info("calibrating %s for OpenVINO on %d prompts from %s (NNCF %s)", bundle.path, len(calib), prompts_file, nncf.__version__)
+
+    seconds: dict[str, float] = {}
+    entries: dict[str, Variant] = {}
+    root = bundle.path
+    staging = staging_dir(root, "calibrate")
+    core = ov.Core()
+    fp32 = Pipeline(bundle, "onnxruntime", threads=cfg.threads, providers=["CPUExecutionProvider"])
+    try:
+        for name in QUANTIZED_GRAPHS:
+            t0 = time.perf_counter()
+            model = core.read_model(str(bundle.graph_path(name)))
+            kept, ignored = float_scope(model, cfg.keep_patterns)
+            out = staging / f"{name}.{VARIANT}.xml"
+            try:
+                q = quantize_model(model, _Feeds(fp32, name, calib, seeds), len(calib), ignored)
+                ov.save_model(q, str(out), compress_to_fp16=False)  # float weights stay fp32, as exported
+            except (RuntimeError, ValueError, nncf.ValidationError) as exc:
+                raise TiueError(f"quantizing {name} for OpenVINO failed: {first_line(exc)}") from exc
+            bin_name = out.with_suffix(".bin").name
+            entries[name] = Variant(
+                out.name, "int8", sha256_file(out), (bin_name,),
+                extra={"quantized": count_int8(q), "kept_float": dict(sorted(kept.items()))},
+            )
+            del model, q
+            seconds[f"quantize_{name}"] = time.perf_counter() - t0
+            c = entries[name].extra["quantized"]
+            log.info("  %s: %d FakeQuantize, %d int8 weight tensors, %d weighted ops kept float", name, c["fake_quantize"], c["int8_weights"], len(kept))
+
+        t0 = time.perf_counter()
+        staged_manifest = _with_variants(bundle.manifest, entries, prefix=os.path.relpath(staging, root), variant=VARIANT)
+        with Pipeline(Bundle(root, staged_manifest), VARIANT, threads=cfg.threads) as int8:
+            quality = measure(fp32, int8, held, eval_seeds)
+        seconds["measure"] = time.perf_counter() - t0
+        log.info("  %s", quality_line(quality))
+        if not quality["ok"]:
+            log.warning("OpenVINO int8 images are below the %.0f dB target: try more --num or --keep-float", TARGET_PSNR)
+        seconds["total"] = time.perf_counter() - t_start
+        record = calibration_record(
+            cfg, prompts_file, len(calib), quality, seconds, {"nncf": nncf.__version__, "openvino": ov.get_version()},
+            tool="nncf.compress_weights + nncf.quantize", format="OpenVINO IR",
+            recipe="hybrid: Convolution int8 weights (symmetric per-channel) and activations; MatMul weight-only int8 "
+            "(symmetric per-channel); model type transformer; SmoothQuant off",
+        )
+        manifest = _with_variants(bundle.manifest, entries, prefix="", variant=VARIANT)
+        manifest = manifest.replace(extra={**manifest.extra, "openvino_calibration": record})
+        staged = {f: staging / f for e in entries.values() for f in (e.file, *e.external_data)}
+        publish(root, staged, manifest)
+    finally:
+        fp32.close()
+        shutil.rmtree(staging, ignore_errors=True)
+    return CalibrationReport(root, entries, quality, seconds)
+
+
