@@ -307,3 +307,50 @@ def test_verbose_shows_the_traceback(tmp_path, capsys):
     one_line_error(code, err, "is not a directory", 2)
     code, _, err = run_cli(["-v", *args], capsys)
     assert code == 2 and "Traceback" in err and "InputError" in err and err.strip().splitlines()[-1].startswith("error:")
+
+
+def _truncated_bundle(bundle: Path, dest: Path) -> Path:
+    shutil.copytree(bundle, dest)
+    graph = dest / "unet_encoder.onnx"
+    graph.write_bytes(graph.read_bytes()[: graph.stat().st_size // 2])
+    return dest
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "infer: empty prompts file", "infer: empty model directory", "infer onnxruntime: truncated graph",
+        "infer openvino: truncated graph", "infer onnxruntime: not a bundle", "export: empty model directory",
+        "calibrate: truncated graph", "check: missing bundle", "check: truncated graph", "bench: missing model",
+        "toy eval: missing model", "distill: empty prompts file", "distill: missing teacher",
+    ],
+)
+def test_missing_empty_and_truncated_inputs_across_commands(case, bundle, tmp_path, capsys):
+    empty_file = tmp_path / "empty.txt"
+    empty_file.write_text("\n \n")
+    empty_dir = tmp_path / "empty-dir"
+    empty_dir.mkdir()
+    out = tmp_path / "out"
+    cases = {
+        "infer: empty prompts file": (["infer", "--prompts-file", str(empty_file), "--out", str(out)], "no prompt given"),
+        "infer: empty model directory": (["infer", "--model", str(empty_dir), "--prompt", PROMPT, "--out", str(out)], str(empty_dir)),
+        "infer onnxruntime: truncated graph": (["infer", "--backend", "onnxruntime", "--model", str(tmp_path / "trunc"), "--prompt", PROMPT, "--out", str(out)], "unet_encoder.onnx"),
+        "infer openvino: truncated graph": (["infer", "--backend", "openvino", "--model", str(tmp_path / "trunc"), "--prompt", PROMPT, "--out", str(out)], "unet_encoder.onnx"),
+        "infer onnxruntime: not a bundle": (["infer", "--backend", "onnxruntime", "--model", str(empty_dir), "--prompt", PROMPT, "--out", str(out)], "not an exported bundle"),
+        "export: empty model directory": (["export", "--model", str(empty_dir), "--out", str(out)], str(empty_dir)),
+        "calibrate: truncated graph": (["calibrate", str(tmp_path / "trunc")], "unet_encoder.onnx"),
+        "check: missing bundle": (["check", str(tmp_path / "nope")], "no such bundle"),
+        "check: truncated graph": (["check", str(tmp_path / "trunc"), "--backends", "onnxruntime"], "unet_encoder.onnx"),
+        "bench: missing model": (["bench", "--model", str(tmp_path / "nope"), "--runs", "1"], "nope"),
+        "toy eval: missing model": (["toy", "eval", "--model", str(tmp_path / "nope")], "nope"),
+        "distill: empty prompts file": (["distill", "--teacher", str(empty_dir), "--prompts", str(empty_file), "--out", str(out)], ""),
+        "distill: missing teacher": (["distill", "--teacher", str(tmp_path / "nope"), "--prompts", str(empty_file), "--out", str(out)], ""),
+    }
+    if "truncated" in case:
+        _truncated_bundle(bundle, tmp_path / "trunc")
+    args, expect = cases[case]
+    before = tree(bundle)
+    code, stdout, err = run_cli(args, capsys)
+    one_line_error(code, err, expect)
+    assert not out.exists() and "wrote" not in stdout
+    assert tree(bundle) == before
