@@ -220,7 +220,11 @@ class Bundle:
         if variant is None or variant == self.manifest.precision:
             return self
         if variant not in self.manifest.variants:
-            fixes = {"int8": f"run tiue-export calibrate {self.path}", "tiny": "re-export it with --vae tiny (a distill-vae decoder)"}
+            fixes = {
+                "int8": f"run tiue-export calibrate {self.path}",
+                "openvino-int8": f"run tiue-export calibrate {self.path} --engine openvino",
+                "tiny": "re-export it with --vae tiny (a distill-vae decoder)",
+            }
             fix = fixes.get(variant, f"export it with --precision {variant}")
             raise ModelError(f"bundle {self.path} has no {variant} graphs (it is {self.manifest.precision}): {fix}")
         return replace(self, manifest=self.manifest.with_variant(variant))

@@ -120,6 +120,11 @@ class InferConfig:
         if self.seed + self.num_images - 1 > SEED_MAX:
             raise InputError(f"--seed {self.seed} with --num-images {self.num_images} passes the largest seed, {SEED_MAX}")
 
+    @property
+    def vae_metadata(self) -> dict:
+        """The PNG text of the VAE choice: none for the full decoder (PNGs stay as every runtime writes them)."""
+        return {"vae": self.vae} if self.vae != "full" else {}
+
     def recipe(self, model: str) -> dict:
         """What makes an image besides its prompt and seed (for :func:`recipe_digest`)."""
         return {
@@ -206,7 +211,7 @@ def infer_torch(cfg: InferConfig) -> None:
     sampler = Sampler.parse(cfg.sampler or pipe.default_sampler)
     guidance = pipe.default_guidance if cfg.guidance is None else cfg.guidance
     pipe.latent_shape(cfg.height, cfg.width)  # validate the size before any work
-    meta = {"model": str(model_path), "sampler": str(sampler), "backend": "torch", "k": pipe.schedule.k, "noise": cfg.noise, "vae": cfg.vae}
+    meta = {"model": str(model_path), "sampler": str(sampler), "backend": "torch", "k": pipe.schedule.k, "noise": cfg.noise, **cfg.vae_metadata}
     if sampler.kind == "ddim":
         meta["guidance"] = guidance
 
@@ -259,7 +264,7 @@ def infer_bundle(cfg: InferConfig) -> None:
             "precision": pipe.precision,
             "k": pipe.manifest.k,
             "noise": cfg.noise,
-            "vae": cfg.vae,
+            **cfg.vae_metadata,
         }
 
         def sample(prompts, seeds):
