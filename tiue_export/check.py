@@ -48,6 +48,7 @@ class CheckConfig:
     model: str | None = None  # the PyTorch source model; default: the one the manifest names
     # auto: PyTorch where torch and the source model are here, else the reference export stored
     reference: str = "auto"
+    device: str | None = None  # where the PyTorch reference runs (fp32): cpu, cuda[:N], auto
 
 
 @dataclass
@@ -225,7 +226,9 @@ def _torch_reference(cfg: CheckConfig, bundle):
     from .sampling import initial_noise
 
     m = bundle.manifest
-    pipe = load_pipeline(model, k=m.k)
+    from .device import parse_device
+
+    pipe = load_pipeline(model, k=m.k, device=parse_device(cfg.device))  # fp32 on any device: the reference
     if list(pipe.schedule.timesteps) != list(m.sampler.timesteps):
         raise ModelError(f"{model} gives timesteps {list(pipe.schedule.timesteps)}, the bundle has {list(m.sampler.timesteps)}")
     prompts = list(cfg.prompts)

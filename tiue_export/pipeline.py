@@ -114,8 +114,13 @@ class TorchPipeline:
                 f"{self.path}/tiue.json lists timesteps {list(cfg.timesteps)} but the scheduler gives "
                 f"{list(self.schedule.timesteps)} for K={cfg.k}: fix one of them"
             )
-        self.student = TiUEStudent(unet, self.schedule.timesteps, self.schedule.encoder_timestep)
+        self.student = TiUEStudent(unet, self.schedule.timesteps, self.schedule.encoder_timestep).to(self.device)
         self._cache: dict = {}
+
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are (see :func:`load_pipeline`'s ``device``)."""
+        return next(self.unet.parameters()).device
 
     # -- sizes --------------------------------------------------------------------------------
     @property
@@ -173,7 +178,8 @@ class TorchPipeline:
             L = int(self.tokenizer.model_max_length)
             D = int(self.text_encoder.config.hidden_size)
             with torch.no_grad():
-                feats = self.student.encode(torch.zeros((1, *latent), dtype=self.unet.dtype), torch.zeros((1, L, D), dtype=self.unet.dtype))
+                zeros = {"dtype": self.unet.dtype, "device": self.device}
+                feats = self.student.encode(torch.zeros((1, *latent), **zeros), torch.zeros((1, L, D), **zeros))
             f = self.vae_scale_factor
             self._cache[key] = Geometry(
                 k=self.schedule.k,
@@ -242,7 +248,7 @@ class TorchPipeline:
 
     @torch.no_grad()
     def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
-        ids = torch.from_numpy(self.tokenize(prompts))
+        ids = torch.from_numpy(self.tokenize(prompts)).to(self.device)
         return self.text_encoder(ids)[0].to(self.unet.dtype)
 
     @torch.no_grad()
@@ -250,7 +256,8 @@ class TorchPipeline:
         """Latents to the VAE's float NCHW output in [-1, 1]: ``vae.decode(z0 / scaling_factor)``
         (the tiny decoder's factor is 1: it takes z0 itself)."""
         vae = self.decoder_vae
-        return vae.decode(z0.to(vae.dtype) / vae.config.scaling_factor).sample.float().numpy()
+        z0 = z0.to(device=self.device, dtype=vae.dtype)
+        return vae.decode(z0 / vae.config.scaling_factor).sample.float().cpu().numpy()
 
     def decode_latents(self, z0: torch.Tensor) -> np.ndarray:
         """Latents to uint8 NHWC images."""
@@ -324,7 +331,7 @@ class TorchPipeline:
             t0 = time.perf_counter()
             cond = self.encode_text(prompts)
             timings["text_encoder"] = time.perf_counter() - t0
-            z = torch.from_numpy(np.asarray(noise, dtype=np.float32)).to(self.unet.dtype)
+            z = torch.from_numpy(np.asarray(noise, dtype=np.float32)).to(device=self.device, dtype=self.unet.dtype)
             t0 = time.perf_counter()
             alphas = self.scheduler.alphas_cumprod.double().numpy()
             if sampler.kind == "loop":
@@ -336,7 +343,7 @@ class TorchPipeline:
                 z0 = sample_ddim(z, eps_fn, ts, prev, alphas, final)
             timings["unet"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        z0 = z0.float()
+        z0 = z0.float().cpu()
         require_finite({"inputs.noise": np.asarray(noise), f"{sampler}.z0": z0.numpy()})
         decoded = self.decode_float(z0)
         require_finite({"vae_decoder.images": decoded})
@@ -344,7 +351,7 @@ class TorchPipeline:
         return SampleResult(to_uint8_images(decoded), z0.numpy(), list(seeds), timings)
 
 
-def load_pipeline(path, k: int | None = None, dtype: torch.dtype = torch.float32, vae: str = "full") -> TorchPipeline:
+def load_pipeline(path, k: int | None = None, dtype: torch.dtype = torch.float32, vae: str = "full", device="cpu") -> TorchPipeline:
     """Load a diffusers-format pipeline directory (a TiUE student, the authors' or ours, or a teacher).
 
     Args:
@@ -354,6 +361,8 @@ def load_pipeline(path, k: int | None = None, dtype: torch.dtype = torch.float32
         dtype: weights dtype (float32 by default: the highest precision on CPU).
         vae: ``full`` (the model's VAE decodes), ``tiny`` (its distilled tiny decoder, see
             :mod:`tiue_export.vae_tiny`) or a ``distill-vae`` output directory.
+        device: where the weights go (``cpu``, ``cuda``, ``cuda:1``, a ``torch.device``; see
+            :func:`tiue_export.device.parse_device`); z_T is still drawn on the CPU.
     """
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
@@ -381,12 +390,15 @@ def load_pipeline(path, k: int | None = None, dtype: torch.dtype = torch.float32
     text_encoder = _load("text_encoder", path, lambda p: CLIPTextModel.from_pretrained(p, torch_dtype=dtype))
     vae_choice = vae
     vae_model = _load("vae", path, lambda p: AutoencoderKL.from_pretrained(p, torch_dtype=dtype))
+    if dtype == torch.float16 and getattr(vae_model.config, "force_upcast", True):
+        vae_model = vae_model.float()  # as diffusers does: SD VAEs overflow in fp16, the UNet does not
     unet = _load("unet", path, lambda p: UNet2DConditionModel.from_pretrained(p, torch_dtype=dtype))
     scheduler = _load("scheduler", path, scheduler_loader)
+    device = torch.device(device)
     for m in (text_encoder, vae_model, unet):
-        m.eval().requires_grad_(False)
+        m.eval().requires_grad_(False).to(device)
     tiny = vae_tiny.resolve(path, vae_choice)
     pipe = TorchPipeline(path, tokenizer, text_encoder, vae_model, unet, scheduler, student_config, k=k)
     if tiny is not None:
-        pipe.vae_tiny = vae_tiny.load(tiny, dtype)
+        pipe.vae_tiny = vae_tiny.load(tiny, dtype).to(device)
     return pipe

@@ -114,28 +114,38 @@ class TorchRunner(Runner):
     """One graph module run on numpy feeds: inputs in spec order, float inputs cast to ``dtype``,
     outputs back as float32 numpy arrays by name. The module is already in memory: nothing to open."""
 
-    def __init__(self, module: nn.Module, inputs: Sequence[str], outputs: Sequence[str], dtype: torch.dtype = torch.float32):
+    def __init__(self, module: nn.Module, inputs: Sequence[str], outputs: Sequence[str], dtype: torch.dtype = torch.float32, device=None):
         super().__init__()
         self.module, self.inputs, self.outputs, self.dtype = module, list(inputs), list(outputs), dtype
-        self.provider = f"PyTorch CPU {str(dtype).replace('torch.', '')}"
+        self.device = torch.device(device or "cpu")
+        self.provider = provider_name(self.device, dtype)
 
     def _tensor(self, x) -> torch.Tensor:
         t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+        t = t.to(self.device)
         return t.to(self.dtype) if t.is_floating_point() and t.dtype != self.dtype else t
 
     @torch.no_grad()
     def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = self.module(*(self._tensor(feed[n]) for n in self.inputs))
         out = out if isinstance(out, (tuple, list)) else (out,)
-        return {n: o.float().numpy() for n, o in zip(self.outputs, out)}
+        return {n: o.float().cpu().numpy() for n, o in zip(self.outputs, out)}
+
+
+def provider_name(device, dtype: torch.dtype) -> str:
+    """``PyTorch CPU float32``, ``PyTorch cuda:0 float16`` ..."""
+    where = "CPU" if torch.device(device).type == "cpu" else str(device)
+    return f"PyTorch {where} {str(dtype).replace('torch.', '')}"
 
 
 def graphs(pipe, manifest, baked: bool = False, dtype: torch.dtype = torch.float32, modules: Mapping[str, nn.Module] | None = None) -> GraphSet:
-    """``pipe``'s graphs as a :class:`GraphSet` whose names and tensors follow ``manifest``."""
+    """``pipe``'s graphs as a :class:`GraphSet` whose names and tensors follow ``manifest``, on
+    ``pipe.device``."""
     modules = dict(modules) if modules is not None else graph_modules(pipe, baked)
+    device = getattr(pipe, "device", torch.device("cpu"))
 
     def factory(name):
         g = manifest.graphs[name]
-        return lambda: TorchRunner(modules[name], g.input_names, g.output_names, dtype)
+        return lambda: TorchRunner(modules[name].to(device), g.input_names, g.output_names, dtype, device)
 
-    return GraphSet({n: factory(n) for n in modules if n in manifest.graphs}, provider=f"PyTorch CPU {str(dtype).replace('torch.', '')}")
+    return GraphSet({n: factory(n) for n in modules if n in manifest.graphs}, provider=provider_name(device, dtype))

@@ -32,7 +32,8 @@ from .types import SEED
     default=None,
     help="PNG of reference vs backend images and their differences [default: beside --json, as FILE.png; none without --json].",
 )
-def check(bundle, backends, prompts, seed, model, reference, json_path, image_path):
+@click.option("--device", default=None, metavar="cpu|cuda[:N]|auto", help="Where the PyTorch reference runs, in fp32 [default: auto].")
+def check(bundle, backends, prompts, seed, model, reference, json_path, image_path, device):
     """Compare every backend with the PyTorch reference, per graph and end to end.
 
     Exits 0 only if every backend checked is within tolerance.
@@ -50,6 +51,7 @@ def check(bundle, backends, prompts, seed, model, reference, json_path, image_pa
         seed=seed,
         model=model,
         reference=reference,
+        device=device,
     )
     image = Path(image_path) if image_path else (Path(json_path).with_suffix(".png") if json_path else None)
     for path, what in ((json_path, "--json"), (image, "--image")):

@@ -11,7 +11,7 @@ import click
 
 from ..backends import ENGINES, REGISTRY, resolve
 from ..errors import InputError
-from .types import COUNT, FINITE, SEED, SEED_MAX
+from .types import COUNT, FINITE, SEED, SEED_MAX, torch_device_options
 
 log = logging.getLogger("tiue_export")
 
@@ -115,6 +115,8 @@ class InferConfig:
     low_memory: bool = False
     overwrite: bool = False
     vae: str = "full"  # tiny: the distilled tiny decoder (a bundle's tiny variant of vae_decoder)
+    device: str | None = None  # torch: cpu, cuda[:N], auto
+    dtype: str | None = None  # torch: fp32, fp16, bf16
 
     def __post_init__(self):
         if self.seed + self.num_images - 1 > SEED_MAX:
@@ -131,6 +133,7 @@ class InferConfig:
             "model": model, "backend": self.backend, "precision": self.precision, "sampler": self.sampler,
             "guidance": self.guidance, "k": self.k, "height": self.height, "width": self.width, "noise": self.noise,
             **({"vae": self.vae} if self.vae != "full" else {}),  # full-VAE names stay as they were
+            **{k: v for k, v in (("device", self.device), ("dtype", self.dtype)) if v is not None},
         }
 
     @property
@@ -181,6 +184,7 @@ class InferConfig:
     help="onnxruntime / openvino: hold one graph at a time (peak = the largest graph and its activations, not all of "
     "them); each batch pays the graphs' load time.",
 )
+@torch_device_options
 @click.option("--vae", default="full", show_default=True, help="full, or tiny: the distilled tiny decoder (a bundle's tiny variant; "
               "torch: the model's distill-vae decoder, or a distill-vae directory).")
 def infer(prompts, prompts_file, **options):
@@ -201,17 +205,23 @@ def infer_torch(cfg: InferConfig) -> None:
     from . import quiet_libraries
 
     quiet_libraries()
+    import torch
+
+    from ..device import parse_device, parse_dtype
     from ..models import resolve_model
     from ..pipeline import Sampler, load_pipeline
 
     jobs = cfg.jobs
     model_path = resolve_model(cfg.model)
     paths = output_paths(cfg.out, jobs, cfg.recipe(str(Path(model_path).resolve())), cfg.overwrite)
-    pipe = load_pipeline(model_path, k=cfg.k, vae=cfg.vae)
+    device = parse_device(cfg.device)
+    pipe = load_pipeline(model_path, k=cfg.k, vae=cfg.vae, device=device, dtype=parse_dtype(cfg.dtype, device))
     sampler = Sampler.parse(cfg.sampler or pipe.default_sampler)
     guidance = pipe.default_guidance if cfg.guidance is None else cfg.guidance
     pipe.latent_shape(cfg.height, cfg.width)  # validate the size before any work
     meta = {"model": str(model_path), "sampler": str(sampler), "backend": "torch", "k": pipe.schedule.k, "noise": cfg.noise, **cfg.vae_metadata}
+    if pipe.device.type != "cpu" or pipe.unet.dtype != torch.float32:
+        meta["provider"] = pipe.graphs().provider  # e.g. PyTorch cuda:0 float16
     if sampler.kind == "ddim":
         meta["guidance"] = guidance
 
@@ -237,6 +247,8 @@ def infer_bundle(cfg: InferConfig) -> None:
 
     if not cfg.model:
         raise InputError(f"--backend {cfg.backend} needs --model BUNDLE (make one with tiue-export export)")
+    if cfg.device is not None or cfg.dtype is not None:
+        raise InputError(f"--device and --dtype are for --backend torch; a bundle's device comes with its backend ({cfg.backend})")
     if cfg.sampler not in (None, "one-pass"):
         raise InputError(f"--backend {cfg.backend} runs the one-pass sampler only, not {cfg.sampler!r}")
     if cfg.k is not None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import InputError
-from .types import FINITE, SEED
+from .types import FINITE, SEED, torch_device_options
 
 
 def _check_out(path: str | None, suffix: str, option: str) -> Path | None:
@@ -41,7 +41,8 @@ def _check_out(path: str | None, suffix: str, option: str) -> Path | None:
 @click.option("--json", "json_out", type=click.Path(), default=None, help="Write the full report to FILE.json.")
 @click.option("--grid", type=click.Path(), default=None, help="Write the images to FILE.png, one row per prompt.")
 @click.option("--vae", default="full", show_default=True, help="full, tiny (the distilled tiny decoder; a bundle's tiny variant) or a distill-vae directory (torch).")
-def eval_cmd(model, sampler, guidance, backend, precision, n_prompts, seeds, split, batch_size, classifier, json_out, grid, vae):
+@torch_device_options
+def eval_cmd(model, sampler, guidance, backend, precision, n_prompts, seeds, split, batch_size, classifier, json_out, grid, vae, device, dtype):
     """Score a model on the toy domain: prompt and per-attribute accuracy, FD, precision/recall/density/coverage.
 
     For each split, samples SEEDS images for each of PROMPTS captions, classifies them with the
@@ -73,7 +74,7 @@ def eval_cmd(model, sampler, guidance, backend, precision, n_prompts, seeds, spl
 
     clf = load_classifier(classifier)
     model_path = resolve_model(model)
-    sample_fn, info = make_sample_fn(backend, model_path, sampler, guidance, precision, vae)
+    sample_fn, info = make_sample_fn(backend, model_path, sampler, guidance, precision, vae, device, dtype)
     result = evaluate(sample_fn, config, clf, info)
     what = f"{model_path} [{backend}" + (f" {precision}" if precision else "") + (f", vae {vae}" if vae != "full" else "") + f", {info['sampler']}" + (f", guidance {info['guidance']:g}]" if info.get("guidance") is not None else "]")
     click.echo(f"toy eval of {what}: {config.prompts} prompts x {config.seeds} seeds per split")

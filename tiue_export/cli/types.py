@@ -41,3 +41,15 @@ NON_NEGATIVE = Finite(min=0.0)
 POSITIVE = Finite(min=0.0, min_open=True)
 SEED = click.IntRange(0, SEED_MAX)
 COUNT = click.IntRange(1, None)
+
+
+def torch_device_options(command):
+    """``--device`` and ``--dtype`` of the PyTorch reference (see :mod:`tiue_export.device`)."""
+    command = click.option(
+        "--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
+        help="PyTorch weights' dtype [default: fp32 on the CPU, fp16 on CUDA (the VAE stays fp32 where it overflows)].",
+    )(command)
+    return click.option(
+        "--device", default=None, metavar="cpu|cuda[:N]|auto",
+        help="Where the PyTorch reference runs [default: auto, CUDA when PyTorch sees a GPU]; z_T is drawn on the CPU.",
+    )(command)

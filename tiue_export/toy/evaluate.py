@@ -225,19 +225,23 @@ def versions() -> dict[str, str]:
 
 
 # -- backends -------------------------------------------------------------------------------------
-def _torch_sample_fn(model: Path, sampler: str | None, guidance: float | None, precision: str | None, vae: str = "full") -> tuple[SampleFn, dict]:
+def _torch_sample_fn(
+    model: Path, sampler: str | None, guidance: float | None, precision: str | None, vae: str = "full", device: str | None = None, dtype: str | None = None
+) -> tuple[SampleFn, dict]:
+    from ..device import parse_device, parse_dtype
     from ..pipeline import Sampler, load_pipeline
 
     if precision not in (None, "fp32"):
         raise InputError(f"--precision {precision} is for bundles: use --backend onnxruntime with a bundle from tiue-export export")
-    pipe = load_pipeline(model, vae=vae)
+    where = parse_device(device)
+    pipe = load_pipeline(model, vae=vae, device=where, dtype=parse_dtype(dtype, where))
     parsed = Sampler.parse(sampler or pipe.default_sampler)
     g = pipe.default_guidance if guidance is None else guidance
 
     def sample_fn(prompts, seeds):
         return pipe.sample(prompts, seeds, parsed, g).images
 
-    info = {"sampler": str(parsed), "guidance": g if parsed.kind == "ddim" else None, "k": pipe.schedule.k}
+    info = {"sampler": str(parsed), "guidance": g if parsed.kind == "ddim" else None, "k": pipe.schedule.k, "provider": pipe.graphs().provider}
     return sample_fn, info
 
 
@@ -266,17 +270,27 @@ BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
 
 
 def make_sample_fn(
-    backend: str, model: Path, sampler: str | None = None, guidance: float | None = None, precision: str | None = None, vae: str = "full"
+    backend: str,
+    model: Path,
+    sampler: str | None = None,
+    guidance: float | None = None,
+    precision: str | None = None,
+    vae: str = "full",
+    device: str | None = None,
+    dtype: str | None = None,
 ) -> tuple[SampleFn, dict]:
-    """Build ``sample_fn`` for ``backend`` and the report fields that describe it."""
+    """Build ``sample_fn`` for ``backend`` and the report fields that describe it (``device`` and
+    ``dtype``: the PyTorch reference's, see :mod:`tiue_export.device`)."""
     from ..backends import REGISTRY
 
     engine = REGISTRY[backend].engine if backend in REGISTRY else backend
     if engine not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}: use {', '.join(BACKENDS)} or a registry name ({', '.join(REGISTRY)})")
     if engine == "torch":
-        fn, info = _torch_sample_fn(Path(model), sampler, guidance, precision, vae)
+        fn, info = _torch_sample_fn(Path(model), sampler, guidance, precision, vae, device, dtype)
     else:
+        if device is not None or dtype is not None:
+            raise InputError(f"--device and --dtype are for --backend torch; a bundle's device comes with its backend ({backend})")
         fn, info = _bundle_sample_fn(Path(model), backend, sampler, guidance, precision, vae)
     return fn, {"model": str(model), "backend": backend, "vae": vae, **info}
 
