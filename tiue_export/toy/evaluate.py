@@ -261,7 +261,7 @@ def _bundle_sample_fn(model: Path, backend: str, sampler: str | None, guidance: 
     chosen = resolve(backend, precision, bundle.manifest)
     pipe = Pipeline(bundle, chosen, vae=vae)
     pipe.runner("unet_encoder")  # open one graph now, so the report names the real precision
-    info = {"sampler": "one-pass", "guidance": None, "k": bundle.k, "precision": precision or "as exported", "provider": pipe.provider}
+    info = {"sampler": "one-pass", "guidance": None, "k": bundle.k, "precision": pipe.precision, "provider": pipe.provider}
     return (lambda prompts, seeds: pipe(prompts, seeds).images), info
 
 
