@@ -21,6 +21,26 @@ def test_one_pass_flops_account_for_one_unet_step(tiny_sd21):
     assert k4["unet_encoder"] == k1["unet_encoder"] > 0
 
 
+def test_vae_decoders_side_by_side(tiny_sd21):
+    from diffusers import AutoencoderKL
+
+    from tiue_export.bench import decoder_flops, time_vae_decoders, tiny_decoder_for_bench, vae_decoder_lines
+    from tiue_export.models import default_model
+    from tiue_export.vae_tiny import SHIPPED
+
+    full = AutoencoderKL.from_pretrained(tiny_sd21 / "vae").eval()
+    tiny, what = tiny_decoder_for_bench(full, tiny_sd21)  # no vae_tiny/: random weights, distill-vae's default architecture
+    assert what.startswith("random weights, width 64, blocks 3,") and tiny.config.scaling_factor == 1.0
+    v = time_vae_decoders(full, tiny, 1, (8, 8), runs=1, warmup=0)
+    assert v["full"]["class"] == "AutoencoderKL" and v["tiny"]["class"] == "AutoencoderTiny"
+    assert v["flop_ratio"] == v["full"]["flops"] / v["tiny"]["flops"] and v["speedup"] > 0
+    assert decoder_flops(full, 2, (8, 8)) == 2 * v["full"]["flops"]  # counted per latent batch
+    md = "\n".join(vae_decoder_lines({"vae_decoders": {"tiny_decoder": what, **v}}))
+    assert "| tiny: AutoencoderTiny (random weights" in md and "x fewer FLOPs" in md
+    toy = AutoencoderKL.from_pretrained(default_model() / "vae")
+    assert tiny_decoder_for_bench(toy, default_model())[1] == f"the model's tiny decoder ({SHIPPED})"
+
+
 @pytest.mark.slow
 def test_bench_writes_reports(tiny_sd21, tmp_path):
     cfg = BenchConfig(model=str(tiny_sd21), backends=("torch", "torch-bf16"), runs=2, warmup=0, teacher_steps=4, teacher_timed_steps=2)

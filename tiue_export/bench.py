@@ -54,6 +54,7 @@ class BenchConfig:
     guidance: float = 7.5
     threads: int | None = None  # torch intra-op threads (None: torch's default)
     runtime_memory: bool = True  # also run each CPU runtime backend alone in a fresh process for its peak memory
+    vae_decoders: bool = True  # also time the full VAE decoder against a tiny one (the model's, else random TAESD-sized)
 
 
 @dataclass
@@ -157,6 +158,63 @@ def unet_flops(unet_config: dict, timesteps, batch: int, latent_hw: tuple[int, i
             unet(x, int(timesteps[0]), encoder_hidden_states=ehs)
         full = fc.get_total_flops()
     return {"unet_encoder": int(enc), "unet_decoder": int(dec), "one_pass_unet": int(enc + dec), "full_unet_step": int(full)}
+
+
+def decoder_flops(vae, batch: int, latent_hw: tuple[int, int]) -> int:
+    """FLOPs of ``vae.decode`` (an ``AutoencoderKL`` or ``AutoencoderTiny``) on one latent batch, counted on the meta device."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = type(vae).from_config(vae.config)
+        z = torch.empty(batch, model.config.latent_channels, *latent_hw)
+        with FlopCounterMode(display=False) as fc:
+            model.decode(z)
+    return int(fc.get_total_flops())
+
+
+def tiny_decoder_for_bench(vae, model_path) -> tuple[object, str]:
+    """The tiny decoder to set beside the full one: the model's own (``--vae tiny``), else random
+    weights of ``distill-vae``'s default architecture (TAESD's width 64 and 3,...,3,1 blocks); speed
+    does not depend on the weights."""
+    from . import vae_tiny
+    from .distill.vae import VaeDistillConfig, build_tiny
+
+    try:
+        path = vae_tiny.resolve(Path(model_path), "tiny")
+    except InputError:
+        path = None
+    if path is not None:
+        return vae_tiny.load(path), f"the model's tiny decoder ({path})"
+    tiny = build_tiny(VaeDistillConfig(out="-"), vae.config, seed=0).eval().requires_grad_(False)
+    c = tiny.config
+    return tiny, f"random weights, width {c.decoder_block_out_channels[0]}, blocks {','.join(map(str, c.num_decoder_blocks))}"
+
+
+def time_vae_decoders(full, tiny, batch: int, latent_hw: tuple[int, int], runs: int, warmup: int) -> dict:
+    """The full and the tiny VAE decoder side by side on one latent batch: FLOPs, parameters and
+    torch fp32 latency (each decodes ``z0`` as its graph does: ``decode(z0 / scaling_factor)``)."""
+    import torch
+
+    z0 = torch.randn(batch, full.config.latent_channels, *latent_hw, generator=torch.Generator().manual_seed(0))
+    out = {}
+    for name, vae in (("full", full), ("tiny", tiny)):
+
+        @torch.no_grad()
+        def decode(_, vae=vae):
+            return vae.decode(z0 / vae.config.scaling_factor).sample
+
+        timing = time_stages(name, {"decode": decode}, runs, warmup).summary()
+        out[name] = {
+            "class": type(vae).__name__,
+            "flops": decoder_flops(vae, batch, latent_hw),
+            "params": sum(p.numel() for p in vae.decoder.parameters()),
+            "median_ms": timing["stages"]["decode"]["median_ms"],
+            "p90_ms": timing["stages"]["decode"]["p90_ms"],
+        }
+    out["speedup"] = out["full"]["median_ms"] / out["tiny"]["median_ms"]
+    out["flop_ratio"] = out["full"]["flops"] / out["tiny"]["flops"]
+    return out
 
 
 def time_stages(name: str, stages: dict[str, Callable], runs: int, warmup: int, note: str = "") -> Timing:
@@ -354,6 +412,10 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = log.info) -> d
         timings.append(t)
     report["results"] = [t.summary() for t in timings]
     _add_rates(report)
+    if cfg.vae_decoders:
+        tiny, what = tiny_decoder_for_bench(pipe.vae, model_path)
+        progress(f"timing the full VAE decoder against a tiny one ({what})")
+        report["vae_decoders"] = {"tiny_decoder": what, **time_vae_decoders(pipe.vae, tiny, cfg.batch, (h, w), cfg.runs, cfg.warmup)}
     return report
 
 
@@ -533,6 +595,7 @@ def to_markdown(report: dict) -> str:
         f"{f['unet_decoder'] / 1e9:.4g}); one full UNet step {f['full_unet_step'] / 1e9:.4g} GFLOP.",
     ]
     lines += ["", *ratio_lines(report)]
+    lines += vae_decoder_lines(report)
     for r in rows:
         mem = r.get("runtime_memory")
         if mem:
@@ -543,6 +606,20 @@ def to_markdown(report: dict) -> str:
                 f"low_memory (one graph at a time; load + image {mem['seconds_low_memory']:.1f} s vs {mem['seconds']:.1f} s)"
             )
     return "\n".join(lines) + "\n"
+
+
+def vae_decoder_lines(report: dict) -> list[str]:
+    """The full and the tiny VAE decoder side by side, if measured."""
+    v = report.get("vae_decoders")
+    if not v:
+        return []
+    lines = ["", "| VAE decoder (torch fp32) | GFLOP | decoder params (M) | median ms (p90) |", "|---|---|---|---|"]
+    for name in ("full", "tiny"):
+        d = v[name]
+        label = f"{name}: {d['class']}" + (f" ({v['tiny_decoder']})" if name == "tiny" else "")
+        lines.append(f"| {label} | {d['flops'] / 1e9:.4g} | {d['params'] / 1e6:.3g} | {d['median_ms']:.1f} ({d['p90_ms']:.1f}) |")
+    lines += ["", f"- tiny VAE decoder: {v['flop_ratio']:.1f}x fewer FLOPs, {v['speedup']:.1f}x faster than the full decoder (torch fp32, this run)"]
+    return lines
 
 
 def ratio_lines(report: dict) -> list[str]:

@@ -19,9 +19,10 @@ import click
 @click.option("--teacher-timed-steps", type=click.IntRange(1, 1000), default=None, help="Time only this many teacher steps and extrapolate.")
 @click.option("--threads", type=click.IntRange(1, 1024), default=None, help="torch intra-op threads.")
 @click.option("--no-runtime-memory", is_flag=True, help="Skip the fresh-process peak-memory run of each CPU runtime backend.")
+@click.option("--no-vae-decoders", is_flag=True, help="Skip timing the full VAE decoder against a tiny one (the model's, else random TAESD-sized weights).")
 @click.option("--json", "json_path", type=click.Path(), default=None, help="Report JSON [default: OUT/bench.json].")
 @click.option("--out", default="bench-results", show_default=True, help="Directory for bench.json, bench.md, bench.png.")
-def bench(model, shape, backends, batch, runs, warmup, no_references, teacher_steps, teacher_timed_steps, threads, no_runtime_memory, json_path, out):
+def bench(model, shape, backends, batch, runs, warmup, no_references, teacher_steps, teacher_timed_steps, threads, no_runtime_memory, no_vae_decoders, json_path, out):
     """Time every backend per stage against the PyTorch reference and the references."""
     from . import quiet_libraries
 
@@ -40,6 +41,7 @@ def bench(model, shape, backends, batch, runs, warmup, no_references, teacher_st
         teacher_timed_steps=teacher_timed_steps,
         threads=threads,
         runtime_memory=not no_runtime_memory,
+        vae_decoders=not no_vae_decoders,
     )
     report = run_bench(cfg, progress=lambda msg: click.echo(msg, err=True))
     click.echo(to_markdown(report))
