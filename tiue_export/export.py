@@ -256,6 +256,17 @@ def check_graph(path: Path, spec: GraphSpec) -> None:
             raise TiueError(f"{path.name}: graph {kind}s {got} do not match the spec {want}")
 
 
+def record_comparison(results: dict, failures: list, key: str, comparison) -> None:
+    """Put :func:`validate_graph`'s answer in the report under ``key``; a failed comparison's line
+    also goes to ``failures``."""
+    if isinstance(comparison, Comparison):
+        results[key] = comparison.to_dict()
+        if not comparison:
+            failures.append(str(comparison))
+    else:
+        results[key] = comparison
+
+
 def validate_graph(path: Path, spec: GraphSpec, feed: dict, ref: dict, precision: str):
     """ONNX Runtime (CPU) vs PyTorch on ``feed``: a :class:`Comparison`, or a dict saying why it
     was skipped (fp16 graphs that ONNX Runtime's CPU provider cannot run)."""
@@ -374,12 +385,7 @@ def export_bundle(cfg: ExportConfig, pipe=None) -> ExportReport:
             t0 = time.perf_counter()
             comparison = validate_graph(path, spec, inputs[name], refs[name], cfg.precision)
             seconds[f"validate_{name}"] = time.perf_counter() - t0
-            if isinstance(comparison, Comparison):
-                results[name] = comparison.to_dict()
-                if not comparison:
-                    failures.append(str(comparison))
-            else:
-                results[name] = comparison
+            record_comparison(results, failures, name, comparison)
             modules.pop(name)
             if owned and name in ("text_encoder", "vae_decoder"):  # done with these weights
                 setattr(pipe, "vae" if name == "vae_decoder" else name, None)
@@ -449,12 +455,7 @@ def export_tiny_vae(root: Path, manifest: Manifest, cfg: ExportConfig, feed: dic
     check_graph(path, spec)
     comparison = validate_graph(path, spec, feed, ref, cfg.precision)
     key = f"vae_decoder.{vae_tiny.VARIANT}"
-    if isinstance(comparison, Comparison):
-        results[key] = comparison.to_dict()
-        if not comparison:
-            failures.append(str(comparison))
-    else:
-        results[key] = comparison
+    record_comparison(results, failures, key, comparison)
     record = json.loads((source / vae_tiny.RECORD).read_text())
     variant = Variant(
         file, graph.precision, sha256_file(path), tuple(data_files),

@@ -40,13 +40,21 @@ def _writer_gone(owner: dict) -> bool:
     return start is None or (owner.get("start") is not None and start != owner["start"])
 
 
+#: Directories this process has swept (:func:`staging_dir` sweeps each once, not at every write).
+_SWEPT: set[Path] = set()
+
+
 def staging_dir(target: str | os.PathLike, kind: str = "") -> Path:
     """A new hidden directory beside ``target`` (``.NAME.KIND-XXXX.tmp``) that names its writer,
-    so that :func:`sweep_stale` can remove it once the writer is gone. Stale ones of ``target``
-    are removed first."""
+    so that :func:`sweep_stale` can remove it once the writer is gone. The first staging directory
+    a process makes in a directory removes the stale ones there first (one listing per directory,
+    not one per file written)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    sweep_stale(target)
+    parent = target.parent.resolve()
+    if parent not in _SWEPT:
+        _sweep(parent, ".*.tmp", target.parent)
+        _SWEPT.add(parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{kind + '-' if kind else ''}", suffix=".tmp", dir=target.parent))
     (tmp / OWNER).write_text(json.dumps(_owner()))
     return tmp
@@ -56,12 +64,16 @@ def sweep_stale(target: str | os.PathLike) -> list[Path]:
     """Remove the staging directories of ``target`` left by a writer that was killed (SIGKILL, a
     power cut): only ours (they hold :data:`OWNER`), only when their writer's process is gone."""
     target = Path(target)
+    return _sweep(target.parent, f".{glob.escape(target.name)}.*.tmp", target)
+
+
+def _sweep(parent: Path, pattern: str, beside) -> list[Path]:
     removed = []
     try:
-        siblings = list(target.parent.glob(f".{glob.escape(target.name)}.*.tmp"))
+        candidates = list(parent.glob(pattern))
     except OSError:
         return removed
-    for d in siblings:
+    for d in candidates:
         try:
             owner = json.loads((d / OWNER).read_text())
         except (OSError, ValueError):
@@ -70,7 +82,7 @@ def sweep_stale(target: str | os.PathLike) -> list[Path]:
             shutil.rmtree(d, ignore_errors=True)
             removed.append(d)
     if removed:
-        log.info("removed %d staging director%s of killed writers beside %s", len(removed), "y" if len(removed) == 1 else "ies", target)
+        log.info("removed %d staging director%s of killed writers beside %s", len(removed), "y" if len(removed) == 1 else "ies", beside)
     return removed
 
 
@@ -79,7 +91,8 @@ def atomic_path(path: str | os.PathLike, suffix: str = ""):
     """Yield a temporary path beside ``path``; on success rename it over ``path``, else remove it.
 
     Works for files and directories (a directory target is replaced whole). The temporary path
-    lies in a :func:`staging_dir`, so a killed writer's leftovers go at the next write of ``path``.
+    lies in a :func:`staging_dir`, so a killed writer's leftovers go at a later process's first
+    write into the same directory.
     """
     path = Path(path)
     tmp = staging_dir(path) / (path.name + suffix)

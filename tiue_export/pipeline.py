@@ -122,6 +122,13 @@ class TorchPipeline:
         """Where the weights are (see :func:`load_pipeline`'s ``device``)."""
         return next(self.unet.parameters()).device
 
+    @property
+    def provider(self) -> str:
+        """``PyTorch CPU float32``, ``PyTorch cuda:0 float16`` ...: where and in what the UNet runs."""
+        from .backends.torch import provider_name
+
+        return provider_name(self.device, self.unet.dtype)
+
     # -- sizes --------------------------------------------------------------------------------
     @property
     def is_teacher(self) -> bool:

@@ -132,7 +132,7 @@ class InferConfig:
         return {
             "model": model, "backend": self.backend, "precision": self.precision, "sampler": self.sampler,
             "guidance": self.guidance, "k": self.k, "height": self.height, "width": self.width, "noise": self.noise,
-            **({"vae": self.vae} if self.vae != "full" else {}),  # full-VAE names stay as they were
+            **self.vae_metadata,  # full-VAE names stay as they were
             **{k: v for k, v in (("device", self.device), ("dtype", self.dtype)) if v is not None},
         }
 
@@ -221,7 +221,7 @@ def infer_torch(cfg: InferConfig) -> None:
     pipe.latent_shape(cfg.height, cfg.width)  # validate the size before any work
     meta = {"model": str(model_path), "sampler": str(sampler), "backend": "torch", "k": pipe.schedule.k, "noise": cfg.noise, **cfg.vae_metadata}
     if pipe.device.type != "cpu" or pipe.unet.dtype != torch.float32:
-        meta["provider"] = pipe.graphs().provider  # e.g. PyTorch cuda:0 float16
+        meta["provider"] = pipe.provider  # e.g. PyTorch cuda:0 float16
     if sampler.kind == "ddim":
         meta["guidance"] = guidance
 

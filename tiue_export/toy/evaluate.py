@@ -241,7 +241,7 @@ def _torch_sample_fn(
     def sample_fn(prompts, seeds):
         return pipe.sample(prompts, seeds, parsed, g).images
 
-    info = {"sampler": str(parsed), "guidance": g if parsed.kind == "ddim" else None, "k": pipe.schedule.k, "provider": pipe.graphs().provider}
+    info = {"sampler": str(parsed), "guidance": g if parsed.kind == "ddim" else None, "k": pipe.schedule.k, "provider": pipe.provider}
     return sample_fn, info
 
 
