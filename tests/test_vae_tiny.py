@@ -78,18 +78,27 @@ def test_distill_vae_errors(tiny_vae, tiny_models, images, tmp_path, capsys):
     assert code == 2 and "holds no run to continue" in err
 
 
-def test_tiny_variant_through_export_and_infer(tiny_vae, tiny_models, tmp_path_factory, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def tiny_vae_bundle(tiny_vae, tiny_models, tmp_path_factory):
     from tiue_export.export import ExportConfig, export_bundle
+
+    bundle = tmp_path_factory.mktemp("bundles") / "tiny-vae"
+    report = export_bundle(ExportConfig(model=tiny_models("sd21"), out=bundle, vae=str(tiny_vae[0]), validate_batch=1))
+    return bundle, report
+
+
+def test_tiny_variant_through_export_and_infer(tiny_vae, tiny_vae_bundle, tiny_models, tmp_path, capsys):
     from tiue_export.pipeline import load_pipeline
     from tiue_export.runtime import Pipeline
 
     out, _ = tiny_vae
     model = tiny_models("sd21")
-    bundle = tmp_path_factory.mktemp("bundles") / "tiny-vae"
-    report = export_bundle(ExportConfig(model=model, out=bundle, vae=str(out), validate_batch=1))
+    bundle, report = tiny_vae_bundle
     assert report.validation["graphs"]["vae_decoder.tiny"]["ok"]
     variant = json.loads((bundle / "manifest.json").read_text())["graphs"]["vae_decoder"]["variants"]["tiny"]
-    assert variant["file"] == "vae_decoder.tiny.onnx" and "psnr_vs_full_db" in variant
+    assert variant["file"] == "vae_decoder.tiny.onnx" and "psnr_vs_full_db" in variant and variant["source"] == str(out.resolve())
+    with np.load(bundle / "reference.npz") as stored:  # check's tiny reference without torch
+        assert stored["vae_decoder.tiny.images"].shape == stored["vae_decoder.images"].shape
 
     prompts, seeds = ["a photo of a cat", "a red cube"], [3, 4]
     ref = load_pipeline(model, vae=str(out)).sample(prompts, seeds)
@@ -128,3 +137,57 @@ def test_vae_choice_errors(tiny_vae, tiny_models, tmp_path, capsys):
     (other / "distill_vae.json").write_text(json.dumps(record))
     code, _, err = run_cli(["infer", "--prompt", "x", "--model", model, "--vae", str(other), "--out", str(tmp_path / "c")], capsys)
     assert code == 2 and "was distilled from another VAE" in err
+
+
+def _rows(out: str, backend: str) -> dict:
+    """check's table: graph -> its line, for one backend."""
+    return {line.split()[1]: line for line in out.splitlines() if line.startswith(backend + " ")}
+
+
+def test_check_covers_the_tiny_decoder(tiny_vae_bundle, tmp_path, capsys):
+    bundle, _ = tiny_vae_bundle
+    code, out, err = run_cli(["check", str(bundle), "--backends", "torch,onnxruntime", "--json", str(tmp_path / "c.json")], capsys)
+    assert code == 0, out + err
+    rows = _rows(out, "onnxruntime")
+    assert rows["vae_decoder"].endswith("ok") and rows["vae_decoder.tiny"].endswith("ok")  # both decoders, each against its PyTorch module
+    graphs = {g["name"]: g for b in json.loads((tmp_path / "c.json").read_text())["backends"] if b["backend"] == "onnxruntime" for g in b["graphs"]}
+    assert graphs["vae_decoder.tiny"]["outputs"]["images"]["psnr"] > 40
+
+    # --vae tiny: the chain as infer --vae tiny runs it, against the PyTorch tiny decoder (and without torch: reference.npz)
+    for reference in ("torch", "bundle"):
+        code, out, err = run_cli(["check", str(bundle), "--vae", "tiny", "--reference", reference], capsys)
+        assert code == 0, out + err
+        rows = _rows(out, "onnxruntime")
+        assert "vae_decoder" not in rows and rows["vae_decoder.tiny"].endswith("ok") and rows["end_to_end"].endswith("ok")
+        assert "check passed: onnxruntime" in out and "torch" not in out.split("check passed:")[1]
+    code, out, err = run_cli(["check", str(bundle), "--vae", "full", "--backends", "onnxruntime"], capsys)
+    assert code == 0 and "vae_decoder.tiny" not in out
+
+
+def test_check_fails_on_a_broken_tiny_decoder(tiny_vae_bundle, tmp_path, capsys):
+    import shutil
+
+    import onnx
+    from onnx import numpy_helper
+
+    from tiue_export.bundle import sha256_file
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_vae_bundle[0], bad)
+    path = bad / "vae_decoder.tiny.onnx"
+    model = onnx.load(str(path))
+    init = max(model.graph.initializer, key=lambda t: np.prod(t.dims))
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 1.5 + 0.01, init.name))
+    onnx.save(model, str(path))
+    manifest = json.loads((bad / "manifest.json").read_text())
+    manifest["files"]["vae_decoder.tiny.onnx"] = manifest["graphs"]["vae_decoder"]["variants"]["tiny"]["sha256"] = sha256_file(path)
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    code, out, err = run_cli(["check", str(bad), "--backends", "onnxruntime", "--reference", "bundle"], capsys)
+    rows = _rows(out, "onnxruntime")
+    assert code == 1 and "check FAILED: onnxruntime" in err
+    assert rows["vae_decoder"].endswith("ok") and "FAIL images:" in rows["vae_decoder.tiny"]
+
+    del manifest["graphs"]["vae_decoder"]["variants"]  # a bundle without the tiny decoder
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    code, _, err = run_cli(["check", str(bad), "--vae", "tiny"], capsys)
+    assert code == 2 and "has no tiny graphs" in err and "re-export it with --vae tiny" in err and len(err.strip().splitlines()) == 1

@@ -4,10 +4,15 @@ For each backend the same inputs go in: per graph, the reference's own inputs (s
 is its own), and end to end, the same prompts and z_T through the backend's whole chain. Every
 output is compared (max abs, relative L2, cosine, PSNR for images, NaN/Inf) against the graph's
 tolerance from the bundle manifest (the graph specs) before anything is judged.
+
+A bundle with a tiny VAE decoder (``export --vae tiny``) has its ``tiny`` variant checked too, on
+the reference's z0 against the PyTorch tiny decoder; ``--vae tiny`` checks the whole chain as
+``infer --vae tiny`` runs it (the tiny decoder's graph row and the end to end through it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -49,6 +54,9 @@ class CheckConfig:
     # auto: PyTorch where torch and the source model are here, else the reference export stored
     reference: str = "auto"
     device: str | None = None  # where the PyTorch reference runs (fp32): cpu, cuda[:N], auto
+    # auto: also the tiny decoder's graph where the bundle has one; tiny: the chain through it
+    # (what infer --vae tiny runs); full: the full decoder only
+    vae: str = "auto"
 
 
 @dataclass
@@ -104,9 +112,22 @@ def _reference_dict(manifest, v: dict, z0_key: str) -> dict:
     }
 
 
+def with_tiny_images(ref: dict, images: np.ndarray) -> dict:
+    """``ref`` with the PyTorch tiny decoder's images of its z0 (``ref["tiny"]``)."""
+    from .sampling import to_uint8_images
+
+    return {**ref, "tiny": {"images": images, "images_uint8": to_uint8_images(images)}}
+
+
+def through_tiny(ref: dict) -> dict:
+    """The reference of the chain through the tiny decoder: its images in place of the full VAE's."""
+    return {**ref, **ref["tiny"]}
+
+
 def stored_reference(bundle) -> tuple[dict, list[str]]:
     """The PyTorch reference ``export`` stored in the bundle (``reference.npz``) and its prompts:
     what ``check`` compares with where torch or the source model is not at hand."""
+    from . import vae_tiny
     from .bundle import REFERENCE
 
     path = bundle.path / REFERENCE
@@ -115,7 +136,31 @@ def stored_reference(bundle) -> tuple[dict, list[str]]:
     with np.load(path, allow_pickle=False) as data:
         values = {k: data[k] for k in data.files}
     prompts = [str(p) for p in values.pop("prompts")]
-    return _reference_dict(bundle.manifest, values, "unet_decoder_fused.z0"), prompts
+    ref = _reference_dict(bundle.manifest, values, "unet_decoder_fused.z0")
+    if vae_tiny.REFERENCE_KEY in values:  # exported with --vae tiny
+        ref = with_tiny_images(ref, values[vae_tiny.REFERENCE_KEY])
+    return ref, prompts
+
+
+def tiny_reference(pipe, manifest, model, ref: dict) -> dict:
+    """``ref`` with the images of the PyTorch tiny decoder the bundle's ``tiny`` variant was
+    exported from (the directory the variant records, else export's ``--vae``) on ``ref``'s z0."""
+    import torch
+
+    from . import vae_tiny
+    from .backends.torch import VaeDecoderGraph
+
+    variant = manifest.graphs["vae_decoder"].variants[vae_tiny.VARIANT]
+    source = variant.extra.get("source") or manifest.export_config.get("vae") or vae_tiny.VARIANT
+    try:
+        path = vae_tiny.resolve(Path(model), source)
+    except InputError as exc:
+        why = f"the bundle's tiny VAE decoder came from {source}, not usable here ({exc})"
+        raise ModelError(f"{why}: check with --vae full, or --reference bundle") from exc
+    module = VaeDecoderGraph(vae_tiny.load(path), baked=False).to(pipe.device)
+    with torch.no_grad():
+        images = module(torch.from_numpy(ref["z0"]).to(pipe.device)).float().cpu().numpy()
+    return with_tiny_images(ref, images)
 
 
 # -- backends -------------------------------------------------------------------------------------
@@ -131,8 +176,25 @@ def _tolerance(manifest, graph: str, precision: str, variant: str | None = "int8
     return entry.tolerance
 
 
-def check_backend(backend, graphs, tokenize, manifest, ref: dict) -> BackendReport:
-    """Per-graph parity on the reference's inputs, then the backend's own chain end to end."""
+def graph_tolerance(backend, manifest, graph: str) -> Tolerance:
+    """The bound for ``graph`` of ``manifest`` (the backend's view of the bundle) on ``backend``."""
+    if backend.engine == "openvino" and backend.variant and backend.variant not in manifest.graphs[graph].variants:
+        # graphs without the variant run in OpenVINO's default compute precision (bf16 here)
+        from .backends import REGISTRY
+
+        return _tolerance(manifest, graph, REGISTRY["openvino"].precision(manifest))
+    return _tolerance(manifest, graph, backend.precision(manifest), backend.variant)
+
+
+def check_backend(backend, graphs, tokenize, manifest, ref: dict, vae: str = "full", tiny=None) -> BackendReport:
+    """Per-graph parity on the reference's inputs, then the backend's own chain end to end.
+
+    Args:
+        vae: ``tiny``: ``graphs`` decode with the tiny decoder and ``ref`` is :func:`through_tiny`'s
+            (the VAE row is named ``vae_decoder.tiny``); ``auto`` or ``full``: the full decoder.
+        tiny: the backend's graphs of the bundle's tiny variant: its ``vae_decoder`` gets its own
+            row against ``ref["tiny"]``.
+    """
     from .executor import run_chain
     from .sampling import to_uint8_images
 
@@ -144,12 +206,7 @@ def check_backend(backend, graphs, tokenize, manifest, ref: dict) -> BackendRepo
         return graphs.runner(graph).infer(feed)
 
     def tol(g):
-        if backend.engine == "openvino" and backend.variant and backend.variant not in manifest.graphs[g].variants:
-            # graphs without the variant run in OpenVINO's default compute precision (bf16 here)
-            from .backends import REGISTRY
-
-            return _tolerance(manifest, g, REGISTRY["openvino"].precision(manifest))
-        return _tolerance(manifest, g, precision, backend.variant)
+        return graph_tolerance(backend, manifest, g)
 
     ids = tokenize() if tokenize is not None else ref["ids"]
     report.graphs.append(Comparison("tokenizer", [compare_arrays(ref["ids"], ids, EXACT, name="input_ids")]))
@@ -166,7 +223,13 @@ def check_backend(backend, graphs, tokenize, manifest, ref: dict) -> BackendRepo
         out = run("unet_decoder_fused", {**ref["features"], "text_embeddings": text, "latents": noise})
         report.graphs.append(compare_outputs("unet_decoder_fused", {"z0": ref["z0"]}, out, tol("unet_decoder_fused")))
     out = run("vae_decoder", {"latents": ref["z0"]})
-    report.graphs.append(compare_outputs("vae_decoder", {"images": ref["images"]}, out, tol("vae_decoder"), data_range={"images": 2.0}))
+    name = "vae_decoder.tiny" if vae == "tiny" else "vae_decoder"
+    report.graphs.append(compare_outputs(name, {"images": ref["images"]}, out, tol("vae_decoder"), data_range={"images": 2.0}))
+    if tiny is not None:
+        out = tiny.runner("vae_decoder").infer({"latents": ref["z0"]})
+        report.graphs.append(
+            compare_outputs("vae_decoder.tiny", {"images": ref["tiny"]["images"]}, out, tol("vae_decoder"), data_range={"images": 2.0})
+        )
 
     # End to end: the backend's own chain from the same token ids and z_T.
     chain = "fused" if "unet_decoder_fused" in has else "unfused"
@@ -233,7 +296,16 @@ def _torch_reference(cfg: CheckConfig, bundle):
         raise ModelError(f"{model} gives timesteps {list(pipe.schedule.timesteps)}, the bundle has {list(m.sampler.timesteps)}")
     prompts = list(cfg.prompts)
     noise = initial_noise(range(cfg.seed, cfg.seed + len(prompts)), m.latent)
-    return pipe, reference(pipe, m, pipe.tokenize(prompts), noise), prompts
+    ref = reference(pipe, m, pipe.tokenize(prompts), noise)
+    if cfg.vae != "full" and has_tiny(m):
+        ref = tiny_reference(pipe, m, model, ref)
+    return pipe, ref, prompts
+
+
+def has_tiny(manifest) -> bool:
+    from . import vae_tiny
+
+    return vae_tiny.VARIANT in manifest.graphs["vae_decoder"].variants
 
 
 def run_check(cfg: CheckConfig) -> tuple[list[BackendReport], dict]:
@@ -246,11 +318,15 @@ def run_check(cfg: CheckConfig) -> tuple[list[BackendReport], dict]:
         raise InputError("no prompt given")
     if cfg.reference not in ("auto", "torch", "bundle"):
         raise InputError(f"unknown --reference {cfg.reference!r}: use auto, torch or bundle")
+    if cfg.vae not in ("auto", "full", "tiny"):
+        raise InputError(f"unknown --vae {cfg.vae!r}: use auto, full or tiny")
     requested = list(cfg.backends) if cfg.backends else None
     for name in requested or []:
         backends.get(name)
     bundle = Bundle.open(cfg.bundle)
     manifest = bundle.manifest
+    if cfg.vae == "tiny":
+        bundle.with_variant("tiny")  # no tiny decoder: the one-line fix, before anything loads
     torch_ref = _torch_reference(cfg, bundle)
     if torch_ref is None:
         pipe = None
@@ -258,8 +334,15 @@ def run_check(cfg: CheckConfig) -> tuple[list[BackendReport], dict]:
         log.info("comparing with the PyTorch reference stored in the bundle (prompts %s)", prompts)
     else:
         pipe, ref, prompts = torch_ref
+    if "tiny" not in ref and cfg.vae == "tiny":
+        raise ModelError(f"bundle {bundle.path}'s reference.npz has no tiny decoder images: re-export it, or check with torch")
+    if "tiny" not in ref and cfg.vae == "auto" and has_tiny(manifest):
+        log.warning("the tiny VAE decoder is not checked: the bundle's reference.npz predates it (re-export it, or check with torch)")
+    tiny_row = cfg.vae == "auto" and "tiny" in ref and has_tiny(manifest)
+    backend_ref = through_tiny(ref) if cfg.vae == "tiny" else ref
     tokenizer = BundleTokenizer(bundle)
-    requested = requested or [b for b in backends.available(manifest) if b != "torch" or pipe is not None]
+    # --vae tiny checks the bundle's graphs through the tiny decoder; torch's row is a determinism check
+    requested = requested or [b for b in backends.available(manifest) if b != "torch" or (pipe is not None and cfg.vae != "tiny")]
     reports = []
     coefficients = None
     for name in requested:
@@ -270,6 +353,8 @@ def run_check(cfg: CheckConfig) -> tuple[list[BackendReport], dict]:
                 reports.append(BackendReport(name, "", False, reason="torch or the source model is not here"))
             elif name != "torch":
                 reports.append(BackendReport(name, "", False, reason="check compares bundle backends with the fp32 reference"))
+            elif cfg.vae == "tiny":
+                reports.append(BackendReport(name, "", False, reason="--vae tiny checks the bundle's graphs (torch: --vae full)"))
             else:
                 reports.append(check_torch_determinism(pipe, manifest, ref))
             continue
@@ -277,22 +362,26 @@ def run_check(cfg: CheckConfig) -> tuple[list[BackendReport], dict]:
         if why:
             reports.append(BackendReport(name, "", False, reason=why))
             continue
+        view = bundle.with_variant("tiny") if cfg.vae == "tiny" else bundle
         try:
-            graphs = backend.graphs(bundle)
+            graphs = backend.graphs(view)
+            # TensorRT's engines are built from the graphs as exported: no tiny variant there
+            tiny = backend.graphs(bundle.with_variant("tiny")) if tiny_row and backend.engine != "tensorrt" else None
         except InputError:
             raise
         except TiueError as exc:
             reports.append(BackendReport(name, "", False, reason=str(exc)))
             continue
-        with graphs:
-            reports.append(check_backend(backend, graphs, lambda: tokenizer(prompts), bundle.with_variant(backend.variant).manifest, ref))
+        with graphs, tiny or contextlib.nullcontext():
+            seen = view.with_variant(backend.variant).manifest
+            reports.append(check_backend(backend, graphs, lambda: tokenizer(prompts), seen, backend_ref, cfg.vae, tiny))
             if coefficients is None and backend.variant is None and {"unet_decoder", "unet_decoder_fused"} <= set(graphs.factories):
                 coefficients = check_coefficients(graphs, manifest, ref)
                 if not coefficients:
                     reports[-1].graphs.append(coefficients)
-    ref["prompts"] = prompts
-    ref["coefficients"] = coefficients
-    return reports, ref
+    backend_ref["prompts"] = prompts
+    backend_ref["coefficients"] = coefficients
+    return reports, backend_ref
 
 
 def table(reports: Sequence[BackendReport]) -> str:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
+from . import __version__, vae_tiny
 from .bundle import MANIFEST, REFERENCE, VALIDATION, Manifest, Tokenizer, save_manifest, sha256_file
 from .compare import Comparison, compare_arrays, compare_outputs
 from .errors import InputError, TiueError, first_line, require
@@ -110,8 +110,6 @@ def check_config(cfg: ExportConfig) -> None:
         raise InputError(f"unknown --external-data {cfg.external_data!r}: use auto, always or never")
     check_opset(cfg.opset, max_opset())
     if cfg.vae != "full":
-        from . import vae_tiny
-
         vae_tiny.resolve(Path(cfg.model), cfg.vae)  # an unknown word or a decoder of another VAE: refused now
     if cfg.validate_batch < 1:
         raise InputError("validate_batch must be >= 1")
@@ -395,7 +393,8 @@ def export_bundle(cfg: ExportConfig, pipe=None) -> ExportReport:
             report.sizes[spec.file] = sum((tmp / f).stat().st_size for f in [spec.file] + data_files)
 
         if cfg.vae != "full":
-            manifest = export_tiny_vae(tmp, manifest, cfg, inputs["vae_decoder"], refs["vae_decoder"], results, failures, report)
+            manifest, tiny = export_tiny_vae(tmp, manifest, cfg, inputs["vae_decoder"], refs["vae_decoder"], results, failures, report)
+            stored[vae_tiny.REFERENCE_KEY] = tiny  # check --reference bundle compares the tiny graph with it
         end_to_end = validate_chain(tmp, manifest, inputs, refs, cfg)
         if end_to_end is not None and not end_to_end["ok"]:
             failures.append(f"end to end: {end_to_end['summary']}")
@@ -429,11 +428,14 @@ def export_bundle(cfg: ExportConfig, pipe=None) -> ExportReport:
     return report
 
 
-def export_tiny_vae(root: Path, manifest: Manifest, cfg: ExportConfig, feed: dict, full_ref: dict, results: dict, failures: list, report) -> Manifest:
+def export_tiny_vae(
+    root: Path, manifest: Manifest, cfg: ExportConfig, feed: dict, full_ref: dict, results: dict, failures: list, report
+) -> tuple[Manifest, np.ndarray]:
     """The tiny decoder as ``vae_decoder``'s ``tiny`` variant: the same spec (z0 in, images in
     [-1, 1] out), exported, checked and validated against its PyTorch module like every graph;
-    the variant records where it came from and its PSNR against the full decoder on the reference z0."""
-    from . import vae_tiny
+    the variant records where it came from (its directory, for check's PyTorch reference) and its
+    PSNR against the full decoder on the reference z0. Returns the manifest and the PyTorch tiny
+    decoder's images of the reference z0."""
     from .backends.torch import VaeDecoderGraph
     from .bundle.manifest import Variant
     from .compare import psnr
@@ -460,13 +462,14 @@ def export_tiny_vae(root: Path, manifest: Manifest, cfg: ExportConfig, feed: dic
     variant = Variant(
         file, graph.precision, sha256_file(path), tuple(data_files),
         extra={
+            "source": str(source.resolve()),
             "distilled_from": record["distilled_from"],
             "held_out_psnr_db": record.get("held_out_psnr_db"),
             "psnr_vs_full_db": psnr(np.clip(full_ref["images"], -1, 1), np.clip(ref["images"], -1, 1), 2.0),
         },
     )
     report.sizes[file] = sum((root / f).stat().st_size for f in [file] + data_files)
-    return manifest.with_graph(replace(graph, variants={**graph.variants, vae_tiny.VARIANT: variant}))
+    return manifest.with_graph(replace(graph, variants={**graph.variants, vae_tiny.VARIANT: variant})), ref["images"]
 
 
 def validate_chain(root: Path, manifest: Manifest, inputs: dict, refs: dict, cfg: ExportConfig) -> dict | None:

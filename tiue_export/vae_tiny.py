@@ -22,6 +22,8 @@ RECORD = "distill_vae.json"
 #: The bundle variant of ``vae_decoder`` that holds it.
 VARIANT = "tiny"
 CHOICES = ("full", "tiny")
+#: The PyTorch tiny decoder's images of the export reference's z0, in the bundle's reference.npz.
+REFERENCE_KEY = "vae_decoder.tiny.images"
 
 
 def vae_sha256(vae_dir: Path) -> str:

@@ -33,7 +33,15 @@ from .types import SEED
     help="PNG of reference vs backend images and their differences [default: beside --json, as FILE.png; none without --json].",
 )
 @click.option("--device", default=None, metavar="cpu|cuda[:N]|auto", help="Where the PyTorch reference runs, in fp32 [default: auto].")
-def check(bundle, backends, prompts, seed, model, reference, json_path, image_path, device):
+@click.option(
+    "--vae",
+    type=click.Choice(["auto", "full", "tiny"]),
+    default="auto",
+    show_default=True,
+    help="tiny: the chain through the bundle's tiny VAE decoder (what infer --vae tiny runs); auto: the full chain, and the tiny "
+    "decoder's graph where the bundle has one; full: the full decoder only.",
+)
+def check(bundle, backends, prompts, seed, model, reference, json_path, image_path, device, vae):
     """Compare every backend with the PyTorch reference, per graph and end to end.
 
     Exits 0 only if every backend checked is within tolerance.
@@ -52,6 +60,7 @@ def check(bundle, backends, prompts, seed, model, reference, json_path, image_pa
         model=model,
         reference=reference,
         device=device,
+        vae=vae,
     )
     image = Path(image_path) if image_path else (Path(json_path).with_suffix(".png") if json_path else None)
     for path, what in ((json_path, "--json"), (image, "--image")):
