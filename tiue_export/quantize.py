@@ -180,7 +180,9 @@ def keep_float_nodes(model, patterns: Sequence[str]) -> dict[str, str]:
 
 
 # -- calibration data -----------------------------------------------------------------------------
-def graph_feeds(pipe, graph: str, prompts: Sequence[str], seeds: Sequence[int], batch: int, first: int = 0, stop: int | None = None) -> Iterator[dict]:
+def graph_feeds(
+    pipe, graph: str, prompts: Sequence[str], seeds: Sequence[int], batch: int, first: int = 0, stop: int | None = None
+) -> Iterator[dict]:
     """The real inputs of ``graph`` while the fp32 pipeline runs ``prompts``: batches ``first`` to
     ``stop`` (computed lazily: an SD UNet's features take ~26 MB per image), each the executor's
     chain up to the graph that feeds it."""
@@ -331,7 +333,12 @@ def _image_psnr(ref: np.ndarray, out: np.ndarray, name: str) -> dict:
 
 def measure(fp32, int8, prompts: Sequence[str], seeds: Sequence[int]) -> dict:
     """int8 vs fp32 on held-out prompts: each graph's outputs on fp32 inputs, the image with only
-    that graph in int8, and the image with every UNet graph in int8 (fused and unfused paths)."""
+    that graph in int8, and the image with every UNet graph in int8 (fused and unfused paths).
+
+    One pipeline's graphs are held at a time (at SD 2.1 size both at once are 18 GiB): the fp32
+    chains run first and keep every tensor (MBs), then the int8 graphs run on those inputs, then the
+    fp32 graphs finish each one-graph-int8 image from that graph's int8 outputs. Each pipeline is
+    closed after its turn and reopens on its next use."""
     import math
 
     from .executor import GraphSet, graph_feed, run_chain
@@ -340,23 +347,40 @@ def measure(fp32, int8, prompts: Sequence[str], seeds: Sequence[int]) -> dict:
     m = fp32.manifest
     ids = fp32.tokenize(prompts)
     noise = initial_noise(seeds, fp32.latent_shape)
+    chains = {"unet_encoder": "fused", "unet_decoder": "unfused", "unet_decoder_fused": "fused"}
 
     def run(graphs, chain, keep=False):
         return run_chain(m, graphs, ids, noise, chain, keep=keep)
 
-    def mixed(graph):  # fp32 graphs but one
-        return GraphSet({n: (lambda n=n: _Borrowed((int8 if n == graph else fp32).runner(n))) for n in m.graphs})
+    refs = {c: run(fp32.graphs, c, keep=True) for c in ("fused", "unfused")}
+    fp32.close()
+    outs = {name: int8.runner(name).infer(graph_feed(m, refs[chain].values, name, chain)) for name, chain in chains.items()}
+    int8_images = {c: run(int8.graphs, c).images for c in refs}
+    int8.close()
 
-    ref_fused, ref_unfused = run(fp32.graphs, "fused", keep=True), run(fp32.graphs, "unfused", keep=True)
-    ref = to_uint8_images(ref_fused.images)
+    def mixed(graph, chain):  # the fp32 chain with only ``graph`` in int8: replayed up to it, fp32 after
+        order = m.chains[chain].graphs
+        done = order[: order.index(graph) + 1]
+        kept = refs[chain].values
+
+        def make(n):
+            if n == graph:
+                return _Recorded(outs[graph])
+            if n in done:
+                return _Recorded({k[len(n) + 1 :]: v for k, v in kept.items() if k.startswith(f"{n}.")})
+            return _Borrowed(fp32.runner(n))
+
+        return GraphSet({n: (lambda n=n: make(n)) for n in m.graphs})
+
+    ref = to_uint8_images(refs["fused"].images)
     graphs = {}
-    for name, chain, base in (("unet_encoder", "fused", ref_fused), ("unet_decoder", "unfused", ref_unfused), ("unet_decoder_fused", "fused", ref_fused)):
-        out = int8.runner(name).infer(graph_feed(m, base.values, name, chain))
+    for name, chain in chains.items():
         graphs[name] = {
-            "outputs": {n: _range_psnr(base.values[f"{name}.{n}"], out[n], n) for n in out},
-            "image": _image_psnr(ref, to_uint8_images(run(mixed(name), chain).images), "images"),
+            "outputs": {n: _range_psnr(refs[chain].values[f"{name}.{n}"], out, n) for n, out in outs[name].items()},
+            "image": _image_psnr(ref, to_uint8_images(run(mixed(name, chain), chain).images), "images"),
         }
-    end_to_end = {c: _image_psnr(ref, to_uint8_images(run(int8.graphs, c).images), "images") for c in ("fused", "unfused")}
+    fp32.close()
+    end_to_end = {c: _image_psnr(ref, to_uint8_images(images), "images") for c, images in int8_images.items()}
     worst = min((r["psnr"] if r["psnr"] is not None else math.inf) for r in end_to_end.values())
     return {
         "prompts": list(prompts),
@@ -367,6 +391,24 @@ def measure(fp32, int8, prompts: Sequence[str], seeds: Sequence[int]) -> dict:
         "target_psnr_db": TARGET_PSNR,
         "ok": bool(worst >= TARGET_PSNR),
     }
+
+
+class _Recorded:
+    """A graph that returns the outputs recorded in an earlier run, whatever it is fed."""
+
+    provider = "recorded"
+
+    def __init__(self, outputs: dict):
+        self.outputs = outputs
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    def infer(self, feed):
+        return self.outputs
 
 
 class _Borrowed:
@@ -421,9 +463,7 @@ def open_fp32_bundle(path: Path) -> Bundle:
     bundle = Bundle.open(path, verify=True)
     precision = bundle.manifest.precision
     if precision != "fp32":
-        raise InputError(
-            f"{path} is an {precision} bundle: calibrate needs the fp32 graphs (tiue-export export --precision fp32)"
-        )
+        raise InputError(f"{path} is an {precision} bundle: calibrate needs the fp32 graphs (tiue-export export --precision fp32)")
     return bundle
 
 
@@ -495,12 +535,17 @@ def calibrate_bundle(cfg: CalibrationConfig) -> CalibrationReport:
                 raise TiueError(f"quantizing {name} failed: {first_line(exc)}") from exc
             data = sorted(p.name for p in staging.iterdir() if p.name.startswith(out.name) and p != out)
             entries[name] = Variant(
-                out.name, "int8", sha256_file(out), tuple(data),
+                out.name,
+                "int8",
+                sha256_file(out),
+                tuple(data),
                 extra={"quantized": count_quantized(out), "kept_float": dict(sorted(keep.items()))},
             )
             seconds[f"quantize_{name}"] = time.perf_counter() - t0
             q = entries[name].extra["quantized"]
-            log.info("  %s: %d weights and %d activations in int8, %d weighted nodes kept float", name, q["weights"], q["activations"], len(keep))
+            log.info(
+                "  %s: %d weights and %d activations in int8, %d weighted nodes kept float", name, q["weights"], q["activations"], len(keep)
+            )
 
         t0 = time.perf_counter()
         staged_manifest = _with_variants(bundle.manifest, entries, prefix=os.path.relpath(staging, root))
@@ -516,9 +561,17 @@ def calibrate_bundle(cfg: CalibrationConfig) -> CalibrationReport:
 
         seconds["total"] = time.perf_counter() - t_start
         calibration = calibration_record(
-            cfg, prompts_file, len(calib), quality, seconds, {"onnxruntime": _ort_version()},
-            tool="onnxruntime.quantization.quantize_static", format="QDQ", activations="int8 symmetric per-tensor",
-            weights="int8 symmetric per-channel", op_types=list(OP_TYPES),
+            cfg,
+            prompts_file,
+            len(calib),
+            quality,
+            seconds,
+            {"onnxruntime": _ort_version()},
+            tool="onnxruntime.quantization.quantize_static",
+            format="QDQ",
+            activations="int8 symmetric per-tensor",
+            weights="int8 symmetric per-channel",
+            op_types=list(OP_TYPES),
         )
         manifest = _with_variants(bundle.manifest, entries, prefix="")
         manifest = manifest.replace(extra={**manifest.extra, "calibration": calibration})
