@@ -6,6 +6,11 @@ UNet's achieved FLOP rate (FLOPs counted once per shape on the meta device) agai
 machine's measured matrix-multiply rate. In the same run it times the references the method is
 about: the same student as a K-step loop (full UNet every step) and the teacher's N-step DDIM
 with classifier-free guidance.
+
+On a CUDA device (``--device cuda``) the PyTorch rows run there in fp16 (or ``--dtype``): every
+stage is timed with CUDA events, the matmul peaks are the GPU's, the peak device memory is
+``torch.cuda.max_memory_allocated``, and ``--compile`` adds a row per fast path (torch.compile,
+CUDA graphs) beside eager.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +60,9 @@ class BenchConfig:
     threads: int | None = None  # torch intra-op threads (None: torch's default)
     runtime_memory: bool = True  # also run each CPU runtime backend alone in a fresh process for its peak memory
     vae_decoders: bool = True  # also time the full VAE decoder against a tiny one (the model's, else random TAESD-sized)
+    device: str | None = None  # the PyTorch rows and references: cpu, cuda[:N], auto (None: auto)
+    dtype: str | None = None  # their weights: fp32, fp16, bf16 (None: fp32 on the CPU, fp16 on CUDA)
+    compile: tuple[str, ...] | None = None  # a torch one-pass row per mode (None: eager; on CUDA also cuda-graphs, reduce-overhead)
 
 
 @dataclass
@@ -107,32 +115,81 @@ class PeakRSS:
         return self.peak / 2**20
 
 
-def matmul_rate(dtype: str = "fp32", n: int = 2048, reps: int = 5, min_seconds: float = 0.05) -> float:
-    """Best achieved GFLOP/s of a square torch matmul in ``dtype`` on this machine.
+def matmul_rate(dtype: str = "fp32", n: int = 2048, reps: int = 5, min_seconds: float = 0.05, device="cpu") -> float:
+    """Best achieved GFLOP/s of a square torch matmul in ``dtype`` on ``device``.
 
     The side doubles from 256 up to ``n`` while one product takes under ``min_seconds``: large
     enough to reach the kernel's rate, and bounded where ``dtype`` has no fast kernel (bf16 on a
-    CPU without bf16 instructions runs a reference loop: a 2048-side product takes minutes).
+    CPU without bf16 instructions runs a reference loop: a 2048-side product takes minutes). On a
+    GPU every product is synchronised (fp32 there is full fp32: PyTorch's default, no TF32).
     """
     import torch
 
-    dt = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
-    size = min(256, n)
-    while True:
-        a = torch.randn(size, size).to(dt)
-        b = torch.randn(size, size).to(dt)
-        a @ b  # warm-up (oneDNN/MKL kernel selection)
+    dt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    device = torch.device(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def once(a, b) -> float:
+        sync()
         t0 = time.perf_counter()
         a @ b
-        best = time.perf_counter() - t0
+        sync()
+        return time.perf_counter() - t0
+
+    size = min(256, n)
+    while True:
+        a = torch.randn(size, size, device=device).to(dt)
+        b = torch.randn(size, size, device=device).to(dt)
+        once(a, b)  # warm-up (oneDNN/MKL/cuBLAS kernel selection)
+        best = once(a, b)
         if size >= n or best >= min_seconds:
             break
         size = min(2 * size, n)
     for _ in range(reps - 1):
-        t0 = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, once(a, b))
     return 2 * size**3 / best / 1e9
+
+
+def matmul_peaks(device) -> dict[str, float]:
+    """The matmul rates a run's FLOP shares are measured against: fp32 and bf16 on the CPU; fp32,
+    fp16 and bf16 on a GPU (8192-side products)."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        return {dt: matmul_rate(dt, n=8192, device=device) for dt in ("fp32", "fp16", "bf16")}
+    return {"fp32": matmul_rate("fp32"), "bf16": matmul_rate("bf16")}
+
+
+class DeviceMeter:
+    """What a run on ``device`` synchronises and measures: on a GPU, ``sync`` waits for its work
+    and ``peak_mb`` is ``torch.cuda.max_memory_allocated`` since :meth:`reset`; on the CPU both
+    are no-ops (the CPU rows report peak RSS)."""
+
+    def __init__(self, device):
+        import torch
+
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+
+    def sync(self) -> None:
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize(self.device)
+
+    def reset(self) -> None:
+        if self.cuda:
+            import torch
+
+            self.sync()
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def peak_mb(self) -> float | None:
+        if not self.cuda:
+            return None
+        import torch
+
+        return torch.cuda.max_memory_allocated(self.device) / 2**20
 
 
 def unet_flops(unet_config: dict, timesteps, batch: int, latent_hw: tuple[int, int], seq_len: int) -> dict[str, int]:
@@ -191,12 +248,15 @@ def tiny_decoder_for_bench(vae, model_path) -> tuple[object, str]:
     return tiny, f"random weights, width {c.decoder_block_out_channels[0]}, blocks {','.join(map(str, c.num_decoder_blocks))}"
 
 
-def time_vae_decoders(full, tiny, batch: int, latent_hw: tuple[int, int], runs: int, warmup: int) -> dict:
+def time_vae_decoders(full, tiny, batch: int, latent_hw: tuple[int, int], runs: int, warmup: int, meter: DeviceMeter | None = None) -> dict:
     """The full and the tiny VAE decoder side by side on one latent batch: FLOPs, parameters and
-    torch fp32 latency (each decodes ``z0`` as its graph does: ``decode(z0 / scaling_factor)``)."""
+    torch latency on the full decoder's device and in its dtype (each decodes ``z0`` as its graph
+    does: ``decode(z0 / scaling_factor)``)."""
     import torch
 
-    z0 = torch.randn(batch, full.config.latent_channels, *latent_hw, generator=torch.Generator().manual_seed(0))
+    param = next(full.parameters())
+    tiny = tiny.to(device=param.device, dtype=param.dtype)
+    z0 = torch.randn(batch, full.config.latent_channels, *latent_hw, generator=torch.Generator().manual_seed(0)).to(param.device, param.dtype)
     out = {}
     for name, vae in (("full", full), ("tiny", tiny)):
 
@@ -204,30 +264,37 @@ def time_vae_decoders(full, tiny, batch: int, latent_hw: tuple[int, int], runs: 
         def decode(_, vae=vae):
             return vae.decode(z0 / vae.config.scaling_factor).sample
 
-        timing = time_stages(name, {"decode": decode}, runs, warmup).summary()
+        timing = time_stages(name, {"decode": decode}, runs, warmup, meter=meter).summary()
         out[name] = {
             "class": type(vae).__name__,
             "flops": decoder_flops(vae, batch, latent_hw),
             "params": sum(p.numel() for p in vae.decoder.parameters()),
             "median_ms": timing["stages"]["decode"]["median_ms"],
             "p90_ms": timing["stages"]["decode"]["p90_ms"],
+            "dtype": str(param.dtype).replace("torch.", ""),
+            "device": str(param.device),
         }
     out["speedup"] = out["full"]["median_ms"] / out["tiny"]["median_ms"]
     out["flop_ratio"] = out["full"]["flops"] / out["tiny"]["flops"]
     return out
 
 
-def time_stages(name: str, stages: dict[str, Callable], runs: int, warmup: int, note: str = "") -> Timing:
-    """Run ``stages`` (ordered name -> thunk taking the previous stage's output) warmup + runs times."""
+def time_stages(name: str, stages: dict[str, Callable], runs: int, warmup: int, note: str = "", meter: DeviceMeter | None = None) -> Timing:
+    """Run ``stages`` (ordered name -> thunk taking the previous stage's output) warmup + runs times
+    (on a GPU, each stage ends when the device has finished its work)."""
+    meter = meter or DeviceMeter("cpu")
     timing = Timing(name, {k: [] for k in stages}, note=note)
+    meter.reset()
     with PeakRSS() as mem:
         for i in range(warmup + runs):
             value = None
+            meter.sync()
             t_start = time.perf_counter()
             durations = {}
             for stage, fn in stages.items():
                 t0 = time.perf_counter()
                 value = fn(value)
+                meter.sync()
                 durations[stage] = time.perf_counter() - t0
             total = time.perf_counter() - t_start
             if i >= warmup:
@@ -235,16 +302,27 @@ def time_stages(name: str, stages: dict[str, Callable], runs: int, warmup: int, 
                     timing.stages[stage].append(d)
                 timing.total.append(total)
     timing.peak_rss_mb = mem.peak_mb
+    _device_peak(timing, meter)
     return timing
 
 
-def time_chain(name: str, call: Callable[[], dict[str, float]], runs: int, warmup: int, note: str = "") -> Timing:
+def _device_peak(timing: Timing, meter: DeviceMeter) -> None:
+    peak = meter.peak_mb()
+    if peak is not None:
+        timing.extra["peak_device_mb"] = peak
+
+
+def time_chain(name: str, call: Callable[[], dict[str, float]], runs: int, warmup: int, note: str = "", meter: DeviceMeter | None = None) -> Timing:
     """Time ``call`` (one run of the executor, returning its per-stage seconds) warmup + runs times."""
+    meter = meter or DeviceMeter("cpu")
     timing = Timing(name, {}, note=note)
+    meter.reset()
     with PeakRSS() as mem:
         for i in range(warmup + runs):
+            meter.sync()
             t0 = time.perf_counter()
             stages = call()
+            meter.sync()
             total = time.perf_counter() - t0
             if i >= warmup:
                 for stage, d in stages.items():
@@ -252,27 +330,37 @@ def time_chain(name: str, call: Callable[[], dict[str, float]], runs: int, warmu
                         timing.stages.setdefault(stage, []).append(d)
                 timing.total.append(total - stages.get("load", 0.0))
     timing.peak_rss_mb = mem.peak_mb
+    _device_peak(timing, meter)
     return timing
 
 
-def torch_chain(pipe, batch: int, height: int, width: int, precision: str = "fp32") -> Callable[[], dict[str, float]]:
-    """One-pass on PyTorch through the executor (fp32 eager, or bf16 weights)."""
+def torch_chain(pipe, batch: int, height: int, width: int, precision: str = "fp32", compile: str = "none") -> Callable[[], dict[str, float]]:
+    """One-pass on PyTorch through the executor, on the pipeline's device: in its own dtype, or a
+    copy of its UNet and VAE cast to ``precision``; the UNet graphs as ``compile`` says. On a GPU
+    the stage times are the CUDA events of each graph call (the sum, on the host, by the clock)."""
     import torch
 
     from .backends.torch import graph_modules, graphs
-    from .executor import run_chain
+    from .executor import STAGES, run_chain
     from .sampling import initial_noise
 
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
     manifest = pipe.manifest(height, width)
-    if precision == "fp32":
-        g = pipe.graphs()
+    if dtype == pipe.unet.dtype:
+        modules = None
     else:
         modules = graph_modules(pipe, baked=False, student=_cast_student(pipe, dtype), vae=_cast(pipe.vae, dtype))
-        g = graphs(pipe, manifest, dtype=dtype, modules=modules)
+    g = graphs(pipe, manifest, dtype=dtype, modules=modules, compile=compile)
     ids = pipe.tokenize(["a photo of a cat"] * batch)
     noise = initial_noise(range(batch), pipe.latent_shape(height, width))
-    return lambda: run_chain(manifest, g, ids, noise, "unfused").timings
+
+    def call():
+        timings = run_chain(manifest, g, ids, noise, "unfused").timings
+        for graph, seconds in g.gpu_seconds().items():
+            timings[STAGES.get(graph, graph)] = sum(seconds)
+        return timings
+
+    return call
 
 
 def runtime_chain(pipe, batch: int) -> Callable[[], dict[str, float]]:
@@ -307,7 +395,7 @@ def reference_stages(pipe, kind: str, batch: int, height: int, width: int, steps
     from .schedule import ddim_plan
 
     prompts = ["a photo of a cat"] * batch
-    noise = torch.from_numpy(initial_noise(range(batch), pipe.latent_shape(height, width)))
+    noise = torch.from_numpy(initial_noise(range(batch), pipe.latent_shape(height, width))).to(pipe.device, pipe.unet.dtype)
     alphas = pipe.scheduler.alphas_cumprod.double().numpy()
     s = pipe.schedule
     if kind == "loop":
@@ -340,6 +428,8 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = log.info) -> d
     import torch
 
     from . import backends
+    from .backends.torch import check_compile_mode
+    from .device import parse_device, parse_dtype
     from .models import resolve_model
     from .pipeline import load_pipeline
 
@@ -347,6 +437,13 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = log.info) -> d
         backends.get(backend)
     if cfg.shape not in SHAPES:
         raise InputError(f"unknown shape {cfg.shape!r}: choose from {', '.join(SHAPES)}")
+    device = parse_device(cfg.device)
+    dtype = parse_dtype(cfg.dtype, device)
+    if cfg.compile is None:
+        cfg = replace(cfg, compile=("none", "cuda-graphs", "reduce-overhead") if device.type == "cuda" else ("none",))
+    for mode in cfg.compile:
+        check_compile_mode(mode, device)
+    meter = DeviceMeter(device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model_path, height, width = _model_for_shape(cfg, resolve_model)
@@ -360,7 +457,7 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = log.info) -> d
         height, width = manifest.image
         if not model_path.exists():
             raise InputError(f"the bundle's source model {model_path} is not here: bench needs it for the PyTorch reference")
-    pipe = load_pipeline(model_path)
+    pipe = load_pipeline(model_path, device=device, dtype=dtype)
     height = height or pipe.default_size
     width = width or pipe.default_size
     c, h, w = pipe.latent_shape(height, width)
@@ -371,11 +468,12 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = log.info) -> d
         "image_size": [height, width],
         "latent_shape": [cfg.batch, c, h, w],
         "k": pipe.schedule.k,
-        "machine": machine_info(),
+        "device": str(device),
+        "machine": machine_info(device),
         "results": [],
     }
-    progress("measuring matrix-multiply rates")
-    report["matmul_gflops"] = {"fp32": matmul_rate("fp32"), "bf16": matmul_rate("bf16")}
+    progress(f"measuring matrix-multiply rates on {device}")
+    report["matmul_gflops"] = matmul_peaks(device)
     flops = unet_flops(dict(pipe.unet.config), pipe.schedule.timesteps, cfg.batch, (h, w), pipe.tokenizer.model_max_length)
     report["flops"] = flops
 
@@ -385,6 +483,9 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = log.info) -> d
         if needs_bundle and bundle_path is None:
             bundle_path = _cached_bundle(model_path, height, width, progress)
         progress(f"timing backend {backend}")
+        if backends.get(backend).engine == "torch":
+            timings += _time_torch(backend, cfg, pipe, height, width, meter, progress)
+            continue
         timing = _time_backend(backend, cfg, pipe, bundle_path, height, width)
         if cfg.runtime_memory and needs_bundle and not backend.startswith("tensorrt"):
             progress(f"measuring the {backend} runtime's peak memory in a fresh process")
@@ -393,15 +494,16 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = log.info) -> d
     if cfg.references:
         progress("timing the K-step loop reference")
         timings.append(
-            time_stages("torch K-step loop", reference_stages(pipe, "loop", cfg.batch, height, width, 0, 1.0), cfg.runs, cfg.warmup)
+            time_stages(f"torch{_where(pipe)} K-step loop", reference_stages(pipe, "loop", cfg.batch, height, width, 0, 1.0), cfg.runs, cfg.warmup, meter=meter)
         )
         n_timed = cfg.teacher_timed_steps or cfg.teacher_steps
         progress(f"timing the teacher's {cfg.teacher_steps}-step DDIM with CFG ({n_timed} steps timed)")
         t = time_stages(
-            f"torch teacher DDIM-{cfg.teacher_steps} CFG",
+            f"torch{_where(pipe)} teacher DDIM-{cfg.teacher_steps} CFG",
             reference_stages(pipe, "ddim", cfg.batch, height, width, n_timed, cfg.guidance),
             max(1, min(cfg.runs, 3)),
             0 if n_timed > 4 else 1,
+            meter=meter,
         )
         if n_timed != cfg.teacher_steps:
             factor = cfg.teacher_steps / n_timed
@@ -415,7 +517,7 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = log.info) -> d
     if cfg.vae_decoders:
         tiny, what = tiny_decoder_for_bench(pipe.vae, model_path)
         progress(f"timing the full VAE decoder against a tiny one ({what})")
-        report["vae_decoders"] = {"tiny_decoder": what, **time_vae_decoders(pipe.vae, tiny, cfg.batch, (h, w), cfg.runs, cfg.warmup)}
+        report["vae_decoders"] = {"tiny_decoder": what, **time_vae_decoders(pipe.vae, tiny, cfg.batch, (h, w), cfg.runs, cfg.warmup, meter)}
     return report
 
 
@@ -451,13 +553,34 @@ def _cached_bundle(model_path, height: int, width: int, progress) -> Path:
     return out
 
 
+DTYPE_WORDS = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+
+
+def _where(pipe) -> str:
+    """`` cuda:0`` for a pipeline on a GPU, nothing on the CPU (row names stay as they were)."""
+    return "" if pipe.device.type == "cpu" else f" {pipe.device}"
+
+
+def _time_torch(backend: str, cfg: BenchConfig, pipe, height, width, meter: DeviceMeter, progress) -> list[Timing]:
+    """A torch backend's one-pass rows: one per ``--compile`` mode, eager first, in the pipeline's
+    dtype (``torch``) or the backend's (``torch-bf16``). A compiled row's warm-up runs compile."""
+    from . import backends
+
+    word = backends.get(backend).compute or DTYPE_WORDS[str(pipe.unet.dtype).replace("torch.", "")]
+    rows = []
+    for mode in cfg.compile:
+        if mode != "none":
+            progress(f"timing backend {backend} with --compile {mode} (its warm-up compiles)")
+        name = f"torch{_where(pipe)} {word} one-pass" + ("" if mode == "none" else f" ({mode})")
+        call = torch_chain(pipe, cfg.batch, height, width, word, mode)
+        rows.append(time_chain(name, call, cfg.runs, max(cfg.warmup, 1 if mode == "none" else 3), meter=meter))
+    return rows
+
+
 def _time_backend(backend: str, cfg: BenchConfig, pipe, bundle_path, height, width) -> Timing:
     from . import backends
 
     entry = backends.get(backend)
-    if entry.engine == "torch":
-        word = entry.compute or "fp32"
-        return time_chain(f"torch {word} one-pass", torch_chain(pipe, cfg.batch, height, width, word), cfg.runs, cfg.warmup)
     rt = open_runtime(backend, bundle_path, cfg.threads or 0)
     try:
         rt.runner("unet_encoder")  # the provider (and OpenVINO's compute precision) is known once a graph is loaded
@@ -540,12 +663,14 @@ def _add_rates(report: dict) -> None:
         if "unet_encoder" in st and "unet_decoder" in st:
             sec = (st["unet_encoder"]["median_ms"] + st["unet_decoder"]["median_ms"]) / 1000
             rate = flops / sec / 1e9
-            peak = report["matmul_gflops"]["bf16" if "bf16" in r["name"] or "int8" in r["name"] else "fp32"]
+            peaks = report["matmul_gflops"]
+            word = next((w for w in ("bf16", "fp16") if w in r["name"]), "bf16" if "int8" in r["name"] else "fp32")
+            peak = peaks.get(word, peaks["fp32"])
             r["unet_gflops"] = rate
             r["unet_share_of_matmul_peak"] = rate / peak
 
 
-def machine_info() -> dict:
+def machine_info(device="cpu") -> dict:
     import os
 
     import torch
@@ -560,7 +685,7 @@ def machine_info() -> dict:
         isa = [f for f in ("avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8") if f in flags.split()]
     except (OSError, StopIteration):
         isa = []
-    return {
+    info = {
         "cpu": cpu,
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
@@ -568,6 +693,10 @@ def machine_info() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
     }
+    if torch.device(device).type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update(gpu=props.name, gpu_memory_gb=props.total_memory / 2**30, cuda=torch.version.cuda)
+    return info
 
 
 def to_markdown(report: dict) -> str:
@@ -575,22 +704,25 @@ def to_markdown(report: dict) -> str:
     rows = report["results"]
     cols = ["text_encoder", "unet_encoder", "unet_decoder", "sum", "vae_decoder", "unet"]
     present = [c for c in cols if any(c in r["stages"] for r in rows)]
-    head = "| backend | " + " | ".join(present) + " | end to end (p90) | UNet GFLOP/s (% of peak) | peak RSS MB |"
-    lines = [head, "|" + "---|" * (len(present) + 4)]
+    gpu = any("peak_device_mb" in r for r in rows)
+    head = "| backend | " + " | ".join(present) + " | end to end (p90) | UNet GFLOP/s (% of peak) | peak RSS MB |" + (" peak GPU MB |" if gpu else "")
+    lines = [head, "|" + "---|" * (len(present) + 4 + gpu)]
     for r in rows:
         cells = [f"{r['stages'][c]['median_ms']:.1f}" if c in r["stages"] else "" for c in present]
         tot = r["total"]
         rate = f"{r['unet_gflops']:.0f} ({100 * r['unet_share_of_matmul_peak']:.0f}%)" if "unet_gflops" in r else ""
         note = f" ({r['note']})" if r.get("note") else ""
+        device_mb = (f" {r['peak_device_mb']:.0f} |" if "peak_device_mb" in r else " |") if gpu else ""
         lines.append(
-            f"| {r['name']}{note} | " + " | ".join(cells) + f" | {tot['median_ms']:.1f} ({tot['p90_ms']:.1f}) | {rate} | {r['peak_rss_mb']:.0f} |"
+            f"| {r['name']}{note} | " + " | ".join(cells) + f" | {tot['median_ms']:.1f} ({tot['p90_ms']:.1f}) | {rate} | {r['peak_rss_mb']:.0f} |" + device_mb
         )
     m = report["machine"]
     f = report["flops"]
     lines += [
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), ISA {', '.join(m['isa'])}.",
-        f"Matmul peak: fp32 {report['matmul_gflops']['fp32']:.0f} GFLOP/s, bf16 {report['matmul_gflops']['bf16']:.0f} GFLOP/s.",
+        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), ISA {', '.join(m['isa'])}"
+        + (f"; GPU {m['gpu']} ({m['gpu_memory_gb']:.0f} GiB, CUDA {m['cuda']})." if "gpu" in m else "."),
+        f"Matmul peak on {report.get('device', 'cpu')}: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in report["matmul_gflops"].items()) + ".",
         f"One-pass UNet: {f['one_pass_unet'] / 1e9:.4g} GFLOP (encoder {f['unet_encoder'] / 1e9:.4g}, K-batched decoder "
         f"{f['unet_decoder'] / 1e9:.4g}); one full UNet step {f['full_unet_step'] / 1e9:.4g} GFLOP.",
     ]
@@ -613,12 +745,12 @@ def vae_decoder_lines(report: dict) -> list[str]:
     v = report.get("vae_decoders")
     if not v:
         return []
-    lines = ["", "| VAE decoder (torch fp32) | GFLOP | decoder params (M) | median ms (p90) |", "|---|---|---|---|"]
+    lines = ["", "| VAE decoder (torch) | GFLOP | decoder params (M) | median ms (p90) |", "|---|---|---|---|"]
     for name in ("full", "tiny"):
         d = v[name]
         label = f"{name}: {d['class']}" + (f" ({v['tiny_decoder']})" if name == "tiny" else "")
         lines.append(f"| {label} | {d['flops'] / 1e9:.4g} | {d['params'] / 1e6:.3g} | {d['median_ms']:.1f} ({d['p90_ms']:.1f}) |")
-    lines += ["", f"- tiny VAE decoder: {v['flop_ratio']:.1f}x fewer FLOPs, {v['speedup']:.1f}x faster than the full decoder (torch fp32, this run)"]
+    lines += ["", f"- tiny VAE decoder: {v['flop_ratio']:.1f}x fewer FLOPs, {v['speedup']:.1f}x faster than the full decoder (torch {v['full'].get('dtype', 'float32')} on {v['full'].get('device', 'cpu')}, this run)"]
     return lines
 
 

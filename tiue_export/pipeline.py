@@ -100,6 +100,7 @@ class TorchPipeline:
         self.text_encoder = text_encoder
         self.vae = vae
         self.vae_tiny = None  # an AutoencoderTiny that decodes instead of the VAE (``--vae tiny``)
+        self.compile = "none"  # how the one-pass graphs run: eager, torch.compile or CUDA graphs (``--compile``)
         self.unet = unet
         self.scheduler = scheduler
         self.student_config = student_config
@@ -127,7 +128,7 @@ class TorchPipeline:
         """``PyTorch CPU float32``, ``PyTorch cuda:0 float16`` ...: where and in what the UNet runs."""
         from .backends.torch import provider_name
 
-        return provider_name(self.device, self.unet.dtype)
+        return provider_name(self.device, self.unet.dtype, self.compile)
 
     # -- sizes --------------------------------------------------------------------------------
     @property
@@ -235,9 +236,9 @@ class TorchPipeline:
         """The PyTorch reference's graphs (:mod:`tiue_export.backends.torch`), for the executor."""
         from .backends import torch as torch_backend
 
-        key = ("graphs", baked, dtype, self.vae_tiny is not None)
+        key = ("graphs", baked, dtype, self.vae_tiny is not None, self.compile)
         if key not in self._cache:
-            self._cache[key] = torch_backend.graphs(self, self.manifest(), baked, dtype or self.unet.dtype)
+            self._cache[key] = torch_backend.graphs(self, self.manifest(), baked, dtype or self.unet.dtype, compile=self.compile)
         return self._cache[key]
 
     # -- stages ---------------------------------------------------------------------------------
@@ -358,7 +359,9 @@ class TorchPipeline:
         return SampleResult(to_uint8_images(decoded), z0.numpy(), list(seeds), timings)
 
 
-def load_pipeline(path, k: int | None = None, dtype: torch.dtype = torch.float32, vae: str = "full", device="cpu") -> TorchPipeline:
+def load_pipeline(
+    path, k: int | None = None, dtype: torch.dtype = torch.float32, vae: str = "full", device="cpu", compile: str = "none"
+) -> TorchPipeline:
     """Load a diffusers-format pipeline directory (a TiUE student, the authors' or ours, or a teacher).
 
     Args:
@@ -370,13 +373,19 @@ def load_pipeline(path, k: int | None = None, dtype: torch.dtype = torch.float32
             :mod:`tiue_export.vae_tiny`) or a ``distill-vae`` output directory.
         device: where the weights go (``cpu``, ``cuda``, ``cuda:1``, a ``torch.device``; see
             :func:`tiue_export.device.parse_device`); z_T is still drawn on the CPU.
+        compile: how the one-pass sampler's graphs run: ``none`` (eager), a ``torch.compile`` mode
+            (``default``, ``max-autotune-no-cudagraphs``, ``reduce-overhead``: inductor with CUDA
+            graphs) or ``cuda-graphs`` (eager kernels captured once per batch size and replayed);
+            see :func:`tiue_export.backends.torch.fast_module`. The loop and DDIM samplers stay eager.
     """
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     from . import vae_tiny
+    from .backends.torch import check_compile_mode
 
     path = Path(path)
+    compile = check_compile_mode(compile, device)
     _check_model_dir(path)
     student_config = StudentConfig.read(path)
 
@@ -408,4 +417,5 @@ def load_pipeline(path, k: int | None = None, dtype: torch.dtype = torch.float32
     pipe = TorchPipeline(path, tokenizer, text_encoder, vae_model, unet, scheduler, student_config, k=k)
     if tiny is not None:
         pipe.vae_tiny = vae_tiny.load(tiny, dtype).to(device)
+    pipe.compile = compile
     return pipe

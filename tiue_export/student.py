@@ -141,7 +141,8 @@ class TiUEStudent(nn.Module):
             h = h.repeat(k, 1, 1, 1)
             skips = tuple(s.repeat(k, 1, 1, 1) for s in skips)
             encoder_hidden_states = encoder_hidden_states.repeat(k, 1, 1)
-        emb = self.time_embedding(timesteps.to(h.device).repeat_interleave(b), h)
+        # k-major rows, as repeat_interleave(b) (an expand: no host sync while CUDA graphs capture)
+        emb = self.time_embedding(timesteps.to(h.device)[:, None].expand(k, b).reshape(-1), h)
 
         # Same rule as the UNet: pass explicit upsample sizes when the latent is not a multiple
         # of the overall upsampling factor (skip_0 has the latent's spatial size).

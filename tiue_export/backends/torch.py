@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import InputError
 from ..executor import GraphSet, Runner
 from ..schedule import combine_one_pass
 from ..student import TiUEStudent
@@ -111,14 +112,33 @@ def graph_modules(pipe, baked: bool = True, student: TiUEStudent | None = None, 
 
 
 class TorchRunner(Runner):
-    """One graph module run on numpy feeds: inputs in spec order, float inputs cast to ``dtype``,
-    outputs back as float32 numpy arrays by name. The module is already in memory: nothing to open."""
+    """One graph module run on numpy feeds: inputs in spec order, float inputs cast to ``dtype``.
+    The module is already in memory: nothing to open.
 
-    def __init__(self, module: nn.Module, inputs: Sequence[str], outputs: Sequence[str], dtype: torch.dtype = torch.float32, device=None):
+    On the CPU the outputs come back as float32 numpy arrays by name. On a GPU they stay on the
+    device (the next graph takes them as they are; :class:`TorchGraphSet` copies to the host only
+    what the executor reads), and every call is timed with CUDA events (:attr:`gpu_seconds`) and
+    synchronised, so the executor's per-stage wall times are the GPU's too.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        inputs: Sequence[str],
+        outputs: Sequence[str],
+        dtype: torch.dtype = torch.float32,
+        device=None,
+        compile: str = "none",
+        resident: bool | None = None,
+    ):
         super().__init__()
-        self.module, self.inputs, self.outputs, self.dtype = module, list(inputs), list(outputs), dtype
+        self.inputs, self.outputs, self.dtype = list(inputs), list(outputs), dtype
         self.device = torch.device(device or "cpu")
-        self.provider = provider_name(self.device, dtype)
+        self.compile = check_compile_mode(compile, self.device)
+        self.module = fast_module(module, self.compile)
+        self.resident = self.device.type == "cuda" if resident is None else resident
+        self.provider = provider_name(self.device, dtype, self.compile)
+        self.gpu_seconds: list[float] = []
 
     def _tensor(self, x) -> torch.Tensor:
         t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
@@ -126,26 +146,151 @@ class TorchRunner(Runner):
         return t.to(self.dtype) if t.is_floating_point() and t.dtype != self.dtype else t
 
     @torch.no_grad()
-    def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = self.module(*(self._tensor(feed[n]) for n in self.inputs))
+    def infer(self, feed: Mapping[str, np.ndarray]) -> dict:
+        args = [self._tensor(feed[n]) for n in self.inputs]
+        if self.device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            out = self.module(*args)
+            end.record()
+            end.synchronize()
+            self.gpu_seconds.append(start.elapsed_time(end) / 1000)
+        else:
+            out = self.module(*args)
         out = out if isinstance(out, (tuple, list)) else (out,)
+        if self.resident:
+            return dict(zip(self.outputs, out))
         return {n: o.float().cpu().numpy() for n, o in zip(self.outputs, out)}
 
 
-def provider_name(device, dtype: torch.dtype) -> str:
-    """``PyTorch CPU float32``, ``PyTorch cuda:0 float16`` ..."""
+class TorchGraphSet(GraphSet):
+    """The torch graphs as a :class:`GraphSet`: device-resident outputs come to the host as
+    float32 numpy only where the executor reads them (Eq. 11's inputs, z0, images, kept values)."""
+
+    def to_host(self, value) -> np.ndarray:
+        if isinstance(value, torch.Tensor):
+            return value.detach().float().cpu().numpy()
+        return np.asarray(value)
+
+    def gpu_seconds(self) -> dict[str, list[float]]:
+        """CUDA-event seconds of every call since the last time this was asked, by graph."""
+        out = {}
+        for name, runner in self._open.items():
+            if getattr(runner, "gpu_seconds", None):
+                out[name], runner.gpu_seconds = runner.gpu_seconds, []
+        return out
+
+
+#: ``--compile`` modes of the PyTorch graphs: eager, torch.compile (inductor) in one of its modes,
+#: or eager kernels replayed from explicitly captured CUDA graphs.
+COMPILE_MODES = ("none", "default", "max-autotune-no-cudagraphs", "reduce-overhead", "cuda-graphs")
+#: the modes that capture CUDA graphs
+CUDA_GRAPH_MODES = ("reduce-overhead", "cuda-graphs")
+#: the graphs ``--compile`` applies to: the one-pass UNet, thousands of kernels at batch 1, where
+#: launch overhead and unfused elementwise work cost the most. The text encoder (one small call)
+#: and the VAE decoder (a few large convolutions) run eager.
+FAST_GRAPHS = ("unet_encoder", "unet_decoder", "unet_decoder_fused")
+
+
+def check_compile_mode(mode: str | None, device) -> str:
+    """``mode`` if this device can run it; a one-line :class:`InputError` otherwise."""
+    mode = mode or "none"
+    if mode not in COMPILE_MODES:
+        raise InputError(f"--compile {mode!r}: use {', '.join(COMPILE_MODES)}")
+    if mode in CUDA_GRAPH_MODES and torch.device(device).type != "cuda":
+        raise InputError(f"--compile {mode} captures CUDA graphs: it needs --device cuda (on the CPU use none or default)")
+    return mode
+
+
+def fast_module(module: nn.Module, mode: str = "none"):
+    """``module`` as ``--compile mode`` runs it: itself (``none``), ``torch.compile`` with inductor
+    for the fixed shapes of a batch size (``dynamic=False``: a new shape compiles anew), or
+    :class:`CudaGraphModule` (``cuda-graphs``)."""
+    if mode == "none":
+        return module
+    if mode == "cuda-graphs":
+        return CudaGraphModule(module)
+    compiled = torch.compile(module, mode=mode, dynamic=False)
+    if mode != "reduce-overhead":
+        return compiled
+
+    def run(*args):
+        # Inductor's CUDA graphs reuse one memory pool across calls: begin a new step for every
+        # call and clone the outputs out of the pool, since the executor holds them across graphs.
+        torch.compiler.cudagraph_mark_step_begin()
+        out = compiled(*args)
+        return tuple(o.clone() for o in out) if isinstance(out, (tuple, list)) else out.clone()
+
+    return run
+
+
+class CudaGraphModule:
+    """``module`` replayed from a CUDA graph captured once per input signature (shapes and dtypes:
+    the fixed shapes of one batch size). A call copies its inputs into the graph's static input
+    buffers, replays the captured kernels (no per-kernel launch cost) and clones the outputs out
+    of the graph's memory pool. The first call of a signature warms the module up on a side
+    stream (cuDNN/cuBLAS choose their kernels there), then captures it.
+    """
+
+    def __init__(self, module: nn.Module, warmup: int = 2):
+        self.module, self.warmup = module, warmup
+        self._graphs: dict[tuple, tuple[list[torch.Tensor], tuple[torch.Tensor, ...], torch.cuda.CUDAGraph]] = {}
+
+    def __call__(self, *args: torch.Tensor):
+        key = tuple((tuple(a.shape), a.dtype, a.device) for a in args)
+        if key not in self._graphs:
+            self._graphs[key] = self._capture(args)
+        static_in, static_out, graph = self._graphs[key]
+        for buffer, a in zip(static_in, args):
+            buffer.copy_(a)
+        graph.replay()
+        return tuple(o.clone() for o in static_out)
+
+    @torch.no_grad()
+    def _capture(self, args):
+        static_in = [a.clone() for a in args]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(self.warmup):
+                self.module(*static_in)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = self.module(*static_in)
+        out = tuple(out) if isinstance(out, (tuple, list)) else (out,)
+        return static_in, out, graph
+
+
+def provider_name(device, dtype: torch.dtype, compile: str = "none") -> str:
+    """``PyTorch CPU float32``, ``PyTorch cuda:0 float16``, ``PyTorch cuda:0 float16 cuda-graphs`` ..."""
     where = "CPU" if torch.device(device).type == "cpu" else str(device)
-    return f"PyTorch {where} {str(dtype).replace('torch.', '')}"
+    mode = "" if compile == "none" else f" {compile}"
+    return f"PyTorch {where} {str(dtype).replace('torch.', '')}{mode}"
 
 
-def graphs(pipe, manifest, baked: bool = False, dtype: torch.dtype = torch.float32, modules: Mapping[str, nn.Module] | None = None) -> GraphSet:
-    """``pipe``'s graphs as a :class:`GraphSet` whose names and tensors follow ``manifest``, on
-    ``pipe.device``."""
+def graphs(
+    pipe,
+    manifest,
+    baked: bool = False,
+    dtype: torch.dtype = torch.float32,
+    modules: Mapping[str, nn.Module] | None = None,
+    compile: str = "none",
+    resident: bool | None = None,
+) -> TorchGraphSet:
+    """``pipe``'s graphs as a :class:`TorchGraphSet` whose names and tensors follow ``manifest``, on
+    ``pipe.device``; the UNet graphs run as ``--compile compile`` says (see :func:`fast_module`).
+    ``resident``: keep outputs as torch tensors between graphs (default: on GPUs)."""
     modules = dict(modules) if modules is not None else graph_modules(pipe, baked)
     device = getattr(pipe, "device", torch.device("cpu"))
+    compile = check_compile_mode(compile, device)
 
     def factory(name):
         g = manifest.graphs[name]
-        return lambda: TorchRunner(modules[name].to(device), g.input_names, g.output_names, dtype, device)
+        mode = compile if name in FAST_GRAPHS else "none"
+        # Each graph takes its inputs in its weights' dtype: an fp16 pipeline keeps its VAE in fp32.
+        floats = {p.dtype for p in modules[name].parameters() if p.is_floating_point()}
+        own = floats.pop() if len(floats) == 1 else dtype
+        return lambda: TorchRunner(modules[name].to(device), g.input_names, g.output_names, own, device, mode, resident)
 
-    return GraphSet({n: factory(n) for n in modules if n in manifest.graphs}, provider=provider_name(device, dtype))
+    return TorchGraphSet({n: factory(n) for n in modules if n in manifest.graphs}, provider=provider_name(device, dtype, compile))

@@ -20,9 +20,19 @@ import click
 @click.option("--threads", type=click.IntRange(1, 1024), default=None, help="torch intra-op threads.")
 @click.option("--no-runtime-memory", is_flag=True, help="Skip the fresh-process peak-memory run of each CPU runtime backend.")
 @click.option("--no-vae-decoders", is_flag=True, help="Skip timing the full VAE decoder against a tiny one (the model's, else random TAESD-sized weights).")
+@click.option("--device", default=None, metavar="cpu|cuda[:N]|auto", help="Where the PyTorch rows and references run [default: auto, CUDA when PyTorch sees a GPU].")
+@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default=None, help="Their weights' dtype [default: fp32 on the CPU, fp16 on CUDA].")
+@click.option(
+    "--compile", "compile_modes", default=None, metavar="MODES",
+    help="Comma-separated torch one-pass rows: none (eager), default / max-autotune-no-cudagraphs / reduce-overhead (torch.compile), "
+    "cuda-graphs (captured CUDA graphs) [default: none; on CUDA none,cuda-graphs,reduce-overhead].",
+)
 @click.option("--json", "json_path", type=click.Path(), default=None, help="Report JSON [default: OUT/bench.json].")
 @click.option("--out", default="bench-results", show_default=True, help="Directory for bench.json, bench.md, bench.png.")
-def bench(model, shape, backends, batch, runs, warmup, no_references, teacher_steps, teacher_timed_steps, threads, no_runtime_memory, no_vae_decoders, json_path, out):
+def bench(
+    model, shape, backends, batch, runs, warmup, no_references, teacher_steps, teacher_timed_steps, threads, no_runtime_memory, no_vae_decoders,
+    device, dtype, compile_modes, json_path, out,
+):
     """Time every backend per stage against the PyTorch reference and the references."""
     from . import quiet_libraries
 
@@ -42,6 +52,9 @@ def bench(model, shape, backends, batch, runs, warmup, no_references, teacher_st
         threads=threads,
         runtime_memory=not no_runtime_memory,
         vae_decoders=not no_vae_decoders,
+        device=device,
+        dtype=dtype,
+        compile=tuple(m.strip() for m in compile_modes.split(",") if m.strip()) if compile_modes else None,
     )
     report = run_bench(cfg, progress=lambda msg: click.echo(msg, err=True))
     click.echo(to_markdown(report))

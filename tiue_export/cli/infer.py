@@ -11,7 +11,7 @@ import click
 
 from ..backends import ENGINES, REGISTRY, resolve
 from ..errors import InputError
-from .types import COUNT, FINITE, SEED, SEED_MAX, torch_device_options
+from .types import COUNT, FINITE, SEED, SEED_MAX, compile_option, torch_device_options
 
 log = logging.getLogger("tiue_export")
 
@@ -117,6 +117,7 @@ class InferConfig:
     vae: str = "full"  # tiny: the distilled tiny decoder (a bundle's tiny variant of vae_decoder)
     device: str | None = None  # torch: cpu, cuda[:N], auto
     dtype: str | None = None  # torch: fp32, fp16, bf16
+    compile_mode: str = "none"  # torch: eager, a torch.compile mode, or cuda-graphs
 
     def __post_init__(self):
         if self.seed + self.num_images - 1 > SEED_MAX:
@@ -134,6 +135,7 @@ class InferConfig:
             "guidance": self.guidance, "k": self.k, "height": self.height, "width": self.width, "noise": self.noise,
             **self.vae_metadata,  # full-VAE names stay as they were
             **{k: v for k, v in (("device", self.device), ("dtype", self.dtype)) if v is not None},
+            **({"compile": self.compile_mode} if self.compile_mode != "none" else {}),
         }
 
     @property
@@ -185,6 +187,7 @@ class InferConfig:
     "them); each batch pays the graphs' load time.",
 )
 @torch_device_options
+@compile_option
 @click.option("--vae", default="full", show_default=True, help="full, or tiny: the distilled tiny decoder (a bundle's tiny variant; "
               "torch: the model's distill-vae decoder, or a distill-vae directory).")
 def infer(prompts, prompts_file, **options):
@@ -215,13 +218,19 @@ def infer_torch(cfg: InferConfig) -> None:
     model_path = resolve_model(cfg.model)
     paths = output_paths(cfg.out, jobs, cfg.recipe(str(Path(model_path).resolve())), cfg.overwrite)
     device = parse_device(cfg.device)
-    pipe = load_pipeline(model_path, k=cfg.k, vae=cfg.vae, device=device, dtype=parse_dtype(cfg.dtype, device))
+    dtype = parse_dtype(cfg.dtype, device)
+    sampler = Sampler.parse(cfg.sampler or "one-pass")
+    if cfg.compile_mode != "none" and sampler.kind != "one-pass":
+        raise InputError(f"--compile speeds up the one-pass sampler's UNet graphs; --sampler {sampler} runs eager")
+    pipe = load_pipeline(model_path, k=cfg.k, vae=cfg.vae, device=device, dtype=dtype, compile=cfg.compile_mode)
     sampler = Sampler.parse(cfg.sampler or pipe.default_sampler)
+    if cfg.compile_mode != "none" and sampler.kind != "one-pass":
+        raise InputError(f"--compile speeds up the one-pass sampler's UNet graphs; this model's sampler is {sampler}")
     guidance = pipe.default_guidance if cfg.guidance is None else cfg.guidance
     pipe.latent_shape(cfg.height, cfg.width)  # validate the size before any work
     meta = {"model": str(model_path), "sampler": str(sampler), "backend": "torch", "k": pipe.schedule.k, "noise": cfg.noise, **cfg.vae_metadata}
-    if pipe.device.type != "cpu" or pipe.unet.dtype != torch.float32:
-        meta["provider"] = pipe.provider  # e.g. PyTorch cuda:0 float16
+    if pipe.device.type != "cpu" or pipe.unet.dtype != torch.float32 or pipe.compile != "none":
+        meta["provider"] = pipe.provider  # e.g. PyTorch cuda:0 float16 cuda-graphs
     if sampler.kind == "ddim":
         meta["guidance"] = guidance
 
@@ -249,6 +258,8 @@ def infer_bundle(cfg: InferConfig) -> None:
         raise InputError(f"--backend {cfg.backend} needs --model BUNDLE (make one with tiue-export export)")
     if cfg.device is not None or cfg.dtype is not None:
         raise InputError(f"--device and --dtype are for --backend torch; a bundle's device comes with its backend ({cfg.backend})")
+    if cfg.compile_mode != "none":
+        raise InputError(f"--compile is for --backend torch; {cfg.backend} compiles the bundle's graphs itself")
     if cfg.sampler not in (None, "one-pass"):
         raise InputError(f"--backend {cfg.backend} runs the one-pass sampler only, not {cfg.sampler!r}")
     if cfg.k is not None:

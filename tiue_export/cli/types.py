@@ -53,3 +53,17 @@ def torch_device_options(command):
         "--device", default=None, metavar="cpu|cuda[:N]|auto",
         help="Where the PyTorch reference runs [default: auto, CUDA when PyTorch sees a GPU]; z_T is drawn on the CPU.",
     )(command)
+
+
+#: ``--compile`` of the PyTorch reference (see :func:`tiue_export.backends.torch.fast_module`)
+COMPILE_CHOICES = ("none", "default", "max-autotune-no-cudagraphs", "reduce-overhead", "cuda-graphs")
+
+
+def compile_option(command):
+    """``--compile``: how the PyTorch reference runs the one-pass UNet graphs."""
+    return click.option(
+        "--compile", "compile_mode", type=click.Choice(COMPILE_CHOICES), default="none", show_default=True,
+        help="torch: run the one-pass UNet graphs eager (none), through torch.compile (default, max-autotune-no-cudagraphs; "
+        "reduce-overhead adds CUDA graphs) or as explicitly captured CUDA graphs (cuda-graphs; CUDA only). Shapes are fixed "
+        "per batch size: the first batch of a size compiles.",
+    )(command)
