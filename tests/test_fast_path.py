@@ -32,6 +32,8 @@ def test_cuda_graph_modes_need_cuda(tiny_sd21, tmp_path, capsys):
             run_bench(BenchConfig(model=str(tiny_sd21), backends=("torch",), compile=("none", mode), device="cpu", references=False))
     with pytest.raises(InputError, match="--compile 'fast'"):
         check_compile_mode("fast", "cpu")
+    with pytest.raises(InputError, match="--device cuda: this PyTorch has no CUDA|--device cuda: PyTorch sees no CUDA"):
+        run_bench(BenchConfig(model=str(tiny_sd21), backends=("torch",), device="cuda", references=False))
     assert not (tmp_path / "o").exists()
 
 
