@@ -36,3 +36,26 @@ VARIANTS = {
     "sd15": {"external_data": "always"},
     "two-level": {"cli": ("--external-data", "never", "--batch", "1:2:4")},
 }
+
+
+def tiny_vae_bundle(tiny_models, tmp_path_factory) -> Path:
+    """The tiny sd21 model exported with ``--vae DIR``: a two-step distill-vae decoder as the
+    ``tiny`` variant of vae_decoder (what the C++ runtime and the server run with --vae tiny), cached."""
+    import numpy as np
+    from PIL import Image
+
+    from tiue_export.distill.vae import VaeDistillConfig, distill_vae
+    from tiue_export.export import ExportConfig, export_bundle
+
+    key = ("tiny-vae",)
+    if key not in _CACHE:
+        root = tmp_path_factory.mktemp("tiny-vae")
+        rng = np.random.default_rng(0)
+        (root / "images").mkdir()
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 255, (24, 20, 3), dtype=np.uint8)).save(root / "images" / f"{i}.png")
+        model = tiny_models("sd21")
+        distill_vae(VaeDistillConfig(out=str(root / "decoder"), model=str(model), images=str(root / "images"), steps=2, batch_size=2, width=8, blocks=(1, 1)))
+        export_bundle(ExportConfig(model=Path(model), out=root / "bundle", vae=str(root / "decoder"), validate_batch=1))
+        _CACHE[key] = root / "bundle"
+    return _CACHE[key]

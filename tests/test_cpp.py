@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _bundles import tiny_bundle
+from _bundles import tiny_bundle, tiny_vae_bundle
 
 pytestmark = pytest.mark.slow
 
@@ -270,6 +270,42 @@ def test_prompt_to_png_matches_python(tiue_infer, bundle, python_run, tmp_path):
     with Image.open(tmp_path / "cat.png") as im:
         assert im.text["prompt"] == PROMPTS[0] and im.text["seed"] == "3"
         assert np.array_equal(np.asarray(im.convert("RGB")), read_ppm(python_run / "py_0.png"))
+
+
+def test_tiny_vae_matches_python_runtime(tiue_infer, tiny_models, tmp_path_factory, tmp_path):
+    """--vae tiny: the bundle's tiny vae_decoder in place of the full one, as
+    tiue_export.runtime.Pipeline(vae="tiny") runs it: the same z0, VAE output and PNG pixels and
+    text; a bundle without the variant is refused in one line."""
+    from PIL import Image
+
+    from tiue_export.runtime import Pipeline
+
+    tiny = tiny_vae_bundle(tiny_models, tmp_path_factory)
+    with Pipeline.load(tiny, providers=["CPUExecutionProvider"], vae="tiny") as pipe:
+        result = pipe(PROMPTS, seeds=[3, 3])  # tiue_infer: each prompt from --seed
+        images = pipe.runner("vae_decoder").infer({"latents": result.latents})["images"]
+    with Pipeline.load(tiny, providers=["CPUExecutionProvider"]) as pipe:
+        full = pipe(PROMPTS, seeds=[3, 3])
+    proc = run(tiue_infer, tiny, "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--seed", "3", "--vae", "tiny",
+               "--out", tmp_path / "t.png", "--latents", tmp_path / "z0.npy", "--images", tmp_path / "images.npy")
+    assert proc.returncode == 0, proc.stderr
+    assert np.abs(np.load(tmp_path / "z0.npy") - result.latents).max() < 1e-4
+    assert np.abs(np.load(tmp_path / "images.npy") - images).max() < 1e-4
+    for i in range(2):
+        with Image.open(tmp_path / f"t_{i}.png") as im:
+            assert im.text["vae"] == "tiny"
+            assert np.abs(np.asarray(im.convert("RGB")).astype(int) - result.images[i].astype(int)).max() <= 1
+    assert not np.array_equal(result.images, full.images)  # the tiny decoder did decode
+    proc = run(tiue_infer, tiny, "--prompt", PROMPTS[0], "--seed", "3", "--out", tmp_path / "f.png")
+    with Image.open(tmp_path / "f.png") as im:
+        assert "vae" not in im.text and np.abs(np.asarray(im.convert("RGB")).astype(int) - full.images[0].astype(int)).max() <= 1
+
+
+def test_error_tiny_vae(tiue_infer, bundle, inputs, tmp_path):
+    out = tmp_path / "x.png"
+    expect_error(run(tiue_infer, "--bundle", bundle, *inputs, "--out", out, "--vae", "tiny"), 2,
+                 "has no tiny graphs: re-export it with --vae tiny", out)
+    expect_error(run(tiue_infer, "--bundle", bundle, *inputs, "--out", out, "--vae", "small"), 2, "unknown vae 'small': use full or tiny", out)
 
 
 def test_error_out_format(tiue_infer, bundle, inputs, tmp_path):

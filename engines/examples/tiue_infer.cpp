@@ -54,6 +54,7 @@ options:
   --provider NAME       ONNX Runtime provider: cpu (default) or cuda
   --threads N           ONNX Runtime intra-op threads, 0 .. 1024 (default 0: all cores)
   --precision NAME      onnxruntime: int8 runs the calibrated graphs; tensorrt: the engine set (fp16, int8, fp32)
+  --vae NAME            full (default) or tiny: the bundle's distilled tiny VAE decoder (tiue-export export --vae tiny)
   --device N            CUDA device (default 0)
   --batch-size N        images per graph call (default 4, as tiue-export infer)
   --verify              check every bundle file's sha256 first
@@ -62,7 +63,7 @@ options:
 
 struct Args {
   std::string bundle, ids, noise, prompts_file, out, latents, images, save_ids, save_noise;
-  std::string backend = "onnxruntime", provider = "cpu", precision;
+  std::string backend = "onnxruntime", provider = "cpu", precision, vae = "full";
   std::vector<std::string> prompts;
   uint64_t seed = 0;
   int64_t num_images = 1, threads = 0, device = 0, batch_size = 4;
@@ -96,7 +97,8 @@ Args parse(int argc, char** argv) {
   const std::map<std::string, std::string*> values = {
       {"--bundle", &a.bundle},     {"--ids", &a.ids},         {"--noise", &a.noise},         {"--out", &a.out},
       {"--latents", &a.latents},   {"--images", &a.images},   {"--backend", &a.backend},     {"--provider", &a.provider},
-      {"--precision", &a.precision}, {"--prompts-file", &a.prompts_file}, {"--save-ids", &a.save_ids}, {"--save-noise", &a.save_noise}};
+      {"--precision", &a.precision}, {"--prompts-file", &a.prompts_file}, {"--save-ids", &a.save_ids}, {"--save-noise", &a.save_noise},
+      {"--vae", &a.vae}};
   const std::map<std::string, std::pair<int64_t*, std::pair<int64_t, int64_t>>> ints = {
       {"--threads", {&a.threads, {0, tiue::kMaxThreads}}}, {"--device", {&a.device, {0, 1023}}},
       {"--num-images", {&a.num_images, {1, 10000}}},         {"--batch-size", {&a.batch_size, {1, 1024}}}};
@@ -195,6 +197,7 @@ int run(int argc, char** argv) {
   tiue::GeneratorOptions options;
   options.backend = a.backend;
   options.precision = a.precision;
+  options.vae = a.vae;
   if (a.unfused) options.fused = false;
   options.provider = a.provider;
   options.threads = static_cast<int>(a.threads);

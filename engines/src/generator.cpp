@@ -71,6 +71,9 @@ Generator Generator::open(const std::filesystem::path& bundle, GeneratorOptions 
     Manifest m = Manifest::load(bundle);
     if (options.verify) m.verify();
     impl->tokenizer = std::make_unique<Tokenizer>(Tokenizer::from_bundle(m));
+    if (options.vae != "full" && options.vae != "tiny") throw InputError("unknown vae '" + options.vae + "': use full or tiny");
+    if (options.vae == "tiny" && !m.graph("vae_decoder").variants.count("tiny"))
+      throw InputError("bundle " + bundle.string() + " has no tiny graphs: re-export it with --vae tiny (a distill-vae decoder)");
     std::unique_ptr<Backend> backend;
     if (options.backend == "onnxruntime") {
       const std::string& p = options.precision;
@@ -78,10 +81,13 @@ Generator Generator::open(const std::filesystem::path& bundle, GeneratorOptions 
         throw InputError("precision '" + p + "' on onnxruntime: this bundle's graphs are " + m.precision + " (int8 after tiue-export calibrate)");
       impl->precision = p.empty() ? m.precision : p;
       const bool fused = options.fused.value_or(true);
-      backend = std::make_unique<OrtBackend>(m, fused ? m.fused : m.unfused,
-                                             OrtOptions{options.provider, options.threads, options.device, p == "int8" ? "int8" : ""});
+      std::vector<std::string> variants;  // the int8 UNet graphs and the tiny VAE decoder compose
+      if (p == "int8") variants.push_back("int8");
+      if (options.vae == "tiny") variants.push_back("tiny");
+      backend = std::make_unique<OrtBackend>(m, fused ? m.fused : m.unfused, OrtOptions{options.provider, options.threads, options.device, variants});
     } else if (options.backend == "tensorrt") {
 #ifdef TIUE_WITH_TENSORRT
+      if (options.vae != "full") throw InputError("vae " + options.vae + " runs on onnxruntime: TensorRT's engines are built from the graphs as exported");
       auto trt = std::make_unique<TrtBackend>(m, TrtOptions{options.precision, options.device});
       if (options.fused && *options.fused != trt->engines().fused)
         throw InputError("the " + trt->engines().precision + " engines were built " + (trt->engines().fused ? "with" : "without") +
@@ -158,16 +164,18 @@ Generation Generator::generate(const std::vector<std::string>& prompts, uint64_t
 PngText Generator::metadata(const Image& image) const {
   const std::string name = backend_name();
   const auto colon = name.find(':');
-  return {{"prompt", image.prompt},
-          {"seed", std::to_string(image.seed)},
-          {"model", impl_->bundle.string()},
-          {"sampler", "one-pass"},
-          {"backend", impl_->options.backend},
-          {"precision", impl_->precision},
-          {"k", std::to_string(manifest().sampler.k)},
-          {"noise", "numpy"},
-          {"provider", colon == std::string::npos ? name : name.substr(colon + 1)},
-          {"software", std::string("tiue_engines ") + kVersion}};
+  PngText text = {{"prompt", image.prompt},
+                  {"seed", std::to_string(image.seed)},
+                  {"model", impl_->bundle.string()},
+                  {"sampler", "one-pass"},
+                  {"backend", impl_->options.backend},
+                  {"precision", impl_->precision},
+                  {"k", std::to_string(manifest().sampler.k)},
+                  {"noise", "numpy"}};
+  if (impl_->options.vae != "full") text.emplace_back("vae", impl_->options.vae);  // as infer: full-VAE PNGs stay as they were
+  text.emplace_back("provider", colon == std::string::npos ? name : name.substr(colon + 1));
+  text.emplace_back("software", std::string("tiue_engines ") + kVersion);
+  return text;
 }
 
 void Generator::write_png(const std::filesystem::path& path, const Image& image) const {

@@ -62,8 +62,9 @@ OrtBackend::OrtBackend(const Manifest& manifest, const std::vector<std::string>&
     : impl_((init_api(), std::make_unique<Impl>())) {
   if (options.threads < 0 || options.threads > kMaxThreads)
     throw InputError("threads must be 0 (ONNX Runtime's default) to " + std::to_string(kMaxThreads) + ", got " + std::to_string(options.threads));
-  if (!options.variant.empty() && options.variant != "int8")
-    throw InputError("unknown graph variant '" + options.variant + "': the bundles' variants are int8 (tiue-export calibrate)");
+  for (const auto& v : options.variants)
+    if (v != "int8" && v != "tiny")
+      throw InputError("unknown graph variant '" + v + "': the bundles' variants are int8 (tiue-export calibrate) and tiny (export --vae tiny)");
   impl_->options = options;
   Ort::SessionOptions so;
   try {
@@ -73,8 +74,14 @@ OrtBackend::OrtBackend(const Manifest& manifest, const std::vector<std::string>&
   }
   for (const auto& g : graphs) {
     const GraphSpec& spec = manifest.graph(g);
-    auto variant = spec.variants.find(options.variant);
-    const std::string file = variant != spec.variants.end() ? variant->second.file : spec.file;
+    std::string file = spec.file;
+    for (const auto& v : options.variants) {
+      auto variant = spec.variants.find(v);
+      if (variant != spec.variants.end()) {
+        file = variant->second.file;
+        break;
+      }
+    }
     const auto path = manifest.dir / file;
     if (!std::filesystem::is_regular_file(path)) throw InputError("bundle " + manifest.dir.string() + ": " + file + " is missing: re-export the bundle");
     try {

@@ -191,6 +191,8 @@ def encode_pool(vae, images: np.ndarray, batch: int = 64) -> dict[str, torch.Ten
         post = vae.encode(images_to_tensor(images[start : start + batch]).to(vae.device)).latent_dist
         means.append(post.mean.float().cpu())
         stds.append(post.std.float().cpu())
+    if not means:  # no held-out images: a folder of fewer than 10
+        return {"mean": torch.empty(0), "std": torch.empty(0)}
     return {"mean": torch.cat(means), "std": torch.cat(stds)}
 
 

@@ -40,6 +40,9 @@ struct GeneratorOptions {
   /// Eq. 11 inside unet_decoder_fused (true) or unet_decoder + Eq. 11 in C++ (false). Unset:
   /// fused on ONNX Runtime, whatever the TensorRT engines were built with.
   std::optional<bool> fused;
+  /// "full" (the model's VAE decoder) or "tiny": the bundle's distilled tiny vae_decoder
+  /// (tiue-export export --vae tiny), as tiue-export infer --vae tiny; ONNX Runtime only.
+  std::string vae = "full";
   std::string provider = "cpu";  // ONNX Runtime: cpu or cuda
   int threads = 0;               // ONNX Runtime intra-op threads, 0..kMaxThreads (0: its default)
   int device = 0;                // CUDA device (cuda provider, tensorrt)
@@ -85,7 +88,7 @@ class Generator {
   Tensor noise(const std::vector<uint64_t>& seeds) const;
 
   /// The PNG text tiue-export infer writes: prompt, seed, model, sampler, backend, precision, k,
-  /// noise, provider, software.
+  /// noise, vae (only when it is not the full decoder), provider, software.
   PngText metadata(const Image& image) const;
   /// write_png with metadata(image).
   void write_png(const std::filesystem::path& path, const Image& image) const;

@@ -14,7 +14,9 @@ struct OrtOptions {
   std::string provider = "cpu";  // "cpu" or "cuda" (needs an onnxruntime-gpu library)
   int threads = 0;               // intra-op threads per session, 0..kMaxThreads; 0: ONNX Runtime's default
   int device_id = 0;             // CUDA device
-  std::string variant;           // "" or "int8": run each graph's variant of that name where it has one
+  /// Each graph runs the first of these variants it has: "int8" (the Q/DQ UNet graphs of
+  /// tiue-export calibrate), "tiny" (the distilled vae_decoder of tiue-export export --vae tiny).
+  std::vector<std::string> variants;
 };
 
 /// The most intra-op threads a session may be asked for.
