@@ -114,6 +114,7 @@ def test_parquet_prompts_and_png_equal_to_infer(bundle, cluster, tmp_path, capsy
         ("empty.txt", (), "no prompts found"),
         ("prompts.txt", ("--seed", str(2**63 - 1), "--num-images", "2"), "largest seed"),
         ("prompts.txt", ("--backend", "onnxruntime-int8"), "int8"),
+        ("prompts.txt", ("--vae", "tiny"), "re-export it with --vae tiny"),
         ("prompts.txt", ("--out", "OTHER"), "another run"),
         ("prompts.txt", ("--out", "FOREIGN"), "not written by generate"),
     ],

@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("ray.serve", reason="the serve extra: pip install 'tiue-export[serve]'")
 requests = pytest.importorskip("requests")
 
-from _bundles import tiny_bundle  # noqa: E402
+from _bundles import tiny_bundle, tiny_vae_bundle  # noqa: E402
 from _cli import run_cli  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -224,6 +224,35 @@ def test_killed_replica_loses_no_request(server):
     assert r.status_code == 200 and len(replicas) == 2 and killed not in replicas, replicas
 
 
+def test_tiny_vae_replica_draws_infers_pngs(server, tiny_models, tmp_path_factory, tmp_path, capsys):
+    """serve --vae tiny: a model replica of a bundle with a tiny VAE decoder draws the PNGs of
+    infer --vae tiny, byte for byte (a second application on the module's Ray, through its handle:
+    no CPU reserved, no HTTP route)."""
+    from PIL import Image
+    from ray import serve
+
+    from tiue_export.serve.app import build_app
+    from tiue_export.serve.config import ServeConfig, worker_config
+
+    tiny = tiny_vae_bundle(tiny_models, tmp_path_factory)
+    worker = worker_config(str(tiny), max_batch=2, threads=1, vae="tiny")
+    cfg = ServeConfig(worker, max_queued=4, max_images=2, cpus_per_replica=0, app_name="tiny-vae")
+    serve.run(build_app(cfg), name=cfg.app_name, route_prefix=None)
+    try:
+        handle = serve.get_deployment_handle("Generator", app_name=cfg.app_name)
+        drawn = [handle.sample.remote((PROMPTS[0], seed)).result(timeout_s=120) for seed in (0, 1)]
+        model = handle.describe.remote().result(timeout_s=60)
+    finally:
+        serve.delete(cfg.app_name)
+    assert model["vae"] == "tiny"
+    out = tmp_path / "infer"
+    args = ["infer", "--backend", "onnxruntime", "--model", str(tiny), "--vae", "tiny", "--prompt", PROMPTS[0], "--num-images", "2", "--out", str(out)]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    files = {int(Image.open(p).text["seed"]): p.read_bytes() for p in out.glob("*.png")}
+    assert [d["png"] for d in drawn] == [files[0], files[1]] and drawn[0]["metadata"]["vae"] == "tiny"
+
+
 def test_metrics_include_images_and_stages(server):
     import ray
 
@@ -289,6 +318,7 @@ def test_replica_code_imports_no_torch(bundle):
         (["BUNDLE", "--max-batch", "8", "--max-queued", "4"], "--max-queued 4"),
         (["BUNDLE", "--backend", "torch"], "is not one of"),
         (["BUNDLE", "--backend", "onnxruntime-int8"], "int8"),
+        (["BUNDLE", "--vae", "tiny"], "re-export it with --vae tiny"),
     ],
 )
 def test_serve_cli_refuses_bad_options_in_one_line(bundle, capsys, args, message):

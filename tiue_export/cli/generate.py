@@ -20,7 +20,7 @@ from .serve import backend_options
 @click.option("--cpus-per-worker", type=click.FloatRange(0), default=1.0, show_default=True)
 @click.option("--gpus-per-worker", type=click.FloatRange(0), default=0.0, show_default=True, help="1: an actor per GPU.")
 @backend_options
-def generate(bundle, prompts_file, out, backend, precision, threads, batch_mode, batch_size, **options):
+def generate(bundle, prompts_file, out, backend, precision, vae, threads, batch_mode, batch_size, **options):
     """Generate images for every prompt of a file on Ray Data over an actor pool.
 
     Exactly one PNG per (prompt, seed), with infer's metadata, and an index (OUT/index.parquet).
@@ -30,7 +30,7 @@ def generate(bundle, prompts_file, out, backend, precision, threads, batch_mode,
     from ..serve.generate import GenerateConfig, run
 
     threads = threads_for(threads, options["cpus_per_worker"])
-    worker = worker_config(bundle, backend, precision, threads=threads, batch_mode=batch_mode, max_batch=batch_size)
+    worker = worker_config(bundle, backend, precision, threads=threads, batch_mode=batch_mode, max_batch=batch_size, vae=vae)
     cfg = GenerateConfig(worker, prompts_file, out, **options)
     require("ray.data", "'tiue-export[serve]'", "tiue-export generate runs on Ray Data")
     summary = run(cfg)

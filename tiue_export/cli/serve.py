@@ -22,12 +22,19 @@ def parse_autoscale(value: str | None) -> tuple[int, int] | None:
 
 
 def backend_options(f):
-    """--backend, --precision, --threads and --batch-mode, shared with ``generate``."""
+    """--backend, --precision, --vae, --threads and --batch-mode, shared with ``generate``."""
     from ..serve.config import BATCH_MODES
 
     options = [
         click.option("--backend", type=click.Choice(BACKENDS), default="onnxruntime", show_default=True, help="Engine (or registry name) of every replica."),
         click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "int8"]), default=None, help="As infer's --precision: int8 = the Q/DQ graphs; tensorrt: the engine set."),
+        click.option(
+            "--vae",
+            type=click.Choice(["full", "tiny"]),
+            default="full",
+            show_default=True,
+            help="tiny: the bundle's distilled tiny VAE decoder (export --vae tiny), as infer --vae tiny.",
+        ),
         click.option(
             "--threads",
             type=click.IntRange(0, 1024),
@@ -63,7 +70,7 @@ def backend_options(f):
 @click.option("--address", default=None, help="Join this Ray cluster (ray start --head prints it) [default: start a local Ray].")
 @click.option("--cpus-per-replica", type=click.FloatRange(0), default=1.0, show_default=True)
 @click.option("--gpus-per-replica", type=click.FloatRange(0), default=0.0, show_default=True, help="1: a replica per GPU.")
-def serve(bundle, backend, precision, threads, batch_mode, replicas, autoscale, max_batch, max_queued, max_images, **options):
+def serve(bundle, backend, precision, vae, threads, batch_mode, replicas, autoscale, max_batch, max_queued, max_images, **options):
     """Serve BUNDLE over HTTP on Ray Serve: POST /v1/images, GET /healthz, GET /v1/model.
 
     Concurrent requests share K-batched pipeline calls (serve.batch); an image equals tiue-export
@@ -75,7 +82,7 @@ def serve(bundle, backend, precision, threads, batch_mode, replicas, autoscale, 
         raise InputError("give --replicas or --autoscale, not both")
     scale = parse_autoscale(autoscale)
     threads = threads_for(threads, options["cpus_per_replica"])
-    worker = worker_config(bundle, backend, precision, threads=threads, batch_mode=batch_mode, max_batch=max_batch)
+    worker = worker_config(bundle, backend, precision, threads=threads, batch_mode=batch_mode, max_batch=max_batch, vae=vae)
     cfg = ServeConfig(worker, replicas=replicas or 1, autoscale=scale, max_queued=max_queued, max_images=max_images, **options)
     require("ray.serve", "'tiue-export[serve]'", "tiue-export serve runs on Ray Serve")
     from ..serve.app import run_forever

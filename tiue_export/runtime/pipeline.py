@@ -69,6 +69,8 @@ class Pipeline:
         if vae not in ("full", "tiny"):
             raise InputError(f"--vae {vae}: a bundle takes full or tiny")
         if vae == "tiny":  # vae_decoder's tiny variant (export --vae tiny); composes with int8 UNet graphs
+            if self.backend.engine == "tensorrt":
+                raise InputError("--vae tiny runs on onnxruntime and openvino: TensorRT's engines are built from the graphs as exported")
             bundle = bundle.with_variant("tiny")
         if providers and self.backend.engine != "onnxruntime":
             raise InputError("execution providers are ONNX Runtime's: the openvino engine runs on the CPU")

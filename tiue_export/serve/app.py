@@ -200,14 +200,14 @@ def build_app(cfg: ServeConfig):
 def from_args(args: dict):
     """An application builder for a Serve config file or KubeRay's RayService
     (``import_path: tiue_export.serve.app:from_args``): ``args`` holds ``bundle`` and, optionally,
-    ``backend``, ``precision``, ``threads``, ``batch_mode``, ``max_batch`` and any
+    ``backend``, ``precision``, ``threads``, ``batch_mode``, ``max_batch``, ``vae`` and any
     :class:`ServeConfig` field (``replicas``, ``autoscale: [MIN, MAX]``, ``max_queued`` ...)."""
     from .config import threads_for, worker_config
 
     args = dict(args)
     if "bundle" not in args:
         raise ValueError("args: give bundle: PATH (the bundle every node sees)")
-    worker_keys = ("backend", "precision", "threads", "batch_mode", "max_batch")
+    worker_keys = ("backend", "precision", "threads", "batch_mode", "max_batch", "vae")
     options = {k: args.pop(k) for k in worker_keys if k in args}
     options["threads"] = threads_for(options.get("threads"), args.get("cpus_per_replica", ServeConfig.cpus_per_replica))
     worker = worker_config(args.pop("bundle"), **options)

@@ -23,6 +23,7 @@ class WorkerConfig:
     threads: int = 0  # intra-op threads per graph; 0: the engine's default (every core of the node)
     batch_mode: str = "auto"
     max_batch: int = 8  # the largest pipeline call; the batch check runs at this size
+    vae: str = "full"  # tiny: the bundle's tiny vae_decoder (export --vae tiny), as infer --vae tiny
 
     def __post_init__(self):
         if self.batch_mode not in BATCH_MODES:
@@ -52,6 +53,8 @@ def worker_config(bundle: str, backend: str = "onnxruntime", precision: str | No
     # The bundle's side only: the engine itself (TensorRT, a GPU) need not be on this machine, the
     # replicas of a cluster may run where it is.
     opened.with_variant(chosen.variant)  # no int8 graphs: refused now
+    if options.get("vae", "full") != "full":
+        opened.with_variant(options["vae"])  # no tiny decoder: refused now
     max_batch = options.pop("max_batch", WorkerConfig.max_batch)
     if chosen.engine == "tensorrt":
         if chosen.compute not in opened.manifest.engines:

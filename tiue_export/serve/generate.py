@@ -31,7 +31,7 @@ RUN_FILE = "generate.json"
 INDEX = "index.parquet"
 PARTS = ".index"
 #: What a resumed run must share with the run that started ``--out``: anything else changes files.
-IDENTITY = ("model", "manifest_sha256", "backend", "prompts_sha256", "num_images", "seed")
+IDENTITY = ("model", "manifest_sha256", "backend", "vae", "prompts_sha256", "num_images", "seed")
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,7 @@ def plan(cfg: GenerateConfig) -> tuple[list[dict], dict]:
         "model": cfg.worker.bundle,
         "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest(),
         "backend": cfg.worker.backend,
+        **({"vae": cfg.worker.vae} if cfg.worker.vae != "full" else {}),  # runs of the full VAE stay as they were
         "prompts_file": str(cfg.prompts_file),
         "prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest(),
         "prompts": len(prompts),
@@ -99,9 +100,9 @@ def claim_out(out: Path, record: dict, config: dict) -> None:
             old = json.loads(path.read_text())
         except ValueError as exc:
             raise InputError(f"{path} is not JSON: not a generate output directory? use a new --out") from exc
-        diff = [k for k in IDENTITY if old.get(k) != record[k]]
+        diff = [k for k in IDENTITY if old.get(k) != record.get(k)]
         if diff:
-            raise InputError(f"--out {out} holds another run ({diff[0]}: {old.get(diff[0])!r}, now {record[diff[0]]!r}): use a new --out")
+            raise InputError(f"--out {out} holds another run ({diff[0]}: {old.get(diff[0])!r}, now {record.get(diff[0])!r}): use a new --out")
     elif out.is_dir() and any(p.suffix == ".png" for p in out.iterdir()):
         raise InputError(f"--out {out} already holds PNG files not written by generate: use a new --out")
     write_json(path, {**record, "config": config, "software": _software()})

@@ -88,7 +88,7 @@ class ImageWorker:
         from ..runtime import Pipeline
 
         self.cfg = cfg
-        self.pipe = Pipeline.load(cfg.bundle, backend=cfg.backend, threads=cfg.threads)
+        self.pipe = Pipeline.load(cfg.bundle, backend=cfg.backend, threads=cfg.threads, vae=cfg.vae)
         self.check: BatchCheck | None = None
         if cfg.batch_mode == "auto":
             self.check = check_batch_invariance(self.pipe, cfg.max_batch)
@@ -107,6 +107,7 @@ class ImageWorker:
             "precision": self.pipe.precision,
             "k": m.k,
             "noise": "numpy",
+            **({"vae": self.cfg.vae} if self.cfg.vae != "full" else {}),  # as infer: full-VAE PNGs stay as they were
             "provider": provider,
         }
 
@@ -142,6 +143,7 @@ class ImageWorker:
             "backend": self.pipe.backend.name,
             "provider": self.pipe.provider,
             "graphs": list(m.graphs),
+            "vae": self.cfg.vae,
             "max_batch": self.cfg.max_batch,
             "batching": "batched" if self.batched else "per-image",
             "batch_check": None if self.check is None else str(self.check),
