@@ -191,3 +191,31 @@ def test_check_fails_on_a_broken_tiny_decoder(tiny_vae_bundle, tmp_path, capsys)
     (bad / "manifest.json").write_text(json.dumps(manifest))
     code, _, err = run_cli(["check", str(bad), "--vae", "tiny"], capsys)
     assert code == 2 and "has no tiny graphs" in err and "re-export it with --vae tiny" in err and len(err.strip().splitlines()) == 1
+
+
+def test_export_vae_only_adds_the_variant_to_a_bundle(tiny_vae, tiny_models, tmp_path_factory, tmp_path, capsys):
+    import shutil
+
+    from _bundles import tiny_bundle
+
+    out, _ = tiny_vae
+    model = str(tiny_models("sd21"))
+    bundle = tmp_path / "b"
+    shutil.copytree(tiny_bundle(tiny_models, tmp_path_factory, "sd21"), bundle)
+    before = {p.name: p.read_bytes() for p in bundle.glob("*.onnx")}
+    code, stdout, err = run_cli(["export", "--model", model, "--out", str(bundle), "--vae", str(out), "--vae-only"], capsys)
+    assert code == 0, err
+    assert stdout.startswith("added vae_decoder.tiny.onnx (") and "ONNX Runtime vs PyTorch" in stdout
+    assert {p.name: p.read_bytes() for p in bundle.glob("*.onnx") if p.name in before} == before  # nothing else re-exported
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["graphs"]["vae_decoder"]["variants"]["tiny"]["source"] == str(out.resolve())
+    assert json.loads((bundle / "validation.json").read_text())["graphs"]["vae_decoder.tiny"]["ok"]
+    code, stdout, err = run_cli(["check", str(bundle), "--vae", "tiny", "--reference", "bundle", "--backends", "onnxruntime"], capsys)
+    assert code == 0 and "vae_decoder.tiny" in stdout, stdout + err
+
+    for other, args, message in (
+        (model, ["--vae-only"], "--vae-only adds a tiny VAE decoder"),
+        (str(tiny_models("sd15")), ["--vae", str(out), "--vae-only"], "was exported from"),
+    ):
+        code, _, err = run_cli(["export", "--model", other, "--out", str(bundle), *args], capsys)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err

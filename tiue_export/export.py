@@ -498,3 +498,54 @@ def validate_chain(root: Path, manifest: Manifest, inputs: dict, refs: dict, cfg
     )
     log.info("  end to end: %s", e2e)
     return {"ok": bool(e2e), "comparison": e2e.to_dict(), "summary": str(e2e)}
+
+
+def add_tiny_vae(cfg: ExportConfig) -> ExportReport:
+    """``export --vae-only``: the tiny decoder of ``cfg.vae`` as ``vae_decoder``'s ``tiny`` variant
+    of the existing bundle at ``cfg.out``, nothing else re-exported. It is validated against its
+    PyTorch module on the z0 of the bundle's stored reference, whose tiny images join
+    ``reference.npz``; the new and changed files (graph, reference, validation) are staged beside
+    the bundle and published with the manifest last.
+
+    Raises:
+        InputError: no bundle at ``cfg.out``, a bundle of another model, ``--vae full``.
+        TiueError: the tiny graph disagrees with PyTorch (the bundle is left as it was).
+    """
+    from .bundle import Bundle, publish
+    from .io import staging_dir
+
+    if cfg.vae == "full":
+        raise InputError("--vae-only adds a tiny VAE decoder: give --vae tiny or a distill-vae directory")
+    bundle = Bundle.open(cfg.out, verify=False)
+    m = bundle.manifest
+    source = m.source.get("model")
+    if not source or Path(source).resolve() != Path(cfg.model).resolve():
+        raise InputError(f"{cfg.out} was exported from {source}, not {cfg.model}: give its model with --model")
+    vae_tiny.resolve(Path(cfg.model), cfg.vae)  # a decoder of another VAE: refused before anything is written
+    if not (bundle.path / REFERENCE).is_file():
+        raise InputError(f"{cfg.out} has no {REFERENCE} (the z0 the tiny decoder is validated on): re-export the bundle")
+    with np.load(bundle.path / REFERENCE, allow_pickle=False) as data:
+        stored = {k: data[k] for k in data.files}
+    feed, full_ref = {"latents": stored["unet_decoder_fused.z0"]}, {"images": stored["vae_decoder.images"]}
+    t0 = time.perf_counter()
+    staging = staging_dir(bundle.path, "vae")
+    try:
+        report = ExportReport(bundle.path, {})
+        results, failures = {}, []
+        graph_cfg = replace(cfg, precision=m.precision, external_data="auto")
+        manifest, stored[vae_tiny.REFERENCE_KEY] = export_tiny_vae(staging, m, graph_cfg, feed, full_ref, results, failures, report)
+        if failures:
+            raise TiueError("validation against PyTorch failed, the bundle is unchanged: " + " | ".join(failures))
+        np.savez(staging / REFERENCE, **stored)
+        validation = json.loads((bundle.path / VALIDATION).read_text()) if (bundle.path / VALIDATION).is_file() else {"graphs": {}}
+        validation["graphs"].update(results)
+        (staging / VALIDATION).write_text(json.dumps(validation, indent=2, allow_nan=False))
+        variant = manifest.graphs["vae_decoder"].variants[vae_tiny.VARIANT]
+        files = [variant.file, *variant.external_data, REFERENCE, VALIDATION]
+        manifest = manifest.replace(export_config={**m.export_config, "vae": cfg.vae})
+        publish(bundle.path, {f: staging / f for f in files}, manifest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    report.validation = validation
+    report.seconds["total"] = time.perf_counter() - t0
+    return report

@@ -24,12 +24,13 @@ from .types import COUNT
     help="Weights in a .onnx.data file beside each graph: auto = only graphs over protobuf's 2 GB limit.",
 )
 @click.option("--vae", default="full", show_default=True, help="full, or also a 'tiny' variant of vae_decoder: tiny (the model's distill-vae decoder) or a distill-vae directory.")
-def export(model, out, height, width, batch, precision, opset, external_data, vae):
+@click.option("--vae-only", is_flag=True, help="Add only the --vae decoder, as vae_decoder's tiny variant, to the existing bundle at --out.")
+def export(model, out, height, width, batch, precision, opset, external_data, vae, vae_only):
     """Export a student to ONNX graphs + manifest, validated against PyTorch on ONNX Runtime."""
     from . import quiet_libraries
 
     quiet_libraries()
-    from ..export import ExportConfig, export_bundle
+    from ..export import ExportConfig, add_tiny_vae, export_bundle
     from ..models import resolve_model
 
     cfg = ExportConfig(
@@ -43,6 +44,13 @@ def export(model, out, height, width, batch, precision, opset, external_data, va
         external_data=external_data,
         vae=vae,
     )
+    if vae_only:
+        report = add_tiny_vae(cfg)
+        tiny = report.validation["graphs"]["vae_decoder.tiny"]
+        added = ", ".join(f"{f} ({n / 2**20:.1f} MiB)" for f, n in report.sizes.items())
+        psnr = tiny["outputs"]["images"]["psnr"]
+        click.echo(f"added {added} to {out}: ONNX Runtime vs PyTorch {'identical' if psnr is None else f'{psnr:.1f} dB'} ({report.seconds['total']:.1f} s)")
+        return
     report = export_bundle(cfg)
     e2e = report.validation.get("end_to_end") or {}
     psnr = e2e.get("psnr")
