@@ -335,10 +335,10 @@ def measure(fp32, int8, prompts: Sequence[str], seeds: Sequence[int]) -> dict:
     """int8 vs fp32 on held-out prompts: each graph's outputs on fp32 inputs, the image with only
     that graph in int8, and the image with every UNet graph in int8 (fused and unfused paths).
 
-    One pipeline's graphs are held at a time (at SD 2.1 size both at once are 18 GiB): the fp32
-    chains run first and keep every tensor (MBs), then the int8 graphs run on those inputs, then the
-    fp32 graphs finish each one-graph-int8 image from that graph's int8 outputs. Each pipeline is
-    closed after its turn and reopens on its next use."""
+    Memory stays one pipeline's at a time (both at once, every graph held, are 18 GiB at SD 2.1
+    512x512): the fp32 chains run one graph at a time and keep every tensor (MBs), then the int8
+    graphs run on those inputs and are closed, then the fp32 graphs, again one at a time, finish
+    each one-graph-int8 image from that graph's int8 outputs."""
     import math
 
     from .executor import GraphSet, graph_feed, run_chain
@@ -352,34 +352,30 @@ def measure(fp32, int8, prompts: Sequence[str], seeds: Sequence[int]) -> dict:
     def run(graphs, chain, keep=False):
         return run_chain(m, graphs, ids, noise, chain, keep=keep)
 
-    refs = {c: run(fp32.graphs, c, keep=True) for c in ("fused", "unfused")}
-    fp32.close()
+    def float_graphs(recorded=None):  # fp32 graphs opened for their stage and released after it
+        recorded = recorded or {}
+        factories = {n: (lambda n=n: _Recorded(recorded[n])) if n in recorded else fp32.graphs.factories[n] for n in m.graphs}
+        return GraphSet(factories, low_memory=True)
+
+    fp32.close()  # what calibration left open
+    refs = {c: run(float_graphs(), c, keep=True) for c in ("fused", "unfused")}
     outs = {name: int8.runner(name).infer(graph_feed(m, refs[chain].values, name, chain)) for name, chain in chains.items()}
     int8_images = {c: run(int8.graphs, c).images for c in refs}
     int8.close()
 
-    def mixed(graph, chain):  # the fp32 chain with only ``graph`` in int8: replayed up to it, fp32 after
+    def only_int8(graph, chain):  # the fp32 chain with only ``graph`` in int8, replayed up to it
         order = m.chains[chain].graphs
-        done = order[: order.index(graph) + 1]
         kept = refs[chain].values
-
-        def make(n):
-            if n == graph:
-                return _Recorded(outs[graph])
-            if n in done:
-                return _Recorded({k[len(n) + 1 :]: v for k, v in kept.items() if k.startswith(f"{n}.")})
-            return _Borrowed(fp32.runner(n))
-
-        return GraphSet({n: (lambda n=n: make(n)) for n in m.graphs})
+        recorded = {n: {k[len(n) + 1 :]: v for k, v in kept.items() if k.startswith(f"{n}.")} for n in order[: order.index(graph)]}
+        return float_graphs({**recorded, graph: outs[graph]})
 
     ref = to_uint8_images(refs["fused"].images)
     graphs = {}
     for name, chain in chains.items():
         graphs[name] = {
             "outputs": {n: _range_psnr(refs[chain].values[f"{name}.{n}"], out, n) for n, out in outs[name].items()},
-            "image": _image_psnr(ref, to_uint8_images(run(mixed(name, chain), chain).images), "images"),
+            "image": _image_psnr(ref, to_uint8_images(run(only_int8(name, chain), chain).images), "images"),
         }
-    fp32.close()
     end_to_end = {c: _image_psnr(ref, to_uint8_images(images), "images") for c, images in int8_images.items()}
     worst = min((r["psnr"] if r["psnr"] is not None else math.inf) for r in end_to_end.values())
     return {
@@ -409,23 +405,6 @@ class _Recorded:
 
     def infer(self, feed):
         return self.outputs
-
-
-class _Borrowed:
-    """An open runner lent to another graph set (closing the set leaves it open)."""
-
-    def __init__(self, runner):
-        self.runner = runner
-        self.provider = runner.provider
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        pass
-
-    def infer(self, feed):
-        return self.runner.infer(feed)
 
 
 def quality_line(quality: dict) -> str:

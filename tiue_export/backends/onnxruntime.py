@@ -97,7 +97,9 @@ class OrtRunner(Runner):
     def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         session = self.loaded()
         names = [o.name for o in session.get_outputs()]
-        return dict(zip(names, session.run(names, dict(feed))))
+        # Copies: ONNX Runtime's arrays are views that keep the session's whole memory arena alive
+        # (GBs at SD size) after the session is closed, e.g. one graph at a time with low_memory.
+        return {name: np.array(value) for name, value in zip(names, session.run(names, dict(feed)))}
 
 
 def graphs(bundle, providers: Sequence[str] | None = None, threads: int = 0, low_memory: bool = False):
