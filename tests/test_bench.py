@@ -97,3 +97,24 @@ def test_matmul_rate_stops_growing_once_a_product_is_slow(monkeypatch):
     assert bench.matmul_rate("bf16", min_seconds=0.0) > 0 and set(sides) == {256}
     sides.clear()
     assert bench.matmul_rate("fp32", n=1024, min_seconds=float("inf")) > 0 and sides[-1] == 1024 and sides[0] == 256
+
+
+@pytest.mark.slow
+def test_bench_tiny_vae_rows_and_ratios(tiny_models, tmp_path_factory):
+    """--vae full,tiny: a row per VAE decoder of each bundle backend (alternating runs on one
+    loaded pipeline), the decoder and end-to-end ratios from the same run."""
+    from _bundles import tiny_vae_bundle
+
+    bundle = tiny_vae_bundle(tiny_models, tmp_path_factory)
+    cfg = BenchConfig(model=str(bundle), backends=("onnxruntime", "openvino"), runs=2, warmup=0, references=False, vae=("full", "tiny"),
+                      runtime_memory=False, vae_decoders=False)
+    report = run_bench(cfg, progress=lambda m: None)
+    names = [r["name"] for r in report["results"]]
+    assert names[:2] == ["onnxruntime fp32 one-pass (CPUExecutionProvider)", "onnxruntime fp32 one-pass, tiny VAE (CPUExecutionProvider)"]
+    assert [r["vae"] for r in report["results"]] == ["full", "tiny", "full", "tiny"]
+    assert all(r["stages"]["vae_decoder"]["n"] == 2 for r in report["results"])
+    md = to_markdown(report)
+    assert f"- {names[1]}: VAE decoder " in md and "x faster than the full one, end to end " in md
+    assert f"- {names[3]}: VAE decoder " in md and f"x {names[0]} (sequential rows)" in md
+    with pytest.raises(InputError, match="--vae small: give full, tiny or full,tiny"):
+        run_bench(BenchConfig(model=str(bundle), vae=("small",)))

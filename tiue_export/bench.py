@@ -60,6 +60,9 @@ class BenchConfig:
     threads: int | None = None  # torch intra-op threads (None: torch's default)
     runtime_memory: bool = True  # also run each CPU runtime backend alone in a fresh process for its peak memory
     vae_decoders: bool = True  # also time the full VAE decoder against a tiny one (the model's, else random TAESD-sized)
+    # bundle backends' VAE decoders: ("full", "tiny") times each chain with both, in alternating
+    # runs of one loaded pipeline, so the decoder and end-to-end ratios share the machine's load
+    vae: tuple[str, ...] = ("full",)
     device: str | None = None  # the PyTorch rows and references: cpu, cuda[:N], auto (None: auto)
     dtype: str | None = None  # their weights: fp32, fp16, bf16 (None: fp32 on the CPU, fp16 on CUDA)
     compile: tuple[str, ...] | None = None  # a torch one-pass row per mode (None: eager; on CUDA also cuda-graphs, reduce-overhead)
@@ -314,24 +317,32 @@ def _device_peak(timing: Timing, meter: DeviceMeter) -> None:
 
 def time_chain(name: str, call: Callable[[], dict[str, float]], runs: int, warmup: int, note: str = "", meter: DeviceMeter | None = None) -> Timing:
     """Time ``call`` (one run of the executor, returning its per-stage seconds) warmup + runs times."""
+    return time_chains({name: call}, runs, warmup, note, meter)[0]
+
+
+def time_chains(calls: dict[str, Callable[[], dict[str, float]]], runs: int, warmup: int, note: str = "", meter: DeviceMeter | None = None) -> list[Timing]:
+    """:func:`time_chain` for several calls in alternating runs (run i of each, then run i + 1):
+    their ratios see the same load on a shared machine. The peak memory is the whole block's."""
     meter = meter or DeviceMeter("cpu")
-    timing = Timing(name, {}, note=note)
+    timings = {name: Timing(name, {}, note=note) for name in calls}
     meter.reset()
     with PeakRSS() as mem:
         for i in range(warmup + runs):
-            meter.sync()
-            t0 = time.perf_counter()
-            stages = call()
-            meter.sync()
-            total = time.perf_counter() - t0
-            if i >= warmup:
-                for stage, d in stages.items():
-                    if stage != "load":
-                        timing.stages.setdefault(stage, []).append(d)
-                timing.total.append(total - stages.get("load", 0.0))
-    timing.peak_rss_mb = mem.peak_mb
-    _device_peak(timing, meter)
-    return timing
+            for name, call in calls.items():
+                meter.sync()
+                t0 = time.perf_counter()
+                stages = call()
+                meter.sync()
+                total = time.perf_counter() - t0
+                if i >= warmup:
+                    for stage, d in stages.items():
+                        if stage != "load":
+                            timings[name].stages.setdefault(stage, []).append(d)
+                    timings[name].total.append(total - stages.get("load", 0.0))
+    for timing in timings.values():
+        timing.peak_rss_mb = mem.peak_mb
+        _device_peak(timing, meter)
+    return list(timings.values())
 
 
 def torch_chain(pipe, batch: int, height: int, width: int, precision: str = "fp32", compile: str = "none") -> Callable[[], dict[str, float]]:
@@ -363,14 +374,18 @@ def torch_chain(pipe, batch: int, height: int, width: int, precision: str = "fp3
     return call
 
 
-def runtime_chain(pipe, batch: int) -> Callable[[], dict[str, float]]:
-    """A runtime pipeline's fused one-pass chain through the executor."""
-    from .executor import run_chain
+def runtime_chain(pipe, batch: int, vae=None) -> Callable[[], dict[str, float]]:
+    """A runtime pipeline's fused one-pass chain through the executor; with ``vae`` (another
+    pipeline of the same bundle) its ``vae_decoder`` decodes instead, the UNet graphs shared."""
+    from .executor import GraphSet, run_chain
     from .sampling import initial_noise
 
     ids = pipe.tokenize(["a photo of a cat"] * batch)
     noise = initial_noise(range(batch), pipe.latent_shape)
-    return lambda: run_chain(pipe.manifest, pipe.graphs, ids, noise, "fused").timings
+    graphs = pipe.graphs
+    if vae is not None:  # each runner stays owned (and closed) by its own pipeline
+        graphs = GraphSet({n: (lambda n=n: (vae if n == "vae_decoder" else pipe).runner(n)) for n in pipe.graphs.factories})
+    return lambda: run_chain(pipe.manifest, graphs, ids, noise, "fused").timings
 
 
 def _cast(module, dtype):
@@ -435,6 +450,8 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = log.info) -> d
 
     for backend in cfg.backends:
         backends.get(backend)
+    if not cfg.vae or set(cfg.vae) - {"full", "tiny"}:
+        raise InputError(f"--vae {','.join(cfg.vae)}: give full, tiny or full,tiny")
     if cfg.shape not in SHAPES:
         raise InputError(f"unknown shape {cfg.shape!r}: choose from {', '.join(SHAPES)}")
     device = parse_device(cfg.device)
@@ -486,11 +503,11 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = log.info) -> d
         if backends.get(backend).engine == "torch":
             timings += _time_torch(backend, cfg, pipe, height, width, meter, progress)
             continue
-        timing = _time_backend(backend, cfg, pipe, bundle_path, height, width)
+        rows = _time_backend(backend, cfg, pipe, bundle_path, height, width)
         if cfg.runtime_memory and needs_bundle and not backend.startswith("tensorrt"):
             progress(f"measuring the {backend} runtime's peak memory in a fresh process")
-            timing.extra["runtime_memory"] = runtime_memory(backend, bundle_path, cfg.threads or 0)
-        timings.append(timing)
+            rows[0].extra["runtime_memory"] = runtime_memory(backend, bundle_path, cfg.threads or 0)
+        timings += rows
     if cfg.references:
         progress("timing the K-step loop reference")
         timings.append(
@@ -577,25 +594,35 @@ def _time_torch(backend: str, cfg: BenchConfig, pipe, height, width, meter: Devi
     return rows
 
 
-def _time_backend(backend: str, cfg: BenchConfig, pipe, bundle_path, height, width) -> Timing:
+def _time_backend(backend: str, cfg: BenchConfig, pipe, bundle_path, height, width) -> list[Timing]:
+    """A bundle backend's one-pass row, one per ``cfg.vae`` decoder (``tiny``: the bundle's tiny
+    variant, in runs alternating with the full decoder's, on the same loaded UNet graphs)."""
     from . import backends
 
     entry = backends.get(backend)
     rt = open_runtime(backend, bundle_path, cfg.threads or 0)
+    tiny = open_runtime(backend, bundle_path, cfg.threads or 0, vae="tiny") if "tiny" in cfg.vae else None
     try:
         rt.runner("unet_encoder")  # the provider (and OpenVINO's compute precision) is known once a graph is loaded
-        timing = time_chain(backend, runtime_chain(rt, cfg.batch), cfg.runs, cfg.warmup, note="fused decoder: the sum is inside unet_decoder")
-        timing.name = f"{entry.engine} {rt.precision} one-pass ({rt.provider})"
-        return timing
+        name = f"{entry.engine} {rt.precision} one-pass"
+        calls = {f"{name} ({rt.provider})": runtime_chain(rt, cfg.batch)} if "full" in cfg.vae else {}
+        if tiny is not None:
+            calls[f"{name}, tiny VAE ({rt.provider})"] = runtime_chain(rt, cfg.batch, vae=tiny)
+        rows = time_chains(calls, cfg.runs, cfg.warmup, note="fused decoder: the sum is inside unet_decoder")
+        for row in rows:
+            row.extra.update(backend=backend, vae="tiny" if ", tiny VAE" in row.name else "full")
+        return rows
     finally:
         rt.close()
+        if tiny is not None:
+            tiny.close()
 
 
-def open_runtime(backend: str, bundle_path, threads: int = 0, low_memory: bool = False):
+def open_runtime(backend: str, bundle_path, threads: int = 0, low_memory: bool = False, vae: str = "full"):
     """A loaded bundle pipeline for a registry ``backend`` name (``onnxruntime-int8``, ``openvino``, ...)."""
     from .runtime import Pipeline
 
-    return Pipeline.load(bundle_path, verify=False, threads=threads, low_memory=low_memory, backend=backend)
+    return Pipeline.load(bundle_path, verify=False, threads=threads, low_memory=low_memory, backend=backend, vae=vae)
 
 
 def runtime_memory(backend: str, bundle_path, threads: int = 0, timeout: float = 3600) -> dict:
@@ -727,6 +754,7 @@ def to_markdown(report: dict) -> str:
         f"{f['unet_decoder'] / 1e9:.4g}); one full UNet step {f['full_unet_step'] / 1e9:.4g} GFLOP.",
     ]
     lines += ["", *ratio_lines(report)]
+    lines += tiny_vae_lines(report)
     lines += vae_decoder_lines(report)
     for r in rows:
         mem = r.get("runtime_memory")
@@ -752,6 +780,33 @@ def vae_decoder_lines(report: dict) -> list[str]:
         lines.append(f"| {label} | {d['flops'] / 1e9:.4g} | {d['params'] / 1e6:.3g} | {d['median_ms']:.1f} ({d['p90_ms']:.1f}) |")
     lines += ["", f"- tiny VAE decoder: {v['flop_ratio']:.1f}x fewer FLOPs, {v['speedup']:.1f}x faster than the full decoder (torch {v['full'].get('dtype', 'float32')} on {v['full'].get('device', 'cpu')}, this run)"]
     return lines
+
+
+def tiny_vae_lines(report: dict) -> list[str]:
+    """What the tiny VAE decoder buys on each bundle backend, from this run's rows: its decoder
+    against the full one and the end to end against the same backend's full-VAE row (alternating
+    runs), and the end to end against the first full-VAE row (the baseline: another backend's row
+    ran before or after it)."""
+    rows = [r for r in report["results"] if r.get("vae") in ("full", "tiny")]
+    full = {r["backend"]: r for r in rows if r["vae"] == "full"}
+    baseline = next(iter(full.values()), None)
+    out = []
+    for r in rows:
+        if r["vae"] != "tiny":
+            continue
+        same = full.get(r["backend"])
+        parts = []
+        if same is not None:
+            dec = same["stages"]["vae_decoder"]["median_ms"] / r["stages"]["vae_decoder"]["median_ms"]
+            e2e = same["total"]["median_ms"] / r["total"]["median_ms"]
+            parts.append(f"VAE decoder {dec:.1f}x faster than the full one, end to end {e2e:.2f}x (alternating runs)")
+        if baseline is not None and baseline is not same:
+            parts.append(f"end to end {baseline['total']['median_ms'] / r['total']['median_ms']:.2f}x {baseline['name']} (sequential rows)")
+        out.append(f"- {r['name']}: " + "; ".join(parts))
+    for r in rows:
+        if r["vae"] == "full" and baseline is not None and r is not baseline:
+            out.append(f"- {r['name']}: end to end {baseline['total']['median_ms'] / r['total']['median_ms']:.2f}x {baseline['name']} (sequential rows)")
+    return out
 
 
 def ratio_lines(report: dict) -> list[str]:

@@ -20,6 +20,11 @@ import click
 @click.option("--threads", type=click.IntRange(1, 1024), default=None, help="torch intra-op threads.")
 @click.option("--no-runtime-memory", is_flag=True, help="Skip the fresh-process peak-memory run of each CPU runtime backend.")
 @click.option("--no-vae-decoders", is_flag=True, help="Skip timing the full VAE decoder against a tiny one (the model's, else random TAESD-sized weights).")
+@click.option(
+    "--vae", default="full", show_default=True, metavar="full|tiny|full,tiny",
+    help="The bundle backends' VAE decoder: tiny = the bundle's tiny variant (export --vae tiny); full,tiny = a row for each, in "
+    "alternating runs, with the decoder and end-to-end ratios.",
+)
 @click.option("--device", default=None, metavar="cpu|cuda[:N]|auto", help="Where the PyTorch rows and references run [default: auto, CUDA when PyTorch sees a GPU].")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default=None, help="Their weights' dtype [default: fp32 on the CPU, fp16 on CUDA].")
 @click.option(
@@ -31,7 +36,7 @@ import click
 @click.option("--out", default="bench-results", show_default=True, help="Directory for bench.json, bench.md, bench.png.")
 def bench(
     model, shape, backends, batch, runs, warmup, no_references, teacher_steps, teacher_timed_steps, threads, no_runtime_memory, no_vae_decoders,
-    device, dtype, compile_modes, json_path, out,
+    vae, device, dtype, compile_modes, json_path, out,
 ):
     """Time every backend per stage against the PyTorch reference and the references."""
     from . import quiet_libraries
@@ -52,6 +57,7 @@ def bench(
         threads=threads,
         runtime_memory=not no_runtime_memory,
         vae_decoders=not no_vae_decoders,
+        vae=tuple(v.strip() for v in vae.split(",") if v.strip()),
         device=device,
         dtype=dtype,
         compile=tuple(m.strip() for m in compile_modes.split(",") if m.strip()) if compile_modes else None,
