@@ -2,8 +2,8 @@
 
 Two deployments: ``ImagesAPI``, the HTTP ingress (routes, request checks, the admission limit,
 resubmitting an image whose replica died), and ``Generator``, the model replicas, each an
-:class:`~tiue_export.serve.worker.ImageWorker` whose ``sample`` is a ``serve.batch`` method:
-images of concurrent requests share one pipeline call. Drawing an image is a pure function of its
+:class:`~tiue_export.serve.worker.ImageWorker` behind a :class:`~tiue_export.serve.batching.Batcher`:
+the images queued at a replica while it draws share its next pipeline call. Drawing an image is a pure function of its
 prompt and seed, so resubmitting one is safe and gives the same bytes.
 
 Metrics go to Ray's Prometheus endpoint beside Serve's own (``ray_serve_*``): ``tiue_images``
@@ -29,6 +29,7 @@ from starlette.responses import JSONResponse, Response
 
 from ..io import png_bytes
 from .api import RequestError, error_body, image_entry, parse_request
+from .batching import Batcher
 from .cluster import connect
 from .config import ServeConfig
 from .worker import ImageWorker, project_error
@@ -45,14 +46,15 @@ class Generator:
 
     def __init__(self, cfg: ServeConfig):
         self.worker = ImageWorker(cfg.worker)
-        self.sample.set_max_batch_size(cfg.worker.max_batch)
-        self.sample.set_batch_wait_timeout_s(cfg.batch_wait_ms / 1000)
+        self.batcher = Batcher(self.draw, cfg.worker.max_batch, cfg.batch_wait_ms / 1000)
         self.replica = serve.get_replica_context().replica_id.unique_id
         self.calls = 0
         self.m_images = metrics.Counter("tiue_images", "images drawn")
         self.m_calls = metrics.Counter("tiue_pipeline_calls", "pipeline calls (one per batch when batching is exact)")
-        self.m_batch = metrics.Histogram("tiue_batch_size", "images per serve.batch batch", boundaries=[1, 2, 4, 8, 16, 32, 64])
-        self.m_stage = metrics.Histogram("tiue_stage_seconds", "seconds per pipeline stage and batch", boundaries=STAGE_BOUNDS, tag_keys=("stage",))
+        self.m_batch = metrics.Histogram("tiue_batch_size", "images per batch a replica draws", boundaries=[1, 2, 4, 8, 16, 32, 64])
+        self.m_stage = metrics.Histogram(
+            "tiue_stage_seconds", "seconds per pipeline stage and batch", boundaries=STAGE_BOUNDS, tag_keys=("stage",)
+        )
 
     async def describe(self) -> dict:
         return {**self.worker.describe(), "replica": self.replica}
@@ -66,13 +68,16 @@ class Generator:
             self.m_stage.observe(seconds, tags={"stage": stage})
         return [(png_bytes(image, meta), meta) for image, meta in zip(drawn.images, drawn.metadata)]
 
-    @serve.batch
-    async def sample(self, jobs: list[tuple[str, int]]) -> list[dict]:
-        """One (prompt, seed) per caller; the batch is drawn in a thread, so the replica keeps
-        taking requests (and filling the next batch) meanwhile."""
+    async def sample(self, job: tuple[str, int]) -> dict:
+        """One (prompt, seed): drawn with the images of every other caller queued here."""
+        return await self.batcher.submit(tuple(job))
+
+    async def draw(self, jobs: list[tuple[str, int]]) -> list[dict]:
+        """A batch, drawn in a thread, so the replica keeps taking requests (and filling the
+        next batch) meanwhile."""
         self.calls += 1
         batch = {"id": f"{self.replica}:{self.calls}", "size": len(jobs)}
-        drawn = await asyncio.to_thread(self._draw, [tuple(j) for j in jobs])
+        drawn = await asyncio.to_thread(self._draw, jobs)
         return [{"png": png, "metadata": meta, "batch": batch} for png, meta in drawn]
 
 
@@ -126,12 +131,16 @@ class ImagesAPI:
     async def healthz(self, request: Request) -> Response:
         if not await self.ready(2.0):  # 503 until the first replica is up: a load balancer waits
             return JSONResponse({"status": "starting"}, status_code=503)
-        return JSONResponse({"status": "ok", "queued_images": self.queued, "max_queued": self.cfg.max_queued, "resubmitted_images": self.resubmitted})
+        return JSONResponse(
+            {"status": "ok", "queued_images": self.queued, "max_queued": self.cfg.max_queued, "resubmitted_images": self.resubmitted}
+        )
 
     async def describe(self, request: Request) -> Response:
         if not await self.ready(60.0):
             return self.error(503, None, "no model replica is up yet: retry later", {"Retry-After": "5"})
-        return JSONResponse({**self.model, "max_queued": self.cfg.max_queued, "max_images": self.cfg.max_images, "batch_wait_ms": self.cfg.batch_wait_ms})
+        return JSONResponse(
+            {**self.model, "max_queued": self.cfg.max_queued, "max_images": self.cfg.max_images, "batch_wait_ms": self.cfg.batch_wait_ms}
+        )
 
     async def one(self, job: tuple[str, int]) -> dict:
         """One image, resubmitted (at most ``retries`` times) when its replica dies under it."""
@@ -153,7 +162,9 @@ class ImagesAPI:
             return self.error(400, exc.field, exc.message)
         jobs = req.jobs
         if self.queued + len(jobs) > self.cfg.max_queued:
-            return self.error(503, None, f"busy: {self.queued} images queued, at most {self.cfg.max_queued}: retry later", {"Retry-After": "1"})
+            return self.error(
+                503, None, f"busy: {self.queued} images queued, at most {self.cfg.max_queued}: retry later", {"Retry-After": "1"}
+            )
         self.queued += len(jobs)
         self.m_queued.set(self.queued)
         try:
@@ -170,7 +181,11 @@ class ImagesAPI:
         self.m_latency.observe(time.perf_counter() - t0)
         if req.response == "png":
             only = done[0]
-            headers = {"X-Tiue-Seed": str(only["metadata"]["seed"]), "X-Tiue-Batch-Id": only["batch"]["id"], "X-Tiue-Batch-Size": str(only["batch"]["size"])}
+            headers = {
+                "X-Tiue-Seed": str(only["metadata"]["seed"]),
+                "X-Tiue-Batch-Id": only["batch"]["id"],
+                "X-Tiue-Batch-Size": str(only["batch"]["size"]),
+            }
             return Response(only["png"], media_type="image/png", headers=headers)
         body = {"images": [image_entry(d["png"], d["metadata"], d["batch"]) for d in done]}
         return Response(json.dumps(body), media_type="application/json")
