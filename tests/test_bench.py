@@ -115,6 +115,6 @@ def test_bench_tiny_vae_rows_and_ratios(tiny_models, tmp_path_factory):
     assert all(r["stages"]["vae_decoder"]["n"] == 2 for r in report["results"])
     md = to_markdown(report)
     assert f"- {names[1]}: VAE decoder " in md and "x faster than the full one, end to end " in md
-    assert f"- {names[3]}: VAE decoder " in md and f"x {names[0]} (sequential rows)" in md
+    assert f"- {names[3]}: VAE decoder " in md and f"x {names[0]} (sequential rows; control: text encoder " in md
     with pytest.raises(InputError, match="--vae small: give full, tiny or full,tiny"):
         run_bench(BenchConfig(model=str(bundle), vae=("small",)))

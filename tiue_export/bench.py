@@ -786,10 +786,16 @@ def tiny_vae_lines(report: dict) -> list[str]:
     """What the tiny VAE decoder buys on each bundle backend, from this run's rows: its decoder
     against the full one and the end to end against the same backend's full-VAE row (alternating
     runs), and the end to end against the first full-VAE row (the baseline: another backend's row
-    ran before or after it)."""
+    ran before or after it, so the text encoder, the same graph in every row, is given as the load's control)."""
     rows = [r for r in report["results"] if r.get("vae") in ("full", "tiny")]
     full = {r["backend"]: r for r in rows if r["vae"] == "full"}
     baseline = next(iter(full.values()), None)
+
+    def against_baseline(r) -> str:
+        ms = {k: baseline["stages"][k]["median_ms"] / r["stages"][k]["median_ms"] for k in ("text_encoder",) if k in r["stages"]}
+        control = f"; control: text encoder {ms['text_encoder']:.2f}x" if ms else ""
+        return f"end to end {baseline['total']['median_ms'] / r['total']['median_ms']:.2f}x {baseline['name']} (sequential rows{control})"
+
     out = []
     for r in rows:
         if r["vae"] != "tiny":
@@ -801,11 +807,11 @@ def tiny_vae_lines(report: dict) -> list[str]:
             e2e = same["total"]["median_ms"] / r["total"]["median_ms"]
             parts.append(f"VAE decoder {dec:.1f}x faster than the full one, end to end {e2e:.2f}x (alternating runs)")
         if baseline is not None and baseline is not same:
-            parts.append(f"end to end {baseline['total']['median_ms'] / r['total']['median_ms']:.2f}x {baseline['name']} (sequential rows)")
+            parts.append(against_baseline(r))
         out.append(f"- {r['name']}: " + "; ".join(parts))
     for r in rows:
         if r["vae"] == "full" and baseline is not None and r is not baseline:
-            out.append(f"- {r['name']}: end to end {baseline['total']['median_ms'] / r['total']['median_ms']:.2f}x {baseline['name']} (sequential rows)")
+            out.append(f"- {r['name']}: {against_baseline(r)}")
     return out
 
 
