@@ -66,10 +66,33 @@ def test_distill_vae_resumes_bit_for_bit(tiny_vae, tiny_models, images, tmp_path
     assert log == [1, 2, 3, 4]
 
 
+def test_distill_vae_on_the_models_own_samples(tiny_models, tmp_path):
+    """Without --images a model that is not the toy one trains on the z0 its own sampler makes."""
+    from tiue_export.pipeline import load_pipeline
+
+    model = tiny_models("sd21")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cube\n\na blue ball\n")
+    out = tmp_path / "tiny"
+    cfg = VaeDistillConfig(out=str(out), model=str(model), samples=10, prompts=str(prompts), steps=2, batch_size=2, width=8, blocks=(1, 1), checkpoint_every=2)
+    result = distill_vae(cfg)
+    record = json.loads((out / "distill_vae.json").read_text())
+    assert record["data"].startswith("10 samples of the model (one-pass, prompts from") and record["steps"] == 2
+    pool = torch.load(tmp_path / "tiny.run" / "latents.pt", weights_only=True)
+    assert pool["train"]["mean"].shape[0] == 9 and pool["held_out"]["mean"].shape[0] == 1
+    assert not pool["train"]["std"].any()  # the model's z0 itself, no posterior spread
+    pipe = load_pipeline(model)
+    z0 = pipe.sample(["a blue ball"], [1]).latents[0]  # the second job: prompts cycle, seeds count
+    assert np.allclose(pool["train"]["mean"][1].numpy() * pipe.vae.config.scaling_factor, z0, atol=1e-5)
+    assert result.psnr_held_out is not None
+
+
 def test_distill_vae_errors(tiny_vae, tiny_models, images, tmp_path, capsys):
     model = str(tiny_models("sd21"))
-    code, _, err = run_cli(["distill-vae", "--model", model, "--out", str(tmp_path / "a")], capsys)
-    assert code == 2 and "is not the toy domain's VAE: pass --images FOLDER" in err
+    code, _, err = run_cli(["distill-vae", "--model", model, "--images", str(images), "--prompts", str(images), "--out", str(tmp_path / "a")], capsys)
+    assert code == 2 and "--prompts is for sampling the model's own latents: drop it with --images" in err
+    code, _, err = run_cli(["distill-vae", "--model", model, "--prompts", str(tmp_path / "none.txt"), "--out", str(tmp_path / "a")], capsys)
+    assert code == 2 and "none.txt" in err and "Traceback" not in err
     code, _, err = run_cli(["distill-vae", "--model", model, "--images", str(tmp_path), "--out", str(tmp_path / "b")], capsys)
     assert code == 2 and "holds no images" in err
     code, _, err = run_cli(["distill-vae", "--model", model, "--images", str(images), "--blocks", "1,1,1", "--out", str(tmp_path / "c")], capsys)

@@ -1,9 +1,11 @@
 """``tiue-export distill-vae``: a tiny VAE decoder (diffusers' ``AutoencoderTiny``) for a model's own VAE.
 
 The tiny decoder learns to reproduce the model's full VAE decoder, image for image: each step
-draws latents from the model's VAE encoder posterior on training images (a folder, or renders of
-the toy domain for the toy models), decodes them with the frozen full decoder, and moves the tiny
-decoder's output towards that image (pixel MSE, the quantity PSNR measures).
+draws latents, decodes them with the frozen full decoder, and moves the tiny decoder's output
+towards that image (pixel MSE, the quantity PSNR measures). The latents are the model's VAE
+encoder posterior on training images (a folder, or renders of the toy domain for the toy models),
+or, for any other model without ``--images``, the z0 the model itself samples (its default
+sampler over ``--prompts``): exactly what its tiny decoder will decode.
 
 The latent contract is the full ``vae_decoder`` graph's: the tiny decoder takes ``z0`` exactly as
 the UNet makes it (the VAE's ``scaling_factor`` applied) and gives images in [-1, 1]. Its config
@@ -57,8 +59,9 @@ class VaeDistillConfig:
     out: str  # the AutoencoderTiny directory written at the end
     model: str | None = None  # a diffusers pipeline directory (its vae/); None: the built-in model
     run_dir: str | None = None  # checkpoints, log, config, latent pool; None: "<out>.run"
-    images: str | None = None  # a folder of training images; None: toy-domain renders (toy VAE only)
-    samples: int = 4096  # toy renders in the latent pool (ignored with --images); posterior noise varies each draw
+    images: str | None = None  # a folder of training images; None: toy-domain renders (toy VAE), else the model's own samples
+    samples: int = 4096  # toy renders or model samples in the latent pool (ignored with --images)
+    prompts: str | None = None  # prompts the model samples from (one a line); None: the shipped calibration prompts
 
     # -- the tiny decoder: AutoencoderTiny's decoder; all stages share one width (DecoderTiny's rule)
     width: int = 64  # TAESD's 64 channels; the shipped toy decoder uses 48 (64x64 images)
@@ -78,6 +81,7 @@ class VaeDistillConfig:
     def __post_init__(self):
         checks = [
             (self.samples >= 1, f"--samples must be >= 1, got {self.samples}"),
+            (not (self.images and self.prompts), "--prompts is for sampling the model's own latents: drop it with --images"),
             (self.width >= 1, f"--width must be >= 1, got {self.width}"),
             (self.blocks is None or (len(self.blocks) >= 1 and min(self.blocks) >= 0), f"--blocks must be counts >= 0, got {self.blocks}"),
             (self.steps >= 1, f"--steps must be >= 1, got {self.steps}"),
@@ -203,13 +207,45 @@ def training_images(cfg: VaeDistillConfig, vae_dir: Path, resolution: int) -> tu
         n_eval = len(images) // 10 if len(images) >= 10 else 0  # the last tenth, by name, is held out
         source = f"{len(images)} images of {Path(cfg.images).resolve()}"
         return images[: len(images) - n_eval], images[len(images) - n_eval :], source
-    if not is_toy_vae(vae_dir):
-        raise InputError(f"{vae_dir} is not the toy domain's VAE: pass --images FOLDER with images of this model's domain")
     from ..toy import domain
 
     train, _ = domain.sample_dataset(cfg.samples, seed=cfg.seed, split="train", resolution=resolution)
     held, _ = domain.sample_dataset(EVAL_IMAGES, seed=cfg.seed + 1, split="heldout", resolution=resolution)
     return train, held, f"{cfg.samples} toy-domain renders (train split, seed {cfg.seed})"
+
+
+#: Prompts a model samples from for ``--samples`` when no ``--prompts`` is given.
+DEFAULT_PROMPTS = Path(__file__).resolve().parent.parent / "calibration" / "prompts.txt"
+
+
+@torch.no_grad()
+def sample_pool(cfg: VaeDistillConfig, model: Path, scaling: float, batch: int = 4) -> dict:
+    """The model's own z0 for ``cfg.samples`` (prompt, seed) pairs, as a posterior pool of zero
+    spread (mean ``z0 / scaling``, std 0): training then decodes exactly what the model's sampler
+    makes. Prompts cycle through ``cfg.prompts`` (default :data:`DEFAULT_PROMPTS`), seeds count
+    from ``cfg.seed``; the last tenth (of 10 or more) is held out."""
+    from tqdm.auto import tqdm
+
+    from ..io import read_text
+    from ..pipeline import load_pipeline
+
+    prompts_file = Path(cfg.prompts) if cfg.prompts else DEFAULT_PROMPTS
+    prompts = [line.strip() for line in read_text(prompts_file, "prompts file").splitlines() if line.strip()]
+    if not prompts:
+        raise InputError(f"--prompts {prompts_file} holds no prompt")
+    pipe = load_pipeline(model)
+    jobs = [(prompts[i % len(prompts)], cfg.seed + i) for i in range(cfg.samples)]
+    log.info("sampling %d latents with %s's %s sampler (prompts from %s)", len(jobs), model.name, pipe.default_sampler, prompts_file)
+    z0 = []
+    for start in tqdm(range(0, len(jobs), batch), desc="sampling z0", unit="batch", dynamic_ncols=True):
+        chunk = jobs[start : start + batch]
+        z0.append(torch.from_numpy(pipe.sample([p for p, _ in chunk], [s for _, s in chunk], pipe.default_sampler, pipe.default_guidance).latents))
+    mean = torch.cat(z0).float() / scaling
+    n_eval = len(jobs) // 10 if len(jobs) >= 10 else 0
+    pool = {"mean": mean, "std": torch.zeros_like(mean)}
+    split = len(jobs) - n_eval
+    source = f"{len(jobs)} samples of the model ({pipe.default_sampler}, prompts from {prompts_file}, seeds {cfg.seed}..{cfg.seed + len(jobs) - 1})"
+    return {"train": {k: v[:split] for k, v in pool.items()}, "held_out": {k: v[split:] for k, v in pool.items()}, "source": source}
 
 
 # -- checkpoints ----------------------------------------------------------------------------------
@@ -264,10 +300,14 @@ def load_or_encode_pool(cfg: VaeDistillConfig, vae, vae_dir: Path, resolution: i
     """The run's latent pools (train, held out), encoded once by the main process and kept in the run directory."""
     path = cfg.run_path / POOL_FILE
     if main and not path.exists():
-        train, held, source = training_images(cfg, vae_dir, resolution)
-        log.info("encoding %s with the model's VAE encoder", source)
+        if cfg.images or is_toy_vae(vae_dir):
+            train, held, source = training_images(cfg, vae_dir, resolution)
+            log.info("encoding %s with the model's VAE encoder", source)
+            pools = {"train": encode_pool(vae, train), "held_out": encode_pool(vae, held), "source": source}
+        else:
+            pools = sample_pool(cfg, vae_dir.parent, float(vae.config.scaling_factor))
         with atomic_path(path) as tmp:
-            torch.save({"train": encode_pool(vae, train), "held_out": encode_pool(vae, held), "source": source}, tmp)
+            torch.save(pools, tmp)
     accelerator.wait_for_everyone()
     pool = torch.load(path, weights_only=True)
     return pool["train"], pool["held_out"], pool["source"]
