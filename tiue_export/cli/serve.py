@@ -26,8 +26,19 @@ def backend_options(f):
     from ..serve.config import BATCH_MODES
 
     options = [
-        click.option("--backend", type=click.Choice(BACKENDS), default="onnxruntime", show_default=True, help="Engine (or registry name) of every replica."),
-        click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "int8"]), default=None, help="As infer's --precision: int8 = the Q/DQ graphs; tensorrt: the engine set."),
+        click.option(
+            "--backend",
+            type=click.Choice(BACKENDS),
+            default="onnxruntime",
+            show_default=True,
+            help="Engine (or registry name) of every replica.",
+        ),
+        click.option(
+            "--precision",
+            type=click.Choice(["fp32", "fp16", "bf16", "int8"]),
+            default=None,
+            help="As infer's --precision: int8 = the Q/DQ graphs; tensorrt: the engine set.",
+        ),
         click.option(
             "--vae",
             type=click.Choice(["full", "tiny"]),
@@ -60,12 +71,28 @@ def backend_options(f):
 @click.argument("bundle", type=click.Path())
 @backend_options
 @click.option("--replicas", type=click.IntRange(1, 1024), default=None, help="Model replicas [default: 1].")
-@click.option("--autoscale", default=None, metavar="MIN:MAX", help="Autoscale the model replicas between MIN and MAX instead of --replicas.")
+@click.option(
+    "--autoscale", default=None, metavar="MIN:MAX", help="Autoscale the model replicas between MIN and MAX instead of --replicas."
+)
 @click.option("--max-batch", type=click.IntRange(1, 1024), default=8, show_default=True, help="Most images in one pipeline call.")
-@click.option("--batch-wait-ms", type=click.FloatRange(0, 10000), default=10.0, show_default=True, help="How long a replica waits to fill a batch.")
-@click.option("--max-queued", type=click.IntRange(1), default=64, show_default=True, help="Most images accepted and not yet answered; beyond it, 503 at once.")
+@click.option(
+    "--batch-wait-ms",
+    type=click.FloatRange(0, 10000),
+    default=10.0,
+    show_default=True,
+    help="How long an idle replica waits to fill a batch (a busy one draws what queued meanwhile).",
+)
+@click.option(
+    "--max-queued",
+    type=click.IntRange(1),
+    default=64,
+    show_default=True,
+    help="Most images accepted and not yet answered; beyond it, 503 at once.",
+)
 @click.option("--max-images", type=click.IntRange(1), default=16, show_default=True, help="Most images one request may ask for.")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface; the API has no authentication).")
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface; the API has no authentication)."
+)
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @click.option("--address", default=None, help="Join this Ray cluster (ray start --head prints it) [default: start a local Ray].")
 @click.option("--cpus-per-replica", type=click.FloatRange(0), default=1.0, show_default=True)
@@ -73,7 +100,7 @@ def backend_options(f):
 def serve(bundle, backend, precision, vae, threads, batch_mode, replicas, autoscale, max_batch, max_queued, max_images, **options):
     """Serve BUNDLE over HTTP on Ray Serve: POST /v1/images, GET /healthz, GET /v1/model.
 
-    Concurrent requests share K-batched pipeline calls (serve.batch); an image equals tiue-export
+    Concurrent requests share K-batched pipeline calls; an image equals tiue-export
     infer's for the same prompt and seed, bit for bit. Ctrl-C stops it.
     """
     from ..serve.config import ServeConfig, threads_for, worker_config

@@ -49,7 +49,9 @@ def worker_config(bundle: str, backend: str = "onnxruntime", precision: str | No
     opened = Bundle.open(bundle)
     chosen = resolve(backend, precision, opened.manifest)
     if chosen.engine == "torch":
-        raise InputError("--backend torch runs a model directory in one process: serve and generate run bundles (onnxruntime, openvino, tensorrt)")
+        raise InputError(
+            "--backend torch runs a model directory in one process: serve and generate run bundles (onnxruntime, openvino, tensorrt)"
+        )
     # The bundle's side only: the engine itself (TensorRT, a GPU) need not be on this machine, the
     # replicas of a cluster may run where it is.
     opened.with_variant(chosen.variant)  # no int8 graphs: refused now
@@ -58,7 +60,9 @@ def worker_config(bundle: str, backend: str = "onnxruntime", precision: str | No
     max_batch = options.pop("max_batch", WorkerConfig.max_batch)
     if chosen.engine == "tensorrt":
         if chosen.compute not in opened.manifest.engines:
-            raise InputError(f"no {chosen.compute} TensorRT engines in {bundle}: run tiue-export build-trt BUNDLE --precision {chosen.compute}")
+            raise InputError(
+                f"no {chosen.compute} TensorRT engines in {bundle}: run tiue-export build-trt BUNDLE --precision {chosen.compute}"
+            )
         max_batch = min(max_batch, int(opened.manifest.engines[chosen.compute]["batch_profile"]["max"]))
     return WorkerConfig(str(bundle), chosen.name, max_batch=max_batch, **options)
 
@@ -70,7 +74,7 @@ class ServeConfig:
     worker: WorkerConfig
     replicas: int = 1
     autoscale: tuple[int, int] | None = None  # (min, max) replicas; replaces ``replicas``
-    batch_wait_ms: float = 10.0  # how long a replica waits to fill a batch: ~a tenth of a batch's time on the toy
+    batch_wait_ms: float = 10.0  # how long an idle replica waits to fill a batch: ~a tenth of a batch's time on the toy
     max_queued: int = 64  # images accepted and not yet answered; one more gets 503 at once
     max_images: int = 16  # images one request may ask for
     host: str = "127.0.0.1"  # loopback unless told: the API has no authentication
