@@ -55,7 +55,8 @@ def tiny_vae_bundle(tiny_models, tmp_path_factory) -> Path:
         for i in range(6):
             Image.fromarray(rng.integers(0, 255, (24, 20, 3), dtype=np.uint8)).save(root / "images" / f"{i}.png")
         model = tiny_models("sd21")
-        distill_vae(VaeDistillConfig(out=str(root / "decoder"), model=str(model), images=str(root / "images"), steps=2, batch_size=2, width=8, blocks=(1, 1)))
+        recipe = {"steps": 2, "batch_size": 2, "width": 8, "blocks": (1, 1)}
+        distill_vae(VaeDistillConfig(out=str(root / "decoder"), model=str(model), images=str(root / "images"), **recipe))
         export_bundle(ExportConfig(model=Path(model), out=root / "bundle", vae=str(root / "decoder"), validate_batch=1))
         _CACHE[key] = root / "bundle"
     return _CACHE[key]

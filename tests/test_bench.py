@@ -106,8 +106,8 @@ def test_bench_tiny_vae_rows_and_ratios(tiny_models, tmp_path_factory):
     from _bundles import tiny_vae_bundle
 
     bundle = tiny_vae_bundle(tiny_models, tmp_path_factory)
-    cfg = BenchConfig(model=str(bundle), backends=("onnxruntime", "openvino"), runs=2, warmup=0, references=False, vae=("full", "tiny"),
-                      runtime_memory=False, vae_decoders=False)
+    only = {"references": False, "runtime_memory": False, "vae_decoders": False}
+    cfg = BenchConfig(model=str(bundle), backends=("onnxruntime", "openvino"), runs=2, warmup=0, vae=("full", "tiny"), **only)
     report = run_bench(cfg, progress=lambda m: None)
     names = [r["name"] for r in report["results"]]
     assert names[:2] == ["onnxruntime fp32 one-pass (CPUExecutionProvider)", "onnxruntime fp32 one-pass, tiny VAE (CPUExecutionProvider)"]
