@@ -3,10 +3,13 @@
 concurrency and --max-batch, on a local Ray; prints a Markdown table and the batched/unbatched
 throughput ratio at the highest concurrency.
 
-    python scripts/serve_bench.py BUNDLE [--concurrency 1 4 16] [--max-batch 1 4 8] [--seconds 15]
+    python scripts/serve_bench.py BUNDLE [--concurrency 1 4 16] [--max-batch 1 4 8] [--seconds 15] [--rounds 1]
 
 Clients are closed loops (send, wait for the PNG, send again), one image a request, each loop
 bounded by --seconds and --requests. Every (max batch) is one deployment of the same server.
+On a machine shared with other jobs their load drifts over minutes, and the cells of one max
+batch run back to back: ``--rounds N`` deploys the max batches N times, in reverse order every
+other round, and gives each cell's median and each round's ratio.
 """
 
 from __future__ import annotations
@@ -19,7 +22,11 @@ import time
 import numpy as np
 import requests
 
-PROMPTS = ("a small red triangle on a blue background", "a large yellow circle on a black background", "a large green cross on a white background")
+PROMPTS = (
+    "a small red triangle on a blue background",
+    "a large yellow circle on a black background",
+    "a large green cross on a white background",
+)
 
 
 def free_port() -> int:
@@ -47,7 +54,12 @@ def load(url: str, concurrency: int, seconds: float, requests_per_client: int) -
     with cf.ThreadPoolExecutor(concurrency) as pool:
         latencies = [x for part in pool.map(client, range(concurrency)) for x in part]
     wall = time.perf_counter() - t0
-    return {"images": len(latencies), "ips": len(latencies) / wall, "p50": float(np.percentile(latencies, 50)), "p99": float(np.percentile(latencies, 99))}
+    return {
+        "images": len(latencies),
+        "ips": len(latencies) / wall,
+        "p50": float(np.percentile(latencies, 50)),
+        "p99": float(np.percentile(latencies, 99)),
+    }
 
 
 def main() -> None:
@@ -61,6 +73,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads of the replica (serve's default: its CPUs)")
     ap.add_argument("--batch-wait-ms", type=float, default=10.0)
     ap.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray [default: all]")
+    ap.add_argument("--rounds", type=int, default=1, help="deploy every max batch this many times, alternating the order")
     args = ap.parse_args()
 
     import ray
@@ -72,27 +85,48 @@ def main() -> None:
     port = free_port()
     rows = []
     try:
-        for mb in args.max_batch:
-            worker = worker_config(args.bundle, max_batch=mb, threads=args.threads)
-            cfg = ServeConfig(worker, replicas=args.replicas, port=port, batch_wait_ms=args.batch_wait_ms, max_queued=max(64, 4 * max(args.concurrency)))
-            url = app.start(cfg)
-            load(url, max(args.concurrency), 2.0, 50)  # warm-up: graphs open, threads spin up
-            for c in args.concurrency:
-                r = load(url, c, args.seconds, args.requests)
-                rows.append({"max_batch": mb, "concurrency": c, **r})
-                print(f"max batch {mb}, concurrency {c}: {r['ips']:.1f} images/s, p50 {r['p50'] * 1000:.0f} ms, p99 {r['p99'] * 1000:.0f} ms ({r['images']} images)", flush=True)
-            app.stop(cfg)
+        for round_ in range(args.rounds):
+            for mb in args.max_batch if round_ % 2 == 0 else args.max_batch[::-1]:
+                worker = worker_config(args.bundle, max_batch=mb, threads=args.threads)
+                cfg = ServeConfig(
+                    worker,
+                    replicas=args.replicas,
+                    port=port,
+                    batch_wait_ms=args.batch_wait_ms,
+                    max_queued=max(64, 4 * max(args.concurrency)),
+                )
+                url = app.start(cfg)
+                load(url, max(args.concurrency), 2.0, 50)  # warm-up: graphs open, threads spin up
+                for c in args.concurrency:
+                    r = load(url, c, args.seconds, args.requests)
+                    rows.append({"round": round_, "max_batch": mb, "concurrency": c, **r})
+                    print(
+                        f"round {round_ + 1}, max batch {mb}, concurrency {c}: {r['ips']:.1f} images/s, "
+                        f"p50 {r['p50'] * 1000:.0f} ms, p99 {r['p99'] * 1000:.0f} ms ({r['images']} images)",
+                        flush=True,
+                    )
+                app.stop(cfg)
     finally:
         ray.shutdown()
 
-    print("\n| max batch | concurrency | images/s | p50 ms | p99 ms |\n| ---: | ---: | ---: | ---: | ---: |")
-    for r in rows:
-        print(f"| {r['max_batch']} | {r['concurrency']} | {r['ips']:.1f} | {r['p50'] * 1000:.0f} | {r['p99'] * 1000:.0f} |")
+    def cell(mb: int, c: int, key: str) -> float:
+        return float(np.median([r[key] for r in rows if r["max_batch"] == mb and r["concurrency"] == c]))
+
+    many = " (median of rounds)" if args.rounds > 1 else ""
+    print(f"\n| max batch | concurrency | images/s{many} | p50 ms | p99 ms |\n| ---: | ---: | ---: | ---: | ---: |")
+    for mb in args.max_batch:
+        for c in args.concurrency:
+            print(f"| {mb} | {c} | {cell(mb, c, 'ips'):.1f} | {cell(mb, c, 'p50') * 1000:.0f} | {cell(mb, c, 'p99') * 1000:.0f} |")
     top = max(args.concurrency)
-    base = next((r["ips"] for r in rows if r["max_batch"] == 1 and r["concurrency"] == top), None)
-    best = max((r for r in rows if r["concurrency"] == top), key=lambda r: r["ips"])
-    if base:
-        print(f"\nbatched / unbatched at concurrency {top}: {best['ips'] / base:.2f}x (max batch {best['max_batch']})")
+    if 1 in args.max_batch and len(args.max_batch) > 1:
+        for mb in (m for m in args.max_batch if m != 1):
+            per_round = [
+                next(r["ips"] for r in rows if r["round"] == i and r["max_batch"] == mb and r["concurrency"] == top)
+                / next(r["ips"] for r in rows if r["round"] == i and r["max_batch"] == 1 and r["concurrency"] == top)
+                for i in range(args.rounds)
+            ]
+            rounds = f" (rounds: {', '.join(f'{x:.2f}x' for x in per_round)})" if args.rounds > 1 else ""
+            print(f"batched / unbatched at concurrency {top}, max batch {mb}: {cell(mb, top, 'ips') / cell(1, top, 'ips'):.2f}x{rounds}")
 
 
 if __name__ == "__main__":
