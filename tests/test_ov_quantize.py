@@ -1,4 +1,4 @@
-"""calibrate --engine openvino: NNCF's hybrid int8 UNet graphs as the bundle's openvino-int8 variant,
+"""calibrate --engine openvino: NNCF's int8 UNet graphs (int8-matmul and hybrid recipes) as the bundle's openvino-int8 variant,
 what stays float, the manifest, check, and the quality gate on the trained toy student."""
 
 import json
@@ -14,23 +14,29 @@ pytest.importorskip("nncf", reason="nncf is not installed (pip install 'tiue-exp
 import openvino as ov  # noqa: E402
 
 from tiue_export.bundle import Bundle  # noqa: E402
-from tiue_export.ov_quantize import VARIANT, float_scope  # noqa: E402
+from tiue_export.ov_quantize import VARIANT, activation_matmuls, float_scope  # noqa: E402
 
 PROMPTS = ["a photo of a cat", "a red cube on a blue table", "an oil painting of a lighthouse at night", "two dogs playing in the snow"]
 
 
-@pytest.fixture(scope="module")
-def ov_bundle(tiny_models, tmp_path_factory):
-    """The tiny bundle calibrated for OpenVINO through the CLI (a copy: the shared export stays fp32)."""
+def calibrated(tiny_models, tmp_path_factory, *options):
+    """A copy of the tiny bundle calibrated for OpenVINO through the CLI (the shared export stays fp32)."""
     root = tmp_path_factory.mktemp("ov-int8")
     prompts = root / "prompts.txt"
     prompts.write_text("\n".join(PROMPTS) + "\n")
     out = root / "bundle"
     shutil.copytree(tiny_bundle(tiny_models, tmp_path_factory, "sd21"), out)
-    code, stdout, err = run_cli_plain(["calibrate", str(out), "--engine", "openvino", "--prompts", str(prompts), "--num", "3", "--eval-prompts", "1"])
+    argv = ["calibrate", str(out), "--engine", "openvino", *options, "--prompts", str(prompts), "--num", "3", "--eval-prompts", "1"]
+    code, stdout, err = run_cli_plain(argv)
     assert code == 0, err
     assert "openvino-int8.xml" in stdout and "end to end fused" in stdout
     return out
+
+
+@pytest.fixture(scope="module")
+def ov_bundle(tiny_models, tmp_path_factory):
+    """The tiny bundle calibrated with the hybrid recipe."""
+    return calibrated(tiny_models, tmp_path_factory, "--recipe", "hybrid")
 
 
 def run_cli_plain(argv):
@@ -65,7 +71,7 @@ def test_variant_files_and_record_in_the_manifest(ov_bundle):
 
 def _fed_by_fake_quantize(op, port: int) -> bool:
     src = op.input_value(port).get_node()
-    while src.get_type_name() in ("Convert", "Reshape", "Transpose"):
+    while src.get_type_name() in ("Convert", "Reshape", "Transpose", "Tile"):
         src = src.input_value(0).get_node()
     return src.get_type_name() == "FakeQuantize"
 
@@ -86,17 +92,46 @@ def test_matmul_activations_and_the_kept_ops_stay_float(ov_bundle):
         assert kept and not any(_fed_by_fake_quantize(op, 0) for op in kept)
 
 
+def test_int8_matmul_recipe_quantizes_projections_not_attention(tiny_models, tmp_path_factory):
+    """The default recipe, int8-matmul: every projection / feed-forward MatMul reads a quantized activation,
+    attention's QK^T and PV (activation x activation) never do, and the manifest names the recipe."""
+    out = calibrated(tiny_models, tmp_path_factory)
+    record = Bundle.open(out).manifest.extra["openvino_calibration"]
+    assert record["recipe"].startswith("int8-matmul:") and record["config"]["recipe"] == "int8-matmul"
+    core = ov.Core()
+    float_model = core.read_model(str(out / "unet_decoder_fused.onnx"))
+    attention = activation_matmuls(float_model)
+    _, ignored = float_scope(float_model)
+    matmuls = [
+        op for op in core.read_model(str(out / f"unet_decoder_fused.{VARIANT}.xml")).get_ordered_ops() if op.get_type_name() == "MatMul"
+    ]
+    projections = [op for op in matmuls if op.get_friendly_name() not in attention | ignored]
+    assert attention and projections
+    assert all(_fed_by_fake_quantize(op, 0) for op in projections)
+    assert not any(_fed_by_fake_quantize(op, i) for op in matmuls if op.get_friendly_name() in attention for i in (0, 1))
+
+
+def test_unknown_recipe_is_one_line(tiny_models, tmp_path_factory, capsys):
+    fp32 = tiny_bundle(tiny_models, tmp_path_factory, "sd21")
+    code, _, err = run(["calibrate", str(fp32), "--engine", "openvino", "--recipe", "full"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "'full' is not one of 'hybrid', 'int8-matmul'" in err
+
+
 def test_check_passes_and_infer_runs_it(ov_bundle, tmp_path, capsys):
     code, out, err = run(["check", str(ov_bundle), "--backends", "openvino-int8,onnxruntime"], capsys)
     assert code == 0, out + err
     assert "openvino-int8" in out and "check passed" in out
-    code, _, err = run(["infer", "--backend", "openvino-int8", "--model", str(ov_bundle), "--prompt", "a cat", "--out", str(tmp_path / "a.png")], capsys)
+    code, _, err = run(
+        ["infer", "--backend", "openvino-int8", "--model", str(ov_bundle), "--prompt", "a cat", "--out", str(tmp_path / "a.png")], capsys
+    )
     assert code == 0, err
 
 
 def test_openvino_int8_needs_its_calibration(tiny_models, tmp_path_factory, tmp_path, capsys):
     fp32 = tiny_bundle(tiny_models, tmp_path_factory, "sd21")
-    code, _, err = run(["infer", "--backend", "openvino-int8", "--model", str(fp32), "--prompt", "a cat", "--out", str(tmp_path / "x")], capsys)
+    code, _, err = run(
+        ["infer", "--backend", "openvino-int8", "--model", str(fp32), "--prompt", "a cat", "--out", str(tmp_path / "x")], capsys
+    )
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "calibrate" in err and "--engine openvino" in err
 

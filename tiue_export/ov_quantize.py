@@ -1,13 +1,16 @@
 """``tiue-export calibrate --engine openvino``: OpenVINO int8 UNet graphs from NNCF's post-training
 quantization, calibrated on the real inputs the bundle's own fp32 pipeline feeds each graph.
 
-The recipe is the hybrid one used for diffusion UNets: convolutions fully quantized (int8 weights
-and activations), every MatMul weight-only int8 (attention and feed-forward activations stay float,
-so no attention score or softmax output is ever rounded to 8 bits), model type transformer,
-SmoothQuant off. Kept float besides: the time embedding (constant per timestep), conv_in, conv_out
-and everything downstream of conv_out (the fused decoder's Eq. 11 tail), norms and softmax.
+The default recipe (``int8-matmul``): convolutions and the projection and feed-forward MatMuls
+fully quantized (int8 weights and activations, int8 x int8 GEMMs); attention's activation x
+activation MatMuls (QK^T, PV) and softmax stay float, so no attention score or probability is ever
+rounded to 8 bits; model type transformer, SmoothQuant off. ``--recipe hybrid``, the one used for
+diffusion UNets elsewhere, keeps every MatMul's activations float (MatMul weight-only int8): 1.5 dB
+more on the toy student, 1.10x slower at SD 2.1 512x512. Kept float in both: the time embedding
+(constant per timestep), conv_in, conv_out and everything downstream of conv_out (the fused
+decoder's Eq. 11 tail), norms and softmax.
 
-Why MatMul activations stay float (measured, docs/engines.md): NNCF's full transformer recipe puts
+Why attention's MatMuls stay float (measured, docs/engines.md): NNCF's full transformer recipe puts
 FakeQuantize on both inputs of the cross-attention's activation x activation matmuls; OpenVINO's
 CPU plugin, in its default bf16 mode, runs those as a fused int8 attention subgraph that loses the
 decoder's output (z0 cosine 0.917 where the same graph in f32 keeps 0.994). NNCF streams its
@@ -52,6 +55,14 @@ log = logging.getLogger("tiue_export")
 #: The bundle variant (and the backend registry name that runs it).
 VARIANT = "openvino-int8"
 
+#: What each ``--recipe`` quantizes (recorded in the manifest's ``openvino_calibration.recipe``).
+RECIPES = {
+    "hybrid": "Convolution int8 weights (symmetric per-channel) and activations; MatMul weight-only int8 (symmetric per-channel); "
+    "model type transformer; SmoothQuant off",
+    "int8-matmul": "Convolution and the projection / feed-forward MatMuls int8 weights (symmetric per-channel) and activations; "
+    "attention's QK^T and PV MatMuls and softmax float; model type transformer; SmoothQuant off",
+}
+
 #: Ops never quantized, whatever feeds them (NNCF leaves most of them alone already; listed so the
 #: recipe does not depend on its defaults).
 FLOAT_TYPES = ("MVN", "GroupNormalization", "NormalizeL2", "Softmax")
@@ -76,7 +87,9 @@ def _depends_on_inputs(model) -> set[str]:
     dep: set[str] = set()
     for op in model.get_ordered_ops():
         kind = op.get_type_name()
-        if kind == "Parameter" or (kind != "ShapeOf" and any(i.get_source_output().get_node().get_friendly_name() in dep for i in op.inputs())):
+        if kind == "Parameter" or (
+            kind != "ShapeOf" and any(i.get_source_output().get_node().get_friendly_name() in dep for i in op.inputs())
+        ):
             dep.add(op.get_friendly_name())
     return dep
 
@@ -124,24 +137,43 @@ def float_scope(model, patterns: Sequence[str] = KEEP_FLOAT_OPENVINO) -> tuple[d
     return reasons, ignored
 
 
-def quantize_model(model, dataset, n: int, ignored: set[str]):
-    """The hybrid recipe on one ``openvino.Model``: MatMul weights to int8 (weight-only), then
-    NNCF post-training quantization of the convolutions on ``dataset`` (``n`` samples)."""
+def activation_matmuls(model) -> set[str]:
+    """MatMuls whose two operands both depend on the graph inputs: attention's QK^T and PV."""
+    dep = _depends_on_inputs(model)
+    return {
+        op.get_friendly_name()
+        for op in model.get_ordered_ops()
+        if op.get_type_name() == "MatMul" and all(i.get_source_output().get_node().get_friendly_name() in dep for i in op.inputs())
+    }
+
+
+def quantize_model(model, dataset, n: int, ignored: set[str], recipe: str = "int8-matmul"):
+    """One ``openvino.Model`` in int8 by NNCF post-training quantization on ``dataset`` (``n`` samples).
+
+    ``hybrid``: MatMul weights to int8 (weight-only), then the convolutions quantized (weights and
+    activations). ``int8-matmul``: the projection and feed-forward MatMuls quantized like the
+    convolutions (int8 x int8); attention's QK^T and PV MatMuls (and softmax) stay float, so
+    OpenVINO never forms the fused int8 attention that lost z0.
+    """
     nncf = require("nncf", "nncf", why="calibrate --engine openvino")
     matmuls = {op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() == "MatMul"}
-    # Weight-only int8 for the MatMuls (symmetric per output channel); convolutions and the kept
-    # ops are left to the second step or stay float.
-    model = nncf.compress_weights(
-        model,
-        mode=nncf.CompressWeightsMode.INT8_SYM,
-        ignored_scope=nncf.IgnoredScope(names=sorted(ignored & matmuls), types=["Convolution"], validate=False),
-    )
+    if recipe == "hybrid":
+        # Weight-only int8 for the MatMuls (symmetric per output channel); convolutions and the kept
+        # ops are left to the second step or stay float.
+        model = nncf.compress_weights(
+            model,
+            mode=nncf.CompressWeightsMode.INT8_SYM,
+            ignored_scope=nncf.IgnoredScope(names=sorted(ignored & matmuls), types=["Convolution"], validate=False),
+        )
+        skip = ignored | matmuls
+    else:
+        skip = ignored | activation_matmuls(model)
     return nncf.quantize(
         model,
         nncf.Dataset(dataset),
         subset_size=n,
         model_type=nncf.ModelType.TRANSFORMER,
-        ignored_scope=nncf.IgnoredScope(names=sorted(ignored | matmuls), types=list(FLOAT_TYPES), validate=False),
+        ignored_scope=nncf.IgnoredScope(names=sorted(skip), types=list(FLOAT_TYPES), validate=False),
         advanced_parameters=nncf.AdvancedQuantizationParameters(
             smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=-1, convolution=-1),
         ),
@@ -151,7 +183,9 @@ def quantize_model(model, dataset, n: int, ignored: set[str]):
 def count_int8(model) -> dict[str, int]:
     """FakeQuantize nodes (quantized activations and conv weights) and int8 weight constants."""
     fq = sum(1 for op in model.get_ordered_ops() if op.get_type_name() == "FakeQuantize")
-    weights = sum(1 for op in model.get_ordered_ops() if op.get_type_name() == "Constant" and op.get_element_type().get_type_name() in ("i8", "u8"))
+    weights = sum(
+        1 for op in model.get_ordered_ops() if op.get_type_name() == "Constant" and op.get_element_type().get_type_name() in ("i8", "u8")
+    )
     return {"fake_quantize": fq, "int8_weights": weights}
 
 
@@ -172,7 +206,14 @@ def calibrate_openvino(cfg: CalibrationConfig) -> CalibrationReport:
     t_start = time.perf_counter()
     bundle = open_fp32_bundle(Path(cfg.bundle))
     prompts_file, calib, held, seeds, eval_seeds = calibration_sets(cfg, bundle, cfg.num)
-    log.info("calibrating %s for OpenVINO on %d prompts from %s (NNCF %s)", bundle.path, len(calib), prompts_file, nncf.__version__)
+    log.info(
+        "calibrating %s for OpenVINO (%s) on %d prompts from %s (NNCF %s)",
+        bundle.path,
+        cfg.recipe,
+        len(calib),
+        prompts_file,
+        nncf.__version__,
+    )
 
     seconds: dict[str, float] = {}
     entries: dict[str, Variant] = {}
@@ -187,19 +228,28 @@ def calibrate_openvino(cfg: CalibrationConfig) -> CalibrationReport:
             kept, ignored = float_scope(model, cfg.keep_patterns)
             out = staging / f"{name}.{VARIANT}.xml"
             try:
-                q = quantize_model(model, _Feeds(fp32, name, calib, seeds), len(calib), ignored)
+                q = quantize_model(model, _Feeds(fp32, name, calib, seeds), len(calib), ignored, cfg.recipe)
                 ov.save_model(q, str(out), compress_to_fp16=False)  # float weights stay fp32, as exported
             except (RuntimeError, ValueError, nncf.ValidationError) as exc:
                 raise TiueError(f"quantizing {name} for OpenVINO failed: {first_line(exc)}") from exc
             bin_name = out.with_suffix(".bin").name
             entries[name] = Variant(
-                out.name, "int8", sha256_file(out), (bin_name,),
+                out.name,
+                "int8",
+                sha256_file(out),
+                (bin_name,),
                 extra={"quantized": count_int8(q), "kept_float": dict(sorted(kept.items()))},
             )
             del model, q
             seconds[f"quantize_{name}"] = time.perf_counter() - t0
             c = entries[name].extra["quantized"]
-            log.info("  %s: %d FakeQuantize, %d int8 weight tensors, %d weighted ops kept float", name, c["fake_quantize"], c["int8_weights"], len(kept))
+            log.info(
+                "  %s: %d FakeQuantize, %d int8 weight tensors, %d weighted ops kept float",
+                name,
+                c["fake_quantize"],
+                c["int8_weights"],
+                len(kept),
+            )
 
         t0 = time.perf_counter()
         staged_manifest = _with_variants(bundle.manifest, entries, prefix=os.path.relpath(staging, root), variant=VARIANT)
@@ -211,10 +261,15 @@ def calibrate_openvino(cfg: CalibrationConfig) -> CalibrationReport:
             log.warning("OpenVINO int8 images are below the %.0f dB target: try more --num or --keep-float", TARGET_PSNR)
         seconds["total"] = time.perf_counter() - t_start
         record = calibration_record(
-            cfg, prompts_file, len(calib), quality, seconds, {"nncf": nncf.__version__, "openvino": ov.get_version()},
-            tool="nncf.compress_weights + nncf.quantize", format="OpenVINO IR",
-            recipe="hybrid: Convolution int8 weights (symmetric per-channel) and activations; MatMul weight-only int8 "
-            "(symmetric per-channel); model type transformer; SmoothQuant off",
+            cfg,
+            prompts_file,
+            len(calib),
+            quality,
+            seconds,
+            {"nncf": nncf.__version__, "openvino": ov.get_version()},
+            tool="nncf.compress_weights + nncf.quantize",
+            format="OpenVINO IR",
+            recipe=f"{cfg.recipe}: {RECIPES[cfg.recipe]}",
         )
         manifest = _with_variants(bundle.manifest, entries, prefix="", variant=VARIANT)
         manifest = manifest.replace(extra={**manifest.extra, "openvino_calibration": record})
@@ -224,5 +279,3 @@ def calibrate_openvino(cfg: CalibrationConfig) -> CalibrationReport:
         fp32.close()
         shutil.rmtree(staging, ignore_errors=True)
     return CalibrationReport(root, entries, quality, seconds)
-
-

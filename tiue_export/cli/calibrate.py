@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..quantize import ENGINES, METHODS
+from ..quantize import ENGINES, METHODS, OV_RECIPES
 from .types import COUNT, SEED, Finite
 
 
@@ -22,7 +22,13 @@ from .types import COUNT, SEED, Finite
 @click.option("--num", type=COUNT, default=64, show_default=True, help="Calibration images (prompts repeat with new seeds).")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the prompt order; image i uses seed+i.")
 @click.option("--method", type=click.Choice(METHODS), default="percentile", show_default=True, help="Activation range estimator.")
-@click.option("--percentile", type=Finite(0.0, 100.0, min_open=True), default=99.999, show_default=True, help="Range percentile of --method percentile.")
+@click.option(
+    "--percentile",
+    type=Finite(0.0, 100.0, min_open=True),
+    default=99.999,
+    show_default=True,
+    help="Range percentile of --method percentile.",
+)
 @click.option("--batch", type=COUNT, default=4, show_default=True, help="Images per calibration batch.")
 @click.option(
     "--keep-float",
@@ -38,8 +44,18 @@ from .types import COUNT, SEED, Finite
     help="onnxruntime: Q/DQ ONNX graphs (backends onnxruntime-int8, tensorrt-int8, the C++ runtime); openvino: NNCF's "
     "OpenVINO IR (backend openvino-int8; --method and --batch do not apply).",
 )
-@click.option("--eval-prompts", type=click.IntRange(0, None), default=4, show_default=True, help="Held-out prompts for the int8 vs fp32 PSNR.")
-def calibrate(bundle, prompts, num, seed, method, percentile, batch, keep_float, engine, eval_prompts):
+@click.option(
+    "--recipe",
+    type=click.Choice(OV_RECIPES),
+    default="int8-matmul",
+    show_default=True,
+    help="--engine openvino: int8-matmul (convolutions and the projection / feed-forward MatMuls int8 x int8; attention's "
+    "QK^T/PV float) or hybrid (MatMul weight-only int8): 1.1x slower UNet at SD 512, 1.5 dB more on the toy (docs/engines.md).",
+)
+@click.option(
+    "--eval-prompts", type=click.IntRange(0, None), default=4, show_default=True, help="Held-out prompts for the int8 vs fp32 PSNR."
+)
+def calibrate(bundle, prompts, num, seed, method, percentile, batch, keep_float, engine, recipe, eval_prompts):
     """Calibrate int8 graphs of the UNet encoder and decoders on the bundle's own pipeline."""
     from ..quantize import CalibrationConfig, calibrate_bundle, quality_line
 
@@ -54,6 +70,7 @@ def calibrate(bundle, prompts, num, seed, method, percentile, batch, keep_float,
         percentile=percentile,
         eval_prompts=eval_prompts,
         engine=engine,
+        recipe=recipe,
     )
     report = calibrate_bundle(cfg)
     files = ", ".join(e.file for e in report.graphs.values())
