@@ -71,7 +71,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=2000, help="most requests per client and cell")
     ap.add_argument("--replicas", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads of the replica (serve's default: its CPUs)")
-    ap.add_argument("--batch-wait-ms", type=float, default=10.0)
+    ap.add_argument("--batch-wait-ms", type=float, default=0.0, help="as serve's (its default)")
     ap.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray [default: all]")
     ap.add_argument("--rounds", type=int, default=1, help="deploy every max batch this many times, alternating the order")
     args = ap.parse_args()

@@ -78,7 +78,7 @@ def backend_options(f):
 @click.option(
     "--batch-wait-ms",
     type=click.FloatRange(0, 10000),
-    default=10.0,
+    default=0.0,
     show_default=True,
     help="How long an idle replica waits to fill a batch (a busy one draws what queued meanwhile).",
 )
