@@ -105,3 +105,21 @@ def test_a_caller_that_gave_up_is_not_drawn():
 def test_a_batch_must_hold_one_item():
     with pytest.raises(ValueError, match="max_batch"):
         Batcher(lambda items: items, max_batch=0, wait_s=0.0)
+
+
+def test_callers_of_a_cancelled_draw_get_an_error_not_a_hang():
+    async def main():
+        started = asyncio.Event()
+
+        async def draw(items):
+            started.set()
+            await asyncio.Event().wait()  # never returns: cancelled below, as at a replica's shutdown
+
+        batcher = Batcher(draw, max_batch=2, wait_s=0.0)
+        caller = asyncio.create_task(batcher.submit("a"))
+        await started.wait()
+        batcher.task.cancel()
+        return await asyncio.gather(caller, return_exceptions=True)
+
+    (error,) = run(main())
+    assert isinstance(error, RuntimeError) and "drawing stopped" in str(error)

@@ -65,10 +65,12 @@ class Batcher(Generic[T, R]):
                 results = await self.draw([item for item, _ in batch])
                 if len(results) != len(batch):
                     raise RuntimeError(f"a batch of {len(batch)} items gave {len(results)} results")
-            except Exception as exc:  # every caller of the batch gets the error; the loop goes on
+            except BaseException as exc:  # every caller of the batch gets the error; the loop goes on
                 for _, f in batch:
                     if not f.done():
-                        f.set_exception(exc)
+                        f.set_exception(exc if isinstance(exc, Exception) else RuntimeError(f"drawing stopped: {type(exc).__name__}"))
+                if not isinstance(exc, Exception):  # cancelled (the replica shutting down): stop, no caller left hanging
+                    raise
             else:
                 for (_, f), result in zip(batch, results):
                     if not f.done():
