@@ -99,15 +99,15 @@ def build_sd_pipeline(out_dir, arch: str = "sd21", width_div: int = 1, seed: int
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from .io import atomic_path
-    from .tiny import TINY_CORPUS, write_model_index
-    from .tokenizer import build_clip_tokenizer
+    from .tiny import write_model_index
+    from .tokenizer import tiny_clip_tokenizer
 
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; choose from {sorted(ARCHS)}")
     out_dir = Path(out_dir)
     with atomic_path(out_dir) as tmp:
         torch.manual_seed(seed)
-        tok = build_clip_tokenizer(TINY_CORPUS, tmp / "tokenizer", vocab_size=400, model_max_length=77)
+        tok = tiny_clip_tokenizer(tmp / "tokenizer", model_max_length=77)
         vocab = 49408 if width_div == 1 else len(tok)
         cfg = text_config(arch, vocab, width_div, tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
         CLIPTextModel(CLIPTextConfig(**cfg)).eval().save_pretrained(tmp / "text_encoder")

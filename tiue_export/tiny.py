@@ -68,14 +68,14 @@ def build_tiny_pipeline(out_dir, variant: str = "sd21", seed: int = 0, student: 
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from .tokenizer import build_clip_tokenizer
+    from .tokenizer import tiny_clip_tokenizer
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown tiny variant {variant!r}; choose from {VARIANTS}")
     out_dir = Path(out_dir)
     with atomic_path(out_dir) as tmp:
         torch.manual_seed(seed)
-        tok = build_clip_tokenizer(TINY_CORPUS, tmp / "tokenizer", vocab_size=400, model_max_length=16)
+        tok = tiny_clip_tokenizer(tmp / "tokenizer", model_max_length=16)
         text_cfg = CLIPTextConfig(
             vocab_size=len(tok),
             hidden_size=32,

@@ -33,3 +33,33 @@ def build_clip_tokenizer(corpus: Iterable[str], out_dir, vocab_size: int = 1024,
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     tok.save_pretrained(str(out_dir))
     return tok
+
+
+def tiny_clip_tokenizer(out_dir, model_max_length: int = 77):
+    """The tiny models' CLIP tokenizer (a BPE of :data:`tiue_export.tiny.TINY_CORPUS`, 360 tokens),
+    written to ``out_dir`` and loaded.
+
+    It is a fixed file, not trained anew: ``tokenizers``' BPE trainer orders tokens of equal
+    frequency differently from run to run, so every built tiny model had its own token ids, and
+    whatever depends on the text embeddings (int8 calibration, say) changed between test sessions.
+    """
+    import shutil
+
+    from transformers import CLIPTokenizer
+
+    from .models import ASSETS
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(ASSETS / "tiny-tokenizer" / "tokenizer.json", out_dir / "tokenizer.json")
+    config = {
+        "backend": "tokenizers",
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "model_max_length": model_max_length,
+        "pad_token": "<|endoftext|>",
+        "tokenizer_class": "CLIPTokenizer",
+        "unk_token": "<|endoftext|>",
+    }
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return CLIPTokenizer.from_pretrained(str(out_dir))
