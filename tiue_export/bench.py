@@ -367,8 +367,8 @@ def torch_chain(pipe, batch: int, height: int, width: int, precision: str = "fp3
 
     def call():
         timings = run_chain(manifest, g, ids, noise, "unfused").timings
-        for graph, seconds in g.gpu_seconds().items():
-            timings[STAGES.get(graph, graph)] = sum(seconds)
+        for graph, seconds in g.gpu_seconds().items():  # one call of each graph per run
+            timings[STAGES.get(graph, graph)] = seconds
         return timings
 
     return call
@@ -604,13 +604,14 @@ def _time_backend(backend: str, cfg: BenchConfig, pipe, bundle_path, height, wid
     tiny = open_runtime(backend, bundle_path, cfg.threads or 0, vae="tiny") if "tiny" in cfg.vae else None
     try:
         rt.runner("unet_encoder")  # the provider (and OpenVINO's compute precision) is known once a graph is loaded
-        name = f"{entry.engine} {rt.precision} one-pass"
-        calls = {f"{name} ({rt.provider})": runtime_chain(rt, cfg.batch)} if "full" in cfg.vae else {}
+        chains = {"full": runtime_chain(rt, cfg.batch)} if "full" in cfg.vae else {}
         if tiny is not None:
-            calls[f"{name}, tiny VAE ({rt.provider})"] = runtime_chain(rt, cfg.batch, vae=tiny)
+            chains["tiny"] = runtime_chain(rt, cfg.batch, vae=tiny)
+        label = {"full": "", "tiny": ", tiny VAE"}
+        calls = {f"{entry.engine} {rt.precision} one-pass{label[v]} ({rt.provider})": call for v, call in chains.items()}
         rows = time_chains(calls, cfg.runs, cfg.warmup, note="fused decoder: the sum is inside unet_decoder")
-        for row in rows:
-            row.extra.update(backend=backend, vae="tiny" if ", tiny VAE" in row.name else "full")
+        for vae, row in zip(chains, rows):
+            row.extra.update(backend=backend, vae=vae)
         return rows
     finally:
         rt.close()
@@ -792,8 +793,8 @@ def tiny_vae_lines(report: dict) -> list[str]:
     baseline = next(iter(full.values()), None)
 
     def against_baseline(r) -> str:
-        ms = {k: baseline["stages"][k]["median_ms"] / r["stages"][k]["median_ms"] for k in ("text_encoder",) if k in r["stages"]}
-        control = f"; control: text encoder {ms['text_encoder']:.2f}x" if ms else ""
+        text = "text_encoder"
+        control = f"; control: text encoder {baseline['stages'][text]['median_ms'] / r['stages'][text]['median_ms']:.2f}x" if text in r["stages"] else ""
         return f"end to end {baseline['total']['median_ms'] / r['total']['median_ms']:.2f}x {baseline['name']} (sequential rows{control})"
 
     out = []

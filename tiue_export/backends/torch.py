@@ -138,7 +138,7 @@ class TorchRunner(Runner):
         self.module = fast_module(module, self.compile)
         self.resident = self.device.type == "cuda" if resident is None else resident
         self.provider = provider_name(self.device, dtype, self.compile)
-        self.gpu_seconds: list[float] = []
+        self.gpu_seconds: float | None = None  # the last call's, on a GPU (CUDA events)
 
     def _tensor(self, x) -> torch.Tensor:
         t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
@@ -154,7 +154,7 @@ class TorchRunner(Runner):
             out = self.module(*args)
             end.record()
             end.synchronize()
-            self.gpu_seconds.append(start.elapsed_time(end) / 1000)
+            self.gpu_seconds = start.elapsed_time(end) / 1000
         else:
             out = self.module(*args)
         out = out if isinstance(out, (tuple, list)) else (out,)
@@ -172,12 +172,12 @@ class TorchGraphSet(GraphSet):
             return value.detach().float().cpu().numpy()
         return np.asarray(value)
 
-    def gpu_seconds(self) -> dict[str, list[float]]:
-        """CUDA-event seconds of every call since the last time this was asked, by graph."""
+    def gpu_seconds(self) -> dict[str, float]:
+        """CUDA-event seconds of each graph's last call not yet asked for, by graph."""
         out = {}
         for name, runner in self._open.items():
-            if getattr(runner, "gpu_seconds", None):
-                out[name], runner.gpu_seconds = runner.gpu_seconds, []
+            if getattr(runner, "gpu_seconds", None) is not None:
+                out[name], runner.gpu_seconds = runner.gpu_seconds, None
         return out
 
 
