@@ -34,3 +34,22 @@ def tiny_sd21(tiny_models):
 def _isolated_cache(tmp_path, monkeypatch):
     """Keep the model and bundle cache (bench's random-weight models and exports) out of the user's home."""
     monkeypatch.setenv("TIUE_EXPORT_CACHE", str(tmp_path / "cache"))
+
+
+#: Prompts of the tiny distillation teacher's tests.
+DISTILL_PROMPTS = ["a photo of a cat", "a red cube on a blue table", "a large yellow circle", "two dogs playing in the snow"]
+
+
+@pytest.fixture(scope="session")
+def teacher(tmp_path_factory):
+    """A tiny SD 2.1-shaped teacher pipeline to distil from."""
+    from tiue_export.tiny import build_tiny_pipeline
+
+    return build_tiny_pipeline(tmp_path_factory.mktemp("teacher") / "teacher", "sd21", student=False)
+
+
+@pytest.fixture(scope="session")
+def prompts_file(tmp_path_factory):
+    p = tmp_path_factory.mktemp("prompts") / "prompts.txt"
+    p.write_text("\n".join(DISTILL_PROMPTS) + "\n")
+    return p

@@ -12,12 +12,11 @@ import numpy as np
 import pytest
 import torch
 from _cli import run_cli
+from conftest import DISTILL_PROMPTS as PROMPTS
 from safetensors.torch import load_file
 
 from tiue_export.distill.config import DistillConfig
 from tiue_export.errors import InputError
-
-PROMPTS = ["a photo of a cat", "a red cube on a blue table", "a large yellow circle", "two dogs playing in the snow"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -27,20 +26,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory):
-    from tiue_export.tiny import build_tiny_pipeline
-
-    return build_tiny_pipeline(tmp_path_factory.mktemp("teacher") / "teacher", "sd21", student=False)
-
-
-@pytest.fixture(scope="module")
-def prompts_file(tmp_path_factory):
-    p = tmp_path_factory.mktemp("prompts") / "prompts.txt"
-    p.write_text("\n".join(PROMPTS) + "\n")
-    return p
 
 
 def config(teacher, prompts_file, out, **kw):
@@ -452,21 +437,25 @@ def test_recorded_recipes_with_removed_options_read_but_do_not_resume(teacher, p
 
 # -- teacher pairs (DMD regression) ---------------------------------------------------------------
 def test_teacher_pairs_are_the_teachers_ddim_samples_and_resume(teacher, prompts_file, tmp_path):
-    from tiue_export.distill.pairs import CHUNK, PAIRS_DIR, pair_plan
-    from tiue_export.distill.train import build_trainer, make_accelerator, teacher_pairs
+    from tiue_export.distill.pairs import PAIRS_DIR, pair_plan
+    from tiue_export.distill.train import build_trainer, make_accelerator, resolve_pair_recipe, teacher_pairs
     from tiue_export.pipeline import load_pipeline
     from tiue_export.sampling import initial_noise
 
-    count = CHUNK + 3  # two chunks, the last one partial
+    count = 64 + 3  # two chunks; the pairs are the first 67 of them
     cfg = config(teacher, prompts_file, tmp_path / "o", regression_pairs=count, regression_steps=3, regression_guidance=2.0)
+    cfg = resolve_pair_recipe(cfg, Path(teacher))
     tr = build_trainer(cfg, Path(teacher), make_accelerator(cfg))
     noise, latents, texts = teacher_pairs(tr, PROMPTS, Path(teacher))
     assert noise.shape == latents.shape == (count, *tr.latent_shape) and len(texts) == count
     plan_texts, plan_seeds = pair_plan(PROMPTS, count, cfg.seed)
     assert texts == plan_texts and sorted(set(texts)) == sorted(PROMPTS)  # every prompt, shuffled
     assert [texts.count(p) for p in PROMPTS] in ([17, 17, 17, 16], [17, 17, 16, 17], [17, 16, 17, 17], [16, 17, 17, 17])
+    assert tr.probe is not None and tr.probe[0].shape == (64, *tr.latent_shape)  # the log's fresh noises
+    assert not set(tr.probe[0][:, 0, 0, 0].tolist()) & set(noise[:, 0, 0, 0].tolist())
 
-    # each pair is exactly what `infer --sampler ddim:3 --guidance 2` makes from that noise
+    # each pair is what `infer --sampler ddim:3 --guidance 2` makes from that noise (to float rounding:
+    # the batch differs)
     pipe = load_pipeline(teacher)
     some = [0, 5, count - 1]
     ref = pipe.sample([texts[i] for i in some], [plan_seeds[i] for i in some], sampler="ddim:3", guidance=2.0)

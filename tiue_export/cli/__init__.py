@@ -23,6 +23,7 @@ COMMANDS = {
     "infer": ("tiue_export.cli.infer", "infer", "Generate images from prompts with the one-pass sampler."),
     "export": ("tiue_export.cli.export", "export", "Export a student to a validated ONNX bundle."),
     "distill": ("tiue_export.cli.distill", "distill", "Distil a teacher into a one-pass TiUE student (VSD + KL)."),
+    "distill-pairs": ("tiue_export.cli.distill", "distill_pairs", "Draw teacher (noise, latent) pairs into a store that distill runs share."),
     "distill-export": ("tiue_export.cli.distill", "distill_export", "Write the student of a distill checkpoint (to sample or export it)."),
     "distill-vae": ("tiue_export.cli.distill_vae", "distill_vae", "Distil the model's VAE decoder into a tiny AutoencoderTiny decoder."),
     "check": ("tiue_export.cli.check", "check", "Compare every backend with the PyTorch reference, per graph and end to end."),

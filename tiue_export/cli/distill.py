@@ -45,7 +45,9 @@ def _default(name):
 @click.option("--lambda-kl", type=FINITE, default=None, help="Weight of the KL term  [default: 0.1; 0 for --baseline one-step-vsd]")
 @click.option("--regression-pairs", type=int, default=_default("regression_pairs"), show_default=True, help="Teacher DDIM (noise, latent) pairs for DMD's regression term; 0: off (the authors' recipe).")
 @click.option("--lambda-reg", type=FINITE, default=_default("lambda_reg"), show_default=True, help="Weight of the regression term (latent MSE to the teacher's z0).")
-@click.option("--regression-steps", type=int, default=_default("regression_steps"), show_default=True, help="DDIM steps of the teacher for each pair.")
+@click.option("--regression-steps", type=int, default=None, help="DDIM steps of the teacher for each pair  [default: the store's, else 50]")
+@click.option("--pair-batch", type=int, default=None, help="Pairs per teacher call when drawing pairs  [default: the store's, else 4]")
+@click.option("--pairs", type=click.Path(), default=None, help="A teacher pair store (tiue-export distill-pairs) to train on its first --regression-pairs pairs [default: drawn into RUN/pairs].")
 @click.option("--regression-guidance", type=FINITE, default=None, help="CFG of the teacher pairs  [default: the teacher's own]")
 @click.option("--lora-rank", type=int, default=_default("lora_rank"), show_default=True)
 @click.option("--lora-alpha", type=FINITE, default=_default("lora_alpha"), show_default=True)
@@ -103,3 +105,46 @@ def distill_export(run_dir, out, step):
 
     path, done = export_checkpoint(run_dir, out, step)
     click.echo(f"wrote {path} (step {done})")
+
+
+@click.command("distill-pairs")
+@click.option("--teacher", type=click.Path(), default=None, help="Teacher pipeline directory [default: the built-in toy teacher].")
+@click.option("--prompts", required=True, type=click.Path(), help="Training prompts (as distill's --prompts: the same file).")
+@click.option("--count", required=True, type=int, help="Pairs the store should hold (rounded up to whole chunks of 64).")
+@click.option("--out", required=True, type=click.Path(), help="The pair store directory (give it to distill --pairs).")
+@click.option("--steps", type=int, default=50, show_default=True, help="DDIM steps of the teacher for each pair.")
+@click.option("--guidance", type=FINITE, default=None, help="CFG of the teacher  [default: the teacher's own]")
+@click.option("--seed", type=SEED, default=_default("seed"), show_default=True, help="Which noises (distill's --seed must match).")
+@click.option("--batch", type=int, default=4, show_default=True, help="Pairs per teacher call (part of the store's recipe).")
+@click.option("--workers", type=int, default=None, help="Processes of one thread each  [default: one per CPU core]")
+@click.option("--resume", is_flag=True, help="Add the missing pairs to an existing store.")
+def distill_pairs(teacher, prompts, count, out, steps, guidance, seed, batch, workers, resume):
+    """Draw the teacher's DDIM (noise, latent) pairs for the regression term into a store.
+
+    Pair i is the same in a store of any size, so the first N pairs of one large store serve runs of
+    every N (distill --pairs OUT --regression-pairs N). Interrupted, rerun with --resume: every chunk
+    written is kept.
+    """
+    import os
+    from pathlib import Path
+
+    from . import quiet_libraries
+
+    quiet_libraries()
+    for name, value, low in (("--count", count, 1), ("--steps", steps, 1), ("--batch", batch, 1), ("--workers", workers or 1, 1)):
+        if value < low:
+            raise InputError(f"{name} must be >= {low}, got {value}")
+    root = Path(out)
+    if root.exists() and any(root.iterdir()) and not resume:
+        raise InputError(f"{root} already exists: pass --resume to add to it, or choose another --out")
+    from ..distill.data import load_prompts
+    from ..distill.pairs import CHUNK, chunks_for, fill_store, open_store, store_spec
+    from ..distill.train import resolve_teacher, teacher_guidance
+
+    teacher_dir = resolve_teacher(teacher)
+    texts = load_prompts(prompts)
+    g = teacher_guidance(teacher_dir) if guidance is None else guidance
+    spec = store_spec(teacher_dir, texts, steps, g, seed, batch)
+    open_store(root, spec, discard_other=False)
+    drawn = fill_store(teacher_dir, texts, spec, root, count, workers or os.cpu_count() or 1)
+    click.echo(f"{root}: {chunks_for(count) * CHUNK} pairs (ddim:{steps}, CFG {g:g}); {drawn} drawn now")

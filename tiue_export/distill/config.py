@@ -18,7 +18,9 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 #: Student learning-rate schedules (diffusers.optimization names); the authors' is constant.
 LR_SCHEDULES = ("constant", "cosine", "linear")
 #: Fields that may change between a run and its resume (they do not change the maths).
-RESUMABLE_CHANGES = ("steps", "epochs", "checkpoint_every", "keep_checkpoints", "log_tensorboard", "out", "run_dir")
+RESUMABLE_CHANGES = ("steps", "epochs", "checkpoint_every", "keep_checkpoints", "log_tensorboard", "out", "run_dir", "pairs")
+#: DDIM steps of the teacher for each pair unless a store says otherwise: what `infer --sampler ddim:50` draws.
+DEFAULT_REGRESSION_STEPS = 50
 #: Options of earlier versions, dropped because they measured no gain on the toy (docs/distill.md):
 #: the key that switched each on, with its "off" value. A recorded recipe (a run's config.json,
 #: tiue.json's provenance) holding them "off" reads as today's recipe; one that used them still
@@ -78,8 +80,10 @@ class DistillConfig:
     # uses 512 pairs, the one change that lifted the toy's accuracy plateau (docs/distill.md)
     regression_pairs: int = 0  # teacher DDIM (noise, latent) pairs drawn before training; 0: off
     lambda_reg: float = 1.0  # weight of the latent MSE between the student's z0 and the teacher's (0.5-4: level on the toy)
-    regression_steps: int = 50  # DDIM steps of the teacher for each pair: what `infer --sampler ddim:50` draws
-    regression_guidance: float | None = None  # CFG of the pairs; None: the teacher's own (its tiue.json), as infer uses it
+    regression_steps: int | None = None  # DDIM steps of the teacher for each pair; None: the store's, else DEFAULT_REGRESSION_STEPS
+    regression_guidance: float | None = None  # CFG of the pairs; None: the store's, else the teacher's own (its tiue.json), as infer uses it
+    pair_batch: int | None = None  # pairs per teacher call when drawing them; None: the store's, else pairs.DEFAULT_BATCH
+    pairs: str | None = None  # a pair store (tiue-export distill-pairs) shared by runs; None: RUN/pairs
 
     # -- LoRA teacher --------------------------------------------------------------------------
     lr_lora: float = 1e-3  # train_loopfree.sh --learning_rate_lora 1.e-03: it must track the student
@@ -114,7 +118,9 @@ class DistillConfig:
             (self.lambda_kl >= 0, f"--lambda-kl must be >= 0, got {self.lambda_kl}"),
             (self.regression_pairs >= 0, f"--regression-pairs must be >= 0, got {self.regression_pairs}"),
             (self.lambda_reg >= 0, f"--lambda-reg must be >= 0, got {self.lambda_reg}"),
-            (self.regression_steps >= 1, f"--regression-steps must be >= 1, got {self.regression_steps}"),
+            (self.regression_steps is None or self.regression_steps >= 1, f"--regression-steps must be >= 1, got {self.regression_steps}"),
+            (self.pair_batch is None or self.pair_batch >= 1, f"--pair-batch must be >= 1, got {self.pair_batch}"),
+            (self.pairs is None or self.regression_pairs > 0, "--pairs needs --regression-pairs N (how many of the store's pairs to train on)"),
             (self.lora_rank >= 1, f"--lora-rank must be >= 1, got {self.lora_rank}"),
             (0 <= self.lora_uncond_prob <= 1, f"--lora-uncond-prob must be in [0, 1], got {self.lora_uncond_prob}"),
             (0 <= self.ema_decay <= 1, f"--ema-decay must be in [0, 1], got {self.ema_decay}"),

@@ -44,7 +44,7 @@ from ..sampling import classifier_free_guidance
 from ..schedule import OnePassSchedule, combine_one_pass
 from ..student import TiUEStudent
 from ..tiue_config import TIUE_JSON
-from .config import DistillConfig, removed_options
+from .config import DEFAULT_REGRESSION_STEPS, DistillConfig, removed_options
 from .data import load_prompts, make_loader
 from .losses import (
     diffuse,
@@ -55,11 +55,16 @@ from .losses import (
     vsd_score_gradient,
 )
 from .pairs import (
+    DEFAULT_BATCH,
+    PAIRS_DIR,
     PairSpec,
+    PairTeacher,
     generate_pairs,
     load_pairs,
-    prepare_pair_dir,
+    load_probe,
+    open_store,
     prompts_digest,
+    read_spec,
 )
 
 log = logging.getLogger("tiue_export")
@@ -284,6 +289,7 @@ class Trainer:
     generator: torch.Generator  # this rank's noise, timesteps and prompt dropping
     scheduler: object  # the teacher's DDIM scheduler (teacher pairs)
     pairs: tuple | None = None  # (noise, latents, prompts) of the teacher pairs, when regression is on
+    probe: tuple | None = None  # (noise, latents, prompts) on noises no pair uses: the log's fresh-noise probe
     lr_scheduler: object = None  # the student's lr schedule (a torch LambdaLR), stepped after each update
 
     @property
@@ -303,7 +309,7 @@ class Trainer:
     def randint(self, low: int, high_inclusive: int, n: int) -> torch.Tensor:
         return torch.randint(low, high_inclusive + 1, (n,), generator=self.generator).to(self.device)
 
-    def regression_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def pair_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``--batch-size`` random teacher pairs: ``(z_T, prompt embeddings, teacher z0)`` on the device."""
         noise, latents, texts = self.pairs
         idx = torch.randint(0, noise.shape[0], (self.cfg.batch_size,), generator=self.generator)
@@ -327,7 +333,7 @@ class Trainer:
             z0 = combine_one_pass(z_T, eps, self.schedule.S, self.schedule.E)  # Eq. 11, differentiable
             loss_reg = z0.new_zeros((), dtype=torch.float32)
         else:  # one pass over [VSD batch; pair batch]
-            z_reg, cond_reg, target = self.regression_batch()
+            z_reg, cond_reg, target = self.pair_batch()
             r = z_reg.shape[0]
             eps_all = self.student_ddp(torch.cat([z_T, z_reg]), torch.cat([cond, cond_reg]))
             eps_all = eps_all.unflatten(0, (self.schedule.k, b + r))
@@ -572,24 +578,55 @@ def teacher_guidance(teacher_dir: Path) -> float:
     return config.guidance if config else DEFAULT_GUIDANCE
 
 
+def pair_store(cfg: DistillConfig) -> Path:
+    """Where the run's teacher pairs live: ``--pairs DIR`` (a shared store) or ``RUN/pairs``."""
+    return Path(cfg.pairs) if cfg.pairs else cfg.run_path / PAIRS_DIR
+
+
 def teacher_pairs(tr: Trainer, prompts: list[str], teacher_dir: Path) -> tuple:
-    """Generate (or reuse) the run's teacher pairs on all ranks and load them everywhere."""
+    """Generate (or reuse) the run's teacher pairs on all ranks and load them everywhere; also
+    sets ``tr.probe`` (the store's probe set, for the log)."""
     cfg, acc = tr.cfg, tr.accelerator
     spec = PairSpec(
-        count=cfg.regression_pairs,
         steps=cfg.regression_steps,
         guidance=float(cfg.regression_guidance),
         seed=cfg.seed,
         teacher_unet_sha256=sha256_of_weights(teacher_dir / "unet"),
         prompts_sha256=prompts_digest(prompts),
         latent_shape=tuple(tr.latent_shape),
+        batch=cfg.pair_batch,
     )
-    if acc.is_main_process:
-        prepare_pair_dir(cfg.run_path, spec)
-    acc.wait_for_everyone()
-    generate_pairs(tr, prompts, spec, cfg.run_path, progress=acc.is_main_process)
-    acc.wait_for_everyone()
-    return load_pairs(cfg.run_path, spec)
+    root = pair_store(cfg)
+    if not cfg.pairs:  # the run's own store; a shared one is filled by distill-pairs only
+        if acc.is_main_process:
+            open_store(root, spec, discard_other=True)
+        acc.wait_for_everyone()
+        teacher = PairTeacher(unet=acc.unwrap_model(tr.lora_ddp), scheduler=tr.scheduler, encode=tr.encode, null=tr.null, device=tr.device, autocast=acc.autocast)
+        with tr.frozen_teacher():
+            generate_pairs(teacher, prompts, spec, root, cfg.regression_pairs, acc.process_index, acc.num_processes, progress=acc.is_main_process)
+        acc.wait_for_everyone()
+    tr.probe = load_probe(root)
+    return load_pairs(root, spec, cfg.regression_pairs)
+
+
+def resolve_pair_recipe(cfg: DistillConfig, teacher_dir: Path) -> DistillConfig:
+    """Fill the pair recipe's unset fields: from the store of ``--pairs``, else the defaults (the
+    teacher's own CFG); a store whose recipe disagrees with an explicit option is refused."""
+    if not cfg.regression_pairs:
+        return cfg
+    if cfg.pairs:
+        spec = read_spec(Path(cfg.pairs))
+        store = {"regression_steps": spec.steps, "regression_guidance": spec.guidance, "pair_batch": spec.batch}
+        clash = [f"--{k.replace('_', '-')} {getattr(cfg, k)} (the store's: {v})" for k, v in store.items() if getattr(cfg, k) not in (None, v)]
+        if clash or spec.seed != cfg.seed:
+            clash += [f"--seed {cfg.seed} (the store's: {spec.seed})"] if spec.seed != cfg.seed else []
+            raise InputError(f"--pairs {cfg.pairs} was drawn with another recipe: {', '.join(clash)}")
+        return cfg.replace(**store)
+    return cfg.replace(
+        regression_steps=cfg.regression_steps or DEFAULT_REGRESSION_STEPS,
+        regression_guidance=teacher_guidance(teacher_dir) if cfg.regression_guidance is None else cfg.regression_guidance,
+        pair_batch=cfg.pair_batch or DEFAULT_BATCH,
+    )
 
 
 def check_resume(cfg: DistillConfig, ckpts: list[Path], resume: bool) -> None:
@@ -653,8 +690,7 @@ def distill(cfg: DistillConfig, resume: bool = False) -> DistillResult:
     teacher_dir = resolve_teacher(cfg.teacher)
     # absolute paths: the recipe is compared on --resume and recorded in tiue.json
     cfg = cfg.replace(teacher=str(teacher_dir.resolve()), prompts=str(Path(cfg.prompts).resolve()))
-    if cfg.regression_pairs and cfg.regression_guidance is None:
-        cfg = cfg.replace(regression_guidance=teacher_guidance(teacher_dir))
+    cfg = resolve_pair_recipe(cfg, teacher_dir)
     run, out = cfg.run_path, Path(cfg.out)
     ckpts = checkpoint_dirs(run)
     check_resume(cfg, ckpts, resume)
