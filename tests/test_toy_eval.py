@@ -215,3 +215,60 @@ def test_cli_train_classifier_bad_steps(capsys, tmp_path):
     assert code == 2
     assert err.strip() == "error: --steps must be >= 1, got 0"
     assert not (tmp_path / "clf").exists()
+
+
+# -- intervals and paired comparison --------------------------------------------------------------
+def test_cluster_bootstrap_on_known_answers():
+    from tiue_export.toy.metrics import cluster_bootstrap
+
+    assert cluster_bootstrap(np.ones(26)) == (1.0, 1.0, 1.0)  # every caption always right: no doubt
+    assert cluster_bootstrap(np.zeros(198)) == (0.0, 0.0, 0.0)
+    # half of 200 captions always right, half never: mean 0.5, interval near +-1.96 sqrt(0.25 / 200)
+    mean, low, high = cluster_bootstrap(np.repeat([0.0, 1.0], 100), reps=4000)
+    assert mean == 0.5 and abs((high - low) / 2 - 1.96 * 0.5 / 200**0.5) < 0.005
+    with pytest.raises(InputError, match="non-empty 1-D array of finite"):
+        cluster_bootstrap([])
+
+
+def test_real_renders_of_every_caption_score_100_percent_with_a_closed_interval(classifier):
+    cfg = EvalConfig(prompts=None, seeds=1, splits=("heldout",))
+    assert len(cfg.prompts_for("heldout")) == 26
+    res = evaluate(lambda p, s: real_images(p, seed=7, resolution=64), cfg, classifier)
+    s = res.report["splits"]["heldout"]
+    assert s["captions"] == 26 and s["strict_accuracy"] == 1.0 and s["strict_accuracy_ci"] == [1.0, 1.0]
+
+
+def _report(per_prompt: dict, seeds=(0, 1)) -> dict:
+    acc = float(np.mean(list(per_prompt.values())))
+    return {"seeds": list(seeds), "splits": {"train": {"per_prompt": per_prompt, "strict_accuracy": acc, "strict_accuracy_ci": [acc, acc]}}}
+
+
+def test_a_model_compared_with_itself_differs_by_exactly_zero(classifier):
+    from tiue_export.toy.evaluate import compare_reports
+
+    cfg = EvalConfig(prompts=6, seeds=2, splits=("train",))
+    rng = np.random.default_rng(0)
+    noisy = evaluate(lambda p, s: np.clip(real_images(p, 7, 64) + rng.integers(0, 90, (len(p), 64, 64, 3)), 0, 255).astype(np.uint8), cfg, classifier)
+    c = compare_reports(noisy.report, noisy.report)["train"]
+    assert c["difference"] == 0.0 and c["difference_ci"] == [0.0, 0.0] and c["verdict"] == "no clear difference"
+    better = compare_reports(_report({"a": 0.0, "b": 0.5, "c": 0.5}), _report({"a": 1.0, "b": 1.0, "c": 1.0}))["train"]
+    assert better["difference"] == pytest.approx(2 / 3) and better["difference_ci"][0] > 0 and better["verdict"] == "B better"
+
+
+def test_cli_compare_prints_the_difference_and_refuses_mismatched_reports(capsys, tmp_path):
+    a, b, c, bad = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json", tmp_path / "bad.json"
+    a.write_text(json.dumps(_report({"x": 0.25, "y": 0.5})))
+    b.write_text(json.dumps(_report({"x": 0.75, "y": 1.0})))
+    c.write_text(json.dumps(_report({"x": 0.75, "z": 1.0})))
+    bad.write_text("[1, 2]")
+    code, out, err = run_cli(capsys, "toy", "compare", str(a), str(b), "--json", str(tmp_path / "cmp.json"))
+    assert code == 0, err
+    assert "train" in out and "+0.500" in out and "B better" in out
+    assert json.loads((tmp_path / "cmp.json").read_text())["splits"]["train"]["difference"] == 0.5
+    code, _, err = run_cli(capsys, "toy", "compare", str(a), str(c))
+    assert code == 2 and err.strip() == "error: the reports scored different train captions: evaluate both with the same --prompts"
+    code, _, err = run_cli(capsys, "toy", "compare", str(a), str(bad))
+    assert code == 2 and err.strip() == f"error: {bad} is not a toy eval --json report (no splits with per-caption scores)"
+    b.write_text(json.dumps(_report({"x": 0.75, "y": 1.0}, seeds=(0,))))
+    code, _, err = run_cli(capsys, "toy", "compare", str(a), str(b))
+    assert code == 2 and "the reports used different seeds" in err

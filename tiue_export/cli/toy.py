@@ -16,6 +16,7 @@ from .types import SEED
 
 TOY_COMMANDS = {
     "eval": ("tiue_export.cli.toy_eval", "eval_cmd", "Score a model on the toy domain (attribute accuracy, FD, ...)."),
+    "compare": ("tiue_export.cli.toy_eval", "compare_cmd", "Model B minus model A on the same captions and seeds, with a 95% interval."),
     "train-classifier": ("tiue_export.cli.toy_eval", "train_classifier_cmd", "Train the attribute classifier that toy eval measures with."),
 }
 

@@ -10,6 +10,25 @@ from ..errors import InputError
 from .types import FINITE, SEED, torch_device_options
 
 
+class _PromptCount(click.ParamType):
+    """A positive count or ``all`` (None)."""
+
+    name = "N|all"
+
+    def convert(self, value, param, ctx):
+        if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+            return value
+        if str(value).strip().lower() == "all":
+            return None
+        try:
+            return int(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a count nor 'all'", param, ctx)
+
+
+PROMPT_COUNT = _PromptCount()
+
+
 def _check_out(path: str | None, suffix: str, option: str) -> Path | None:
     if path is None:
         return None
@@ -33,7 +52,7 @@ def _check_out(path: str | None, suffix: str, option: str) -> Path | None:
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "int8"]), default=None,
               help="int8: the bundle's Q/DQ graphs (tiue-export calibrate); openvino: fp32/bf16 compute "
               "[default: as exported; openvino: the CPU's default].")
-@click.option("--prompts", "n_prompts", type=int, default=20, show_default=True, help="Prompts per split.")
+@click.option("--prompts", "n_prompts", type=PROMPT_COUNT, default="20", show_default=True, help="Captions per split, or all (198 train, 26 held-out).")
 @click.option("--seeds", type=int, default=4, show_default=True, help="Images per prompt (seeds 0..S-1).")
 @click.option("--split", default="both", show_default=True, metavar="train|heldout|both", help="Which prompts to score.")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Images per sampler call.")
@@ -77,7 +96,8 @@ def eval_cmd(model, sampler, guidance, backend, precision, n_prompts, seeds, spl
     sample_fn, info = make_sample_fn(backend, model_path, sampler, guidance, precision, vae, device, dtype)
     result = evaluate(sample_fn, config, clf, info)
     what = f"{model_path} [{backend}" + (f" {precision}" if precision else "") + (f", vae {vae}" if vae != "full" else "") + f", {info['sampler']}" + (f", guidance {info['guidance']:g}]" if info.get("guidance") is not None else "]")
-    click.echo(f"toy eval of {what}: {config.prompts} prompts x {config.seeds} seeds per split")
+    counts = ", ".join(f"{s} {len(config.prompts_for(s))}" for s in config.splits)
+    click.echo(f"toy eval of {what}: {counts} captions x {config.seeds} seeds")
     click.echo(summary_table(result.report))
     if json_path:
         write_report(json_path, result.report)
@@ -105,3 +125,39 @@ def train_classifier_cmd(out, steps, seed):
     meta = train_classifier(out, steps=steps, seed=seed)
     acc = ", ".join(f"{split} {v['all']:.4f}" for split, v in meta["accuracy"].items())
     click.echo(f"wrote {out}: every-attribute accuracy on fresh renders: {acc}")
+
+
+@click.command("compare")
+@click.argument("a", type=click.Path())
+@click.argument("b", type=click.Path())
+@click.option("--json", "json_out", type=click.Path(), default=None, help="Write the comparison to FILE.json.")
+def compare_cmd(a, b, json_out):
+    """Model B minus model A: two toy eval --json reports of the same captions and seeds.
+
+    Prints each split's strict accuracy of both and the difference with its 95% interval (a paired,
+    caption-clustered bootstrap); the verdict names a winner only when the interval excludes 0.
+    """
+    import json
+
+    from ..toy.evaluate import compare_reports, comparison_table, write_report
+
+    json_path = _check_out(json_out, ".json", "--json")
+    reports = []
+    for path in (a, b):
+        p = Path(path)
+        if not p.is_file():
+            raise InputError(f"{path} is not a file: give two toy eval --json reports")
+        try:
+            report = json.loads(p.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InputError(f"{path} is not a toy eval report ({exc})") from exc
+        if not isinstance(report, dict) or not isinstance(report.get("splits"), dict) or not all(
+            isinstance(s, dict) and "per_prompt" in s for s in report["splits"].values()
+        ):
+            raise InputError(f"{path} is not a toy eval --json report (no splits with per-caption scores)")
+        reports.append(report)
+    comparison = compare_reports(*reports)
+    click.echo(comparison_table(comparison, a, b))
+    if json_path:
+        write_report(json_path, {"a": str(a), "b": str(b), "splits": comparison})
+        click.echo(f"wrote {json_path}")

@@ -27,7 +27,7 @@ import numpy as np
 from ..errors import InputError
 from ..io import atomic_path, write_png
 from . import domain
-from .metrics import NEAREST_K, frechet_distance, prdc
+from .metrics import NEAREST_K, cluster_bootstrap, frechet_distance, prdc
 
 log = logging.getLogger("tiue_export")
 
@@ -53,7 +53,7 @@ def parse_splits(text: str) -> tuple[str, ...]:
 class EvalConfig:
     """What ``tiue-export toy eval`` measures; saved in the JSON report."""
 
-    prompts: int = 20  # per split: the held-out split has only 26 distinct captions
+    prompts: int | None = 20  # per split; None: every caption of the split (198 train, 26 held-out)
     seeds: int = 4  # images per prompt, seeds 0..seeds-1: enough for k=5 PRDC balls per split
     splits: tuple[str, ...] = SPLITS
     batch_size: int = 8  # images per sample_fn call (CFG doubles the UNet batch)
@@ -62,7 +62,7 @@ class EvalConfig:
     nearest_k: int = NEAREST_K
 
     def __post_init__(self):
-        if self.prompts < 1:
+        if self.prompts is not None and self.prompts < 1:
             raise InputError(f"--prompts must be >= 1, got {self.prompts}")
         if self.seeds < 1:
             raise InputError(f"--seeds must be >= 1, got {self.seeds}")
@@ -73,7 +73,8 @@ class EvalConfig:
 
     def prompts_for(self, split: str) -> list[str]:
         """The evaluated captions of ``split`` (raises InputError if it has fewer than asked)."""
-        return domain.eval_prompts(split, self.prompts, seed=self.prompt_seed)
+        n = len(domain.combos(split)) if self.prompts is None else self.prompts
+        return domain.eval_prompts(split, n, seed=self.prompt_seed)
 
     def jobs(self, split: str) -> tuple[list[str], list[int]]:
         """(prompt, seed) of every image, prompt-major: prompt i's seeds are images i*S..i*S+S-1."""
@@ -128,10 +129,15 @@ def score_split(classifier, prompts: Sequence[str], fake: np.ndarray, real: np.n
     by_prompt: dict[str, list[bool]] = {}
     for p, r in zip(prompts, strict):
         by_prompt.setdefault(p, []).append(bool(r))
+    per_prompt = {p: sum(v) / len(v) for p, v in by_prompt.items()}
+    ci = cluster_bootstrap(list(per_prompt.values()))[1:] if n else None
     return {
         "images": n,
+        "captions": len(per_prompt),
         # the strict judge (toy/judge.py): one clean object, recognisable, every attribute right
         "strict_accuracy": float(strict.mean()) if n else None,
+        # 95% percentile bootstrap interval, captions resampled (a caption's images are not independent)
+        "strict_accuracy_ci": list(ci) if ci else None,
         "strict_attribute_accuracy": {
             a: float(np.mean([getattr(v.measured, a) == getattr(t, a) for v, t in zip(verdicts, attrs)])) if n else None
             for a in domain.ATTRIBUTES
@@ -142,7 +148,7 @@ def score_split(classifier, prompts: Sequence[str], fake: np.ndarray, real: np.n
         "attribute_accuracy": acc["per_attribute"],
         "fd": _finite(frechet_distance(rp.features, fp.features)) if n >= 2 else None,
         **pr,
-        "per_prompt": {p: sum(v) / len(v) for p, v in by_prompt.items()},
+        "per_prompt": per_prompt,
         "_right": strict,  # per-image strict verdicts and why, for the grid; removed from the JSON report
         "_reasons": reasons,
     }
@@ -172,10 +178,11 @@ def evaluate(sample_fn: SampleFn, config: EvalConfig = EvalConfig(), classifier=
     from .classifier import load_classifier
 
     jobs = {split: config.jobs(split) for split in config.splits}  # validates counts before any work
-    if config.prompts * config.seeds <= config.nearest_k:
+    smallest = min(len(prompts) for prompts, _ in jobs.values())
+    if smallest <= config.nearest_k:
         log.warning(
             "precision/recall/density/coverage need more than k=%d images per split, got %d: reported as null",
-            config.nearest_k, config.prompts * config.seeds,
+            config.nearest_k, smallest,
         )
     classifier = classifier or load_classifier()
     result = EvalResult(report={})
@@ -354,7 +361,7 @@ def write_grid(path: str | Path, result: EvalResult, seeds: int, metadata: dict 
 def summary_table(report: dict) -> str:
     """A fixed-width table of the headline numbers, one line per split."""
     attrs = domain.ATTRIBUTES
-    head = f"{'split':<8} {'images':>6} {'strict':>7} {'prompt':>7} " + " ".join(f"{a[:5]:>6}" for a in attrs)
+    head = f"{'split':<8} {'images':>6} {'strict':>7} {'95% CI':>13} {'prompt':>7} " + " ".join(f"{a[:5]:>6}" for a in attrs)
     head += f" {'FD':>8} {'prec':>5} {'rec':>5} {'dens':>5} {'cov':>5}"
     lines = [head]
 
@@ -365,14 +372,62 @@ def summary_table(report: dict) -> str:
         for name, row in ((split, s), ("  real", s.get("reference"))):
             if row is None:
                 continue
-            line = f"{name:<8} {row['images']:>6} {f(row['strict_accuracy'], 7, 3)} {f(row['prompt_accuracy'], 7, 3)} "
+            ci = row.get("strict_accuracy_ci")
+            ci = f"{ci[0]:.3f}-{ci[1]:.3f}" if ci else "-"
+            line = f"{name:<8} {row['images']:>6} {f(row['strict_accuracy'], 7, 3)} {ci:>13} {f(row['prompt_accuracy'], 7, 3)} "
             line += " ".join(f(row["attribute_accuracy"][a], 6, 3) for a in attrs)
             line += f" {f(row['fd'], 8, 3)} " + " ".join(f(row[m], 5, 2) for m in ("precision", "recall", "density", "coverage"))
             lines.append(line)
     for split, s in report["splits"].items():
         rates = ", ".join(f"{d} {r:.0%}" for d, r in s["defect_rates"].items() if r)
         lines.append(f"{split}: defects {rates or 'none'}")
-    lines.append("(strict: the judge's one clean, recognisable object with every attribute right; prompt and the")
+    lines.append("(strict: the judge's one clean, recognisable object with every attribute right, with its 95% interval")
+    lines.append(" over captions (caption-clustered bootstrap); prompt and the")
     lines.append(" attribute columns: the forced-choice classifier, as reported before; real: independent real")
     lines.append(" renders of the same prompts, scored the same way: a perfect model's numbers)")
+    return "\n".join(lines)
+
+
+# -- paired comparison ------------------------------------------------------------------------------
+def compare_reports(a: dict, b: dict, reps: int = 2000) -> dict:
+    """Model B minus model A on the same captions and seeds: per split, the strict accuracy of each
+    and the difference with its 95% interval (a paired, caption-clustered bootstrap: each resample
+    draws captions and takes both models' images of them).
+
+    Raises:
+        InputError: if the reports do not hold the same splits, captions and seeds.
+    """
+    if a.get("seeds") != b.get("seeds"):
+        raise InputError(f"the reports used different seeds ({a.get('seeds')} and {b.get('seeds')}): evaluate both with the same --seeds")
+    out = {}
+    for split in a.get("splits", {}):
+        if split not in b.get("splits", {}):
+            raise InputError(f"the second report has no {split} split: evaluate both with the same --split")
+        pa, pb = a["splits"][split]["per_prompt"], b["splits"][split]["per_prompt"]
+        if set(pa) != set(pb):
+            raise InputError(f"the reports scored different {split} captions: evaluate both with the same --prompts")
+        keys = sorted(pa)
+        diff, low, high = cluster_bootstrap([pb[k] - pa[k] for k in keys], reps=reps)
+        out[split] = {
+            "captions": len(keys),
+            "a": a["splits"][split]["strict_accuracy"],
+            "b": b["splits"][split]["strict_accuracy"],
+            "a_ci": a["splits"][split].get("strict_accuracy_ci"),
+            "b_ci": b["splits"][split].get("strict_accuracy_ci"),
+            "difference": diff,
+            "difference_ci": [low, high],
+            "verdict": "B better" if low > 0 else "A better" if high < 0 else "no clear difference",
+        }
+    if not out:
+        raise InputError("the first report holds no split")
+    return out
+
+
+def comparison_table(comparison: dict, a: str, b: str) -> str:
+    """The paired comparison as fixed-width lines."""
+    lines = [f"A = {a}", f"B = {b}", f"{'split':<8} {'captions':>8} {'A strict':>9} {'B strict':>9} {'B - A':>7} {'95% CI':>16}  verdict"]
+    for split, c in comparison.items():
+        lo, hi = c["difference_ci"]
+        lines.append(f"{split:<8} {c['captions']:>8} {c['a']:>9.3f} {c['b']:>9.3f} {c['difference']:>+7.3f} {f'{lo:+.3f} {hi:+.3f}':>16}  {c['verdict']}")
+    lines.append("(paired over the same captions and seeds; interval: caption-clustered bootstrap, 2000 resamples)")
     return "\n".join(lines)

@@ -122,3 +122,23 @@ def prdc(real, fake, k: int = NEAREST_K) -> PRDC:
         density=float(in_real_ball.sum(axis=0).mean() / k),
         coverage=float((d.min(axis=1) < real_radii).mean()),
     )
+
+
+def cluster_bootstrap(cluster_means, reps: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of equal-size clusters' means and its percentile bootstrap interval, resampling whole
+    clusters with replacement (the cluster bootstrap; Field & Welsh 2007): images of one caption
+    are not independent, so captions, not images, are the units resampled.
+
+    Returns:
+        ``(mean, low, high)``; one cluster gives ``(mean, mean, mean)``.
+    """
+    x = np.asarray(cluster_means, dtype=np.float64)
+    if x.ndim != 1 or x.size == 0 or not np.all(np.isfinite(x)):
+        raise InputError("cluster_bootstrap needs a non-empty 1-D array of finite cluster means")
+    if not 0 < level < 1 or reps < 1:
+        raise InputError(f"cluster_bootstrap needs 0 < level < 1 and reps >= 1, got {level}, {reps}")
+    rng = np.random.default_rng(seed)
+    boot = x[rng.integers(0, x.size, size=(reps, x.size))].mean(axis=1)
+    tail = (1 - level) / 2
+    low, high = np.quantile(boot, [tail, 1 - tail])
+    return float(x.mean()), float(low), float(high)
