@@ -87,7 +87,10 @@ def test_distill_trains_on_the_first_pairs_of_a_store(store, teacher, prompts_fi
 
     recipe = json.loads((result.out / "tiue.json").read_text())["provenance"]["recipe"]
     assert (recipe["regression_steps"], recipe["regression_guidance"], recipe["pair_batch"], recipe["pairs"]) == (2, 3.0, 4, str(root))
-    assert not (Path(str(result.out) + ".run") / "pairs").exists()  # the shared store was used
+    run = Path(str(result.out) + ".run")
+    assert not (run / "pairs").exists()  # the shared store was used
+    last = json.loads((run / "log.jsonl").read_text().splitlines()[-1])
+    assert last["mse_pairs"] > 0 and last["mse_fresh"] > 0 and "strict_fresh" not in last  # not toy captions: no judge
 
 
 @pytest.mark.parametrize(
@@ -116,3 +119,22 @@ def test_distill_pairs_refuses_bad_input(store, teacher, prompts_file, tmp_path,
     code, _, err = run_cli(base + ["--count", "0", "--out", str(tmp_path / "new")], capsys)
     assert code == 2 and "--count must be >= 1, got 0" in err
     assert not (tmp_path / "new").exists()
+
+
+def test_the_log_shows_pair_and_fresh_noise_errors_at_each_checkpoint(teacher, tmp_path):
+    import json
+
+    from tiue_export.distill.config import DistillConfig
+    from tiue_export.distill.train import distill
+
+    prompts = tmp_path / "toy.txt"  # toy captions: the strict judge scores the fresh noises' images
+    prompts.write_text("a small red circle on a blue background\na large green cross on a white background\n")
+    out = tmp_path / "s"
+    distill(DistillConfig(prompts=str(prompts), out=str(out), teacher=str(teacher), steps=3, batch_size=2, checkpoint_every=2,
+                          regression_pairs=4, regression_steps=1))
+    records = [json.loads(line) for line in (Path(str(out) + ".run") / "log.jsonl").read_text().splitlines()]
+    probed = [r["step"] for r in records if "mse_fresh" in r]
+    assert probed == [2, 3]  # the checkpoints: every 2 steps and the last
+    for r in records:
+        if r["step"] in probed:
+            assert r["mse_pairs"] > 0 and r["mse_fresh"] > 0 and 0.0 <= r["strict_fresh"] <= 1.0

@@ -40,7 +40,7 @@ from .. import __version__
 from ..errors import InputError, ModelError, require
 from ..io import atomic_path, write_json
 from ..models import ASSETS
-from ..sampling import classifier_free_guidance
+from ..sampling import classifier_free_guidance, to_uint8_images
 from ..schedule import OnePassSchedule, combine_one_pass
 from ..student import TiUEStudent
 from ..tiue_config import TIUE_JSON
@@ -57,6 +57,7 @@ from .losses import (
 from .pairs import (
     DEFAULT_BATCH,
     PAIRS_DIR,
+    PROBE,
     PairSpec,
     PairTeacher,
     generate_pairs,
@@ -290,6 +291,8 @@ class Trainer:
     scheduler: object  # the teacher's DDIM scheduler (teacher pairs)
     pairs: tuple | None = None  # (noise, latents, prompts) of the teacher pairs, when regression is on
     probe: tuple | None = None  # (noise, latents, prompts) on noises no pair uses: the log's fresh-noise probe
+    vae: torch.nn.Module | None = None  # the teacher's VAE (the probe's images for the strict judge)
+    judge: object = None  # images, prompts -> per-image strict verdicts (toy captions only), or None
     lr_scheduler: object = None  # the student's lr schedule (a torch LambdaLR), stepped after each update
 
     @property
@@ -401,6 +404,34 @@ class Trainer:
         return {"loss_lora": loss_lora.detach(), "grad_norm_lora": grad_norm}
 
     # -- checkpoints ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def probe_metrics(self) -> dict:
+        """How the EMA student meets the teacher, for the log at each checkpoint: latent MSE on the
+        first ``PROBE`` training pairs (``mse_pairs``) and on the store's fresh noises
+        (``mse_fresh``); with toy captions, the strict judge's accuracy on the fresh noises'
+        images (``strict_fresh``). A gap between the two MSEs is memorisation of the pairs."""
+        params = list(self.student.unet.parameters())
+        self.ema.store(params)
+        self.ema.copy_to(params)
+        try:
+            out = {}
+            sets = {"pairs": tuple(x[:PROBE] for x in self.pairs)} if self.pairs is not None else {}
+            if self.probe is not None:
+                sets["fresh"] = self.probe
+            for name, (noise, latents, texts) in sets.items():
+                z0 = torch.cat([
+                    combine_one_pass(noise[i : i + 16].to(self.device), self.student(noise[i : i + 16].to(self.device), self.encode(texts[i : i + 16])), self.schedule.S, self.schedule.E)
+                    for i in range(0, len(texts), 16)
+                ])
+                out[f"mse_{name}"] = float(torch.mean((z0.float().cpu() - latents) ** 2))
+                if name == "fresh" and self.judge is not None:
+                    vae = self.vae
+                    images = to_uint8_images(vae.decode(z0.to(vae.dtype) / vae.config.scaling_factor).sample.float().cpu().numpy())
+                    out["strict_fresh"] = float(np.mean(self.judge(images, list(texts))))
+            return out
+        finally:
+            self.ema.restore(params)
+
     def rng_state(self) -> dict:
         states = {"generator": self.generator.get_state(), "torch": torch.get_rng_state()}
         if torch.cuda.is_available():
@@ -564,9 +595,27 @@ def build_trainer(cfg: DistillConfig, teacher_dir: Path, accelerator) -> Trainer
         null=torch.empty(0),
         generator=torch.Generator().manual_seed(rank_seed(cfg.seed, accelerator.process_index)),
         scheduler=pipe.scheduler,
+        vae=pipe.vae.to(device).eval(),
     )
     trainer.null = trainer.encode([""])
     return trainer
+
+
+def toy_judge(prompts: list[str]):
+    """The strict judge of ``toy eval`` as ``(images, prompts) -> verdicts`` when every prompt is a
+    toy caption, else None (another domain has no judge)."""
+    from ..toy import domain
+
+    try:
+        for p in set(prompts):
+            domain.parse_caption(p)
+    except (InputError, ValueError, KeyError):
+        return None
+    from ..toy.classifier import load_classifier
+    from ..toy.evaluate import strict_verdicts
+
+    classifier = load_classifier()
+    return lambda images, texts: [v.right for v in strict_verdicts(classifier, texts, images)]
 
 
 # -- the run --------------------------------------------------------------------------------------
@@ -702,6 +751,8 @@ def distill(cfg: DistillConfig, resume: bool = False) -> DistillResult:
     rank, world = accelerator.process_index, accelerator.num_processes
     if cfg.regression_pairs and cfg.lambda_reg:
         tr.pairs = teacher_pairs(tr, prompts, teacher_dir)
+        if main and tr.probe is not None:
+            tr.judge = toy_judge(tr.probe[2])
     loader = make_loader(prompts, cfg.batch_size, rank, world, cfg.seed)
     per_epoch = len(loader)
     total = cfg.steps or cfg.epochs * per_epoch
@@ -734,6 +785,8 @@ def distill(cfg: DistillConfig, resume: bool = False) -> DistillResult:
             step += 1
 
             losses, record = step_record(cfg, tr, accelerator, student_stats, lora_stats, step, epoch, time.perf_counter() - t0)
+            if main and tr.pairs is not None and (step % cfg.checkpoint_every == 0 or step == total):
+                record.update(tr.probe_metrics())
             if main:
                 with (run / LOG_FILE).open("a") as f:
                     f.write(json.dumps(record) + "\n")

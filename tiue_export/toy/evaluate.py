@@ -108,10 +108,20 @@ def _finite(x: float) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
+def strict_verdicts(classifier, prompts: Sequence[str], images: np.ndarray, predicted=None) -> list:
+    """The strict judge's verdict on each image (``predicted``: the classifier's output on them, if
+    already computed), with the classifier's forced-choice shape as its second opinion."""
+    from .judge import judge_images
+
+    predicted = predicted if predicted is not None else classifier.predict(images)
+    shapes = classifier.config.classes["shape"]
+    return judge_images(images, [domain.parse_caption(p) for p in prompts], [shapes[int(i)] for i in predicted.labels["shape"]])
+
+
 def score_split(classifier, prompts: Sequence[str], fake: np.ndarray, real: np.ndarray, k: int = NEAREST_K) -> dict:
     """Accuracy of ``fake`` against the attributes its prompts state, and FD/PRDC against ``real``."""
     from .classifier import score
-    from .judge import DEFECTS, judge_images
+    from .judge import DEFECTS
 
     attrs = [domain.parse_caption(p) for p in prompts]
     targets = classifier.targets(attrs)
@@ -122,8 +132,7 @@ def score_split(classifier, prompts: Sequence[str], fake: np.ndarray, real: np.n
         pr = prdc(rp.features, fp.features, k).to_dict()
     else:  # too few points for k-NN balls: reported as null
         pr = dict.fromkeys(("precision", "recall", "density", "coverage"))
-    shapes = classifier.config.classes["shape"]
-    verdicts = judge_images(fake, attrs, [shapes[int(i)] for i in fp.labels["shape"]])
+    verdicts = strict_verdicts(classifier, prompts, fake, fp)
     strict = np.asarray([v.right for v in verdicts])
     reasons = [v.reason for v in verdicts]
     by_prompt: dict[str, list[bool]] = {}
