@@ -138,3 +138,56 @@ def test_the_log_shows_pair_and_fresh_noise_errors_at_each_checkpoint(teacher, t
     for r in records:
         if r["step"] in probed:
             assert r["mse_pairs"] > 0 and r["mse_fresh"] > 0 and 0.0 <= r["strict_fresh"] <= 1.0
+
+
+# -- the authors' CLIP term -----------------------------------------------------------------------
+def tiny_clip(path: Path) -> Path:
+    """A random CLIP model (both towers tiny) with the tiny models' tokenizer, saved to ``path``."""
+    from transformers import CLIPConfig, CLIPModel
+
+    from tiue_export.tokenizer import tiny_clip_tokenizer
+
+    tok = tiny_clip_tokenizer(path, model_max_length=16)
+    torch.manual_seed(0)
+    common = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4}
+    config = CLIPConfig(
+        text_config={**common, "vocab_size": len(tok), "max_position_embeddings": 16, "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id},
+        vision_config={**common, "image_size": 32, "patch_size": 8},
+        projection_dim=16,
+    )
+    CLIPModel(config).save_pretrained(path)
+    return path
+
+
+def test_the_clip_term_joins_the_loss_and_decays_to_zero_over_an_epoch(teacher, prompts_file, tmp_path):
+    import json
+
+    from tiue_export.distill.config import DistillConfig
+    from tiue_export.distill.losses import clip_text_loss, clip_weight
+    from tiue_export.distill.train import distill
+
+    same = torch.nn.functional.normalize(torch.randn(3, 16), dim=-1)
+    assert clip_text_loss(same, same, 0.35) == 0  # matching images: cos 1 > tau
+    assert clip_text_loss(same, -same, 0.35) == pytest.approx(1.35)
+    assert [clip_weight(s, 4, 0.1) for s in (0, 2, 4, 6)] == pytest.approx([0.1, 0.05, 0.0, 0.0])
+
+    clip = tiny_clip(tmp_path / "clip")
+    out = tmp_path / "s"
+    cfg = DistillConfig(prompts=str(prompts_file), out=str(out), teacher=str(teacher), steps=3, batch_size=2, checkpoint_every=3, clip_model=str(clip))
+    with_clip = distill(cfg)
+    records = [json.loads(line) for line in (Path(str(out) + ".run") / "log.jsonl").read_text().splitlines()]
+    # a random CLIP: images far from their prompts; 4 prompts at batch 2 are an epoch of 2 steps, after
+    # which the weight is 0 and the term is not computed
+    assert [r["loss_clip"] > 0 for r in records] == [True, True, False]
+    plain = distill(cfg.replace(out=str(tmp_path / "plain"), clip_model=None))
+    a, b = dict(with_clip.student.unet.named_parameters()), dict(plain.student.unet.named_parameters())
+    assert any(not torch.equal(a[n], b[n]) for n in a)  # the term moves the student
+    assert "loss_clip" not in json.loads((tmp_path / "plain.run" / "log.jsonl").read_text().splitlines()[0])
+
+
+def test_a_clip_directory_that_is_not_one_is_one_line(teacher, prompts_file, tmp_path, capsys):
+    argv = ["distill", "--teacher", str(teacher), "--prompts", str(prompts_file), "--out", str(tmp_path / "s"), "--steps", "1"]
+    code, _, err = run_cli(argv + ["--clip-model", str(tmp_path)], capsys)
+    assert code == 2 and err.strip() == f"error: --clip-model {tmp_path} is not a CLIP model directory (no config.json): give a local transformers CLIPModel directory"
+    code, _, err = run_cli(argv + ["--clip-tau", "2"], capsys)
+    assert code == 2 and err.strip() == "error: --clip-tau must be in [-1, 1] (a cosine), got 2.0"

@@ -85,6 +85,11 @@ class DistillConfig:
     pair_batch: int | None = None  # pairs per teacher call when drawing them; None: the store's, else pairs.DEFAULT_BATCH
     pairs: str | None = None  # a pair store (tiue-export distill-pairs) shared by runs; None: RUN/pairs
 
+    # -- CLIP term (the authors' released students; off in their published script's defaults) --
+    clip_model: str | None = None  # a local transformers CLIPModel directory (with its tokenizer); None: no CLIP term
+    lambda_clip: float = 0.1  # the term's weight at step 0, decaying linearly to 0 over one epoch's steps, as the authors'
+    clip_tau: float = 0.35  # relu(tau - cos(text, image)): the authors' --lambda_textcliploss 0.35
+
     # -- LoRA teacher --------------------------------------------------------------------------
     lr_lora: float = 1e-3  # train_loopfree.sh --learning_rate_lora 1.e-03: it must track the student
     lora_rank: int = 64  # --lora_rank 64
@@ -116,6 +121,8 @@ class DistillConfig:
             (self.lambda_vsd > 0 or (self.regression_pairs > 0 and self.lambda_reg > 0),
              "--lambda-vsd 0 leaves nothing to learn from: add --regression-pairs N (and --lambda-reg > 0)"),
             (self.lambda_kl >= 0, f"--lambda-kl must be >= 0, got {self.lambda_kl}"),
+            (self.lambda_clip >= 0, f"--lambda-clip must be >= 0, got {self.lambda_clip}"),
+            (-1 <= self.clip_tau <= 1, f"--clip-tau must be in [-1, 1] (a cosine), got {self.clip_tau}"),
             (self.regression_pairs >= 0, f"--regression-pairs must be >= 0, got {self.regression_pairs}"),
             (self.lambda_reg >= 0, f"--lambda-reg must be >= 0, got {self.lambda_reg}"),
             (self.regression_steps is None or self.regression_steps >= 1, f"--regression-steps must be >= 1, got {self.regression_steps}"),

@@ -61,3 +61,15 @@ def lora_denoising_loss(eps_lora: torch.Tensor, noise: torch.Tensor, abar_t: tor
     """LoRA teacher's diffusion loss (SwiftBrush, alpha-weighted): ``mean((sqrt(abar) eps_lora - sqrt(abar) eps)^2)``."""
     a = per_sample(abar_t).sqrt()
     return F.mse_loss((a * eps_lora).float(), (a * noise).float(), reduction="mean")
+
+
+def clip_text_loss(text_features: torch.Tensor, image_features: torch.Tensor, tau: float) -> torch.Tensor:
+    """The Loopfree authors' CLIP term: ``relu(tau - mean_i cos(text_i, image_i))``; zero once the
+    images match their prompts to cosine ``tau`` on average."""
+    cos = torch.nn.functional.cosine_similarity(text_features.float(), image_features.float(), dim=-1, eps=1e-7)
+    return torch.relu(tau - cos.mean())
+
+
+def clip_weight(step: int, total: int, initial: float) -> float:
+    """The CLIP term's weight: ``initial`` at step 0, decaying linearly to 0 at ``total`` steps."""
+    return max(0.0, initial * (1 - step / max(total, 1)))

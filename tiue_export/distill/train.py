@@ -47,6 +47,8 @@ from ..tiue_config import TIUE_JSON
 from .config import DEFAULT_REGRESSION_STEPS, DistillConfig, removed_options
 from .data import load_prompts, make_loader
 from .losses import (
+    clip_text_loss,
+    clip_weight,
     diffuse,
     kl_loss,
     lora_denoising_loss,
@@ -75,7 +77,7 @@ CHECKPOINTS = "checkpoints"
 LOG_FILE = "log.jsonl"
 CONFIG_FILE = "config.json"
 #: Per-step statistics averaged over processes into log.jsonl, in this order (those the recipe has).
-LOGGED = ("loss_vsd", "loss_kl", "loss_reg", "loss_lora")
+LOGGED = ("loss_vsd", "loss_kl", "loss_reg", "loss_clip", "loss_lora")
 #: The one-step baseline's scheduler: set_timesteps(1) gives t=999 and the DDIM step goes to
 #: alpha=1, so the one-pass sum is exactly x0 = (z_T - sqrt(1 - abar) eps) / sqrt(abar).
 BASELINE_SCHEDULER_OVERRIDES = {"timestep_spacing": "trailing", "set_alpha_to_one": True}
@@ -293,6 +295,9 @@ class Trainer:
     probe: tuple | None = None  # (noise, latents, prompts) on noises no pair uses: the log's fresh-noise probe
     vae: torch.nn.Module | None = None  # the teacher's VAE (the probe's images for the strict judge)
     judge: object = None  # images, prompts -> per-image strict verdicts (toy captions only), or None
+    clip: tuple | None = None  # (CLIPModel, tokenizer) of --clip-model, frozen
+    clip_steps: int = 1  # steps over which the CLIP weight decays to 0 (one epoch, as the authors)
+    step: int = 0  # optimisation steps done (the CLIP weight's clock)
     lr_scheduler: object = None  # the student's lr schedule (a torch LambdaLR), stepped after each update
 
     @property
@@ -318,7 +323,7 @@ class Trainer:
         idx = torch.randint(0, noise.shape[0], (self.cfg.batch_size,), generator=self.generator)
         return noise[idx].to(self.device), self.encode([texts[i] for i in idx.tolist()]), latents[idx].to(self.device)
 
-    def student_update(self, cond: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    def student_update(self, cond: torch.Tensor, texts: list[str] | None = None) -> tuple[torch.Tensor, dict]:
         """Steps 1-2: one TiUE pass, VSD against both CFG teachers plus KL, Adam step, EMA update.
 
         With teacher pairs, the same pass also maps a batch of pair noises, and the latent MSE to
@@ -350,15 +355,34 @@ class Trainer:
         else:  # regression (and KL) only: no teacher calls
             loss_vsd = z0.new_zeros((), dtype=torch.float32)
         loss_kl = kl_loss(eps, cfg.lambda_kl)
-        acc.backward(cfg.lambda_vsd * loss_vsd + loss_kl + loss_reg)
+        weight = clip_weight(self.step, self.clip_steps, cfg.lambda_clip) if self.clip is not None else 0.0
+        loss_clip = self.clip_term(z0, texts) if weight else z0.new_zeros((), dtype=torch.float32)
+        acc.backward(cfg.lambda_vsd * loss_vsd + loss_kl + loss_reg + weight * loss_clip)
         grad_norm = acc.clip_grad_norm_(self.student_ddp.parameters(), cfg.max_grad_norm)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         if self.lr_scheduler is not None:
             self.lr_scheduler.step()
         self.ema.step(self.student.unet.parameters())
-        stats = {"loss_vsd": loss_vsd.detach(), "loss_kl": loss_kl.detach(), "loss_reg": loss_reg.detach(), "grad_norm": grad_norm}
+        stats = {"loss_vsd": loss_vsd.detach(), "loss_kl": loss_kl.detach(), "loss_reg": loss_reg.detach(), "loss_clip": loss_clip.detach(), "grad_norm": grad_norm}
         return z0.detach(), stats
+
+    def clip_term(self, z0: torch.Tensor, texts: list[str]) -> torch.Tensor:
+        """The authors' CLIP term on the student's z0: decoded by the VAE, pixels in [0, 1] resized
+        (bicubic) to the CLIP vision tower's side and embedded without CLIP's mean/std (as their
+        script), against the prompts' CLIP text embeddings (frozen)."""
+        if texts is None:
+            raise ModelError("the CLIP term needs the step's prompts: call student_update(cond, texts)")
+        model, tokenizer = self.clip
+        vae = self.vae
+        images = vae.decode(z0.to(vae.dtype) / vae.config.scaling_factor).sample.float()
+        side = model.config.vision_config.image_size
+        pixels = torch.nn.functional.interpolate(((images + 1) / 2).clamp(0, 1), size=(side, side), mode="bicubic", align_corners=False)
+        image_features = projected(model.get_image_features(pixel_values=pixels))
+        with torch.no_grad():
+            ids = tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt").to(self.device)
+            text_features = projected(model.get_text_features(**ids))
+        return clip_text_loss(text_features, image_features, self.cfg.clip_tau)
 
     @contextmanager
     def frozen_teacher(self):
@@ -601,6 +625,25 @@ def build_trainer(cfg: DistillConfig, teacher_dir: Path, accelerator) -> Trainer
     return trainer
 
 
+def projected(features) -> torch.Tensor:
+    """CLIP's projected embeddings: transformers 4 returns them, 5 a model output holding them."""
+    return features if torch.is_tensor(features) else features.pooler_output
+
+
+def load_clip(path: str, device) -> tuple:
+    """A frozen CLIP model and its tokenizer from a local directory."""
+    from transformers import AutoTokenizer, CLIPModel
+
+    if not (Path(path) / "config.json").is_file():
+        raise InputError(f"--clip-model {path} is not a CLIP model directory (no config.json): give a local transformers CLIPModel directory")
+    try:
+        model = CLIPModel.from_pretrained(path).to(device).eval().requires_grad_(False)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"--clip-model {path}: cannot load a CLIP model and tokenizer ({str(exc).splitlines()[0]})") from exc
+    return model, tokenizer
+
+
 def toy_judge(prompts: list[str]):
     """The strict judge of ``toy eval`` as ``(images, prompts) -> verdicts`` when every prompt is a
     toy caption, else None (another domain has no judge)."""
@@ -704,6 +747,8 @@ def step_record(cfg: DistillConfig, tr, accelerator, student_stats: dict, lora_s
     stats = {**student_stats, **lora_stats}
     if tr.pairs is None:
         del stats["loss_reg"]
+    if tr.clip is None:
+        del stats["loss_clip"]
     if not cfg.lambda_vsd:
         del stats["loss_vsd"]
     names = [n for n in LOGGED if n in stats]
@@ -749,6 +794,8 @@ def distill(cfg: DistillConfig, resume: bool = False) -> DistillResult:
     tr = build_trainer(cfg, teacher_dir, accelerator)
 
     rank, world = accelerator.process_index, accelerator.num_processes
+    if cfg.clip_model and cfg.lambda_clip:
+        tr.clip = load_clip(cfg.clip_model, tr.device)
     if cfg.regression_pairs and cfg.lambda_reg:
         tr.pairs = teacher_pairs(tr, prompts, teacher_dir)
         if main and tr.probe is not None:
@@ -756,6 +803,7 @@ def distill(cfg: DistillConfig, resume: bool = False) -> DistillResult:
     loader = make_loader(prompts, cfg.batch_size, rank, world, cfg.seed)
     per_epoch = len(loader)
     total = cfg.steps or cfg.epochs * per_epoch
+    tr.clip_steps = per_epoch
     tr.lr_scheduler = make_lr_scheduler(tr.opt, cfg, total)
     step = tr.load(ckpts[-1]) if resume and ckpts else 0
     if main:
@@ -780,7 +828,8 @@ def distill(cfg: DistillConfig, resume: bool = False) -> DistillResult:
         for texts in itertools.islice(loader, skip, None):
             t0 = time.perf_counter()
             cond = tr.encode(texts)
-            z0, student_stats = tr.student_update(cond)
+            tr.step = step
+            z0, student_stats = tr.student_update(cond, texts)
             lora_stats = tr.lora_update(z0, cond) if cfg.lambda_vsd else {}  # no VSD: the LoRA teacher is unused
             step += 1
 
