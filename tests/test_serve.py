@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import io
-import socket
 import threading
 import time
 
@@ -18,17 +17,12 @@ requests = pytest.importorskip("requests")
 
 from _bundles import tiny_bundle, tiny_vae_bundle  # noqa: E402
 from _cli import run_cli  # noqa: E402
+from _serving import serving  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 PROMPTS = ("a red square", "a blue circle on green", "two yellow stars", "an orange triangle")
 MAX_BATCH, MAX_QUEUED = 4, 16
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -39,18 +33,8 @@ def bundle(tiny_models, tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(bundle):
     """Two model replicas (one CPU each) behind the API, on a Ray of two CPUs."""
-    import ray
-
-    from tiue_export.serve import app
-    from tiue_export.serve.config import ServeConfig, worker_config
-
-    cfg = ServeConfig(worker_config(str(bundle), max_batch=MAX_BATCH, threads=1), replicas=2, max_queued=MAX_QUEUED, port=free_port(), retries=3)
-    url = app.start(cfg, {"address": "local", "num_cpus": 2, "object_store_memory": 100 * 2**20})
-    try:
+    with serving(bundle, max_batch=MAX_BATCH, replicas=2, max_queued=MAX_QUEUED, retries=3) as (url, cfg):
         yield url, cfg
-    finally:
-        app.stop(cfg)
-        ray.shutdown()
 
 
 def post(url: str, body, timeout: float = 60.0):

@@ -44,7 +44,7 @@ class ImageRequest:
         return [(p, self.seed + j) for p in self.prompts for j in range(self.num_images)]
 
 
-def _int(body: dict, name: str, default: int, low: int, high: int) -> int:
+def int_field(body: dict, name: str, default: int, low: int, high: int) -> int:
     value = body.get(name, default)
     if isinstance(value, bool) or not isinstance(value, int):
         raise RequestError(name, f"{name} must be an integer, not {json.dumps(value)}")
@@ -53,12 +53,23 @@ def _int(body: dict, name: str, default: int, low: int, high: int) -> int:
     return value
 
 
-def _prompt(value, field: str) -> str:
+def prompt_field(value, field: str) -> str:
     if not isinstance(value, str):
         raise RequestError(field, f"{field} must be a string, not {json.dumps(value)}")
     if not value.strip():
         raise RequestError(field, f"{field} is empty")
     return value
+
+
+def json_object(raw: bytes, holding: str) -> dict:
+    """A request body that must be a JSON object (``holding``: what it must hold, for the message)."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestError(None, f"the body is not JSON ({exc})") from exc
+    if not isinstance(body, dict):
+        raise RequestError(None, f"the body must be a JSON object with {holding}")
+    return body
 
 
 def parse_request(raw: bytes, max_images: int) -> ImageRequest:
@@ -71,28 +82,23 @@ def parse_request(raw: bytes, max_images: int) -> ImageRequest:
     Raises:
         RequestError: naming the field at fault.
     """
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RequestError(None, f"the body is not JSON ({exc})") from exc
-    if not isinstance(body, dict):
-        raise RequestError(None, "the body must be a JSON object with a prompt or prompts")
+    body = json_object(raw, "a prompt or prompts")
     unknown = [k for k in body if k not in FIELDS]
     if unknown:
         raise RequestError(unknown[0], f"unknown field {unknown[0]!r}: the fields are {', '.join(FIELDS)}")
     if ("prompt" in body) == ("prompts" in body):
         raise RequestError("prompt", "give one of prompt (a string) or prompts (a list of strings)")
     if "prompt" in body:
-        prompts = (_prompt(body["prompt"], "prompt"),)
+        prompts = (prompt_field(body["prompt"], "prompt"),)
     else:
         value = body["prompts"]
         if not isinstance(value, list) or not value:
             raise RequestError("prompts", f"prompts must be a non-empty list of strings, not {json.dumps(value)[:80]}")
-        prompts = tuple(_prompt(p, f"prompts[{i}]") for i, p in enumerate(value))
-    num_images = _int(body, "num_images", 1, 1, max_images)
+        prompts = tuple(prompt_field(p, f"prompts[{i}]") for i, p in enumerate(value))
+    num_images = int_field(body, "num_images", 1, 1, max_images)
     if len(prompts) * num_images > max_images:
         raise RequestError("num_images", f"{len(prompts)} prompts x {num_images} images is over this server's {max_images} images a request")
-    seed = _int(body, "seed", 0, 0, SEED_MAX - num_images + 1)
+    seed = int_field(body, "seed", 0, 0, SEED_MAX - num_images + 1)
     one = len(prompts) * num_images == 1
     response = body.get("response", "png" if one else "json")
     if response not in RESPONSES:

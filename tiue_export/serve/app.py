@@ -28,10 +28,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ..io import png_bytes
+from . import playground
 from .api import RequestError, error_body, image_entry, parse_request
 from .batching import Batcher
 from .cluster import connect
 from .config import ServeConfig
+from .openai_api import OpenAIError, Served, error_envelope, generation_body, parse_generation
 from .worker import ImageWorker, project_error
 
 log = logging.getLogger("tiue_export")
@@ -59,14 +61,14 @@ class Generator:
     async def describe(self) -> dict:
         return {**self.worker.describe(), "replica": self.replica}
 
-    def _draw(self, jobs: list[tuple[str, int]]) -> list[tuple[bytes, dict]]:
+    def _draw(self, jobs: list[tuple[str, int]]) -> tuple[list[tuple[bytes, dict]], dict[str, float]]:
         drawn = self.worker.sample(jobs)
         self.m_images.inc(len(jobs))
         self.m_calls.inc(drawn.calls)
         self.m_batch.observe(len(jobs))
         for stage, seconds in drawn.timings.items():
             self.m_stage.observe(seconds, tags={"stage": stage})
-        return [(png_bytes(image, meta), meta) for image, meta in zip(drawn.images, drawn.metadata)]
+        return [(png_bytes(image, meta), meta) for image, meta in zip(drawn.images, drawn.metadata)], drawn.timings
 
     async def sample(self, job: tuple[str, int]) -> dict:
         """One (prompt, seed): drawn with the images of every other caller queued here."""
@@ -76,8 +78,9 @@ class Generator:
         """A batch, drawn in a thread, so the replica keeps taking requests (and filling the
         next batch) meanwhile."""
         self.calls += 1
-        batch = {"id": f"{self.replica}:{self.calls}", "size": len(jobs)}
-        drawn = await asyncio.to_thread(self._draw, jobs)
+        batch_id = f"{self.replica}:{self.calls}"
+        drawn, timings = await asyncio.to_thread(self._draw, jobs)
+        batch = {"id": batch_id, "size": len(jobs), "timings": {stage: round(s, 6) for stage, s in timings.items()}}
         return [{"png": png, "metadata": meta, "batch": batch} for png, meta in drawn]
 
 
@@ -85,9 +88,20 @@ class ReplicaFailed(Exception):
     """An image's replica died on every try."""
 
 
+class Refused(Exception):
+    """Images the server will not draw now: 503 (busy, replicas lost) or 500 (drawing failed)."""
+
+    def __init__(self, status: int, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers
+
+
 @serve.deployment(name="ImagesAPI")
 class ImagesAPI:
-    """The HTTP API: ``POST /v1/images``, ``GET /healthz``, ``GET /v1/model``."""
+    """The HTTP API: ``POST /v1/images``, OpenAI's ``POST /v1/images/generations`` and
+    ``GET /v1/models``, ``GET /healthz``, ``GET /v1/model``, and the playground page at ``GET /``."""
 
     def __init__(self, generator, cfg: ServeConfig):
         self.generator = generator
@@ -102,11 +116,22 @@ class ImagesAPI:
 
     async def __call__(self, request: Request) -> Response:
         path = request.url.path.rstrip("/") or "/"
-        routes = {"/v1/images": ("POST", self.images), "/healthz": ("GET", self.healthz), "/v1/model": ("GET", self.describe)}
+        routes = {
+            "/v1/images": ("POST", self.images),
+            "/v1/images/generations": ("POST", self.generations),
+            "/v1/models": ("GET", self.models),
+            "/healthz": ("GET", self.healthz),
+            "/v1/model": ("GET", self.describe),
+            "/": ("GET", self.page),
+        }
+        openai = path in ("/v1/images/generations", "/v1/models")
+        if path.startswith(playground.PREFIX):
+            routes[path] = ("GET", self.page)
         if path not in routes:
-            response = self.error(404, None, f"no route {path}: POST /v1/images, GET /healthz, GET /v1/model")
+            response = self.error(404, None, f"no route {path}: {', '.join(f'{m} {p}' for p, (m, _) in routes.items())}")
         elif request.method != routes[path][0]:
-            response = self.error(405, None, f"{path} takes {routes[path][0]}, not {request.method}")
+            message = f"{path} takes {routes[path][0]}, not {request.method}"
+            response = self.openai_error(405, None, message) if openai else self.error(405, None, message)
         else:
             response = await routes[path][1](request)
         self.m_requests.inc(tags={"code": str(response.status_code)})
@@ -114,6 +139,9 @@ class ImagesAPI:
 
     def error(self, code: int, field: str | None, message: str, headers: dict | None = None) -> JSONResponse:
         return JSONResponse(error_body(field, message), status_code=code, headers=headers)
+
+    def openai_error(self, code: int, param: str | None, message: str, headers: dict | None = None, kind: str | None = None) -> JSONResponse:
+        return JSONResponse(error_envelope(code, param, message, kind), status_code=code, headers=headers)
 
     async def ready(self, timeout_s: float) -> bool:
         """Whether a model replica has answered once (they take a while to load and check)."""
@@ -142,6 +170,13 @@ class ImagesAPI:
             {**self.model, "max_queued": self.cfg.max_queued, "max_images": self.cfg.max_images, "batch_wait_ms": self.cfg.batch_wait_ms}
         )
 
+    async def page(self, request: Request) -> Response:
+        found = playground.asset(request.url.path)
+        if found is None:
+            return self.error(404, None, f"no file {request.url.path} in the playground")
+        data, media_type = found
+        return Response(data, media_type=media_type, headers={"Cache-Control": "no-cache"})
+
     async def one(self, job: tuple[str, int]) -> dict:
         """One image, resubmitted (at most ``retries`` times) when its replica dies under it."""
         for attempt in range(self.cfg.retries + 1):
@@ -154,31 +189,39 @@ class ImagesAPI:
                 await asyncio.sleep(0.2 * 2**attempt)
         raise ReplicaFailed(f"the model replica died on each of {self.cfg.retries + 1} tries")
 
-    async def images(self, request: Request) -> Response:
-        t0 = time.perf_counter()
-        try:
-            req = parse_request(await request.body(), self.cfg.max_images)
-        except RequestError as exc:
-            return self.error(400, exc.field, exc.message)
-        jobs = req.jobs
+    async def draw(self, jobs: list[tuple[str, int]]) -> list[dict]:
+        """Every job's image, under the admission limit (both image routes come through here).
+
+        Raises:
+            Refused: over ``max_queued`` images, replicas lost, or drawing failed.
+        """
         if self.queued + len(jobs) > self.cfg.max_queued:
-            return self.error(
-                503, None, f"busy: {self.queued} images queued, at most {self.cfg.max_queued}: retry later", {"Retry-After": "1"}
-            )
+            raise Refused(503, f"busy: {self.queued} images queued, at most {self.cfg.max_queued}: retry later", {"Retry-After": "1"})
+        t0 = time.perf_counter()
         self.queued += len(jobs)
         self.m_queued.set(self.queued)
         try:
             done = await asyncio.gather(*(self.one(job) for job in jobs))
         except ReplicaFailed as exc:
-            return self.error(503, None, f"{exc}: retry later", {"Retry-After": "1"})
+            raise Refused(503, f"{exc}: retry later", {"Retry-After": "1"}) from exc
         except Exception as exc:  # a failed draw (a non-finite output ...): said, not hidden
             log.warning("drawing failed: %s", exc)
             found = project_error(exc)
-            return self.error(500, None, f"drawing failed: {found if found is not None else type(exc).__name__}")
+            raise Refused(500, f"drawing failed: {found if found is not None else type(exc).__name__}") from exc
         finally:
             self.queued -= len(jobs)
             self.m_queued.set(self.queued)
         self.m_latency.observe(time.perf_counter() - t0)
+        return done
+
+    async def images(self, request: Request) -> Response:
+        try:
+            req = parse_request(await request.body(), self.cfg.max_images)
+            done = await self.draw(req.jobs)
+        except RequestError as exc:
+            return self.error(400, exc.field, exc.message)
+        except Refused as exc:
+            return self.error(exc.status, None, exc.message, exc.headers)
         if req.response == "png":
             only = done[0]
             headers = {
@@ -189,6 +232,32 @@ class ImagesAPI:
             return Response(only["png"], media_type="image/png", headers=headers)
         body = {"images": [image_entry(d["png"], d["metadata"], d["batch"]) for d in done]}
         return Response(json.dumps(body), media_type="application/json")
+
+    def served(self) -> Served:
+        image = self.model["image"]
+        return Served(self.model["model"], image["height"], image["width"], self.model["vae"])
+
+    async def generations(self, request: Request) -> Response:
+        """OpenAI's images API; the body is OpenAI's, and what OpenAI's answer has no field for
+        (each image's seed, batch and per-stage seconds) goes in the ``X-Tiue-Images`` header."""
+        if not await self.ready(60.0):  # the size and model to check against come from a replica
+            return self.openai_error(503, None, "no model replica is up yet: retry later", {"Retry-After": "5"})
+        try:
+            req = parse_generation(await request.body(), self.served(), self.cfg.max_images)
+            done = await self.draw(req.jobs)
+        except OpenAIError as exc:
+            return self.openai_error(exc.status, exc.field, exc.message, kind=exc.code)
+        except Refused as exc:
+            return self.openai_error(exc.status, None, exc.message, exc.headers)
+        drawn = [{"seed": d["metadata"]["seed"], "batch": d["batch"]} for d in done]
+        return JSONResponse(generation_body([d["png"] for d in done]), headers={"X-Tiue-Images": json.dumps(drawn)})
+
+    async def models(self, request: Request) -> Response:
+        """OpenAI's model list: the one bundle served."""
+        if not await self.ready(60.0):
+            return self.openai_error(503, None, "no model replica is up yet: retry later", {"Retry-After": "5"})
+        name = self.served().name
+        return JSONResponse({"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "tiue-export"}]})
 
 
 def build_app(cfg: ServeConfig):
@@ -264,7 +333,10 @@ def run_forever(cfg: ServeConfig) -> None:
     try:
         url = start(cfg)
         node = ray._private.worker.global_worker.node
-        click.echo(f"serving {cfg.worker.bundle} [{cfg.worker.backend}] at {url}: POST /v1/images, GET /healthz, GET /v1/model")
+        click.echo(
+            f"serving {cfg.worker.bundle} [{cfg.worker.backend}] at {url}: the playground at {url}/, POST /v1/images, "
+            "POST /v1/images/generations (OpenAI's images API), GET /healthz, GET /v1/model"
+        )
         if node is not None and getattr(node, "metrics_export_port", None):
             click.echo(f"Prometheus metrics (Ray Serve's and tiue_*) at http://{node.node_ip_address}:{node.metrics_export_port}/metrics")
         click.echo("Ctrl-C stops the server")

@@ -144,6 +144,7 @@ class ImageWorker:
             "provider": self.pipe.provider,
             "graphs": list(m.graphs),
             "vae": self.cfg.vae,
+            "vae_variants": ["full", *(v for v in ("tiny",) if v in m.graphs["vae_decoder"].variants)],
             "max_batch": self.cfg.max_batch,
             "batching": "batched" if self.batched else "per-image",
             "batch_check": None if self.check is None else str(self.check),
