@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("ray.serve", reason="the serve extra: pip install 'tiue-export[serve]'")
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright drives the browser: pip install playwright (in the test extra)")
 
-from _bundles import tiny_bundle  # noqa: E402
+from _bundles import tiny_vae_bundle  # noqa: E402
 from _serving import infer_pngs, serving  # noqa: E402
 
 CHROMIUM = os.environ.get("TIUE_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
@@ -31,7 +31,8 @@ WAIT_MS = 60_000
 
 @pytest.fixture(scope="module")
 def bundle(tiny_models, tmp_path_factory):
-    return tiny_bundle(tiny_models, tmp_path_factory, "sd21")
+    """A bundle with a tiny VAE decoder beside its full one: the page offers both."""
+    return tiny_vae_bundle(tiny_models, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -49,21 +50,27 @@ def page(bundle):
             browser.close()
 
 
-def generate(page, prompt: str, seed: str, n: int) -> None:
+def generate(page, prompt: str, seed: str, n: int, vae: str = "full") -> None:
     page.fill("#prompt", prompt)
     page.fill("#seed", seed)
     page.fill("#n", str(n))
+    page.select_option("#vae", vae)
     page.click("#generate")
     page.wait_for_function("!document.getElementById('generate').disabled && document.getElementById('status').textContent !== 'drawing…'")
+
+
+def shown_pngs(page) -> tuple[list[str], list[bytes]]:
+    sources = page.eval_on_selector_all("#results img", "images => images.map(i => i.src)")
+    return sources, [base64.b64decode(s.removeprefix("data:image/png;base64,")) for s in sources]
 
 
 def test_page_draws_infers_pngs(page, bundle, tmp_path, capsys):
     """Type a prompt, click, and the page shows infer's PNGs for that prompt and seed, byte for
     byte, each with a download link, its stages' timings and its PNG text."""
+    assert page.eval_on_selector_all("#vae option", "options => options.map(o => o.value)") == ["full", "tiny"]
     generate(page, PROMPT, "7", 2)
     assert page.locator("#error").is_hidden()
-    sources = page.eval_on_selector_all("#results img", "images => images.map(i => i.src)")
-    served = [base64.b64decode(s.removeprefix("data:image/png;base64,")) for s in sources]
+    sources, served = shown_pngs(page)
     expected = infer_pngs(bundle, tmp_path, PROMPT, 7, 2, capsys)
     assert served == [expected[7], expected[8]]
     links = page.eval_on_selector_all("#results a", "links => links.map(a => [a.href, a.download])")
@@ -71,6 +78,15 @@ def test_page_draws_infers_pngs(page, bundle, tmp_path, capsys):
     card = page.inner_text("#results .card")
     assert "unet_decoder" in card and " ms" in card  # the stages' timings
     assert PROMPT in card and "one-pass" in card and "software" in card  # the PNG's own text
+
+
+def test_page_draws_with_the_tiny_vae_decoder_when_picked(page, bundle, tmp_path, capsys):
+    """The VAE picked on the page: infer --vae tiny's PNGs, from a server started with the full one."""
+    generate(page, PROMPT, "3", 2, vae="tiny")
+    assert page.locator("#error").is_hidden()
+    expected = infer_pngs(bundle, tmp_path, PROMPT, 3, 2, capsys, "--vae", "tiny")
+    assert shown_pngs(page)[1] == [expected[3], expected[4]]
+    assert "tiny" in page.inner_text("#results .card")  # the PNG's own vae text
 
 
 @pytest.mark.parametrize(

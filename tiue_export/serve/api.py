@@ -4,6 +4,8 @@
 ``seed`` (default 0), ``num_images`` (per prompt, default 1) and ``response`` (``png`` or ``json``;
 default ``png`` for one image, else ``json``). Image j of a prompt uses ``seed + j``, as
 ``tiue-export infer`` does, so a request and an infer run with the same words give the same files.
+``vae`` (optional) picks the VAE decoder variant among those the server draws with
+(``GET /v1/model``'s ``vae_variants``), as infer's ``--vae``.
 A request the server cannot take gets 400 and ``{"error": {"field": NAME, "message": TEXT}}``.
 """
 
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 #: numpy's SeedSequence takes any non-negative integer; 63 bits keep ``seed + j`` a C long
 #: everywhere (torch.Generator, the C++ example) and match infer's --seed range.
 SEED_MAX = 2**63 - 1
-FIELDS = ("prompt", "prompts", "seed", "num_images", "response")
+FIELDS = ("prompt", "prompts", "seed", "num_images", "response", "vae")
 RESPONSES = ("png", "json")
 
 
@@ -37,11 +39,21 @@ class ImageRequest:
     seed: int = 0
     num_images: int = 1
     response: str = "png"
+    vae: str | None = None  # None: the server's own
 
     @property
-    def jobs(self) -> list[tuple[str, int]]:
-        """(prompt, seed) per image, in infer's order: every image of the first prompt first."""
-        return [(p, self.seed + j) for p in self.prompts for j in range(self.num_images)]
+    def jobs(self) -> list[tuple]:
+        """(prompt, seed[, vae]) per image, in infer's order: every image of the first prompt first."""
+        vae = () if self.vae is None else (self.vae,)
+        return [(p, self.seed + j, *vae) for p in self.prompts for j in range(self.num_images)]
+
+
+def vae_field(body: dict, vaes: list[str]) -> str | None:
+    """The ``vae`` of a body: one of ``vaes`` (the variants the server draws with), or None."""
+    vae = body.get("vae")
+    if vae is not None and vae not in vaes:
+        raise RequestError("vae", f"vae {json.dumps(vae)}: this server draws with {' or '.join(vaes)} (serve --vae picks its default)")
+    return vae
 
 
 def int_field(body: dict, name: str, default: int, low: int, high: int) -> int:
@@ -72,12 +84,13 @@ def json_object(raw: bytes, holding: str) -> dict:
     return body
 
 
-def parse_request(raw: bytes, max_images: int) -> ImageRequest:
+def parse_request(raw: bytes, max_images: int, vaes: list[str]) -> ImageRequest:
     """A ``POST /v1/images`` body as an :class:`ImageRequest`.
 
     Args:
         raw: the request body.
         max_images: the most images one request may ask for (prompts x num_images).
+        vaes: the VAE decoder variants the server draws with.
 
     Raises:
         RequestError: naming the field at fault.
@@ -105,7 +118,7 @@ def parse_request(raw: bytes, max_images: int) -> ImageRequest:
         raise RequestError("response", f"response must be one of {', '.join(RESPONSES)}, not {json.dumps(response)}")
     if response == "png" and not one:
         raise RequestError("response", f"response png holds one image, this request makes {len(prompts) * num_images}: ask for json")
-    return ImageRequest(prompts, seed, num_images, response)
+    return ImageRequest(prompts, seed, num_images, response, vae_field(body, vaes))
 
 
 def error_body(field: str | None, message: str) -> dict:

@@ -215,8 +215,10 @@ class ImagesAPI:
         return done
 
     async def images(self, request: Request) -> Response:
+        if not await self.ready(60.0):  # the VAE variants to check against come from a replica
+            return self.error(503, None, "no model replica is up yet: retry later", {"Retry-After": "5"})
         try:
-            req = parse_request(await request.body(), self.cfg.max_images)
+            req = parse_request(await request.body(), self.cfg.max_images, self.model["vae_variants"])
             done = await self.draw(req.jobs)
         except RequestError as exc:
             return self.error(400, exc.field, exc.message)
@@ -235,7 +237,7 @@ class ImagesAPI:
 
     def served(self) -> Served:
         image = self.model["image"]
-        return Served(self.model["model"], image["height"], image["width"], self.model["vae"])
+        return Served(self.model["model"], image["height"], image["width"], tuple(self.model["vae_variants"]))
 
     async def generations(self, request: Request) -> Response:
         """OpenAI's images API; the body is OpenAI's, and what OpenAI's answer has no field for

@@ -4,7 +4,7 @@ The body OpenAI documents: ``prompt``, ``n``, ``size`` (the bundle's own, ``WxH`
 ``response_format`` (``b64_json``; ``url`` is not offered: nothing is stored to link to),
 ``model`` (the bundle's name), ``output_format`` (``png``), plus two extension fields: ``seed``
 (image j uses ``seed + j``, as ``POST /v1/images`` and ``tiue-export infer``; default 0) and
-``vae`` (the VAE decoder variant; it must be the one the server draws with). Other fields
+``vae`` (the VAE decoder variant, among those the server draws with). Other fields
 (``quality``, ``style``, ``user`` ...) are ignored, as OpenAI ignores what a model does not use.
 The answer is ``{"created", "data": [{"b64_json"}]}``; errors use OpenAI's envelope
 ``{"error": {"message", "type", "param", "code"}}``, so its clients raise their usual exceptions.
@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import PurePath
 
-from .api import SEED_MAX, ImageRequest, RequestError, int_field, json_object, prompt_field
+from .api import SEED_MAX, ImageRequest, RequestError, int_field, json_object, prompt_field, vae_field
 
 #: ``type`` of OpenAI's error envelope by HTTP status
 ERROR_TYPES = {400: "invalid_request_error", 404: "invalid_request_error", 405: "invalid_request_error", 503: "server_error", 500: "server_error"}
@@ -40,7 +40,7 @@ class Served:
     model: str  # the bundle as the server was given it (the PNGs' ``model`` text)
     height: int
     width: int
-    vae: str = "full"
+    vaes: tuple[str, ...] = ("full",)  # the VAE decoder variants it draws with, its default first
 
     @property
     def name(self) -> str:
@@ -85,10 +85,11 @@ def parse_generation(raw: bytes, served: Served, max_images: int) -> ImageReques
         raise OpenAIError("output_format", f"output_format {json.dumps(output_format)} is not offered: the images are PNGs")
     if body.get("stream"):
         raise OpenAIError("stream", "stream is not offered: the images come in one answer")
-    vae = body.get("vae")
-    if vae is not None and vae != served.vae:
-        raise OpenAIError("vae", f"vae {json.dumps(vae)}: this server draws with the {served.vae} VAE decoder (tiue-export serve --vae {vae} draws with that one)")
-    return ImageRequest((prompt,), seed, n, "json")
+    try:
+        vae = vae_field(body, served.vaes)
+    except RequestError as exc:
+        raise OpenAIError(exc.field, exc.message) from exc
+    return ImageRequest((prompt,), seed, n, "json", vae)
 
 
 def generation_body(pngs: list[bytes], created: int | None = None) -> dict:

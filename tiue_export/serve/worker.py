@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import TiueError
+from ..errors import InputError, TiueError
 from .config import WorkerConfig
 
 log = logging.getLogger("tiue_export")
@@ -96,8 +96,13 @@ class ImageWorker:
             if not self.check:
                 log.warning("batched calls change images on %s: drawing one image a call", self.pipe.provider)
         self.batched = cfg.batch_mode == "batched" or (cfg.batch_mode == "auto" and bool(self.check))
+        # A request may pick the bundle's other VAE decoder: the chain runs to z0 on this pipeline
+        # and that decoder (opened on first use, nothing else loaded twice) draws the image.
+        tiny = "tiny" in self.pipe.manifest.graphs["vae_decoder"].variants and self.pipe.backend.engine != "tensorrt"
+        self.vaes = [cfg.vae, *(v for v in ("full", "tiny") if v != cfg.vae and (v == "full" or tiny))]
+        self.decoders: dict[str, Pipeline] = {}
 
-    def metadata(self, provider: str) -> dict:
+    def metadata(self, provider: str, vae: str) -> dict:
         """The PNG metadata shared by every image of this worker (infer's keys, in infer's order)."""
         m = self.pipe.manifest
         return {
@@ -107,26 +112,53 @@ class ImageWorker:
             "precision": self.pipe.precision,
             "k": m.k,
             "noise": "numpy",
-            **({"vae": self.cfg.vae} if self.cfg.vae != "full" else {}),  # as infer: full-VAE PNGs stay as they were
+            **({"vae": vae} if vae != "full" else {}),  # as infer: full-VAE PNGs stay as they were
             "provider": provider,
         }
 
-    def sample(self, jobs: Sequence[tuple[str, int]]) -> Drawn:
-        """Images for ``jobs`` (prompt, seed), in order: one pipeline call per ``max_batch`` jobs
-        when batching is exact, else one per job."""
-        jobs = list(jobs)
+    def sample(self, jobs: Sequence[tuple]) -> Drawn:
+        """Images for ``jobs`` (prompt, seed) or (prompt, seed, vae), in order: one pipeline call
+        per ``max_batch`` jobs of a VAE decoder when batching is exact, else one per job."""
+        jobs = [(job[0], job[1], job[2] if len(job) > 2 else self.cfg.vae) for job in jobs]
+        unknown = {vae for *_, vae in jobs} - set(self.vaes)
+        if unknown:
+            raise InputError(f"vae {sorted(unknown)[0]!r}: this server draws with {', '.join(self.vaes)}")
         step = self.cfg.max_batch if self.batched else 1
-        out = Drawn([], [])
-        for start in range(0, len(jobs), step):
-            chunk = jobs[start : start + step]
-            result = self.pipe([p for p, _ in chunk], seeds=[s for _, s in chunk])
-            out.calls += 1
-            for key, v in result.timings.items():
-                out.timings[key] = out.timings.get(key, 0.0) + v
-            meta = self.metadata(result.provider)
-            out.images.extend(result.images)
-            out.metadata.extend(png_metadata(meta, p, s) for p, s in chunk)
+        out = Drawn([None] * len(jobs), [None] * len(jobs))
+        for vae in dict.fromkeys(vae for *_, vae in jobs):
+            rows = [i for i, job in enumerate(jobs) if job[2] == vae]
+            for start in range(0, len(rows), step):
+                chunk = rows[start : start + step]
+                prompts, seeds = [jobs[i][0] for i in chunk], [jobs[i][1] for i in chunk]
+                images, timings = self.draw(prompts, seeds, vae)
+                out.calls += 1
+                for key, v in timings.items():
+                    out.timings[key] = out.timings.get(key, 0.0) + v
+                meta = self.metadata(self.pipe.provider, vae)
+                for i, image, p, s in zip(chunk, images, prompts, seeds):
+                    out.images[i], out.metadata[i] = image, png_metadata(meta, p, s)
         return out
+
+    def draw(self, prompts: list[str], seeds: list[int], vae: str) -> tuple[np.ndarray, dict[str, float]]:
+        """One pipeline call: the images (uint8 NHWC) and per-stage seconds."""
+        if vae == self.cfg.vae:
+            result = self.pipe(prompts, seeds=seeds)
+            return result.images, result.timings
+        from ..executor import graph_feed, require_finite, run_chain
+        from ..runtime import Pipeline
+
+        pipe, chain = self.pipe, self.pipe.manifest.chains["fused"]
+        prompts, seeds, noise = pipe.prepare(prompts, seeds)
+        pipe.graphs.check_chain("fused", pipe.manifest)
+        until = chain.graphs[chain.graphs.index("vae_decoder") - 1]
+        drawn = run_chain(pipe.manifest, pipe.graphs, pipe.tokenize(prompts), noise, "fused", until=until)
+        z0 = graph_feed(pipe.manifest, drawn.values, "vae_decoder")["latents"]
+        require_finite({"outputs.z0": z0})
+        if vae not in self.decoders:  # files checked when this worker's pipeline opened the bundle
+            self.decoders[vae] = Pipeline.load(self.cfg.bundle, backend=self.cfg.backend, threads=self.cfg.threads, vae=vae, verify=False)
+        t0 = time.perf_counter()
+        images = self.decoders[vae].decode_latents(z0)
+        return images, {**drawn.timings, "vae_decoder": time.perf_counter() - t0}
 
     def describe(self) -> dict:
         """A summary of the model and how this worker runs it (``GET /v1/model``)."""
@@ -144,7 +176,7 @@ class ImageWorker:
             "provider": self.pipe.provider,
             "graphs": list(m.graphs),
             "vae": self.cfg.vae,
-            "vae_variants": ["full", *(v for v in ("tiny",) if v in m.graphs["vae_decoder"].variants)],
+            "vae_variants": self.vaes,
             "max_batch": self.cfg.max_batch,
             "batching": "batched" if self.batched else "per-image",
             "batch_check": None if self.check is None else str(self.check),
@@ -153,6 +185,8 @@ class ImageWorker:
 
     def close(self) -> None:
         self.pipe.close()
+        for decoder in self.decoders.values():
+            decoder.close()
 
 
 def project_error(exc: BaseException, text: str = "") -> TiueError | None:
