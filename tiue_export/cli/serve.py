@@ -98,7 +98,8 @@ def backend_options(f):
 @click.option("--cpus-per-replica", type=click.FloatRange(0), default=1.0, show_default=True)
 @click.option("--gpus-per-replica", type=click.FloatRange(0), default=0.0, show_default=True, help="1: a replica per GPU.")
 def serve(bundle, backend, precision, vae, threads, batch_mode, replicas, autoscale, max_batch, max_queued, max_images, **options):
-    """Serve BUNDLE over HTTP on Ray Serve: POST /v1/images, GET /healthz, GET /v1/model.
+    """Serve BUNDLE over HTTP on Ray Serve: POST /v1/images, OpenAI's POST
+    /v1/images/generations, GET /healthz, GET /v1/model, and a playground page at GET /.
 
     Concurrent requests share K-batched pipeline calls; an image equals tiue-export
     infer's for the same prompt and seed, bit for bit. Ctrl-C stops it.

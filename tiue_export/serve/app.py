@@ -110,7 +110,7 @@ class ImagesAPI:
         self.resubmitted = 0
         self.model: dict | None = None
         self.m_requests = metrics.Counter("tiue_requests", "HTTP requests by status code", tag_keys=("code",))
-        self.m_latency = metrics.Histogram("tiue_request_seconds", "seconds per POST /v1/images", boundaries=REQUEST_BOUNDS)
+        self.m_latency = metrics.Histogram("tiue_request_seconds", "seconds per image request, admitted to drawn", boundaries=REQUEST_BOUNDS)
         self.m_queued = metrics.Gauge("tiue_queued_images", "images accepted and not yet answered")
         self.m_resubmitted = metrics.Counter("tiue_resubmitted_images", "images resubmitted because their replica died")
 
