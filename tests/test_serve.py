@@ -125,6 +125,7 @@ def test_health_and_model(server, bundle):
         ({"prompt": "a", "num_images": 2, "response": "png"}, "response"),
         ({"prompt": "a", "response": "gif"}, "response"),
         ({"prompt": "a", "steps": 50}, "steps"),
+        ({"prompt": "a", "vae": "tiny"}, "vae"),  # a bundle without a tiny VAE decoder
     ],
 )
 def test_bad_request_is_400_naming_the_field(server, body, field):
