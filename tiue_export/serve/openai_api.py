@@ -66,6 +66,7 @@ def parse_generation(raw: bytes, served: Served, max_images: int) -> ImageReques
         prompt = prompt_field(body["prompt"], "prompt")
         n = int_field(body, "n", 1, 1, max_images) if body.get("n") is not None else 1
         seed = int_field(body, "seed", 0, 0, SEED_MAX - n + 1) if body.get("seed") is not None else 0
+        vae = vae_field(body, served.vaes)
     except OpenAIError:
         raise
     except RequestError as exc:  # the checks POST /v1/images makes, in OpenAI's terms
@@ -85,10 +86,6 @@ def parse_generation(raw: bytes, served: Served, max_images: int) -> ImageReques
         raise OpenAIError("output_format", f"output_format {json.dumps(output_format)} is not offered: the images are PNGs")
     if body.get("stream"):
         raise OpenAIError("stream", "stream is not offered: the images come in one answer")
-    try:
-        vae = vae_field(body, served.vaes)
-    except RequestError as exc:
-        raise OpenAIError(exc.field, exc.message) from exc
     return ImageRequest((prompt,), seed, n, "json", vae)
 
 
