@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from tiue_export.errors import InputError, TiueError
-from tiue_export.io import atomic_path, write_png
+from tiue_export.files import atomic_path, write_png
 from tiue_export.runtime import Pipeline
 from tiue_export.sampling import initial_noise
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from tiue_export.compare import psnr
-from tiue_export.io import write_png
+from tiue_export.files import write_png
 from tiue_export.models import default_model
 from tiue_export.pipeline import load_pipeline
 from tiue_export.sampling import to_uint8_images

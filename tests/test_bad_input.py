@@ -211,7 +211,7 @@ def test_a_killed_export_leaves_staging_that_the_next_export_removes(tiny_sd21, 
 
 
 def test_a_live_writers_staging_is_left_alone(tmp_path):
-    from tiue_export.io import OWNER, staging_dir, sweep_stale
+    from tiue_export.files import OWNER, staging_dir, sweep_stale
 
     mine = staging_dir(tmp_path / "target", "test")
     assert sweep_stale(tmp_path / "target") == [] and mine.is_dir()

@@ -180,7 +180,7 @@ def _edit_graph_file(m):
 @pytest.mark.parametrize("edit", [_edit_k, _edit_timestep, _edit_timestep_range, _edit_S, _edit_E, _edit_image_height, _edit_graph_file],
                          ids=lambda f: f.__name__.removeprefix("_edit_"))
 def test_error_edited_manifest(tiue_infer, bundle, tmp_path, inputs, edit):
-    """A manifest that contradicts itself (the checks of bundle.io.check_semantics) is refused in
+    """A manifest that contradicts itself (the checks of bundle.directory.check_semantics) is refused in
     one line, exit 2, before any graph is loaded: the copy's graphs are not even ONNX."""
     copy = tmp_path / "bundle"
     shutil.copytree(bundle, copy, ignore=shutil.ignore_patterns("*.onnx"))

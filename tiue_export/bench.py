@@ -865,7 +865,7 @@ def write_chart(report: dict, path: Path) -> None:
     what = shape if shape != "toy" or not report["config"].get("model") else Path(report["model"]).name
     ax.set_title(f"tiue-export bench: {what} {report['image_size'][0]}x{report['image_size'][1]}, batch {report['config']['batch']}")
     fig.tight_layout()
-    from .io import atomic_path
+    from .files import atomic_path
 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
@@ -873,7 +873,7 @@ def write_chart(report: dict, path: Path) -> None:
 
 
 def write_report(report: dict, json_path: Path | None, out_dir: Path) -> list[Path]:
-    from .io import atomic_path
+    from .files import atomic_path
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []

@@ -405,7 +405,7 @@ def _failure(x) -> str:
 
 
 def write_json(reports: Sequence[BackendReport], cfg: CheckConfig, path: Path, coefficients: Comparison | None = None) -> None:
-    from .io import atomic_path
+    from .files import atomic_path
 
     data = {"config": asdict(cfg), "ok": all(r.ok for r in reports if r.available), "backends": [r.to_dict() for r in reports]}
     if coefficients is not None:
@@ -418,7 +418,7 @@ def write_image_grid(reports: Sequence[BackendReport], ref: dict, prompts: Seque
     """A PNG: per prompt, the reference image, then each backend's image and its |difference| x 8."""
     from PIL import Image, ImageDraw
 
-    from .io import atomic_path
+    from .files import atomic_path
 
     shown = [r for r in reports if r.available and r.images is not None]
     ref_img = ref["images_uint8"]

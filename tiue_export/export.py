@@ -27,7 +27,7 @@ from . import __version__, vae_tiny
 from .bundle import MANIFEST, REFERENCE, VALIDATION, Manifest, Tokenizer, save_manifest, sha256_file
 from .compare import Comparison, compare_arrays, compare_outputs
 from .errors import InputError, TiueError, first_line, require
-from .io import atomic_path, writable_dir
+from .files import atomic_path, writable_dir
 from .sampling import initial_noise
 from .specs import DEFAULT_OPSET, PRECISIONS, BatchProfile, GraphSpec, check_opset
 
@@ -512,7 +512,7 @@ def add_tiny_vae(cfg: ExportConfig) -> ExportReport:
         TiueError: the tiny graph disagrees with PyTorch (the bundle is left as it was).
     """
     from .bundle import Bundle, publish
-    from .io import staging_dir
+    from .files import staging_dir
 
     if cfg.vae == "full":
         raise InputError("--vae-only adds a tiny VAE decoder: give --vae tiny or a distill-vae directory")

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from .bundle import Bundle, Variant, publish, sha256_file
 from .errors import TiueError, first_line, require
-from .io import staging_dir
+from .files import staging_dir
 from .quantize import (
     KEEP_FLOAT_OPENVINO,
     QUANTIZED_GRAPHS,

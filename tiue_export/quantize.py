@@ -32,7 +32,7 @@ from . import __version__
 from .bundle import Bundle, Manifest, Variant, publish, sha256_file
 from .compare import compare_arrays
 from .errors import InputError, MissingDependency, TiueError, first_line, require
-from .io import staging_dir
+from .files import staging_dir
 from .sampling import initial_noise
 
 log = logging.getLogger("tiue_export")
@@ -124,7 +124,7 @@ def default_prompts_file(manifest) -> Path:
 
 def read_prompt_file(path: Path) -> list[str]:
     """Non-empty lines, ``#`` comments skipped."""
-    from .io import read_text
+    from .files import read_text
 
     path = Path(path)
     lines = [ln.strip() for ln in read_text(path, "prompts file").splitlines()]

@@ -98,7 +98,7 @@ def build_sd_pipeline(out_dir, arch: str = "sd21", width_div: int = 1, seed: int
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from .io import atomic_path
+    from .files import atomic_path
     from .tiny import write_model_index
     from .tokenizer import tiny_clip_tokenizer
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .io import atomic_path
+from .files import atomic_path
 from .schedule import SD21_SCHEDULER_CONFIG
 
 TINY_CORPUS = [

@@ -2,7 +2,7 @@
 :class:`Bundle` (a directory and its manifest, loaded through the JSON Schema and semantic
 checks), and the one atomic writer of ``manifest.json``. Torch-free."""
 
-from .io import MANIFEST, REFERENCE, VALIDATION, Bundle, bundle_files, publish, save_manifest, sha256_file
+from .directory import MANIFEST, REFERENCE, VALIDATION, Bundle, bundle_files, publish, save_manifest, sha256_file
 from .manifest import EQ11, NUMPY_PCG64, SCHEMA_VERSION, Chain, Graph, Manifest, Sampler, Schedule, Tokenizer, Variant, default_chains
 
 __all__ = [

@@ -4,7 +4,7 @@ The JSON layout is the contract a C++ or TensorRT runtime reads (``schemas/manif
 these classes are its Python face. :func:`Manifest.from_dict` takes a dict the schema accepted and
 :func:`Manifest.to_dict` gives it back unchanged (sections this version does not model, such as a
 calibration report, ride along in ``extra``). Nothing here imports torch or touches files:
-:mod:`tiue_export.bundle.io` loads, validates and saves.
+:mod:`tiue_export.bundle.directory` loads, validates and saves.
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ def check(bundle, backends, prompts, seed, model, reference, json_path, image_pa
 
     quiet_libraries()  # no-op without torch
     from ..check import DEFAULT_PROMPTS, CheckConfig, run_check, table, write_image_grid, write_json
-    from ..io import writable_dir
+    from ..files import writable_dir
 
     cfg = CheckConfig(
         bundle=bundle,

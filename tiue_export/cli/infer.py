@@ -19,7 +19,7 @@ log = logging.getLogger("tiue_export")
 def read_prompts(prompts: tuple[str, ...], prompts_file: str | None) -> list[str]:
     out = list(prompts)
     if prompts_file:
-        from ..io import read_text
+        from ..files import read_text
 
         out += [line.strip() for line in read_text(prompts_file, "prompts file").splitlines() if line.strip()]
     if not out:
@@ -35,7 +35,7 @@ def generate(jobs, paths, batch_size: int, sample, meta) -> dict[str, float]:
     """Sample ``jobs`` (prompt, seed) in batches with ``sample(prompts, seeds) -> result`` and write
     one PNG per image, its text metadata from ``meta(result)``; returns summed stage seconds."""
     from .. import __version__
-    from ..io import write_png
+    from ..files import write_png
 
     totals: dict[str, float] = {}
     for start in range(0, len(jobs), batch_size):
@@ -73,7 +73,7 @@ def output_paths(out: str, jobs: list[tuple[str, int]], recipe: dict | None = No
     existing file is replaced only with ``overwrite``), else files named
     ``NNN-prompt-slug-sSEED-DIGEST.png`` inside the directory ``out``, DIGEST from
     :func:`recipe_digest` (a file of that name holds the same image, so it is replaced)."""
-    from ..io import writable_dir
+    from ..files import writable_dir
 
     path = Path(out)
     if path.suffix.lower() == ".png":

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from ..errors import InputError, require
-from ..io import read_text, require_file
+from ..files import read_text, require_file
 
 #: Keys (JSONL) or columns (CSV, Parquet) that hold the prompt, in order of preference.
 CAPTION_KEYS = ("caption", "prompt", "text")

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..io import atomic_path
+from ..files import atomic_path
 from ..sampling import initial_noise, sample_ddim
 from ..schedule import ddim_plan
 

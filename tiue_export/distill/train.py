@@ -38,7 +38,7 @@ import torch
 
 from .. import __version__
 from ..errors import InputError, ModelError, require
-from ..io import atomic_path, write_json
+from ..files import atomic_path, write_json
 from ..models import ASSETS
 from ..sampling import classifier_free_guidance, to_uint8_images
 from ..schedule import OnePassSchedule, combine_one_pass

@@ -33,7 +33,7 @@ import torch
 
 from .. import __version__
 from ..errors import InputError, ModelError
-from ..io import atomic_path, write_json
+from ..files import atomic_path, write_json
 from ..models import ASSETS, resolve_model
 from .config import MIXED_PRECISION, DistillConfig
 from .train import checkpoint_dirs, make_accelerator, sha256_of_weights, trim_log
@@ -226,7 +226,7 @@ def sample_pool(cfg: VaeDistillConfig, model: Path, scaling: float, batch: int =
     from ``cfg.seed``; the last tenth (of 10 or more) is held out."""
     from tqdm.auto import tqdm
 
-    from ..io import read_text
+    from ..files import read_text
     from ..pipeline import load_pipeline
 
     prompts_file = Path(cfg.prompts) if cfg.prompts else DEFAULT_PROMPTS

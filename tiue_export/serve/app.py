@@ -27,7 +27,7 @@ from ray.util import metrics
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..io import png_bytes
+from ..files import png_bytes
 from . import playground
 from .api import RequestError, error_body, image_entry, parse_request
 from .batching import Batcher

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import InputError, TiueError
-from ..io import atomic_path, write_json, write_png
+from ..files import atomic_path, write_json, write_png
 from .cluster import connect
 from .config import WorkerConfig
 from .worker import project_error

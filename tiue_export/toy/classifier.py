@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import InputError, ModelError
-from ..io import atomic_path
+from ..files import atomic_path
 from . import domain
 
 log = logging.getLogger("tiue_export")

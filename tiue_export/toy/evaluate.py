@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..io import atomic_path, write_png
+from ..files import atomic_path, write_png
 from . import domain
 from .metrics import NEAREST_K, cluster_bootstrap, frechet_distance, prdc
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..io import atomic_path
+from ..files import atomic_path
 from ..schedule import SD21_SCHEDULER_CONFIG
 from ..tiny import write_model_index
 from . import domain
@@ -647,7 +647,7 @@ def export_pipeline(out_dir: Path, tokenizer_dir: Path, text_encoder, vae, unet,
 
 def sample_grid(model_dir, out_png, prompts: list[str], seeds_per_prompt: int = 4, guidance: float = 5.0, sampler: str = "ddim:50"):
     """A PNG grid: one row per prompt, ``seeds_per_prompt`` columns; returns (images, prompts)."""
-    from ..io import write_png
+    from ..files import write_png
     from ..pipeline import load_pipeline
 
     pipe = load_pipeline(model_dir)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..bundle import Bundle, publish, sha256_file
 from ..errors import InputError, TiueError
-from ..io import staging_dir
+from ..files import staging_dir
 from ..specs import BatchProfile, GraphSpec
 from .checks import GpuInfo, require_tensorrt_gpu
 

@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..errors import ModelError
-from ..io import atomic_path
+from ..files import atomic_path
 from .manifest import CHAIN_INPUTS, CHAIN_OUTPUTS, EQ11, SCHEMA_VERSION, Manifest
 
 MANIFEST = "manifest.json"

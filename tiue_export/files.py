@@ -164,7 +164,7 @@ def write_json(path: str | os.PathLike, data) -> None:
 
 def png_bytes(image, metadata: dict[str, str] | None = None) -> bytes:
     """An HWC uint8 image as PNG bytes with text metadata (what :func:`write_png` writes)."""
-    from io import BytesIO  # the standard library's, not this module
+    from io import BytesIO
 
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
