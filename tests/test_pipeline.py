@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from tiue_export.errors import InputError, ModelError
-from tiue_export.pipeline import Sampler, load_pipeline
+from tiue_export.pipeline import load_pipeline
+from tiue_export.sampling import SamplerChoice as Sampler
 
 
 @pytest.fixture(scope="module")

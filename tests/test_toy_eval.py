@@ -152,7 +152,7 @@ def test_onnxruntime_backend_matches_torch_on_a_bundle(tiny_models, tmp_path_fac
     code, _, err = run_cli(capsys, "toy", "eval", "--backend", "onnxruntime", "--model", str(bundle), "--precision", "int8")
     assert code == 2 and "int8" in err and len(err.strip().splitlines()) == 1
     code, _, err = run_cli(capsys, "toy", "eval", "--backend", "onnxruntime", "--model", str(tiny_models("sd21")))
-    assert code == 2 and "is not a bundle (no manifest.json)" in err
+    assert code == 2 and "is not an exported bundle (no manifest.json)" in err
 
 
 def test_openvino_backend_matches_onnxruntime_on_a_bundle(tiny_models, tmp_path_factory, capsys, tmp_path):

@@ -621,9 +621,10 @@ def _time_backend(backend: str, cfg: BenchConfig, pipe, bundle_path, height, wid
 
 def open_runtime(backend: str, bundle_path, threads: int = 0, low_memory: bool = False, vae: str = "full"):
     """A loaded bundle pipeline for a registry ``backend`` name (``onnxruntime-int8``, ``openvino``, ...)."""
-    from .runtime import Pipeline
+    from .generator import GenerateOptions, open_generator
 
-    return Pipeline.load(bundle_path, verify=False, threads=threads, low_memory=low_memory, backend=backend, vae=vae)
+    options = GenerateOptions(str(bundle_path), backend, vae=vae, low_memory=low_memory, threads=threads, verify=False)
+    return open_generator(options).load().pipe
 
 
 def runtime_memory(backend: str, bundle_path, threads: int = 0, timeout: float = 3600) -> dict:

@@ -19,7 +19,7 @@ import torch
 
 from .errors import InputError, ModelError
 from .executor import require_finite
-from .sampling import classifier_free_guidance, initial_noise, sample_ddim, to_uint8_images
+from .sampling import SamplerChoice, classifier_free_guidance, initial_noise, sample_ddim, to_uint8_images
 from .schedule import OnePassSchedule, ddim_plan
 from .student import TiUEStudent
 from .tiue_config import DEFAULT_GUIDANCE, StudentConfig
@@ -27,30 +27,6 @@ from .tiue_config import DEFAULT_GUIDANCE, StudentConfig
 log = logging.getLogger("tiue_export")
 
 COMPONENTS = ("tokenizer", "text_encoder", "vae", "unet", "scheduler")
-
-
-@dataclass(frozen=True)
-class Sampler:
-    """A parsed ``--sampler`` value: ``one-pass``, ``loop`` or ``ddim:N``."""
-
-    kind: str
-    steps: int = 0
-
-    @classmethod
-    def parse(cls, text: str) -> "Sampler":
-        if text in ("one-pass", "loop"):
-            return cls(text)
-        if text.startswith("ddim:"):
-            try:
-                n = int(text[5:])
-            except ValueError:
-                n = 0
-            if n >= 1:
-                return cls("ddim", n)
-        raise InputError(f"unknown sampler {text!r}: use one-pass, loop or ddim:N (N >= 1)")
-
-    def __str__(self) -> str:
-        return f"ddim:{self.steps}" if self.kind == "ddim" else self.kind
 
 
 @dataclass
@@ -294,7 +270,7 @@ class TorchPipeline:
         self,
         prompts: Sequence[str],
         seeds: Sequence[int],
-        sampler: str | Sampler = "one-pass",
+        sampler: str | SamplerChoice = "one-pass",
         guidance: float = 7.5,
         height: int | None = None,
         width: int | None = None,
@@ -313,7 +289,7 @@ class TorchPipeline:
                 (``torch.randn`` from ``torch.Generator().manual_seed(seed)`` per image, as the
                 authors' script draws it, for comparing with images it made on the CPU).
         """
-        sampler = Sampler.parse(sampler) if isinstance(sampler, str) else sampler
+        sampler = SamplerChoice.parse(sampler) if isinstance(sampler, str) else sampler
         if len(prompts) != len(seeds):
             raise InputError(f"{len(prompts)} prompts but {len(seeds)} seeds")
         timings: dict[str, float] = {}

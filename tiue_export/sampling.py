@@ -6,10 +6,41 @@ Nothing here imports torch: the torch-free runtime and the PyTorch reference sha
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import InputError
 from .schedule import ddim_step_coefficients
+
+#: Seeds are non-negative and fit 63 bits: numpy's SeedSequence and torch.Generator.manual_seed
+#: both take every one of them, and ``seed + image index`` stays in range for any run here.
+SEED_MAX = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class SamplerChoice:
+    """A parsed ``--sampler`` value: ``one-pass``, ``loop`` or ``ddim:N`` (what to run; the
+    manifest's :class:`~tiue_export.bundle.manifest.Sampler` is the one-pass sampler's numbers)."""
+
+    kind: str
+    steps: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> "SamplerChoice":
+        if text in ("one-pass", "loop"):
+            return cls(text)
+        if text.startswith("ddim:"):
+            try:
+                n = int(text[5:])
+            except ValueError:
+                n = 0
+            if n >= 1:
+                return cls("ddim", n)
+        raise InputError(f"unknown sampler {text!r}: use one-pass, loop or ddim:N (N >= 1)")
+
+    def __str__(self) -> str:
+        return f"ddim:{self.steps}" if self.kind == "ddim" else self.kind
 
 
 def initial_noise(seeds: Sequence[int], shape: Sequence[int]) -> np.ndarray:

@@ -11,6 +11,7 @@ import importlib.util
 from dataclasses import dataclass
 
 from ..errors import InputError, TiueError
+from ..variants import how_to_make
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class Backend:
         if manifest is None:
             return None
         if self.variant and self.variant not in manifest.variants:
-            return f"no {self.variant} graphs in this bundle: {VARIANT_FIX.get(self.variant, 'run tiue-export calibrate BUNDLE first')}"
+            return f"no {self.variant} graphs in this bundle: {how_to_make(self.variant)} first"
         if self.engine == "tensorrt":
             if self.compute not in manifest.engines:
                 return f"no {self.compute} TensorRT engines in this bundle: run tiue-export build-trt BUNDLE --precision {self.compute}"
@@ -83,12 +84,6 @@ class Backend:
         raise InputError(f"backend {self.name} runs a PyTorch model directory, not a bundle")
 
 
-#: variant -> the command that writes it
-VARIANT_FIX = {
-    "int8": "run tiue-export calibrate BUNDLE first",
-    "openvino-int8": "run tiue-export calibrate BUNDLE --engine openvino first",
-}
-
 #: engine -> the pip extra that installs it
 EXTRAS = {"torch": "torch", "onnxruntime": "runtime", "openvino": "openvino", "tensorrt": "tensorrt"}
 
@@ -111,7 +106,21 @@ REGISTRY: dict[str, Backend] = {
     )
 }
 
+#: What runs graphs: every ``--backend`` word is one of these or a registry name.
 ENGINES = ("torch", "onnxruntime", "openvino", "tensorrt")
+#: The engines that run a bundle's ONNX files themselves (TensorRT builds engines from them first).
+ONNX_ENGINES = ("onnxruntime", "openvino")
+#: The engines that run a bundle (torch runs a model directory).
+BUNDLE_ENGINES = ("onnxruntime", "openvino", "tensorrt")
+
+
+def engine_of(backend: str) -> str:
+    """The engine of a ``--backend`` word: an engine itself, or a registry name's engine."""
+    if backend in REGISTRY:
+        return REGISTRY[backend].engine
+    if backend in ENGINES:
+        return backend
+    raise InputError(f"unknown backend {backend!r}: use {', '.join(ENGINES)} or a registry name ({', '.join(REGISTRY)})")
 
 
 def get(name: str) -> Backend:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..errors import ModelError
 from ..files import atomic_path
+from ..variants import how_to_make
 from .manifest import CHAIN_INPUTS, CHAIN_OUTPUTS, EQ11, SCHEMA_VERSION, Manifest
 
 MANIFEST = "manifest.json"
@@ -220,12 +221,7 @@ class Bundle:
         if variant is None or variant == self.manifest.precision:
             return self
         if variant not in self.manifest.variants:
-            fixes = {
-                "int8": f"run tiue-export calibrate {self.path}",
-                "openvino-int8": f"run tiue-export calibrate {self.path} --engine openvino",
-                "tiny": "re-export it with --vae tiny (a distill-vae decoder)",
-            }
-            fix = fixes.get(variant, f"export it with --precision {variant}")
+            fix = how_to_make(variant, str(self.path))
             raise ModelError(f"bundle {self.path} has no {variant} graphs (it is {self.manifest.precision}): {fix}")
         return replace(self, manifest=self.manifest.with_variant(variant))
 

@@ -68,21 +68,15 @@ def eval_cmd(model, sampler, guidance, backend, precision, n_prompts, seeds, spl
     toy attribute classifier, and compares classifier features with as many real renders of the
     same captions.
     """
-    from ..toy.evaluate import BACKENDS, EvalConfig, parse_splits
+    from ..generator import GenerateOptions
+    from ..toy.evaluate import EvalConfig, parse_splits
     from . import quiet_libraries
 
     # Everything that can be checked without torch is checked before any model loads.
     config = EvalConfig(prompts=n_prompts, seeds=seeds, splits=parse_splits(split), batch_size=batch_size)
     for s in config.splits:
         config.prompts_for(s)
-    from ..backends import REGISTRY
-
-    if backend not in BACKENDS and backend not in REGISTRY:
-        raise InputError(f"unknown backend {backend!r}: use {', '.join(BACKENDS)} or a registry name ({', '.join(REGISTRY)})")
-    if sampler is not None:
-        from ..pipeline import Sampler
-
-        Sampler.parse(sampler)
+    GenerateOptions(model, backend, precision, sampler, guidance, vae=vae, device=device, dtype=dtype)
     json_path = _check_out(json_out, ".json", "--json")
     grid_path = _check_out(grid, ".png", "--grid")
 

@@ -6,9 +6,7 @@ import math
 
 import click
 
-#: Seeds are non-negative and fit 63 bits: numpy's SeedSequence and torch.Generator.manual_seed
-#: both take every one of them, and ``seed + image index`` stays in range for any run here.
-SEED_MAX = 2**63 - 1
+from ..sampling import SEED_MAX
 
 
 class Finite(click.ParamType):

@@ -13,12 +13,11 @@ Importing this package never imports torch (a test checks it).
 from ..backends.onnxruntime import OrtRunner, SessionLoader, choose_providers
 from ..backends.openvino import OvLoader, OvRunner, openvino_default_precision
 from ..bundle import MANIFEST, SCHEMA_VERSION, VALIDATION, Bundle, sha256_file
-from .pipeline import ENGINES, BundleTokenizer, Pipeline, RuntimeResult, openvino_options
+from .pipeline import BundleTokenizer, Pipeline, RuntimeResult, openvino_options
 
 __all__ = [
     "Bundle",
     "BundleTokenizer",
-    "ENGINES",
     "MANIFEST",
     "OrtRunner",
     "OvLoader",

@@ -12,12 +12,10 @@ import numpy as np
 
 from .. import backends
 from ..bundle import Bundle
-from ..errors import InputError, ModelError, require
+from ..errors import InputError, require
 from ..executor import run_chain
 from ..sampling import initial_noise, to_uint8_images
-
-#: What runs the bundle's ONNX graphs.
-ENGINES = ("onnxruntime", "openvino")
+from ..variants import with_vae
 
 log = logging.getLogger("tiue_export")
 
@@ -66,12 +64,7 @@ class Pipeline:
 
     def __init__(self, bundle: Bundle, backend: str | backends.Backend = "onnxruntime", threads: int = 0, low_memory: bool = False, providers: Sequence[str] | None = None, vae: str = "full"):
         self.backend = backends.get(backend) if isinstance(backend, str) else backend
-        if vae not in ("full", "tiny"):
-            raise InputError(f"--vae {vae}: a bundle takes full or tiny")
-        if vae == "tiny":  # vae_decoder's tiny variant (export --vae tiny); composes with int8 UNet graphs
-            if self.backend.engine == "tensorrt":
-                raise InputError("--vae tiny runs on onnxruntime and openvino: TensorRT's engines are built from the graphs as exported")
-            bundle = bundle.with_variant("tiny")
+        bundle = with_vae(bundle, vae, self.backend.engine)  # a vae_decoder row; composes with int8 UNet graphs
         if providers and self.backend.engine != "onnxruntime":
             raise InputError("execution providers are ONNX Runtime's: the openvino engine runs on the CPU")
         self.bundle = bundle.with_variant(self.backend.variant)
@@ -114,17 +107,15 @@ class Pipeline:
         """
         opened = Bundle.open(bundle, verify=verify)
         if backend is None:
-            if engine not in ENGINES:
-                raise InputError(f"unknown engine {engine!r}: choose from {', '.join(ENGINES)}")
+            if engine not in backends.ONNX_ENGINES:
+                raise InputError(f"unknown engine {engine!r}: choose from {', '.join(backends.ONNX_ENGINES)}")
             if engine == "onnxruntime" and inference_precision is not None:
                 raise InputError("inference_precision is OpenVINO's: ONNX Runtime runs each graph in the precision it was exported in")
             word = inference_precision if engine == "openvino" and precision is None else precision
             chosen = backends.resolve(engine, word, opened.manifest)
         else:
             chosen = backends.get(backend)
-        if chosen.variant in backends.VARIANT_FIX and chosen.variant not in opened.manifest.variants:  # refused now
-            raise ModelError(f"bundle {opened.path} has no {chosen.variant} graphs: {backends.VARIANT_FIX[chosen.variant]}")
-        opened.with_variant(chosen.variant)
+        opened.with_variant(chosen.variant)  # no such graphs: refused now, with the command that makes them
         return cls(opened, chosen, threads, low_memory, providers, vae)
 
     # -- graphs ---------------------------------------------------------------------------------

@@ -15,9 +15,8 @@ import base64
 import json
 from dataclasses import dataclass
 
-#: numpy's SeedSequence takes any non-negative integer; 63 bits keep ``seed + j`` a C long
-#: everywhere (torch.Generator, the C++ example) and match infer's --seed range.
-SEED_MAX = 2**63 - 1
+from ..sampling import SEED_MAX
+
 FIELDS = ("prompt", "prompts", "seed", "num_images", "response", "vae")
 RESPONSES = ("png", "json")
 

@@ -29,6 +29,12 @@ class WorkerConfig:
         if self.batch_mode not in BATCH_MODES:
             raise InputError(f"batch mode {self.batch_mode!r}: choose from {', '.join(BATCH_MODES)}")
 
+    def generate_options(self):
+        """The :class:`~tiue_export.generator.GenerateOptions` every replica opens its generator with."""
+        from ..generator import GenerateOptions
+
+        return GenerateOptions(self.bundle, self.backend, vae=self.vae, threads=self.threads)
+
 
 def threads_for(threads: int | None, cpus: float) -> int:
     """Intra-op threads of a replica or actor: ``threads``, else the CPUs it reserves (at least
@@ -43,29 +49,18 @@ def worker_config(bundle: str, backend: str = "onnxruntime", precision: str | No
 
     ``max_batch`` is capped at a TensorRT engine set's batch profile.
     """
-    from ..backends import resolve
-    from ..bundle import Bundle
+    from ..backends import engine_of
+    from ..generator import GenerateOptions, open_generator
 
-    opened = Bundle.open(bundle)
-    chosen = resolve(backend, precision, opened.manifest)
-    if chosen.engine == "torch":
+    if engine_of(backend) == "torch":
         raise InputError(
             "--backend torch runs a model directory in one process: serve and generate run bundles (onnxruntime, openvino, tensorrt)"
         )
     # The bundle's side only: the engine itself (TensorRT, a GPU) need not be on this machine, the
     # replicas of a cluster may run where it is.
-    opened.with_variant(chosen.variant)  # no int8 graphs: refused now
-    if options.get("vae", "full") != "full":
-        opened.with_variant(options["vae"])  # no tiny decoder: refused now
-    max_batch = options.pop("max_batch", WorkerConfig.max_batch)
-    if chosen.engine == "tensorrt":
-        if chosen.compute not in opened.manifest.engines:
-            raise InputError(
-                f"no {chosen.compute} TensorRT engines in {bundle}: run tiue-export build-trt BUNDLE --precision {chosen.compute}"
-            )
-        max_batch = min(max_batch, int(opened.manifest.engines[chosen.compute]["batch_profile"]["max"]))
-    return WorkerConfig(str(bundle), chosen.name, max_batch=max_batch, **options)
-
+    gen = open_generator(GenerateOptions(str(bundle), backend, precision, vae=options.get("vae", "full")))
+    max_batch = gen.batch_size(options.pop("max_batch", WorkerConfig.max_batch))
+    return WorkerConfig(str(bundle), gen.backend.name, max_batch=max_batch, **options)
 
 @dataclass(frozen=True)
 class ServeConfig:

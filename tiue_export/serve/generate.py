@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..errors import InputError, TiueError
 from ..files import atomic_path, write_json, write_png
+from ..generator import check_seed_range, slug
 from .cluster import connect
 from .config import WorkerConfig
 from .worker import project_error
@@ -49,17 +50,7 @@ class GenerateConfig:
     gpus_per_worker: float = 0.0
 
     def __post_init__(self):
-        from .api import SEED_MAX
-
-        if self.seed + self.num_images - 1 > SEED_MAX:
-            raise InputError(f"--seed {self.seed} with --num-images {self.num_images} passes the largest seed, {SEED_MAX}")
-
-
-def slug(text: str, n: int = 40) -> str:
-    """The prompt part of a file name (infer's)."""
-    from ..cli.infer import _slug
-
-    return _slug(text, n)
+        check_seed_range(self.seed, self.num_images)
 
 
 def plan(cfg: GenerateConfig) -> tuple[list[dict], dict]:

@@ -17,19 +17,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import InputError, TiueError
+from ..generator import png_metadata
+from ..variants import decoder_choices
 from .config import WorkerConfig
 
 log = logging.getLogger("tiue_export")
 
 #: Prompts of the batch check: any text works, distinct ones make the rows differ.
 PROBE_PROMPTS = ("a small red triangle on a blue background", "a photo of a cat", "a large green cross", "an empty room")
-
-def png_metadata(meta: dict, prompt: str, seed: int) -> dict:
-    """One image's PNG text metadata, key for key what ``tiue-export infer`` writes for a bundle."""
-    from .. import __version__
-
-    return {"prompt": prompt, "seed": seed, **meta, "software": f"tiue-export {__version__}"}
-
 
 @dataclass
 class BatchCheck:
@@ -85,10 +80,12 @@ class ImageWorker:
     """
 
     def __init__(self, cfg: WorkerConfig):
+        from ..generator import open_generator
         from ..runtime import Pipeline
 
         self.cfg = cfg
-        self.pipe = Pipeline.load(cfg.bundle, backend=cfg.backend, threads=cfg.threads, vae=cfg.vae)
+        self.generator = open_generator(cfg.generate_options()).load()
+        self.pipe = self.generator.pipe
         self.check: BatchCheck | None = None
         if cfg.batch_mode == "auto":
             self.check = check_batch_invariance(self.pipe, cfg.max_batch)
@@ -98,23 +95,12 @@ class ImageWorker:
         self.batched = cfg.batch_mode == "batched" or (cfg.batch_mode == "auto" and bool(self.check))
         # A request may pick the bundle's other VAE decoder: the chain runs to z0 on this pipeline
         # and that decoder (opened on first use, nothing else loaded twice) draws the image.
-        tiny = "tiny" in self.pipe.manifest.graphs["vae_decoder"].variants and self.pipe.backend.engine != "tensorrt"
-        self.vaes = [cfg.vae, *(v for v in ("full", "tiny") if v != cfg.vae and (v == "full" or tiny))]
+        self.vaes = [cfg.vae, *(v for v in decoder_choices(self.pipe.manifest, self.pipe.backend.engine) if v != cfg.vae)]
         self.decoders: dict[str, Pipeline] = {}
 
     def metadata(self, provider: str, vae: str) -> dict:
-        """The PNG metadata shared by every image of this worker (infer's keys, in infer's order)."""
-        m = self.pipe.manifest
-        return {
-            "model": self.cfg.bundle,
-            "sampler": "one-pass",
-            "backend": self.pipe.backend.engine,
-            "precision": self.pipe.precision,
-            "k": m.k,
-            "noise": "numpy",
-            **({"vae": vae} if vae != "full" else {}),  # as infer: full-VAE PNGs stay as they were
-            "provider": provider,
-        }
+        """The PNG metadata shared by every image this worker draws with decoder ``vae`` (the generator's, infer's keys in infer's order)."""
+        return self.generator.metadata(provider, vae)
 
     def sample(self, jobs: Sequence[tuple]) -> Drawn:
         """Images for ``jobs`` (prompt, seed) or (prompt, seed, vae), in order: one pipeline call

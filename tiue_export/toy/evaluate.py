@@ -1,7 +1,7 @@
 """Score a text-to-image model on the toy domain: prompt accuracy, per-attribute accuracy, FD, PRDC.
 
 The model is any ``sample_fn(prompts, seeds) -> uint8 NHWC images``; :func:`make_sample_fn`
-builds one per backend (PyTorch now; others plug into :data:`BACKENDS`). For each split the
+builds one from a generator (:mod:`tiue_export.generator`), on any backend. For each split the
 evaluator samples ``seeds`` images for each of ``prompts`` captions, classifies them with the toy
 classifier, and compares the classifier's features with those of as many real renders of the
 same captions.
@@ -241,50 +241,6 @@ def versions() -> dict[str, str]:
 
 
 # -- backends -------------------------------------------------------------------------------------
-def _torch_sample_fn(
-    model: Path, sampler: str | None, guidance: float | None, precision: str | None, vae: str = "full", device: str | None = None, dtype: str | None = None
-) -> tuple[SampleFn, dict]:
-    from ..device import parse_device, parse_dtype
-    from ..pipeline import Sampler, load_pipeline
-
-    if precision not in (None, "fp32"):
-        raise InputError(f"--precision {precision} is for bundles: use --backend onnxruntime with a bundle from tiue-export export")
-    where = parse_device(device)
-    pipe = load_pipeline(model, vae=vae, device=where, dtype=parse_dtype(dtype, where))
-    parsed = Sampler.parse(sampler or pipe.default_sampler)
-    g = pipe.default_guidance if guidance is None else guidance
-
-    def sample_fn(prompts, seeds):
-        return pipe.sample(prompts, seeds, parsed, g).images
-
-    info = {"sampler": str(parsed), "guidance": g if parsed.kind == "ddim" else None, "k": pipe.schedule.k, "provider": pipe.provider}
-    return sample_fn, info
-
-
-def _bundle_sample_fn(model: Path, backend: str, sampler: str | None, guidance: float | None, precision: str | None, vae: str = "full") -> tuple[SampleFn, dict]:
-    """A bundle's fused one-pass sampler on a registry backend (``--precision int8``: its Q/DQ graphs)."""
-    from ..backends import resolve
-    from ..bundle import Bundle
-    from ..runtime import Pipeline
-
-    if sampler not in (None, "one-pass"):
-        raise InputError(f"--sampler {sampler}: a bundle runs the one-pass sampler only")
-    if guidance is not None:
-        raise InputError("--guidance is for ddim:N on the torch backend; a bundle's one-pass sampler has no guidance")
-    if not (model / "manifest.json").is_file():
-        raise InputError(f"{model} is not a bundle (no manifest.json): make one with tiue-export export --model ... --out {model}")
-    bundle = Bundle.open(model)
-    chosen = resolve(backend, precision, bundle.manifest)
-    pipe = Pipeline(bundle, chosen, vae=vae)
-    pipe.runner("unet_encoder")  # open one graph now, so the report names the real precision
-    info = {"sampler": "one-pass", "guidance": None, "k": bundle.k, "precision": pipe.precision, "provider": pipe.provider}
-    return (lambda prompts, seeds: pipe(prompts, seeds).images), info
-
-
-#: The engines ``toy eval --backend`` takes (precision words pick the registry entry).
-BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
-
-
 def make_sample_fn(
     backend: str,
     model: Path,
@@ -295,20 +251,16 @@ def make_sample_fn(
     device: str | None = None,
     dtype: str | None = None,
 ) -> tuple[SampleFn, dict]:
-    """Build ``sample_fn`` for ``backend`` and the report fields that describe it (``device`` and
-    ``dtype``: the PyTorch reference's, see :mod:`tiue_export.device`)."""
-    from ..backends import REGISTRY
+    """Build ``sample_fn`` for ``backend`` (an engine or a registry name, see
+    :class:`~tiue_export.generator.GenerateOptions`) and the report fields that describe it."""
+    from ..generator import GenerateOptions, open_generator
 
-    engine = REGISTRY[backend].engine if backend in REGISTRY else backend
-    if engine not in BACKENDS:
-        raise InputError(f"unknown backend {backend!r}: use {', '.join(BACKENDS)} or a registry name ({', '.join(REGISTRY)})")
-    if engine == "torch":
-        fn, info = _torch_sample_fn(Path(model), sampler, guidance, precision, vae, device, dtype)
-    else:
-        if device is not None or dtype is not None:
-            raise InputError(f"--device and --dtype are for --backend torch; a bundle's device comes with its backend ({backend})")
-        fn, info = _bundle_sample_fn(Path(model), backend, sampler, guidance, precision, vae)
-    return fn, {"model": str(model), "backend": backend, "vae": vae, **info}
+    options = GenerateOptions(
+        str(model), backend, precision, sampler, guidance, vae=vae, device=device, dtype=dtype
+    )
+    gen = open_generator(options)
+    info = gen.describe()
+    return (lambda prompts, seeds: gen.sample(prompts, seeds).images), {"model": str(model), "backend": backend, "vae": vae, **info}
 
 
 # -- output ---------------------------------------------------------------------------------------
