@@ -406,17 +406,12 @@ def reference_stages(pipe, kind: str, batch: int, height: int, width: int, steps
     ``ddim`` (the teacher's N-step DDIM with classifier-free guidance)."""
     import torch
 
-    from .sampling import initial_noise, sample_ddim
-    from .schedule import ddim_plan
+    from .sampling import SamplerChoice, initial_noise, sample_ddim
 
     prompts = ["a photo of a cat"] * batch
     noise = torch.from_numpy(initial_noise(range(batch), pipe.latent_shape(height, width))).to(pipe.device, pipe.unet.dtype)
     alphas = pipe.scheduler.alphas_cumprod.double().numpy()
-    s = pipe.schedule
-    if kind == "loop":
-        timesteps, prev, final = s.timesteps, s.prev_timesteps, s.final_alpha_cumprod
-    else:
-        timesteps, prev, final = ddim_plan(pipe.scheduler, steps)
+    timesteps, prev, final = pipe.ddim_plan(SamplerChoice("loop") if kind == "loop" else SamplerChoice("ddim", steps))
     state = {}
 
     @torch.no_grad()
@@ -428,8 +423,7 @@ def reference_stages(pipe, kind: str, batch: int, height: int, width: int, steps
 
     @torch.no_grad()
     def unet(cond):
-        eps = pipe._eps_full(cond) if kind == "loop" else pipe._eps_cfg(cond, state["uncond"], guidance)
-        return sample_ddim(noise, eps, timesteps, prev, alphas, final)
+        return sample_ddim(noise, pipe.denoiser(cond, state.get("uncond"), guidance), timesteps, prev, alphas, final)
 
     @torch.no_grad()
     def vae(z0):

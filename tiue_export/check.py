@@ -5,9 +5,10 @@ is its own), and end to end, the same prompts and z_T through the backend's whol
 output is compared (max abs, relative L2, cosine, PSNR for images, NaN/Inf) against the graph's
 tolerance from the bundle manifest (the graph specs) before anything is judged.
 
-A bundle with a tiny VAE decoder (``export --vae tiny``) has its ``tiny`` variant checked too, on
-the reference's z0 against the PyTorch tiny decoder; ``--vae tiny`` checks the whole chain as
-``infer --vae tiny`` runs it (the tiny decoder's graph row and the end to end through it).
+A bundle whose ``vae_decoder`` carries decoder rows of the variant table (:mod:`tiue_export.variants`,
+e.g. the tiny VAE of ``export --vae tiny``) has each checked too, on the reference's z0 against the
+PyTorch decoder it was exported from; ``--vae NAME`` checks the whole chain as ``infer --vae NAME``
+runs it (that decoder's graph row and the end to end through it).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 from .compare import Comparison, compare_arrays, compare_outputs
 from .errors import InputError, ModelError, TiueError
 from .specs import Tolerance
+from .variants import VAE_CHOICES, VARIANTS, has_variant, reference_key
 
 log = logging.getLogger("tiue_export")
 
@@ -54,7 +56,7 @@ class CheckConfig:
     # auto: PyTorch where torch and the source model are here, else the reference export stored
     reference: str = "auto"
     device: str | None = None  # where the PyTorch reference runs (fp32): cpu, cuda[:N], auto
-    # auto: also the tiny decoder's graph where the bundle has one; tiny: the chain through it
+    # auto: also each decoder variant's graph the bundle has; a variant (tiny): the chain through it
     # (what infer --vae tiny runs); full: the full decoder only
     vae: str = "auto"
 
@@ -112,22 +114,27 @@ def _reference_dict(manifest, v: dict, z0_key: str) -> dict:
     }
 
 
-def with_tiny_images(ref: dict, images: np.ndarray) -> dict:
-    """``ref`` with the PyTorch tiny decoder's images of its z0 (``ref["tiny"]``)."""
+def with_decoder_images(ref: dict, variant: str, images: np.ndarray) -> dict:
+    """``ref`` with the images of decoder ``variant`` of its z0 (``ref["decoders"][variant]``)."""
     from .sampling import to_uint8_images
 
-    return {**ref, "tiny": {"images": images, "images_uint8": to_uint8_images(images)}}
+    decoders = {**ref.get("decoders", {}), variant: {"images": images, "images_uint8": to_uint8_images(images)}}
+    return {**ref, "decoders": decoders}
 
 
-def through_tiny(ref: dict) -> dict:
-    """The reference of the chain through the tiny decoder: its images in place of the full VAE's."""
-    return {**ref, **ref["tiny"]}
+def through_decoder(ref: dict, variant: str) -> dict:
+    """The reference of the chain through decoder ``variant``: its images in place of the full VAE's."""
+    return {**ref, **ref["decoders"][variant]}
+
+
+def decoder_variants(manifest) -> list[str]:
+    """The variant table's decoder rows this bundle carries."""
+    return [name for name in VAE_CHOICES[1:] if has_variant(manifest, name)]
 
 
 def stored_reference(bundle) -> tuple[dict, list[str]]:
     """The PyTorch reference ``export`` stored in the bundle (``reference.npz``) and its prompts:
     what ``check`` compares with where torch or the source model is not at hand."""
-    from . import vae_tiny
     from .bundle import REFERENCE
 
     path = bundle.path / REFERENCE
@@ -137,30 +144,30 @@ def stored_reference(bundle) -> tuple[dict, list[str]]:
         values = {k: data[k] for k in data.files}
     prompts = [str(p) for p in values.pop("prompts")]
     ref = _reference_dict(bundle.manifest, values, "unet_decoder_fused.z0")
-    if vae_tiny.REFERENCE_KEY in values:  # exported with --vae tiny
-        ref = with_tiny_images(ref, values[vae_tiny.REFERENCE_KEY])
+    for name in decoder_variants(bundle.manifest):
+        if reference_key(name) in values:  # exported with this decoder (older bundles lack it)
+            ref = with_decoder_images(ref, name, values[reference_key(name)])
     return ref, prompts
 
 
-def tiny_reference(pipe, manifest, model, ref: dict) -> dict:
-    """``ref`` with the images of the PyTorch tiny decoder the bundle's ``tiny`` variant was
-    exported from (the directory the variant records, else export's ``--vae``) on ``ref``'s z0."""
+def decoder_reference(pipe, manifest, model, ref: dict, variant: str) -> dict:
+    """``ref`` with the images of the PyTorch decoder the bundle's ``variant`` was exported from
+    (the directory the variant records, else export's ``--vae``) on ``ref``'s z0."""
     import torch
 
-    from . import vae_tiny
     from .backends.torch import VaeDecoderGraph
 
-    variant = manifest.graphs["vae_decoder"].variants[vae_tiny.VARIANT]
-    source = variant.extra.get("source") or manifest.export_config.get("vae") or vae_tiny.VARIANT
+    row = VARIANTS[variant]
+    entry = manifest.graphs["vae_decoder"].variants[variant]
+    source = entry.extra.get("source") or manifest.export_config.get("vae") or variant
     try:
-        path = vae_tiny.resolve(Path(model), source)
+        module = VaeDecoderGraph(row.torch_decoder(Path(model), source), baked=False).to(pipe.device)
     except InputError as exc:
-        why = f"the bundle's tiny VAE decoder came from {source}, not usable here ({exc})"
+        why = f"the bundle's {variant} VAE decoder came from {source}, not usable here ({exc})"
         raise ModelError(f"{why}: check with --vae full, or --reference bundle") from exc
-    module = VaeDecoderGraph(vae_tiny.load(path), baked=False).to(pipe.device)
     with torch.no_grad():
         images = module(torch.from_numpy(ref["z0"]).to(pipe.device)).float().cpu().numpy()
-    return with_tiny_images(ref, images)
+    return with_decoder_images(ref, variant, images)
 
 
 # -- backends -------------------------------------------------------------------------------------
@@ -186,14 +193,15 @@ def graph_tolerance(backend, manifest, graph: str) -> Tolerance:
     return _tolerance(manifest, graph, backend.precision(manifest), backend.variant)
 
 
-def check_backend(backend, graphs, tokenize, manifest, ref: dict, vae: str = "full", tiny=None) -> BackendReport:
+def check_backend(backend, graphs, tokenize, manifest, ref: dict, vae: str = "full", decoders: dict | None = None) -> BackendReport:
     """Per-graph parity on the reference's inputs, then the backend's own chain end to end.
 
     Args:
-        vae: ``tiny``: ``graphs`` decode with the tiny decoder and ``ref`` is :func:`through_tiny`'s
-            (the VAE row is named ``vae_decoder.tiny``); ``auto`` or ``full``: the full decoder.
-        tiny: the backend's graphs of the bundle's tiny variant: its ``vae_decoder`` gets its own
-            row against ``ref["tiny"]``.
+        vae: a decoder variant (``tiny``): ``graphs`` decode with it and ``ref`` is
+            :func:`through_decoder`'s (the VAE row is named ``vae_decoder.tiny``); ``auto`` or
+            ``full``: the full decoder.
+        decoders: variant -> the backend's graphs of the bundle's decoder variant: each
+            ``vae_decoder`` gets its own row against ``ref["decoders"][variant]``.
     """
     from .executor import run_chain
     from .sampling import to_uint8_images
@@ -223,13 +231,12 @@ def check_backend(backend, graphs, tokenize, manifest, ref: dict, vae: str = "fu
         out = run("unet_decoder_fused", {**ref["features"], "text_embeddings": text, "latents": noise})
         report.graphs.append(compare_outputs("unet_decoder_fused", {"z0": ref["z0"]}, out, tol("unet_decoder_fused")))
     out = run("vae_decoder", {"latents": ref["z0"]})
-    name = "vae_decoder.tiny" if vae == "tiny" else "vae_decoder"
+    name = f"vae_decoder.{vae}" if vae in VARIANTS else "vae_decoder"
     report.graphs.append(compare_outputs(name, {"images": ref["images"]}, out, tol("vae_decoder"), data_range={"images": 2.0}))
-    if tiny is not None:
-        out = tiny.runner("vae_decoder").infer({"latents": ref["z0"]})
-        report.graphs.append(
-            compare_outputs("vae_decoder.tiny", {"images": ref["tiny"]["images"]}, out, tol("vae_decoder"), data_range={"images": 2.0})
-        )
+    for variant, variant_graphs in (decoders or {}).items():
+        out = variant_graphs.runner("vae_decoder").infer({"latents": ref["z0"]})
+        expected = {"images": ref["decoders"][variant]["images"]}
+        report.graphs.append(compare_outputs(f"vae_decoder.{variant}", expected, out, tol("vae_decoder"), data_range={"images": 2.0}))
 
     # End to end: the backend's own chain from the same token ids and z_T.
     chain = "fused" if "unet_decoder_fused" in has else "unfused"
@@ -297,15 +304,10 @@ def _torch_reference(cfg: CheckConfig, bundle):
     prompts = list(cfg.prompts)
     noise = initial_noise(range(cfg.seed, cfg.seed + len(prompts)), m.latent)
     ref = reference(pipe, m, pipe.tokenize(prompts), noise)
-    if cfg.vae != "full" and has_tiny(m):
-        ref = tiny_reference(pipe, m, model, ref)
+    for name in decoder_variants(m) if cfg.vae != "full" else ():
+        if cfg.vae in ("auto", name):
+            ref = decoder_reference(pipe, m, model, ref, name)
     return pipe, ref, prompts
-
-
-def has_tiny(manifest) -> bool:
-    from . import vae_tiny
-
-    return vae_tiny.VARIANT in manifest.graphs["vae_decoder"].variants
 
 
 def run_check(cfg: CheckConfig) -> tuple[list[BackendReport], dict]:
@@ -318,15 +320,17 @@ def run_check(cfg: CheckConfig) -> tuple[list[BackendReport], dict]:
         raise InputError("no prompt given")
     if cfg.reference not in ("auto", "torch", "bundle"):
         raise InputError(f"unknown --reference {cfg.reference!r}: use auto, torch or bundle")
-    if cfg.vae not in ("auto", "full", "tiny"):
-        raise InputError(f"unknown --vae {cfg.vae!r}: use auto, full or tiny")
+    choices = ("auto", *VAE_CHOICES)
+    if cfg.vae not in choices:
+        raise InputError(f"unknown --vae {cfg.vae!r}: use {', '.join(choices[:-1])} or {choices[-1]}")
     requested = list(cfg.backends) if cfg.backends else None
     for name in requested or []:
         backends.get(name)
     bundle = Bundle.open(cfg.bundle)
     manifest = bundle.manifest
-    if cfg.vae == "tiny":
-        bundle.with_variant("tiny")  # no tiny decoder: the one-line fix, before anything loads
+    decoding = cfg.vae if cfg.vae in VARIANTS else None  # the chain checked decodes with this variant
+    if decoding:
+        bundle.with_variant(decoding)  # no such decoder: the one-line fix, before anything loads
     torch_ref = _torch_reference(cfg, bundle)
     if torch_ref is None:
         pipe = None
@@ -334,15 +338,18 @@ def run_check(cfg: CheckConfig) -> tuple[list[BackendReport], dict]:
         log.info("comparing with the PyTorch reference stored in the bundle (prompts %s)", prompts)
     else:
         pipe, ref, prompts = torch_ref
-    if "tiny" not in ref and cfg.vae == "tiny":
-        raise ModelError(f"bundle {bundle.path}'s reference.npz has no tiny decoder images: re-export it, or check with torch")
-    if "tiny" not in ref and cfg.vae == "auto" and has_tiny(manifest):
-        log.warning("the tiny VAE decoder is not checked: the bundle's reference.npz predates it (re-export it, or check with torch)")
-    tiny_row = cfg.vae == "auto" and "tiny" in ref and has_tiny(manifest)
-    backend_ref = through_tiny(ref) if cfg.vae == "tiny" else ref
+    referenced = ref.get("decoders", {})
+    if decoding and decoding not in referenced:
+        raise ModelError(f"bundle {bundle.path}'s reference.npz has no {decoding} decoder images: re-export it, or check with torch")
+    rows = [name for name in decoder_variants(manifest) if cfg.vae == "auto"]
+    for name in rows:
+        if name not in referenced:
+            log.warning("the %s VAE decoder is not checked: the bundle's reference.npz predates it (re-export it, or check with torch)", name)
+    rows = [name for name in rows if name in referenced]
+    backend_ref = through_decoder(ref, decoding) if decoding else ref
     tokenizer = BundleTokenizer(bundle)
-    # --vae tiny checks the bundle's graphs through the tiny decoder; torch's row is a determinism check
-    requested = requested or [b for b in backends.available(manifest) if b != "torch" or (pipe is not None and cfg.vae != "tiny")]
+    # --vae NAME checks the bundle's graphs through that decoder; torch's row is a determinism check
+    requested = requested or [b for b in backends.available(manifest) if b != "torch" or (pipe is not None and not decoding)]
     reports = []
     coefficients = None
     for name in requested:
@@ -353,8 +360,8 @@ def run_check(cfg: CheckConfig) -> tuple[list[BackendReport], dict]:
                 reports.append(BackendReport(name, "", False, reason="torch or the source model is not here"))
             elif name != "torch":
                 reports.append(BackendReport(name, "", False, reason="check compares bundle backends with the fp32 reference"))
-            elif cfg.vae == "tiny":
-                reports.append(BackendReport(name, "", False, reason="--vae tiny checks the bundle's graphs (torch: --vae full)"))
+            elif decoding:
+                reports.append(BackendReport(name, "", False, reason=f"--vae {decoding} checks the bundle's graphs (torch: --vae full)"))
             else:
                 reports.append(check_torch_determinism(pipe, manifest, ref))
             continue
@@ -362,19 +369,21 @@ def run_check(cfg: CheckConfig) -> tuple[list[BackendReport], dict]:
         if why:
             reports.append(BackendReport(name, "", False, reason=why))
             continue
-        view = bundle.with_variant("tiny") if cfg.vae == "tiny" else bundle
+        view = bundle.with_variant(decoding)
         try:
             graphs = backend.graphs(view)
-            # TensorRT's engines are built from the graphs as exported: no tiny variant there
-            tiny = backend.graphs(bundle.with_variant("tiny")) if tiny_row and backend.engine != "tensorrt" else None
+            # a decoder row runs where the table says (TensorRT's engines are built from the graphs as exported)
+            decoders = {v: backend.graphs(bundle.with_variant(v)) for v in rows if backend.engine in VARIANTS[v].engines}
         except InputError:
             raise
         except TiueError as exc:
             reports.append(BackendReport(name, "", False, reason=str(exc)))
             continue
-        with graphs, tiny or contextlib.nullcontext():
+        with graphs, contextlib.ExitStack() as stack:
+            for opened in decoders.values():
+                stack.enter_context(opened)
             seen = view.with_variant(backend.variant).manifest
-            reports.append(check_backend(backend, graphs, lambda: tokenizer(prompts), seen, backend_ref, cfg.vae, tiny))
+            reports.append(check_backend(backend, graphs, lambda: tokenizer(prompts), seen, backend_ref, cfg.vae, decoders))
             if coefficients is None and backend.variant is None and {"unet_decoder", "unet_decoder_fused"} <= set(graphs.factories):
                 coefficients = check_coefficients(graphs, manifest, ref)
                 if not coefficients:

@@ -23,13 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__, vae_tiny
+from . import __version__
 from .bundle import MANIFEST, REFERENCE, VALIDATION, Manifest, Tokenizer, save_manifest, sha256_file
 from .compare import Comparison, compare_arrays, compare_outputs
 from .errors import InputError, TiueError, first_line, require
 from .files import atomic_path, writable_dir
 from .sampling import initial_noise
 from .specs import DEFAULT_OPSET, PRECISIONS, BatchProfile, GraphSpec, check_opset
+from .variants import reference_key
 
 log = logging.getLogger("tiue_export")
 
@@ -75,9 +76,16 @@ class ExportConfig:
     # Images from ORT vs PyTorch, same prompt/seed: fp32 differences are float reorderings, far
     # under one grey level; 40 dB is the project's parity bar.
     min_psnr: float = 40.0
-    # full: the model's VAE only; tiny or a distill-vae directory: also a "tiny" variant of
-    # vae_decoder (tiue_export.vae_tiny), chosen at run time with --vae tiny
+    # full: the model's VAE only; a decoder row of the variant table (tiny, or a distill-vae
+    # directory for it): also that variant of vae_decoder, chosen at run time with --vae tiny
     vae: str = "full"
+
+    @property
+    def decoder_variant(self):
+        """The variant table's row ``vae`` adds (None for ``full``); a directory is the tiny row's."""
+        from .variants import VARIANTS
+
+        return None if self.vae == "full" else VARIANTS[self.vae if self.vae in VARIANTS else "tiny"]
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -109,8 +117,8 @@ def check_config(cfg: ExportConfig) -> None:
     if cfg.external_data not in EXTERNAL_DATA:
         raise InputError(f"unknown --external-data {cfg.external_data!r}: use auto, always or never")
     check_opset(cfg.opset, max_opset())
-    if cfg.vae != "full":
-        vae_tiny.resolve(Path(cfg.model), cfg.vae)  # an unknown word or a decoder of another VAE: refused now
+    if cfg.decoder_variant is not None:
+        cfg.decoder_variant.resolve(Path(cfg.model), cfg.vae)  # an unknown word or a decoder of another VAE: refused now
     if cfg.validate_batch < 1:
         raise InputError("validate_batch must be >= 1")
     out = Path(cfg.out)
@@ -392,9 +400,9 @@ def export_bundle(cfg: ExportConfig, pipe=None) -> ExportReport:
             manifest = manifest.with_graph(replace(graph, sha256=sha256_file(path), external_data=tuple(data_files)))
             report.sizes[spec.file] = sum((tmp / f).stat().st_size for f in [spec.file] + data_files)
 
-        if cfg.vae != "full":
-            manifest, tiny = export_tiny_vae(tmp, manifest, cfg, inputs["vae_decoder"], refs["vae_decoder"], results, failures, report)
-            stored[vae_tiny.REFERENCE_KEY] = tiny  # check --reference bundle compares the tiny graph with it
+        if cfg.decoder_variant is not None:
+            manifest, images = export_decoder_variant(tmp, manifest, cfg, inputs["vae_decoder"], refs["vae_decoder"], results, failures, report)
+            stored[reference_key(cfg.decoder_variant.name)] = images  # check --reference bundle compares the graph with it
         end_to_end = validate_chain(tmp, manifest, inputs, refs, cfg)
         if end_to_end is not None and not end_to_end["ok"]:
             failures.append(f"end to end: {end_to_end['summary']}")
@@ -428,48 +436,46 @@ def export_bundle(cfg: ExportConfig, pipe=None) -> ExportReport:
     return report
 
 
-def export_tiny_vae(
+def export_decoder_variant(
     root: Path, manifest: Manifest, cfg: ExportConfig, feed: dict, full_ref: dict, results: dict, failures: list, report
 ) -> tuple[Manifest, np.ndarray]:
-    """The tiny decoder as ``vae_decoder``'s ``tiny`` variant: the same spec (z0 in, images in
-    [-1, 1] out), exported, checked and validated against its PyTorch module like every graph;
-    the variant records where it came from (its directory, for check's PyTorch reference) and its
-    PSNR against the full decoder on the reference z0. Returns the manifest and the PyTorch tiny
-    decoder's images of the reference z0."""
+    """The decoder of ``cfg.vae`` as its variant of ``vae_decoder``: the same spec (z0 in, images
+    in [-1, 1] out), exported, checked and validated against its PyTorch module like every graph;
+    the variant records where it came from (its directory, for check's PyTorch reference), its
+    provenance and its PSNR against the full decoder on the reference z0. Returns the manifest and
+    the PyTorch decoder's images of the reference z0."""
     from .backends.torch import VaeDecoderGraph
     from .bundle.manifest import Variant
     from .compare import psnr
 
-    source = vae_tiny.resolve(Path(cfg.model), cfg.vae)
+    row = cfg.decoder_variant
+    source = row.resolve(Path(cfg.model), cfg.vae)
     graph = manifest.graphs["vae_decoder"]
     spec = replace(graph.spec, name="vae_decoder")
-    file = f"vae_decoder.{vae_tiny.VARIANT}.onnx"
-    log.info("exporting vae_decoder (%s variant from %s)", vae_tiny.VARIANT, source)
-    module = VaeDecoderGraph(vae_tiny.load(source), baked=True).eval()
+    file = f"vae_decoder.{row.name}.onnx"
+    log.info("exporting vae_decoder (%s variant from %s)", row.name, source)
+    module = VaeDecoderGraph(row.load(source), baked=True).eval()
     with torch.no_grad():
         ref = {"images": module(torch.from_numpy(feed["latents"])).numpy()}
-    model = export_onnx(module, spec, feed, root / ".scratch" / "vae_tiny")
+    model = export_onnx(module, spec, feed, root / ".scratch" / f"vae_{row.name}")
     if cfg.precision == "fp16" and spec.fp16:
-        model = slim(to_fp16(model), "vae_decoder tiny")
+        model = slim(to_fp16(model), f"vae_decoder {row.name}")
     model = canonical_shapes(model)
     path = root / file
     data_files = save_onnx(model, path, cfg.external_data)
     check_graph(path, spec)
     comparison = validate_graph(path, spec, feed, ref, cfg.precision)
-    key = f"vae_decoder.{vae_tiny.VARIANT}"
-    record_comparison(results, failures, key, comparison)
-    record = json.loads((source / vae_tiny.RECORD).read_text())
+    record_comparison(results, failures, f"vae_decoder.{row.name}", comparison)
     variant = Variant(
         file, graph.precision, sha256_file(path), tuple(data_files),
         extra={
             "source": str(source.resolve()),
-            "distilled_from": record["distilled_from"],
-            "held_out_psnr_db": record.get("held_out_psnr_db"),
+            **row.provenance(source),
             "psnr_vs_full_db": psnr(np.clip(full_ref["images"], -1, 1), np.clip(ref["images"], -1, 1), 2.0),
         },
     )
     report.sizes[file] = sum((root / f).stat().st_size for f in [file] + data_files)
-    return manifest.with_graph(replace(graph, variants={**graph.variants, vae_tiny.VARIANT: variant})), ref["images"]
+    return manifest.with_graph(replace(graph, variants={**graph.variants, row.name: variant})), ref["images"]
 
 
 def validate_chain(root: Path, manifest: Manifest, inputs: dict, refs: dict, cfg: ExportConfig) -> dict | None:
@@ -500,16 +506,16 @@ def validate_chain(root: Path, manifest: Manifest, inputs: dict, refs: dict, cfg
     return {"ok": bool(e2e), "comparison": e2e.to_dict(), "summary": str(e2e)}
 
 
-def add_tiny_vae(cfg: ExportConfig) -> ExportReport:
-    """``export --vae-only``: the tiny decoder of ``cfg.vae`` as ``vae_decoder``'s ``tiny`` variant
-    of the existing bundle at ``cfg.out``, nothing else re-exported. It is validated against its
-    PyTorch module on the z0 of the bundle's stored reference, whose tiny images join
+def add_decoder_variant(cfg: ExportConfig) -> ExportReport:
+    """``export --vae-only``: the decoder of ``cfg.vae`` as its variant of ``vae_decoder`` in the
+    existing bundle at ``cfg.out``, nothing else re-exported. It is validated against its
+    PyTorch module on the z0 of the bundle's stored reference, whose decoder images join
     ``reference.npz``; the new and changed files (graph, reference, validation) are staged beside
     the bundle and published with the manifest last.
 
     Raises:
         InputError: no bundle at ``cfg.out``, a bundle of another model, ``--vae full``.
-        TiueError: the tiny graph disagrees with PyTorch (the bundle is left as it was).
+        TiueError: the new graph disagrees with PyTorch (the bundle is left as it was).
     """
     from .bundle import Bundle, publish
     from .files import staging_dir
@@ -521,9 +527,10 @@ def add_tiny_vae(cfg: ExportConfig) -> ExportReport:
     source = m.source.get("model")
     if not source or Path(source).resolve() != Path(cfg.model).resolve():
         raise InputError(f"{cfg.out} was exported from {source}, not {cfg.model}: give its model with --model")
-    vae_tiny.resolve(Path(cfg.model), cfg.vae)  # a decoder of another VAE: refused before anything is written
+    row = cfg.decoder_variant
+    row.resolve(Path(cfg.model), cfg.vae)  # a decoder of another VAE: refused before anything is written
     if not (bundle.path / REFERENCE).is_file():
-        raise InputError(f"{cfg.out} has no {REFERENCE} (the z0 the tiny decoder is validated on): re-export the bundle")
+        raise InputError(f"{cfg.out} has no {REFERENCE} (the z0 the new decoder is validated on): re-export the bundle")
     with np.load(bundle.path / REFERENCE, allow_pickle=False) as data:
         stored = {k: data[k] for k in data.files}
     feed, full_ref = {"latents": stored["unet_decoder_fused.z0"]}, {"images": stored["vae_decoder.images"]}
@@ -533,14 +540,14 @@ def add_tiny_vae(cfg: ExportConfig) -> ExportReport:
         report = ExportReport(bundle.path, {})
         results, failures = {}, []
         graph_cfg = replace(cfg, precision=m.precision, external_data="auto")
-        manifest, stored[vae_tiny.REFERENCE_KEY] = export_tiny_vae(staging, m, graph_cfg, feed, full_ref, results, failures, report)
+        manifest, stored[reference_key(row.name)] = export_decoder_variant(staging, m, graph_cfg, feed, full_ref, results, failures, report)
         if failures:
             raise TiueError("validation against PyTorch failed, the bundle is unchanged: " + " | ".join(failures))
         np.savez(staging / REFERENCE, **stored)
         validation = json.loads((bundle.path / VALIDATION).read_text()) if (bundle.path / VALIDATION).is_file() else {"graphs": {}}
         validation["graphs"].update(results)
         (staging / VALIDATION).write_text(json.dumps(validation, indent=2, allow_nan=False))
-        variant = manifest.graphs["vae_decoder"].variants[vae_tiny.VARIANT]
+        variant = manifest.graphs["vae_decoder"].variants[row.name]
         files = [variant.file, *variant.external_data, REFERENCE, VALIDATION]
         manifest = manifest.replace(export_config={**m.export_config, "vae": cfg.vae})
         publish(bundle.path, {f: staging / f for f in files}, manifest)

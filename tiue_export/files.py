@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import json
 import logging
 import os
@@ -183,3 +184,15 @@ def write_png(path: str | os.PathLike, image, metadata: dict[str, str] | None = 
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+def sha256_of_weights(model_dir: str | os.PathLike) -> str:
+    """SHA-256 of a model component's weight files (sorted by name, concatenated): names the
+    weights a derived model (a student, a tiny decoder) was made from."""
+    h = hashlib.sha256()
+    files = sorted(p for p in Path(model_dir).iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".ckpt"))
+    for p in files:
+        with p.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()

@@ -29,6 +29,29 @@ log = logging.getLogger("tiue_export")
 COMPONENTS = ("tokenizer", "text_encoder", "vae", "unet", "scheduler")
 
 
+def unet_denoiser(unet, cond: torch.Tensor):
+    """``eps(z, t)`` of a whole UNet conditioned on ``cond``."""
+
+    def eps(z, t):
+        return unet(z, t, encoder_hidden_states=cond).sample
+
+    return eps
+
+
+def guided_denoiser(unet, cond: torch.Tensor, uncond: torch.Tensor, guidance: float):
+    """``eps(z, t)`` with classifier-free guidance (Ho & Salimans 2022), the unconditional and
+    conditional rows in one UNet batch; ``t`` an integer timestep or one per row of ``z``."""
+    both = torch.cat([uncond, cond])
+
+    def eps(z, t):
+        if torch.is_tensor(t) and t.ndim:
+            t = torch.cat([t, t])
+        eps_uncond, eps_cond = unet(torch.cat([z, z]), t, encoder_hidden_states=both).sample.chunk(2)
+        return classifier_free_guidance(eps_uncond, eps_cond, guidance)
+
+    return eps
+
+
 @dataclass
 class SampleResult:
     """Images (uint8 NHWC) with the latents they came from and per-stage seconds."""
@@ -247,23 +270,19 @@ class TorchPipeline:
         """Latents to uint8 NHWC images."""
         return to_uint8_images(self.decode_float(z0))
 
-    def _eps_full(self, cond: torch.Tensor):
-        """A denoiser ``eps(z, t)`` that runs the whole UNet (no encoder sharing)."""
+    def denoiser(self, cond: torch.Tensor, uncond: torch.Tensor | None = None, guidance: float = 1.0):
+        """``eps(z, t)`` of the whole UNet (no encoder sharing): with classifier-free guidance
+        when ``uncond`` is given and ``guidance`` is not 1 (see :func:`guided_denoiser`)."""
+        if uncond is None or guidance == 1.0:
+            return unet_denoiser(self.unet, cond)
+        return guided_denoiser(self.unet, cond, uncond, guidance)
 
-        def eps(z, t):
-            return self.unet(z, t, encoder_hidden_states=cond).sample
-
-        return eps
-
-    def _eps_cfg(self, cond: torch.Tensor, uncond: torch.Tensor, guidance: float):
-        both = torch.cat([uncond, cond])
-
-        def eps(z, t):
-            out = self.unet(torch.cat([z, z]), t, encoder_hidden_states=both).sample
-            eu, ec = out.chunk(2)
-            return classifier_free_guidance(eu, ec, guidance)
-
-        return eps
+    def ddim_plan(self, sampler: SamplerChoice) -> tuple[list[int], list[int], float]:
+        """(timesteps, previous timesteps, final alpha_cumprod) of a ``loop`` or ``ddim:N`` sampler."""
+        if sampler.kind == "loop":
+            s = self.schedule
+            return s.timesteps, s.prev_timesteps, s.final_alpha_cumprod
+        return ddim_plan(self.scheduler, sampler.steps)
 
     @torch.no_grad()
     def sample(
@@ -301,7 +320,6 @@ class TorchPipeline:
                 noise = torch.cat([torch.randn((1, *shape), generator=torch.Generator().manual_seed(int(s))) for s in seeds]).numpy()
             else:
                 raise InputError(f"unknown noise source {noise_source!r}: use numpy or torch")
-        s = self.schedule
         if sampler.kind == "one-pass":
             from .executor import run_chain
 
@@ -318,13 +336,9 @@ class TorchPipeline:
             z = torch.from_numpy(np.asarray(noise, dtype=np.float32)).to(device=self.device, dtype=self.unet.dtype)
             t0 = time.perf_counter()
             alphas = self.scheduler.alphas_cumprod.double().numpy()
-            if sampler.kind == "loop":
-                z0 = sample_ddim(z, self._eps_full(cond), s.timesteps, s.prev_timesteps, alphas, s.final_alpha_cumprod)
-            else:
-                ts, prev, final = ddim_plan(self.scheduler, sampler.steps)
-                uncond = self.encode_text([""] * len(prompts))
-                eps_fn = self._eps_cfg(cond, uncond, guidance) if guidance != 1.0 else self._eps_full(cond)
-                z0 = sample_ddim(z, eps_fn, ts, prev, alphas, final)
+            uncond = self.encode_text([""] * len(prompts)) if sampler.kind == "ddim" else None
+            timesteps, prev, final = self.ddim_plan(sampler)
+            z0 = sample_ddim(z, self.denoiser(cond, uncond, guidance), timesteps, prev, alphas, final)
             timings["unet"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         z0 = z0.float().cpu()

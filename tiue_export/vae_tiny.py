@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from .errors import InputError, ModelError
+from .files import sha256_of_weights
 from .models import ASSETS
 
 #: The built-in models' tiny decoder (distilled from the toy VAE that both share).
@@ -19,16 +20,9 @@ SHIPPED = ASSETS / "toy-tiny-vae"
 #: A model directory may carry its own tiny decoder here.
 SUBFOLDER = "vae_tiny"
 RECORD = "distill_vae.json"
-#: The bundle variant of ``vae_decoder`` that holds it.
-VARIANT = "tiny"
-CHOICES = ("full", "tiny")
-#: The PyTorch tiny decoder's images of the export reference's z0, in the bundle's reference.npz.
-REFERENCE_KEY = "vae_decoder.tiny.images"
 
 
 def vae_sha256(vae_dir: Path) -> str:
-    from .distill.train import sha256_of_weights
-
     return sha256_of_weights(vae_dir)
 
 
@@ -71,3 +65,10 @@ def load(path: Path, dtype=None):
     except (OSError, ValueError) as exc:
         raise ModelError(f"{path}: not a loadable AutoencoderTiny ({str(exc).splitlines()[0]})") from exc
     return tiny.eval().requires_grad_(False)
+
+
+def provenance(path: Path) -> dict:
+    """What the bundle's variant records of a distill-vae directory: the VAE it was distilled
+    from and its held-out PSNR."""
+    record = json.loads((Path(path) / RECORD).read_text())
+    return {"distilled_from": record["distilled_from"], "held_out_psnr_db": record.get("held_out_psnr_db")}

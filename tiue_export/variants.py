@@ -8,6 +8,7 @@ new variant (an fp16 IR, a LoRA-merged decoder ...) is a new row, not a new bran
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 
 from .errors import InputError
@@ -27,6 +28,9 @@ class GraphVariant:
         engines: the engines that run it (TensorRT builds its engines from the exported graphs).
         option: the run-time option that picks it: ``backend`` (a registry entry's variant) or
             ``vae`` (``--vae NAME``, composing with any backend's UNet graphs).
+        source: for rows exported from a PyTorch module: the module that finds it for a model
+            (``resolve(model, choice) -> path``), loads it (``load(path)``) and says where it
+            came from (``provenance(path) -> dict``, recorded in the manifest).
     """
 
     name: str
@@ -34,6 +38,21 @@ class GraphVariant:
     make: str
     engines: tuple[str, ...] = ("onnxruntime", "openvino", "tensorrt")
     option: str = "backend"
+    source: str | None = None
+
+    def resolve(self, model, choice: str):
+        """The directory of this row's PyTorch module for ``model`` and a ``--vae`` ``choice``."""
+        return importlib.import_module(self.source).resolve(model, choice)
+
+    def load(self, path):
+        return importlib.import_module(self.source).load(path)
+
+    def provenance(self, path) -> dict:
+        return importlib.import_module(self.source).provenance(path)
+
+    def torch_decoder(self, model, choice: str):
+        """The PyTorch module of this row for ``model`` and a ``--vae`` ``choice`` (a name or a directory)."""
+        return self.load(self.resolve(model, choice))
 
 
 VARIANTS: dict[str, GraphVariant] = {
@@ -41,13 +60,21 @@ VARIANTS: dict[str, GraphVariant] = {
     for v in (
         GraphVariant("int8", UNET_GRAPHS, "run tiue-export calibrate {bundle}"),
         GraphVariant("openvino-int8", UNET_GRAPHS, "run tiue-export calibrate {bundle} --engine openvino", engines=("openvino",)),
-        GraphVariant("tiny", ("vae_decoder",), "re-export it with --vae tiny (a distill-vae decoder)", engines=("onnxruntime", "openvino"), option="vae"),
+        GraphVariant(
+            "tiny", ("vae_decoder",), "re-export it with --vae tiny (a distill-vae decoder)",
+            engines=("onnxruntime", "openvino"), option="vae", source="tiue_export.vae_tiny",
+        ),
     )
 }
 assert all(set(v.graphs) <= set(GRAPHS) for v in VARIANTS.values())
 
 #: The decoder choices of ``--vae``: the exported decoder, or a row that replaces it.
 VAE_CHOICES = ("full",) + tuple(n for n, v in VARIANTS.items() if v.option == "vae")
+
+
+def reference_key(variant: str) -> str:
+    """The key of a decoder row's PyTorch images of the export reference's z0, in reference.npz."""
+    return f"vae_decoder.{variant}.images"
 
 
 def how_to_make(variant: str, bundle: str = "BUNDLE") -> str:

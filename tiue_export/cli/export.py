@@ -30,7 +30,7 @@ def export(model, out, height, width, batch, precision, opset, external_data, va
     from . import quiet_libraries
 
     quiet_libraries()
-    from ..export import ExportConfig, add_tiny_vae, export_bundle
+    from ..export import ExportConfig, add_decoder_variant, export_bundle
     from ..models import resolve_model
 
     cfg = ExportConfig(
@@ -45,7 +45,7 @@ def export(model, out, height, width, batch, precision, opset, external_data, va
         vae=vae,
     )
     if vae_only:
-        report = add_tiny_vae(cfg)
+        report = add_decoder_variant(cfg)
         tiny = report.validation["graphs"]["vae_decoder.tiny"]
         added = ", ".join(f"{f} ({n / 2**20:.1f} MiB)" for f, n in report.sizes.items())
         psnr = tiny["outputs"]["images"]["psnr"]

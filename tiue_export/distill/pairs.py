@@ -31,6 +31,7 @@ import torch
 
 from ..errors import InputError
 from ..files import atomic_path
+from ..pipeline import guided_denoiser
 from ..sampling import initial_noise, sample_ddim
 from ..schedule import ddim_plan
 
@@ -105,16 +106,6 @@ def probe_plan(prompts: list[str]) -> tuple[list[str], list[int]]:
 
 def _chunk_path(root: Path, index: int) -> Path:
     return root / f"chunk-{index:05d}.safetensors"
-
-
-def guided_denoiser(unet, cond, uncond, guidance: float):
-    """``eps(z, t)`` for :func:`~tiue_export.sampling.sample_ddim`: the UNet with CFG at an integer timestep."""
-    from .train import guided_eps
-
-    def eps(z, t):
-        return guided_eps(unet, z, torch.full((z.shape[0],), t, device=z.device), cond, uncond, guidance)
-
-    return eps
 
 
 @torch.no_grad()

@@ -23,7 +23,6 @@ everything needed to continue bit-for-bit (weights, EMA, both optimisers, every 
 from __future__ import annotations
 
 import copy
-import hashlib
 import itertools
 import json
 import logging
@@ -38,9 +37,10 @@ import torch
 
 from .. import __version__
 from ..errors import InputError, ModelError, require
-from ..files import atomic_path, write_json
+from ..files import atomic_path, sha256_of_weights, write_json
 from ..models import ASSETS
-from ..sampling import classifier_free_guidance, to_uint8_images
+from ..pipeline import guided_denoiser
+from ..sampling import to_uint8_images
 from ..schedule import OnePassSchedule, combine_one_pass
 from ..student import TiUEStudent
 from ..tiue_config import TIUE_JSON
@@ -111,17 +111,6 @@ def rank_seed(seed: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
 
 
-def sha256_of_weights(unet_dir: Path) -> str:
-    """SHA-256 of a UNet's weight files (sorted by name, concatenated)."""
-    h = hashlib.sha256()
-    files = sorted(p for p in Path(unet_dir).iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".ckpt"))
-    for p in files:
-        with p.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
-
-
 def scheduler_overrides(cfg: DistillConfig) -> dict:
     """Changes to the teacher's scheduler config that the student directory carries."""
     return dict(BASELINE_SCHEDULER_OVERRIDES) if cfg.baseline == "one-step-vsd" else {}
@@ -133,13 +122,6 @@ def student_schedule(scheduler, cfg: DistillConfig) -> OnePassSchedule:
 
     config = {**dict(scheduler.config), **scheduler_overrides(cfg)}
     return OnePassSchedule.from_scheduler(DDIMScheduler.from_config(config), k=cfg.k)
-
-
-def guided_eps(unet, x_t, t, cond, uncond, scale: float):
-    """Noise prediction with classifier-free guidance, conditional and unconditional in one batch."""
-    out = unet(torch.cat([x_t, x_t]), torch.cat([t, t]), encoder_hidden_states=torch.cat([uncond, cond])).sample
-    eps_uncond, eps_cond = out.chunk(2)
-    return classifier_free_guidance(eps_uncond, eps_cond, scale)
 
 
 def checkpoint_dirs(run: Path) -> list[Path]:
@@ -407,8 +389,8 @@ class Trainer:
         x_t = diffuse(z0.detach(), noise, abar)
         with torch.no_grad():
             with self.frozen_teacher():
-                eps_teacher = guided_eps(self.lora_ddp, x_t, t, cond, uncond, cfg.guidance)
-            eps_lora = guided_eps(self.lora_ddp, x_t, t, cond, uncond, cfg.guidance)
+                eps_teacher = guided_denoiser(self.lora_ddp, cond, uncond, cfg.guidance)(x_t, t)
+            eps_lora = guided_denoiser(self.lora_ddp, cond, uncond, cfg.guidance)(x_t, t)
         return vsd_loss(z0, vsd_score_gradient(eps_teacher, eps_lora, abar))
 
     def lora_update(self, z0: torch.Tensor, cond: torch.Tensor) -> dict:

@@ -33,10 +33,10 @@ import torch
 
 from .. import __version__
 from ..errors import InputError, ModelError
-from ..files import atomic_path, write_json
+from ..files import atomic_path, sha256_of_weights, write_json
 from ..models import ASSETS, resolve_model
 from .config import MIXED_PRECISION, DistillConfig
-from .train import checkpoint_dirs, make_accelerator, sha256_of_weights, trim_log
+from .train import checkpoint_dirs, make_accelerator, trim_log
 
 log = logging.getLogger("tiue_export")
 
