@@ -534,13 +534,12 @@ def test_backend_plumbing_on_stand_ins_matches_onnxruntime(fp32_bundle, fake_gpu
     """The TensorRT backend's buffers, links, shapes, scratch and CUDA-graph replay, run on a CPU
     stand-in whose "engines" are the ONNX graphs: it must give ONNX Runtime's images exactly."""
     from tiue_export.runtime import Pipeline
-    from tiue_export.trt.runtime import TrtPipeline
 
     bundle = copy_of(fp32_bundle, tmp_path)
     build_engines(BuildConfig(bundle=bundle, precision="fp32"))
     prompts = ["a photo of a cat", "a red cube on a blue table", "two dogs playing in the snow"]
     cuda = fake_gpu.cuda
-    with Pipeline.load(bundle, ["CPUExecutionProvider"]) as ort, TrtPipeline.load(bundle) as pipe:
+    with Pipeline.load(bundle, ["CPUExecutionProvider"]) as ort, Pipeline.load(bundle, backend="tensorrt") as pipe:
         assert pipe.provider == "TensorRT 10.13.0.35 (fp32)"
         ref = ort(prompts, seed=3)
         ref2 = ort(prompts[:2], seed=3)
@@ -578,11 +577,13 @@ def test_backend_plumbing_on_stand_ins_matches_onnxruntime(fp32_bundle, fake_gpu
 
 def test_backend_unfused_engines(fp32_bundle, fake_gpu, tmp_path):
     from tiue_export.runtime import Pipeline
-    from tiue_export.trt.runtime import TrtPipeline
+    from tiue_export.trt.runtime import graphs
 
     bundle = copy_of(fp32_bundle, tmp_path)
     build_engines(BuildConfig(bundle=bundle, precision="fp32", fused=False))
-    with Pipeline.load(bundle, ["CPUExecutionProvider"]) as ort, TrtPipeline.load(bundle, cuda_graphs=False) as pipe:
+    opened = Bundle.open(bundle)
+    engines = graphs(opened, cuda_graphs=False)
+    with Pipeline.load(bundle, ["CPUExecutionProvider"]) as ort, Pipeline(opened, "tensorrt", graphs=engines) as pipe:
         ref = ort(["a photo of a cat"], seed=1, fused=False)
         out = pipe(["a photo of a cat"], seed=1)
         with pytest.raises(InputError, match="built without the fused decoder: rebuild with build-trt --fused"):
@@ -613,12 +614,11 @@ def test_engines_match_onnxruntime_on_a_real_gpu(fp32_bundle, tmp_path):
     _real_tensorrt_gpu()
     from tiue_export.compare import compare_arrays
     from tiue_export.runtime import Pipeline
-    from tiue_export.trt.runtime import TrtPipeline
 
     bundle = copy_of(fp32_bundle, tmp_path)
     build_engines(BuildConfig(bundle=bundle, precision="fp32"))
     prompts = ["a photo of a cat", "a red cube on a blue table"]
-    with Pipeline.load(bundle, providers=["CPUExecutionProvider"]) as ort, TrtPipeline.load(bundle) as trt:
+    with Pipeline.load(bundle, providers=["CPUExecutionProvider"]) as ort, Pipeline.load(bundle, backend="tensorrt") as trt:
         ref = ort(prompts, seed=3)
         first = trt(prompts, seed=3)
         replay = trt(prompts, seed=3)  # CUDA graph replay

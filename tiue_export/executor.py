@@ -85,6 +85,14 @@ class GraphSet:
         if missing:
             raise InputError(f"this backend has no {missing[0]} graph: the {chain} chain cannot run on it")
 
+    @property
+    def preferred_chain(self) -> str:
+        """The chain a pipeline runs on this set unless told otherwise."""
+        return "fused"
+
+    def check_batch(self, n: int) -> None:
+        """Refuse a call of ``n`` images the set cannot take (an engine's batch profile); any here."""
+
     def is_open(self, name: str) -> bool:
         return name in self._open
 

@@ -60,17 +60,30 @@ class BundleTokenizer:
 
 class Pipeline:
     """A loaded bundle on one backend; call it with prompts. Graphs open on first use and close
-    with :meth:`close` (or at the end of a ``with`` block)."""
+    with :meth:`close` (or at the end of a ``with`` block).
 
-    def __init__(self, bundle: Bundle, backend: str | backends.Backend = "onnxruntime", threads: int = 0, low_memory: bool = False, providers: Sequence[str] | None = None, vae: str = "full"):
-        self.backend = backends.get(backend) if isinstance(backend, str) else backend
+    ``graphs``: a graph set opened by the caller (e.g. TensorRT engines without CUDA graphs), in
+    place of the backend's default one.
+    """
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        backend: str | backends.Backend = "onnxruntime",
+        threads: int = 0,
+        low_memory: bool = False,
+        providers: Sequence[str] | None = None,
+        vae: str = "full",
+        graphs=None,
+    ):
+        self.backend = backends.resolve(backend, None, bundle.manifest) if isinstance(backend, str) else backend
         bundle = with_vae(bundle, vae, self.backend.engine)  # a vae_decoder row; composes with int8 UNet graphs
         if providers and self.backend.engine != "onnxruntime":
             raise InputError("execution providers are ONNX Runtime's: the openvino engine runs on the CPU")
         self.bundle = bundle.with_variant(self.backend.variant)
         self.manifest = self.bundle.manifest
         self.tokenizer = BundleTokenizer(bundle)
-        self.graphs = self.backend.graphs(bundle, threads=threads, low_memory=low_memory, providers=providers)
+        self.graphs = graphs or self.backend.graphs(bundle, threads=threads, low_memory=low_memory, providers=providers)
 
     @classmethod
     def load(
@@ -102,7 +115,8 @@ class Pipeline:
                 the CPU's own (bf16 where it has bf16 units, e.g. AMX, else fp32).
             low_memory: hold one graph at a time (peak = the largest graph and its activations);
                 every call pays the graphs' load time (one-shot jobs, small machines).
-            backend: a registry name (``openvino-int8``) instead of engine/precision words.
+            backend: a registry name (``openvino-int8``) instead of engine/precision words;
+                ``tensorrt``: the bundle's only engine set.
             vae: ``tiny``: decode with the bundle's distilled tiny decoder (``export --vae tiny``).
         """
         opened = Bundle.open(bundle, verify=verify)
@@ -114,7 +128,7 @@ class Pipeline:
             word = inference_precision if engine == "openvino" and precision is None else precision
             chosen = backends.resolve(engine, word, opened.manifest)
         else:
-            chosen = backends.get(backend)
+            chosen = backends.resolve(backend, None, opened.manifest)
         opened.with_variant(chosen.variant)  # no such graphs: refused now, with the command that makes them
         return cls(opened, chosen, threads, low_memory, providers, vae)
 
@@ -196,7 +210,7 @@ class Pipeline:
         seeds: Sequence[int] | None = None,
         seed: int = 0,
         noise: np.ndarray | None = None,
-        fused: bool = True,
+        fused: bool | None = None,
     ) -> RuntimeResult:
         """One image per prompt with the one-pass sampler.
 
@@ -206,9 +220,11 @@ class Pipeline:
             noise: z_T (B, C, h, w) that replaces the seeded noise.
             fused: run Eq. 11 inside ``unet_decoder_fused`` (True) or in numpy after
                 ``unet_decoder`` (False); both give the same latents up to float rounding.
+                Default: the graph set's own (fused; TensorRT: the decoder its engines were built with).
         """
         prompts, seeds, noise = self.prepare(prompts, seeds, seed, noise)
-        chain = "fused" if fused else "unfused"
+        self.graphs.check_batch(len(prompts))
+        chain = self.graphs.preferred_chain if fused is None else ("fused" if fused else "unfused")
         self.graphs.check_chain(chain, self.manifest)
         result = run_chain(self.manifest, self.graphs, self.tokenize(prompts), noise, chain)
         return RuntimeResult(to_uint8_images(result.images), result.z0, seeds, result.timings, self.provider)

@@ -1,13 +1,13 @@
 """The TensorRT backend: a bundle's engines run as the same one-pass pipeline as ONNX Runtime.
 
-    from tiue_export.trt.runtime import TrtPipeline
-    with TrtPipeline.load("bundle/", precision="fp16") as pipe:
+    from tiue_export.runtime import Pipeline
+    with Pipeline.load("bundle/", backend="tensorrt-fp16") as pipe:
         images = pipe(["a photo of a cat"], seed=0).images
 
-:class:`TrtPipeline` is a :class:`tiue_export.runtime.Pipeline` whose runners are TensorRT engines,
-so every stage method (``encode_text``, ``encode``, ``decode``, ``decode_fused``,
-``decode_latents``) works unchanged for ``check`` and ``bench``; its ``__call__`` keeps the
-intermediate tensors on the GPU (z_T, text embeddings and the encoder features are uploaded or
+:class:`TrtGraphs` is the executor's graph set of a bundle's engines, so the runtime
+:class:`~tiue_export.runtime.Pipeline` and every stage method (``encode_text``, ``encode``,
+``decode``, ``decode_fused``, ``decode_latents``) run on it unchanged for ``check`` and ``bench``;
+the chain keeps the intermediate tensors on the GPU (z_T, text embeddings and the encoder features are uploaded or
 produced once, consumed in place).
 
 Memory and streams come from cuda-python (``cuda.bindings.runtime``) rather than torch: the runtime
@@ -32,7 +32,6 @@ import numpy as np
 from ..bundle import Bundle
 from ..errors import InputError, ModelError, TiueError
 from ..executor import GraphSet
-from ..runtime.pipeline import BundleTokenizer, Pipeline, RuntimeResult
 from ..specs import GraphSpec, TensorSpec
 from .checks import check_engines, cuda_call, import_cudart, import_tensorrt, query_gpu
 
@@ -328,7 +327,7 @@ class TrtSession:
                 self.stream = None
 
 
-def engine_entry(bundle: Bundle, precision: str | None) -> tuple[str, dict]:
+def engine_set(bundle: Bundle, precision: str | None) -> tuple[str, dict]:
     """``(precision, manifest entry)`` of the engines to run: ``precision``, or the only set built."""
     engines = bundle.manifest.engines
     if not engines:
@@ -350,7 +349,7 @@ class TrtGraphs(GraphSet):
     (they share scratch memory and linked buffers) and outputs stay on the GPU."""
 
     def __init__(self, bundle: Bundle, precision: str | None = None, cuda_graphs: bool = True, device: int = 0):
-        self.precision, self.entry = engine_entry(bundle, precision)
+        self.precision, self.entry = engine_set(bundle, precision)
         trt = import_tensorrt()
         check_engines(self.entry, bundle.manifest.files, trt.__version__, query_gpu(device), str(bundle.path), self.precision)
         self.session = TrtSession(bundle, self.entry, cuda_graphs, device)
@@ -369,8 +368,14 @@ class TrtGraphs(GraphSet):
             raise InputError(f"the engines were built {'with' if built == 'fused' else 'without'} the fused decoder: rebuild with build-trt {'--fused' if chain == 'fused' else '--no-fused'}")
 
     @property
-    def chain(self) -> str:
+    def preferred_chain(self) -> str:
+        """The chain the engines were built for (one decoder each)."""
         return "fused" if self.entry.get("fused", True) else "unfused"
+
+    def check_batch(self, n: int) -> None:
+        profile = self.entry["batch_profile"]
+        if not profile["min"] <= n <= profile["max"]:
+            raise InputError(f"{n} images per call is outside the engines' batch profile {profile['min']}..{profile['max']}: rebuild with --batch")
 
     @property
     def provider(self) -> str:
@@ -386,39 +391,4 @@ def graphs(bundle: Bundle, precision: str | None = None, cuda_graphs: bool = Tru
     return TrtGraphs(bundle, precision, cuda_graphs, device)
 
 
-class TrtPipeline(Pipeline):
-    """The one-pass pipeline on TensorRT engines: the runtime :class:`Pipeline` (tokenizer, stage
-    methods, the executor's chain) whose graph set is :class:`TrtGraphs`."""
-
-    def __init__(self, bundle: Bundle, precision: str | None = None, cuda_graphs: bool = True, device: int = 0):
-        from .. import backends
-
-        trt_graphs = TrtGraphs(bundle, precision, cuda_graphs, device)
-        self.precision_word, self.entry = trt_graphs.precision, trt_graphs.entry
-        self.backend = backends.get(f"tensorrt-{trt_graphs.precision}")
-        self.bundle = bundle
-        self.manifest = bundle.manifest
-        self.tokenizer = BundleTokenizer(bundle)
-        self.graphs = trt_graphs
-        self.session = trt_graphs.session
-
-    @classmethod
-    def load(cls, bundle, precision: str | None = None, verify: bool = True, cuda_graphs: bool = True, device: int = 0) -> "TrtPipeline":
-        """Open a bundle's ``precision`` engines (default: the only set it has) on CUDA ``device``.
-
-        Raises:
-            MissingDependency: no TensorRT / cuda-python. TiueError: no GPU. ModelError: no such
-                engines, or engines built for another TensorRT, GPU or graph ("rebuild with ...").
-        """
-        return cls(Bundle.open(bundle, verify=verify), precision, cuda_graphs, device)
-
-    def __call__(self, prompts, seeds=None, seed: int = 0, noise=None, fused: bool | None = None) -> RuntimeResult:
-        """Images for ``prompts``; ``fused`` must match how the engines were built (default: whatever they are)."""
-        profile = self.entry["batch_profile"]
-        b = len(list(prompts))
-        if not profile["min"] <= b <= profile["max"]:
-            raise InputError(f"{b} images per call is outside the engines' batch profile {profile['min']}..{profile['max']}: rebuild with --batch")
-        return super().__call__(prompts, seeds, seed, noise, fused=self.graphs.chain == "fused" if fused is None else fused)
-
-
-__all__ = ["DeviceArray", "TrtGraphs", "TrtPipeline", "TrtRunner", "TrtSession", "engine_entry", "graphs", "links"]
+__all__ = ["DeviceArray", "TrtGraphs", "TrtRunner", "TrtSession", "engine_set", "graphs", "links"]
