@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..files import atomic_path
+from ..files import atomic_path, sha256_of_weights
 from ..pipeline import guided_denoiser
 from ..sampling import initial_noise, sample_ddim
 from ..schedule import ddim_plan
@@ -280,7 +280,6 @@ def _work(index: int) -> int:
 def store_spec(teacher_dir: Path, prompts: list[str], steps: int, guidance: float, seed: int, batch: int) -> PairSpec:
     """The spec of pairs drawn from ``teacher_dir`` for ``prompts`` (the teacher's latent shape)."""
     from ..pipeline import load_pipeline
-    from .train import sha256_of_weights
 
     pipe = load_pipeline(teacher_dir)
     return PairSpec(
