@@ -23,13 +23,13 @@ import numpy as np
 
 
 def export(args, out: Path) -> Path:
-    from tiue_export.export import ExportConfig, export_bundle
+    from tiue_export.build.export import ExportConfig, export_bundle
 
     if (out / "manifest.json").is_file():
         return out
     model = Path(args.model) if args.model else None
     if model is None:
-        from tiue_export.shapes import build_sd_pipeline
+        from tiue_export.reference.random_sd import build_sd_pipeline
 
         model = build_sd_pipeline(out.parent / f"model-{args.arch}-w{args.width_div}", args.arch, args.width_div)
     export_bundle(ExportConfig(model=model, out=out, height=args.height, width=args.width, validate_batch=1))
@@ -37,7 +37,7 @@ def export(args, out: Path) -> Path:
 
 
 def calibrate(bundle: Path, args, keep=None, method=None) -> dict:
-    from tiue_export.quantize import CalibrationConfig, calibrate_bundle
+    from tiue_export.build.quantize import CalibrationConfig, calibrate_bundle
 
     cfg = CalibrationConfig(
         bundle=bundle, prompts=Path(args.prompts) if args.prompts else None, num=args.num,

@@ -13,8 +13,8 @@ import torch
 
 from tiue_export.compare import psnr
 from tiue_export.files import write_png
-from tiue_export.models import default_model
-from tiue_export.pipeline import load_pipeline
+from tiue_export.reference.builtin import default_model
+from tiue_export.reference.pipeline import load_pipeline
 from tiue_export.sampling import to_uint8_images
 from tiue_export.toy.domain import eval_prompts
 

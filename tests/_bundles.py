@@ -11,7 +11,7 @@ _CACHE: dict[tuple, Path] = {}
 
 def tiny_bundle(tiny_models, tmp_path_factory, variant: str = "sd21", cli: tuple[str, ...] = (), **options) -> Path:
     """The tiny ``variant`` exported with ``options`` (or through the CLI with ``cli`` args), cached."""
-    from tiue_export.export import ExportConfig, export_bundle
+    from tiue_export.build.export import ExportConfig, export_bundle
 
     key = (variant, cli, tuple(sorted(options.items())))
     if key not in _CACHE:
@@ -44,8 +44,8 @@ def tiny_vae_bundle(tiny_models, tmp_path_factory) -> Path:
     import numpy as np
     from PIL import Image
 
-    from tiue_export.distill.vae import VaeDistillConfig, distill_vae
-    from tiue_export.export import ExportConfig, export_bundle
+    from tiue_export.build.export import ExportConfig, export_bundle
+    from tiue_export.distill.tiny_vae import VaeDistillConfig, distill_vae
 
     key = ("tiny-vae",)
     if key not in _CACHE:

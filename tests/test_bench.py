@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from tiue_export.bench import BenchConfig, run_bench, to_markdown, unet_flops, write_report
 from tiue_export.errors import InputError
+from tiue_export.verify.bench import BenchConfig, run_bench, to_markdown, unet_flops, write_report
 
 
 def test_one_pass_flops_account_for_one_unet_step(tiny_sd21):
@@ -24,9 +24,9 @@ def test_one_pass_flops_account_for_one_unet_step(tiny_sd21):
 def test_vae_decoders_side_by_side(tiny_sd21):
     from diffusers import AutoencoderKL
 
-    from tiue_export.bench import decoder_flops, time_vae_decoders, tiny_decoder_for_bench, vae_decoder_lines
-    from tiue_export.models import default_model
-    from tiue_export.vae_tiny import SHIPPED
+    from tiue_export.reference.builtin import default_model
+    from tiue_export.reference.tiny_vae import SHIPPED
+    from tiue_export.verify.bench import decoder_flops, time_vae_decoders, tiny_decoder_for_bench, vae_decoder_lines
 
     full = AutoencoderKL.from_pretrained(tiny_sd21 / "vae").eval()
     tiny, what = tiny_decoder_for_bench(full, tiny_sd21)  # no vae_tiny/: random weights, distill-vae's default architecture
@@ -84,7 +84,7 @@ def test_matmul_rate_stops_growing_once_a_product_is_slow(monkeypatch):
     """The side doubles from 256 only while one product is fast; at min_seconds 0 it stays at 256."""
     import torch
 
-    from tiue_export import bench
+    from tiue_export.verify import bench
 
     sides = []
     real = torch.randn

@@ -77,11 +77,11 @@ def test_backend_with_only_the_unfused_decoder(bundle, tiny_models):
     """An engine set built --no-fused has no fused decoder: check compares what it has and runs
     the end to end through the K-batched decoder and Eq. 11."""
     from tiue_export import backends
-    from tiue_export.check import check_backend, reference
     from tiue_export.executor import GraphSet
-    from tiue_export.pipeline import load_pipeline
+    from tiue_export.reference.pipeline import load_pipeline
     from tiue_export.runtime import Bundle
     from tiue_export.sampling import initial_noise
+    from tiue_export.verify.check import check_backend, reference
 
     opened = Bundle.open(bundle)
     manifest = opened.manifest

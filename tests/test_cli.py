@@ -54,7 +54,7 @@ def test_infer_single_file_and_prompts_file(tiny_sd21, tmp_path, capsys):
 
 
 def test_infer_default_model_is_the_shipped_one(tmp_path, capsys):
-    from tiue_export.models import ASSETS, BUILTIN, default_model
+    from tiue_export.reference.builtin import ASSETS, BUILTIN, default_model
 
     shipped = next(ASSETS / n for n in BUILTIN if (ASSETS / n / "model_index.json").exists())
     assert default_model() == shipped
@@ -66,9 +66,9 @@ def test_infer_default_model_is_the_shipped_one(tmp_path, capsys):
 
 
 def test_missing_builtin_model_is_one_line(tmp_path, capsys, monkeypatch):
-    import tiue_export.models
+    import tiue_export.reference.builtin
 
-    monkeypatch.setattr(tiue_export.models, "ASSETS", tmp_path / "assets")
+    monkeypatch.setattr(tiue_export.reference.builtin, "ASSETS", tmp_path / "assets")
     code, out, err = run(["infer", "--prompt", "a cat", "--out", str(tmp_path / "d")], capsys)
     assert code != 0 and "built-in model is missing" in err and "--model PATH" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -90,8 +90,8 @@ def app(prefix, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
     """The built-in default model, exported."""
-    from tiue_export.export import ExportConfig, export_bundle
-    from tiue_export.models import default_model
+    from tiue_export.build.export import ExportConfig, export_bundle
+    from tiue_export.reference.builtin import default_model
 
     out = tmp_path_factory.mktemp("default") / "bundle"
     export_bundle(ExportConfig(model=default_model(), out=out))
@@ -210,7 +210,7 @@ def test_tokenizer_sd_style_vocabulary(prefix, bundle, tmp_path):
     (pad "!", 77 tokens), in a copy of the bundle's manifest (no graph runs for --save-ids)."""
     from transformers import CLIPTokenizerFast
 
-    from tiue_export.tokenizer import build_clip_tokenizer
+    from tiue_export.reference.tokenizer_builder import build_clip_tokenizer
 
     corpus = _corpus()
     build_clip_tokenizer(corpus + PROMPTS * 3, tmp_path / "slow", vocab_size=3000, model_max_length=77)

@@ -9,8 +9,8 @@ import torch
 from _cli import run_cli
 from PIL import Image
 
-from tiue_export.device import parse_device, parse_dtype
 from tiue_export.errors import InputError
+from tiue_export.reference.device import parse_device, parse_dtype
 
 PROMPT = "a red cube"
 NO_CUDA = not torch.cuda.is_available()
@@ -67,7 +67,7 @@ def test_bf16_on_the_cpu_runs_every_sampler_close_to_fp32(tiny_sd21, tmp_path, c
 @pytest.mark.gpu
 @pytest.mark.skipif(NO_CUDA, reason="no CUDA GPU on this machine")
 def test_cuda_images_match_the_cpu(tiny_sd21):
-    from tiue_export.pipeline import load_pipeline
+    from tiue_export.reference.pipeline import load_pipeline
 
     cpu = load_pipeline(tiny_sd21).sample([PROMPT, "a cat"], [0, 1]).images.astype(np.float64)
     for dtype in (torch.float32, torch.float16):

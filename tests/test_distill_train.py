@@ -83,7 +83,7 @@ def test_each_update_changes_only_its_own_network(teacher, prompts_file, tmp_pat
 
 def test_end_to_end_student_is_loadable(teacher, prompts_file, tmp_path):
     from tiue_export.distill.train import distill, sha256_of_weights
-    from tiue_export.pipeline import load_pipeline
+    from tiue_export.reference.pipeline import load_pipeline
 
     out = tmp_path / "student"
     result = distill(config(teacher, prompts_file, out, steps=3))
@@ -196,7 +196,7 @@ def test_resume_refuses_another_process_count(teacher, prompts_file, tmp_path):
 
 def test_one_step_baseline_samples_x0_with_the_one_pass_sampler(teacher, prompts_file, tmp_path):
     from tiue_export.distill.train import distill
-    from tiue_export.pipeline import load_pipeline
+    from tiue_export.reference.pipeline import load_pipeline
 
     out = tmp_path / "baseline"
     distill(config(teacher, prompts_file, out, steps=1, baseline="one-step-vsd", k=1, lambda_kl=0.0))
@@ -365,7 +365,7 @@ def test_cli_fp16_on_cpu_is_refused(teacher, prompts_file, tmp_path, capsys):
 
 
 def test_cli_distill_export_writes_a_checkpoints_ema_student(teacher, prompts_file, tmp_path, capsys):
-    from tiue_export.pipeline import load_pipeline
+    from tiue_export.reference.pipeline import load_pipeline
 
     out = tmp_path / "s"
     argv = ["distill", "--teacher", str(teacher), "--prompts", str(prompts_file), "--out", str(out)]
@@ -408,7 +408,7 @@ def test_recorded_recipes_with_removed_options_read_but_do_not_resume(teacher, p
     """The shipped student's provenance reads as today's recipe; a run that used an option this
     version dropped still exports its checkpoints, but --resume refuses it in one line."""
     from tiue_export.distill.config import REMOVED, REMOVED_SETTINGS, removed_options
-    from tiue_export.models import default_model
+    from tiue_export.reference.builtin import default_model
 
     shipped = json.loads((default_model() / "tiue.json").read_text())["provenance"]["recipe"]
     cfg = DistillConfig.from_dict(shipped)
@@ -439,7 +439,7 @@ def test_recorded_recipes_with_removed_options_read_but_do_not_resume(teacher, p
 def test_teacher_pairs_are_the_teachers_ddim_samples_and_resume(teacher, prompts_file, tmp_path):
     from tiue_export.distill.pairs import PAIRS_DIR, pair_plan
     from tiue_export.distill.train import build_trainer, make_accelerator, resolve_pair_recipe, teacher_pairs
-    from tiue_export.pipeline import load_pipeline
+    from tiue_export.reference.pipeline import load_pipeline
     from tiue_export.sampling import initial_noise
 
     count = 64 + 3  # two chunks; the pairs are the first 67 of them

@@ -11,11 +11,11 @@ import pytest
 from _bundles import VARIANTS, tiny_bundle
 from _cli import run_cli as run
 
-from tiue_export import export as export_mod
 from tiue_export import specs as specs_mod
+from tiue_export.build import export as export_mod
+from tiue_export.build.export import ExportConfig, export_bundle, save_onnx
 from tiue_export.bundle import sha256_file
 from tiue_export.errors import InputError, TiueError
-from tiue_export.export import ExportConfig, export_bundle, save_onnx
 from tiue_export.specs import GRAPHS, Tolerance
 
 
@@ -63,7 +63,7 @@ def check_bundle(bundle: Path, precision="fp32"):
 
 
 def test_bundle_files_manifest_and_parity(sd21_bundle, tiny_sd21):
-    from tiue_export.pipeline import load_pipeline
+    from tiue_export.reference.pipeline import load_pipeline
 
     manifest, validation = check_bundle(sd21_bundle)
     pipe = load_pipeline(tiny_sd21)

@@ -10,12 +10,12 @@ import torch
 from _cli import run_cli
 from PIL import Image
 
-from tiue_export.backends.torch import CUDA_GRAPH_MODES, check_compile_mode, graphs
-from tiue_export.bench import BenchConfig, run_bench, to_markdown
 from tiue_export.errors import InputError
 from tiue_export.executor import run_chain
-from tiue_export.pipeline import load_pipeline
+from tiue_export.reference.pipeline import load_pipeline
+from tiue_export.reference.torch_graphs import CUDA_GRAPH_MODES, check_compile_mode, graphs
 from tiue_export.sampling import initial_noise, to_uint8_images
+from tiue_export.verify.bench import BenchConfig, run_bench, to_markdown
 
 PROMPT = "a red cube"
 NO_CUDA = not torch.cuda.is_available()

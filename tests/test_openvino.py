@@ -136,7 +136,7 @@ def test_check_passes_and_fails_on_openvino(bundle, tmp_path, capsys):
 
 
 def test_bench_times_openvino_and_its_memory(bundle, tmp_path):
-    from tiue_export.bench import BenchConfig, run_bench, to_markdown
+    from tiue_export.verify.bench import BenchConfig, run_bench, to_markdown
 
     cfg = BenchConfig(model=str(bundle), backends=("openvino-fp32",), runs=1, warmup=0, references=False)
     report = run_bench(cfg, progress=lambda m: None)

@@ -13,8 +13,8 @@ pytest.importorskip("nncf", reason="nncf is not installed (pip install 'tiue-exp
 
 import openvino as ov  # noqa: E402
 
+from tiue_export.build.quantize_openvino import VARIANT, activation_matmuls, float_scope  # noqa: E402
 from tiue_export.bundle import Bundle  # noqa: E402
-from tiue_export.ov_quantize import VARIANT, activation_matmuls, float_scope  # noqa: E402
 
 PROMPTS = ["a photo of a cat", "a red cube on a blue table", "an oil painting of a lighthouse at night", "two dogs playing in the snow"]
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tiue_export.errors import InputError, ModelError
-from tiue_export.pipeline import load_pipeline
+from tiue_export.reference.pipeline import load_pipeline
 from tiue_export.sampling import SamplerChoice as Sampler
 
 

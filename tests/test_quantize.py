@@ -15,10 +15,10 @@ from _bundles import tiny_bundle
 from _cli import run_cli as run
 from onnx import numpy_helper
 
-from tiue_export import quantize
+from tiue_export.build import quantize
+from tiue_export.build.quantize import CalibrationConfig, calibrate_bundle, keep_float_nodes, split_prompts
 from tiue_export.cli import main
 from tiue_export.errors import ModelError, TiueError
-from tiue_export.quantize import CalibrationConfig, calibrate_bundle, keep_float_nodes, split_prompts
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = ["a photo of a cat", "a red cube on a blue table", "an oil painting of a lighthouse at night", "two dogs playing in the snow"]

@@ -29,7 +29,7 @@ def sd21_bundle(tiny_models, tmp_path_factory):
     "variant", ["sd21", pytest.param("sd15", marks=pytest.mark.slow), pytest.param("two-level", marks=pytest.mark.slow)]
 )
 def test_images_match_the_torch_pipeline(variant, tiny_models, tmp_path_factory):
-    from tiue_export.pipeline import load_pipeline
+    from tiue_export.reference.pipeline import load_pipeline
 
     bundle = tiny_bundle(tiny_models, tmp_path_factory, variant, **VARIANTS[variant])
     seeds = [3, 4, 5]
@@ -80,7 +80,7 @@ def test_seeds_noise_and_batch_independence(sd21_bundle):
 
 
 def test_tokenizer_matches_clip_tokenizer_and_warns_on_truncation(sd21_bundle, tiny_sd21, monkeypatch):
-    from tiue_export.pipeline import load_pipeline
+    from tiue_export.reference.pipeline import load_pipeline
 
     # the CLI's logging setup (run by earlier tests) stops propagation, so listen on the logger itself
     records = []

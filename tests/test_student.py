@@ -5,7 +5,7 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from tiue_export.errors import ModelError
-from tiue_export.student import TiUEStudent, skip_count
+from tiue_export.reference.student import TiUEStudent, skip_count
 
 TIMESTEPS = (751, 501, 251, 1)
 

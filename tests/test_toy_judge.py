@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tiue_export.models import ASSETS
+from tiue_export.reference.builtin import ASSETS
 from tiue_export.toy import domain
 from tiue_export.toy.defects import DEFECTS, DEGRADATIONS, inject, vae_roundtrip, validation_set
 from tiue_export.toy.judge import NAMED_FIT, judge, judge_images, measure, named_fits

@@ -99,7 +99,7 @@ def test_config_round_trip_and_unknown_keys():
 
 
 def test_tiny_training_writes_a_loadable_teacher(tiny_teacher):
-    from tiue_export.pipeline import load_pipeline
+    from tiue_export.reference.pipeline import load_pipeline
 
     for part in ("tokenizer", "text_encoder", "vae", "unet", "scheduler", "model_index.json", "tiue.json", T.CONFIG_JSON):
         assert (tiny_teacher / part).exists(), part
@@ -196,7 +196,7 @@ def test_toy_group_lists_train_teacher_and_lazy_commands(monkeypatch):
 
 @pytest.mark.skipif(not (SHIPPED / "model_index.json").exists(), reason=f"the shipped toy teacher is absent ({SHIPPED})")
 def test_shipped_teacher_loads_and_samples():
-    from tiue_export.pipeline import load_pipeline
+    from tiue_export.reference.pipeline import load_pipeline
 
     total = sum(f.stat().st_size for f in SHIPPED.rglob("*") if f.is_file())
     assert total < 40e6, f"the shipped teacher is {total / 1e6:.1f} MB"

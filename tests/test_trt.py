@@ -16,14 +16,14 @@ import pytest
 from _bundles import tiny_bundle
 from _cli import run_cli as run
 
+from tiue_export.backends import tensorrt_checks as checks
+from tiue_export.backends.tensorrt_checks import GpuInfo, check_engines
+from tiue_export.build import tensorrt as build_mod
+from tiue_export.build.tensorrt import BuildConfig, build_engines, pipeline_graphs, profile_shapes
 from tiue_export.bundle import sha256_file
 from tiue_export.errors import InputError, MissingDependency, ModelError, TiueError
 from tiue_export.runtime import Bundle
 from tiue_export.specs import BatchProfile, GraphSpec, TensorSpec, Tolerance
-from tiue_export.trt import build as build_mod
-from tiue_export.trt import checks
-from tiue_export.trt.build import BuildConfig, build_engines, pipeline_graphs, profile_shapes
-from tiue_export.trt.checks import GpuInfo, check_engines
 
 NO_TRT = "error: TensorRT is not installed: pip install tensorrt cuda-python (or pip install 'tiue-export[tensorrt]')"
 
@@ -447,7 +447,7 @@ def test_tensorrt_backend_refuses_engines_from_another_gpu(fp32_bundle, fake_gpu
 
 
 def test_device_buffer_links_follow_the_pipeline(fp32_bundle):
-    from tiue_export.trt.runtime import links
+    from tiue_export.backends.tensorrt import links
 
     m = Bundle.open(fp32_bundle).manifest
     fused = links(m.chains["fused"], m)
@@ -576,8 +576,8 @@ def test_backend_plumbing_on_stand_ins_matches_onnxruntime(fp32_bundle, fake_gpu
 
 
 def test_backend_unfused_engines(fp32_bundle, fake_gpu, tmp_path):
+    from tiue_export.backends.tensorrt import graphs
     from tiue_export.runtime import Pipeline
-    from tiue_export.trt.runtime import graphs
 
     bundle = copy_of(fp32_bundle, tmp_path)
     build_engines(BuildConfig(bundle=bundle, precision="fp32", fused=False))
@@ -594,7 +594,7 @@ def test_backend_unfused_engines(fp32_bundle, fake_gpu, tmp_path):
 def test_trt_imports_stay_lazy():
     import subprocess
 
-    code = "import sys, tiue_export.trt.build, tiue_export.trt.runtime, tiue_export.cli.build_trt; " \
+    code = "import sys, tiue_export.build.tensorrt, tiue_export.backends.tensorrt, tiue_export.cli.build_trt; " \
         "print([m for m in ('tensorrt', 'cuda', 'polygraphy', 'torch') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -11,7 +11,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from test_distill_train import _one_thread  # noqa: F401  (tiny models: one thread, module-wide)
 
-from tiue_export.distill.vae import VaeDistillConfig, distill_vae
+from tiue_export.distill.tiny_vae import VaeDistillConfig, distill_vae
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_distill_vae_resumes_bit_for_bit(tiny_vae, tiny_models, images, tmp_path
 
 def test_distill_vae_on_the_models_own_samples(tiny_models, tmp_path):
     """Without --images a model that is not the toy one trains on the z0 its own sampler makes."""
-    from tiue_export.pipeline import load_pipeline
+    from tiue_export.reference.pipeline import load_pipeline
 
     model = tiny_models("sd21")
     prompts = tmp_path / "prompts.txt"
@@ -103,7 +103,7 @@ def test_distill_vae_errors(tiny_vae, tiny_models, images, tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def tiny_vae_bundle(tiny_vae, tiny_models, tmp_path_factory):
-    from tiue_export.export import ExportConfig, export_bundle
+    from tiue_export.build.export import ExportConfig, export_bundle
 
     bundle = tmp_path_factory.mktemp("bundles") / "tiny-vae"
     report = export_bundle(ExportConfig(model=tiny_models("sd21"), out=bundle, vae=str(tiny_vae[0]), validate_batch=1))
@@ -111,7 +111,7 @@ def tiny_vae_bundle(tiny_vae, tiny_models, tmp_path_factory):
 
 
 def test_tiny_variant_through_export_and_infer(tiny_vae, tiny_vae_bundle, tiny_models, tmp_path, capsys):
-    from tiue_export.pipeline import load_pipeline
+    from tiue_export.reference.pipeline import load_pipeline
     from tiue_export.runtime import Pipeline
 
     out, _ = tiny_vae

@@ -212,7 +212,7 @@ class TorchGenerator(Generator):
     """The PyTorch reference on a model directory (``--backend torch``)."""
 
     def __init__(self, options: GenerateOptions):
-        from .models import resolve_model
+        from .reference.builtin import resolve_model
 
         self.options = options
         path = resolve_model(options.model)
@@ -227,8 +227,8 @@ class TorchGenerator(Generator):
     def load(self) -> "TorchGenerator":
         if self.pipe is not None:
             return self
-        from .device import parse_device, parse_dtype
-        from .pipeline import load_pipeline
+        from .reference.device import parse_device, parse_dtype
+        from .reference.pipeline import load_pipeline
 
         o = self.options
         device = parse_device(o.device)

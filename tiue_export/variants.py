@@ -62,7 +62,7 @@ VARIANTS: dict[str, GraphVariant] = {
         GraphVariant("openvino-int8", UNET_GRAPHS, "run tiue-export calibrate {bundle} --engine openvino", engines=("openvino",)),
         GraphVariant(
             "tiny", ("vae_decoder",), "re-export it with --vae tiny (a distill-vae decoder)",
-            engines=("onnxruntime", "openvino"), option="vae", source="tiue_export.vae_tiny",
+            engines=("onnxruntime", "openvino"), option="vae", source="tiue_export.reference.tiny_vae",
         ),
     )
 }

@@ -59,7 +59,7 @@ class Backend:
         if self.engine == "tensorrt":
             if self.compute not in manifest.engines:
                 return f"no {self.compute} TensorRT engines in this bundle: run tiue-export build-trt BUNDLE --precision {self.compute}"
-            from ..trt.checks import require_tensorrt_gpu
+            from .tensorrt_checks import require_tensorrt_gpu
 
             try:
                 require_tensorrt_gpu()
@@ -78,7 +78,7 @@ class Backend:
 
             return graphs(bundle.with_variant(self.variant), self.compute, threads, low_memory)
         if self.engine == "tensorrt":
-            from ..trt.runtime import graphs
+            from .tensorrt import graphs
 
             return graphs(bundle, self.compute)
         raise InputError(f"backend {self.name} runs a PyTorch model directory, not a bundle")

@@ -42,7 +42,7 @@ def bench(
     from . import quiet_libraries
 
     quiet_libraries()
-    from ..bench import BenchConfig, run_bench, to_markdown, write_report
+    from ..verify.bench import BenchConfig, run_bench, to_markdown, write_report
 
     cfg = BenchConfig(
         model=model,

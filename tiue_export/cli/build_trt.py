@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..trt.build import ENGINE_PRECISIONS
+from ..build.tensorrt import ENGINE_PRECISIONS
 from .types import POSITIVE
 
 
@@ -21,8 +21,8 @@ from .types import POSITIVE
 @click.option("--device", type=click.IntRange(0, None), default=0, show_default=True, help="CUDA device index.")
 def build_trt(bundle, precision, batch, timing_cache, opt_level, fused, workspace, device):
     """Build one TensorRT engine per graph of BUNDLE for this GPU (strongly typed networks)."""
+    from ..build.tensorrt import BuildConfig, build_engines
     from ..specs import BatchProfile
-    from ..trt.build import BuildConfig, build_engines
 
     cfg = BuildConfig(
         bundle=Path(bundle),

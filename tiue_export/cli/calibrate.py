@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..quantize import ENGINES, METHODS, OV_RECIPES
+from ..build.quantize import ENGINES, METHODS, OV_RECIPES
 from .types import COUNT, SEED, Finite
 
 
@@ -57,7 +57,7 @@ from .types import COUNT, SEED, Finite
 )
 def calibrate(bundle, prompts, num, seed, method, percentile, batch, keep_float, engine, recipe, eval_prompts):
     """Calibrate int8 graphs of the UNet encoder and decoders on the bundle's own pipeline."""
-    from ..quantize import CalibrationConfig, calibrate_bundle, quality_line
+    from ..build.quantize import CalibrationConfig, calibrate_bundle, quality_line
 
     cfg = CalibrationConfig(
         bundle=Path(bundle),

@@ -49,8 +49,8 @@ def check(bundle, backends, prompts, seed, model, reference, json_path, image_pa
     from . import quiet_libraries
 
     quiet_libraries()  # no-op without torch
-    from ..check import DEFAULT_PROMPTS, CheckConfig, run_check, table, write_image_grid, write_json
     from ..files import writable_dir
+    from ..verify.check import DEFAULT_PROMPTS, CheckConfig, run_check, table, write_image_grid, write_json
 
     cfg = CheckConfig(
         bundle=bundle,

@@ -51,8 +51,8 @@ def distill_vae(**opts):
     quiet_libraries()
     resume = opts.pop("resume")
     opts["blocks"] = _blocks(opts["blocks"])
-    from ..distill.vae import VaeDistillConfig
-    from ..distill.vae import distill_vae as run
+    from ..distill.tiny_vae import VaeDistillConfig
+    from ..distill.tiny_vae import distill_vae as run
 
     result = run(VaeDistillConfig(**opts), resume=resume)
     if result.is_main:

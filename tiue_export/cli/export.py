@@ -30,8 +30,8 @@ def export(model, out, height, width, batch, precision, opset, external_data, va
     from . import quiet_libraries
 
     quiet_libraries()
-    from ..export import ExportConfig, add_decoder_variant, export_bundle
-    from ..models import resolve_model
+    from ..build.export import ExportConfig, add_decoder_variant, export_bundle
+    from ..reference.builtin import resolve_model
 
     cfg = ExportConfig(
         model=resolve_model(model),

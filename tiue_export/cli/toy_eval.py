@@ -81,7 +81,7 @@ def eval_cmd(model, sampler, guidance, backend, precision, n_prompts, seeds, spl
     grid_path = _check_out(grid, ".png", "--grid")
 
     quiet_libraries()
-    from ..models import resolve_model
+    from ..reference.builtin import resolve_model
     from ..toy.classifier import load_classifier
     from ..toy.evaluate import evaluate, make_sample_fn, summary_table, write_grid, write_report
 

@@ -42,7 +42,7 @@ COUNT = click.IntRange(1, None)
 
 
 def torch_device_options(command):
-    """``--device`` and ``--dtype`` of the PyTorch reference (see :mod:`tiue_export.device`)."""
+    """``--device`` and ``--dtype`` of the PyTorch reference (see :mod:`tiue_export.reference.device`)."""
     command = click.option(
         "--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
         help="PyTorch weights' dtype [default: fp32 on the CPU, fp16 on CUDA (the VAE stays fp32 where it overflows)].",
@@ -53,7 +53,7 @@ def torch_device_options(command):
     )(command)
 
 
-#: ``--compile`` of the PyTorch reference (see :func:`tiue_export.backends.torch.fast_module`)
+#: ``--compile`` of the PyTorch reference (see :func:`tiue_export.reference.torch_graphs.fast_module`)
 COMPILE_CHOICES = ("none", "default", "max-autotune-no-cudagraphs", "reduce-overhead", "cuda-graphs")
 
 

@@ -31,7 +31,7 @@ import torch
 
 from ..errors import InputError
 from ..files import atomic_path, sha256_of_weights
-from ..pipeline import guided_denoiser
+from ..reference.pipeline import guided_denoiser
 from ..sampling import initial_noise, sample_ddim
 from ..schedule import ddim_plan
 
@@ -129,7 +129,7 @@ class PairTeacher:
     @classmethod
     def load(cls, teacher_dir: Path) -> PairTeacher:
         """The teacher of a pipeline directory, float32 on the CPU."""
-        from ..pipeline import load_pipeline
+        from ..reference.pipeline import load_pipeline
 
         pipe = load_pipeline(teacher_dir)
         tok, text_encoder = pipe.tokenizer, pipe.text_encoder.eval()
@@ -279,7 +279,7 @@ def _work(index: int) -> int:
 
 def store_spec(teacher_dir: Path, prompts: list[str], steps: int, guidance: float, seed: int, batch: int) -> PairSpec:
     """The spec of pairs drawn from ``teacher_dir`` for ``prompts`` (the teacher's latent shape)."""
-    from ..pipeline import load_pipeline
+    from ..reference.pipeline import load_pipeline
 
     pipe = load_pipeline(teacher_dir)
     return PairSpec(

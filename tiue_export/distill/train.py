@@ -38,12 +38,12 @@ import torch
 from .. import __version__
 from ..errors import InputError, ModelError, require
 from ..files import atomic_path, sha256_of_weights, write_json
-from ..models import ASSETS
-from ..pipeline import guided_denoiser
+from ..reference.builtin import ASSETS
+from ..reference.pipeline import guided_denoiser
+from ..reference.student import TiUEStudent
+from ..reference.tiue_config import TIUE_JSON
 from ..sampling import to_uint8_images
 from ..schedule import OnePassSchedule, combine_one_pass
-from ..student import TiUEStudent
-from ..tiue_config import TIUE_JSON
 from .config import DEFAULT_REGRESSION_STEPS, DistillConfig, removed_options
 from .data import load_prompts, make_loader
 from .losses import (
@@ -208,7 +208,7 @@ def export_checkpoint(run: Path, out: Path, step: int | None = None) -> tuple[Pa
     """
     from diffusers.training_utils import EMAModel
 
-    from ..pipeline import load_pipeline
+    from ..reference.pipeline import load_pipeline
 
     run, out = Path(run), Path(out)
     if not (run / CONFIG_FILE).is_file():
@@ -544,7 +544,7 @@ def build_trainer(cfg: DistillConfig, teacher_dir: Path, accelerator) -> Trainer
     from diffusers.training_utils import EMAModel
     from peft import LoraConfig
 
-    from ..pipeline import load_pipeline
+    from ..reference.pipeline import load_pipeline
 
     device = accelerator.device
     weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.mixed_precision]
@@ -646,7 +646,7 @@ def toy_judge(prompts: list[str]):
 # -- the run --------------------------------------------------------------------------------------
 def teacher_guidance(teacher_dir: Path) -> float:
     """The CFG scale a teacher was made for (its ``tiue.json``), as ``infer`` uses it."""
-    from ..tiue_config import DEFAULT_GUIDANCE, StudentConfig
+    from ..reference.tiue_config import DEFAULT_GUIDANCE, StudentConfig
 
     config = StudentConfig.read(teacher_dir)
     return config.guidance if config else DEFAULT_GUIDANCE

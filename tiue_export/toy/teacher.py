@@ -3,7 +3,7 @@
 Read top to bottom: :class:`TeacherConfig` holds every choice with its reason; :func:`train_teacher`
 runs (a) the VAE on rendered domain images, then (b) the UNet and text encoder, jointly, with the
 epsilon loss on SD 2.1-base's exact scheduler, and writes a diffusers pipeline directory that
-:func:`tiue_export.pipeline.load_pipeline` loads and samples with ``ddim:50``.
+:func:`tiue_export.reference.pipeline.load_pipeline` loads and samples with ``ddim:50``.
 
 Training is seeded and resumable: a checkpoint (models, optimizer, EMA, RNG states, step) is
 written atomically every ``checkpoint_every`` steps to the work directory, and a resumed run
@@ -24,8 +24,8 @@ import numpy as np
 
 from ..errors import InputError
 from ..files import atomic_path
+from ..reference.random_tiny import write_model_index
 from ..schedule import SD21_SCHEDULER_CONFIG
-from ..tiny import write_model_index
 from . import domain
 
 log = logging.getLogger("tiue_export")
@@ -141,7 +141,7 @@ def build_tokenizer(config: TeacherConfig, out_dir: Path):
     """
     from transformers import CLIPTokenizer
 
-    from ..tokenizer import build_clip_tokenizer
+    from ..reference.tokenizer_builder import build_clip_tokenizer
 
     tok = build_clip_tokenizer(domain.all_captions() + [""], out_dir, vocab_size=512, model_max_length=config.text_max_tokens)
     vocab = tok.get_vocab()
@@ -648,7 +648,7 @@ def export_pipeline(out_dir: Path, tokenizer_dir: Path, text_encoder, vae, unet,
 def sample_grid(model_dir, out_png, prompts: list[str], seeds_per_prompt: int = 4, guidance: float = 5.0, sampler: str = "ddim:50"):
     """A PNG grid: one row per prompt, ``seeds_per_prompt`` columns; returns (images, prompts)."""
     from ..files import write_png
-    from ..pipeline import load_pipeline
+    from ..reference.pipeline import load_pipeline
 
     pipe = load_pipeline(model_dir)
     jobs = [(p, s) for p in prompts for s in range(seeds_per_prompt)]

@@ -28,12 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .bundle import Bundle, Manifest, Variant, publish, sha256_file
-from .compare import compare_arrays
-from .errors import InputError, MissingDependency, TiueError, first_line, require
-from .files import staging_dir
-from .sampling import initial_noise
+from .. import __version__
+from ..bundle import Bundle, Manifest, Variant, publish, sha256_file
+from ..compare import compare_arrays
+from ..errors import InputError, MissingDependency, TiueError, first_line, require
+from ..files import staging_dir
+from ..sampling import initial_noise
 
 log = logging.getLogger("tiue_export")
 
@@ -62,7 +62,7 @@ KEEP_FLOAT = (r"/conv_in/", r"/conv_out/", r"/proj_(in|out)/", r"/conv_shortcut/
 KEEP_FLOAT_OPENVINO = (r"/conv_in/", r"/conv_out/")
 
 #: The shipped prompt sets (package data).
-CALIBRATION_DIR = Path(__file__).resolve().parent / "calibration"
+CALIBRATION_DIR = Path(__file__).resolve().parent.parent / "calibration"
 TOY_MODELS = ("toy-student", "toy-teacher")
 
 #: The image PSNR (int8 vs fp32, same prompts and seeds) under which calibrate warns.
@@ -124,7 +124,7 @@ def default_prompts_file(manifest) -> Path:
 
 def read_prompt_file(path: Path) -> list[str]:
     """Non-empty lines, ``#`` comments skipped."""
-    from .files import read_text
+    from ..files import read_text
 
     path = Path(path)
     lines = [ln.strip() for ln in read_text(path, "prompts file").splitlines()]
@@ -194,7 +194,7 @@ def graph_feeds(
     """The real inputs of ``graph`` while the fp32 pipeline runs ``prompts``: batches ``first`` to
     ``stop`` (computed lazily: an SD UNet's features take ~26 MB per image), each the executor's
     chain up to the graph that feeds it."""
-    from .executor import graph_feed, run_chain
+    from ..executor import graph_feed, run_chain
 
     chain = "unfused" if graph == "unet_decoder" else "fused"
     order = pipe.manifest.chains[chain].graphs
@@ -349,8 +349,8 @@ def measure(fp32, int8, prompts: Sequence[str], seeds: Sequence[int]) -> dict:
     each one-graph-int8 image from that graph's int8 outputs."""
     import math
 
-    from .executor import GraphSet, graph_feed, run_chain
-    from .sampling import to_uint8_images
+    from ..executor import GraphSet, graph_feed, run_chain
+    from ..sampling import to_uint8_images
 
     m = fp32.manifest
     ids = fp32.tokenize(prompts)
@@ -489,11 +489,11 @@ def calibrate_bundle(cfg: CalibrationConfig) -> CalibrationReport:
     """
     import onnx
 
-    from .runtime import Pipeline
+    from ..runtime import Pipeline
 
     check_config(cfg)
     if cfg.engine == "openvino":
-        from .ov_quantize import calibrate_openvino
+        from .quantize_openvino import calibrate_openvino
 
         return calibrate_openvino(cfg)
     require("onnxruntime.quantization", "onnxruntime", why="int8 calibration")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-ASSETS = Path(__file__).parent / "assets"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
 #: Built-in models, best first: the distilled toy student, then the toy teacher it came from.
 BUILTIN = ("toy-student", "toy-teacher")
 
@@ -19,7 +19,7 @@ def default_model() -> Path:
     for name in BUILTIN:
         if (ASSETS / name / "model_index.json").exists():
             return ASSETS / name
-    from .errors import ModelError
+    from ..errors import ModelError
 
     raise ModelError(f"the built-in model is missing from this install ({ASSETS}/{{{','.join(BUILTIN)}}}): reinstall tiue-export, or pass --model PATH")
 

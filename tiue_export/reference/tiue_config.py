@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ModelError
+from ..errors import ModelError
 
 TIUE_JSON = "tiue.json"
 #: CFG scale for models whose tiue.json does not give one (diffusers' StableDiffusionPipeline default).

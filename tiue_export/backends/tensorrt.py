@@ -33,7 +33,7 @@ from ..bundle import Bundle
 from ..errors import InputError, ModelError, TiueError
 from ..executor import GraphSet
 from ..specs import GraphSpec, TensorSpec
-from .checks import check_engines, cuda_call, import_cudart, import_tensorrt, query_gpu
+from .tensorrt_checks import check_engines, cuda_call, import_cudart, import_tensorrt, query_gpu
 
 log = logging.getLogger("tiue_export")
 

@@ -23,14 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
-from .bundle import MANIFEST, REFERENCE, VALIDATION, Manifest, Tokenizer, save_manifest, sha256_file
-from .compare import Comparison, compare_arrays, compare_outputs
-from .errors import InputError, TiueError, first_line, require
-from .files import atomic_path, writable_dir
-from .sampling import initial_noise
-from .specs import DEFAULT_OPSET, PRECISIONS, BatchProfile, GraphSpec, check_opset
-from .variants import reference_key
+from .. import __version__
+from ..bundle import MANIFEST, REFERENCE, VALIDATION, Manifest, Tokenizer, save_manifest, sha256_file
+from ..compare import Comparison, compare_arrays, compare_outputs
+from ..errors import InputError, TiueError, first_line, require
+from ..files import atomic_path, writable_dir
+from ..sampling import initial_noise
+from ..specs import DEFAULT_OPSET, PRECISIONS, BatchProfile, GraphSpec, check_opset
+from ..variants import reference_key
 
 log = logging.getLogger("tiue_export")
 
@@ -83,7 +83,7 @@ class ExportConfig:
     @property
     def decoder_variant(self):
         """The variant table's row ``vae`` adds (None for ``full``); a directory is the tiny row's."""
-        from .variants import VARIANTS
+        from ..variants import VARIANTS
 
         return None if self.vae == "full" else VARIANTS[self.vae if self.vae in VARIANTS else "tiny"]
 
@@ -133,8 +133,8 @@ def reference(pipe, manifest, cfg: ExportConfig) -> tuple[dict, dict]:
     """Realistic inputs and PyTorch outputs of every graph: real text embeddings of real prompts,
     Gaussian z_T, the encoder's real features, the fused decoder's real z0 (the traced modules,
     run by the executor)."""
-    from .backends.torch import graph_modules, graphs
-    from .executor import graph_feed, run_chain
+    from ..reference.torch_graphs import graph_modules, graphs
+    from ..executor import graph_feed, run_chain
 
     b = cfg.validate_batch
     prompts = [cfg.prompts[i % len(cfg.prompts)] for i in range(b)]
@@ -276,7 +276,7 @@ def record_comparison(results: dict, failures: list, key: str, comparison) -> No
 def validate_graph(path: Path, spec: GraphSpec, feed: dict, ref: dict, precision: str):
     """ONNX Runtime (CPU) vs PyTorch on ``feed``: a :class:`Comparison`, or a dict saying why it
     was skipped (fp16 graphs that ONNX Runtime's CPU provider cannot run)."""
-    from .backends.onnxruntime import OrtRunner, SessionLoader
+    from ..backends.onnxruntime import OrtRunner, SessionLoader
 
     try:
         with OrtRunner(SessionLoader(path, ["CPUExecutionProvider"])) as runner:
@@ -309,8 +309,8 @@ def copy_tokenizer(pipe, dest: Path) -> Tokenizer:
 
 
 def check_tokenizer(pipe, bundle_dir: Path, manifest: Manifest, prompts) -> dict:
-    from .bundle import Bundle
-    from .runtime.pipeline import BundleTokenizer
+    from ..bundle import Bundle
+    from ..runtime.pipeline import BundleTokenizer
 
     long_prompt = " ".join(["a red cube on a blue table"] * 20)  # over any max length: truncation
     texts = list(prompts) + ["", long_prompt]
@@ -347,14 +347,14 @@ def export_bundle(cfg: ExportConfig, pipe=None) -> ExportReport:
 
     Args:
         cfg: the export options.
-        pipe: an already loaded :class:`~tiue_export.pipeline.TorchPipeline` (default: load
+        pipe: an already loaded :class:`~tiue_export.reference.pipeline.TorchPipeline` (default: load
             ``cfg.model``).
 
     Raises:
         InputError: bad options or model. TiueError: export or validation failed (the numbers are
             in the message); no bundle is written in either case.
     """
-    from .pipeline import load_pipeline
+    from ..reference.pipeline import load_pipeline
 
     check_config(cfg)
     require("onnxslim", "onnxslim", why="graph folding at export")
@@ -444,9 +444,9 @@ def export_decoder_variant(
     the variant records where it came from (its directory, for check's PyTorch reference), its
     provenance and its PSNR against the full decoder on the reference z0. Returns the manifest and
     the PyTorch decoder's images of the reference z0."""
-    from .backends.torch import VaeDecoderGraph
-    from .bundle.manifest import Variant
-    from .compare import psnr
+    from ..reference.torch_graphs import VaeDecoderGraph
+    from ..bundle.manifest import Variant
+    from ..compare import psnr
 
     row = cfg.decoder_variant
     source = row.resolve(Path(cfg.model), cfg.vae)
@@ -482,10 +482,10 @@ def validate_chain(root: Path, manifest: Manifest, inputs: dict, refs: dict, cfg
     """The exported graphs' own chain on ONNX Runtime (one graph held at a time) from the
     reference's token ids and z_T, its uint8 images against PyTorch's; None when a graph of the
     chain was not exported or ONNX Runtime's CPU provider cannot run the graphs (fp16)."""
-    from .backends.onnxruntime import graphs
-    from .bundle import Bundle
-    from .executor import run_chain
-    from .sampling import to_uint8_images
+    from ..backends.onnxruntime import graphs
+    from ..bundle import Bundle
+    from ..executor import run_chain
+    from ..sampling import to_uint8_images
 
     if not all((root / manifest.graphs[g].file).is_file() for g in manifest.chains["fused"].graphs):
         return None  # a partial export (tests, or a graph that failed): nothing to chain
@@ -517,8 +517,8 @@ def add_decoder_variant(cfg: ExportConfig) -> ExportReport:
         InputError: no bundle at ``cfg.out``, a bundle of another model, ``--vae full``.
         TiueError: the new graph disagrees with PyTorch (the bundle is left as it was).
     """
-    from .bundle import Bundle, publish
-    from .files import staging_dir
+    from ..bundle import Bundle, publish
+    from ..files import staging_dir
 
     if cfg.vae == "full":
         raise InputError("--vae-only adds a tiny VAE decoder: give --vae tiny or a distill-vae directory")

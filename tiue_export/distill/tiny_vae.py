@@ -34,7 +34,7 @@ import torch
 from .. import __version__
 from ..errors import InputError, ModelError
 from ..files import atomic_path, sha256_of_weights, write_json
-from ..models import ASSETS, resolve_model
+from ..reference.builtin import ASSETS, resolve_model
 from .config import MIXED_PRECISION, DistillConfig
 from .train import checkpoint_dirs, make_accelerator, trim_log
 
@@ -227,7 +227,7 @@ def sample_pool(cfg: VaeDistillConfig, model: Path, scaling: float, batch: int =
     from tqdm.auto import tqdm
 
     from ..files import read_text
-    from ..pipeline import load_pipeline
+    from ..reference.pipeline import load_pipeline
 
     prompts_file = Path(cfg.prompts) if cfg.prompts else DEFAULT_PROMPTS
     prompts = [line.strip() for line in read_text(prompts_file, "prompts file").splitlines() if line.strip()]
@@ -365,7 +365,7 @@ def distill_vae(cfg: VaeDistillConfig, resume: bool = False) -> VaeDistillResult
     from diffusers import AutoencoderKL
     from tqdm.auto import tqdm
 
-    from ..pipeline import _check_model_dir
+    from ..reference.pipeline import _check_model_dir
 
     model = resolve_model(cfg.model).resolve()
     _check_model_dir(model)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import InputError, ModelError
-from .files import sha256_of_weights
-from .models import ASSETS
+from ..errors import InputError, ModelError
+from ..files import sha256_of_weights
+from .builtin import ASSETS
 
 #: The built-in models' tiny decoder (distilled from the toy VAE that both share).
 SHIPPED = ASSETS / "toy-tiny-vae"

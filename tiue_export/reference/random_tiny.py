@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .files import atomic_path
-from .schedule import SD21_SCHEDULER_CONFIG
+from ..files import atomic_path
+from ..schedule import SD21_SCHEDULER_CONFIG
 
 TINY_CORPUS = [
     "a photo of a cat",
@@ -68,7 +68,7 @@ def build_tiny_pipeline(out_dir, variant: str = "sd21", seed: int = 0, student: 
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from .tokenizer import tiny_clip_tokenizer
+    from .tokenizer_builder import tiny_clip_tokenizer
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown tiny variant {variant!r}; choose from {VARIANTS}")

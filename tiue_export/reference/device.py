@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import InputError
+from ..errors import InputError
 
 DEVICE_CHOICES = "cpu | cuda | cuda:N | auto"
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}

@@ -31,9 +31,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .bundle import Bundle, Variant, publish, sha256_file
-from .errors import TiueError, first_line, require
-from .files import staging_dir
+from ..bundle import Bundle, Variant, publish, sha256_file
+from ..errors import TiueError, first_line, require
+from ..files import staging_dir
 from .quantize import (
     KEEP_FLOAT_OPENVINO,
     QUANTIZED_GRAPHS,
@@ -196,7 +196,7 @@ def calibrate_openvino(cfg: CalibrationConfig) -> CalibrationReport:
         InputError: bad options, not an fp32 bundle, a missing prompts file. MissingDependency:
             no nncf/openvino. TiueError: quantization failed (the bundle is left as it was).
     """
-    from .runtime import Pipeline
+    from ..runtime import Pipeline
 
     check_config(cfg)
     ov = require("openvino", "openvino", why="calibrate --engine openvino")

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .schedule import SD21_SCHEDULER_CONFIG
+from ..schedule import SD21_SCHEDULER_CONFIG
 
 
 @dataclass(frozen=True)
@@ -98,9 +98,9 @@ def build_sd_pipeline(out_dir, arch: str = "sd21", width_div: int = 1, seed: int
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from .files import atomic_path
-    from .tiny import write_model_index
-    from .tokenizer import tiny_clip_tokenizer
+    from ..files import atomic_path
+    from .random_tiny import write_model_index
+    from .tokenizer_builder import tiny_clip_tokenizer
 
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; choose from {sorted(ARCHS)}")

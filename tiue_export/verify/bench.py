@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, TiueError
+from ..errors import InputError, TiueError
 
 log = logging.getLogger("tiue_export")
 
@@ -201,7 +201,7 @@ def unet_flops(unet_config: dict, timesteps, batch: int, latent_hw: tuple[int, i
     from diffusers import UNet2DConditionModel
     from torch.utils.flop_counter import FlopCounterMode
 
-    from .student import TiUEStudent
+    from ..reference.student import TiUEStudent
 
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(unet_config)
@@ -237,15 +237,15 @@ def tiny_decoder_for_bench(vae, model_path) -> tuple[object, str]:
     """The tiny decoder to set beside the full one: the model's own (``--vae tiny``), else random
     weights of ``distill-vae``'s default architecture (TAESD's width 64 and 3,...,3,1 blocks); speed
     does not depend on the weights."""
-    from . import vae_tiny
-    from .distill.vae import VaeDistillConfig, build_tiny
+    from ..distill.tiny_vae import VaeDistillConfig, build_tiny
+    from ..reference import tiny_vae
 
     try:
-        path = vae_tiny.resolve(Path(model_path), "tiny")
+        path = tiny_vae.resolve(Path(model_path), "tiny")
     except InputError:
         path = None
     if path is not None:
-        return vae_tiny.load(path), f"the model's tiny decoder ({path})"
+        return tiny_vae.load(path), f"the model's tiny decoder ({path})"
     tiny = build_tiny(VaeDistillConfig(out="-"), vae.config, seed=0).eval().requires_grad_(False)
     c = tiny.config
     return tiny, f"random weights, width {c.decoder_block_out_channels[0]}, blocks {','.join(map(str, c.num_decoder_blocks))}"
@@ -351,9 +351,9 @@ def torch_chain(pipe, batch: int, height: int, width: int, precision: str = "fp3
     the stage times are the CUDA events of each graph call (the sum, on the host, by the clock)."""
     import torch
 
-    from .backends.torch import graph_modules, graphs
-    from .executor import STAGES, run_chain
-    from .sampling import initial_noise
+    from ..executor import STAGES, run_chain
+    from ..reference.torch_graphs import graph_modules, graphs
+    from ..sampling import initial_noise
 
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
     manifest = pipe.manifest(height, width)
@@ -377,8 +377,8 @@ def torch_chain(pipe, batch: int, height: int, width: int, precision: str = "fp3
 def runtime_chain(pipe, batch: int, vae=None) -> Callable[[], dict[str, float]]:
     """A runtime pipeline's fused one-pass chain through the executor; with ``vae`` (another
     pipeline of the same bundle) its ``vae_decoder`` decodes instead, the UNet graphs shared."""
-    from .executor import GraphSet, run_chain
-    from .sampling import initial_noise
+    from ..executor import GraphSet, run_chain
+    from ..sampling import initial_noise
 
     ids = pipe.tokenize(["a photo of a cat"] * batch)
     noise = initial_noise(range(batch), pipe.latent_shape)
@@ -395,7 +395,7 @@ def _cast(module, dtype):
 
 
 def _cast_student(pipe, dtype):
-    from .student import TiUEStudent
+    from ..reference.student import TiUEStudent
 
     s = pipe.schedule
     return TiUEStudent(_cast(pipe.unet, dtype), s.timesteps, s.encoder_timestep)
@@ -406,7 +406,7 @@ def reference_stages(pipe, kind: str, batch: int, height: int, width: int, steps
     ``ddim`` (the teacher's N-step DDIM with classifier-free guidance)."""
     import torch
 
-    from .sampling import SamplerChoice, initial_noise, sample_ddim
+    from ..sampling import SamplerChoice, initial_noise, sample_ddim
 
     prompts = ["a photo of a cat"] * batch
     noise = torch.from_numpy(initial_noise(range(batch), pipe.latent_shape(height, width))).to(pipe.device, pipe.unet.dtype)
@@ -436,11 +436,11 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = log.info) -> d
     """Measure every requested backend and reference; return the JSON-able report."""
     import torch
 
-    from . import backends
-    from .backends.torch import check_compile_mode
-    from .device import parse_device, parse_dtype
-    from .models import resolve_model
-    from .pipeline import load_pipeline
+    from .. import backends
+    from ..reference.builtin import resolve_model
+    from ..reference.device import parse_device, parse_dtype
+    from ..reference.pipeline import load_pipeline
+    from ..reference.torch_graphs import check_compile_mode
 
     for backend in cfg.backends:
         backends.get(backend)
@@ -461,7 +461,7 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = log.info) -> d
     bundle_path = None
     if (Path(model_path) / "manifest.json").exists():
         bundle_path = Path(model_path)
-        from .bundle import Bundle
+        from ..bundle import Bundle
 
         manifest = Bundle.open(bundle_path, verify=False).manifest
         model_path = Path(manifest.source["model"])
@@ -538,8 +538,8 @@ def _model_for_shape(cfg: BenchConfig, resolve_model):
         return resolve_model(cfg.model), None, None
     if cfg.model:
         raise InputError("give either --model or an sd* --shape (random weights), not both")
-    from .models import cache_dir
-    from .shapes import build_sd_pipeline
+    from ..reference.builtin import cache_dir
+    from ..reference.random_sd import build_sd_pipeline
 
     arch, size, div = spec
     path = cache_dir() / f"random-{arch}-w{div}"
@@ -553,8 +553,8 @@ def _cached_bundle(model_path, height: int, width: int, progress) -> Path:
     """An fp32 bundle of ``model_path`` at this size, exported once into the cache directory."""
     import hashlib
 
-    from .export import ExportConfig, export_bundle
-    from .models import cache_dir
+    from ..build.export import ExportConfig, export_bundle
+    from ..reference.builtin import cache_dir
 
     key = hashlib.sha256(f"{Path(model_path).resolve()}:{height}x{width}".encode()).hexdigest()[:12]
     out = cache_dir() / "bundles" / f"{Path(model_path).name}-{height}x{width}-{key}"
@@ -575,7 +575,7 @@ def _where(pipe) -> str:
 def _time_torch(backend: str, cfg: BenchConfig, pipe, height, width, meter: DeviceMeter, progress) -> list[Timing]:
     """A torch backend's one-pass rows: one per ``--compile`` mode, eager first, in the pipeline's
     dtype (``torch``) or the backend's (``torch-bf16``). A compiled row's warm-up runs compile."""
-    from . import backends
+    from .. import backends
 
     word = backends.get(backend).compute or DTYPE_WORDS[str(pipe.unet.dtype).replace("torch.", "")]
     rows = []
@@ -591,7 +591,7 @@ def _time_torch(backend: str, cfg: BenchConfig, pipe, height, width, meter: Devi
 def _time_backend(backend: str, cfg: BenchConfig, pipe, bundle_path, height, width) -> list[Timing]:
     """A bundle backend's one-pass row, one per ``cfg.vae`` decoder (``tiny``: the bundle's tiny
     variant, in runs alternating with the full decoder's, on the same loaded UNet graphs)."""
-    from . import backends
+    from .. import backends
 
     entry = backends.get(backend)
     rt = open_runtime(backend, bundle_path, cfg.threads or 0)
@@ -615,7 +615,7 @@ def _time_backend(backend: str, cfg: BenchConfig, pipe, bundle_path, height, wid
 
 def open_runtime(backend: str, bundle_path, threads: int = 0, low_memory: bool = False, vae: str = "full"):
     """A loaded bundle pipeline for a registry ``backend`` name (``onnxruntime-int8``, ``openvino``, ...)."""
-    from .generator import GenerateOptions, open_generator
+    from ..generator import GenerateOptions, open_generator
 
     options = GenerateOptions(str(bundle_path), backend, vae=vae, low_memory=low_memory, threads=threads, verify=False)
     return open_generator(options).load().pipe
@@ -629,7 +629,7 @@ def runtime_memory(backend: str, bundle_path, threads: int = 0, timeout: float =
     for low in (False, True):
         run = _runtime_memory_run(backend, bundle_path, threads, low, timeout)
         out.update({f"{k}_low_memory": v for k, v in run.items()} if low else run)
-    from .backends import get
+    from ..backends import get
 
     weights = _runtime_weight_bytes(bundle_path, get(backend).variant)
     out["weight_mb"] = weights / 2**20
@@ -646,7 +646,7 @@ def _runtime_memory_run(backend: str, bundle_path, threads: int, low_memory: boo
     # across exec, so a child of a big process would report the parent's memory.
     code = (
         "import json, resource, sys\n"
-        "from tiue_export.bench import open_runtime\n"
+        "from tiue_export.verify.bench import open_runtime\n"
         "rt = open_runtime(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == '1')\n"
         "r = rt(['a photo of a cat'], seed=0)\n"
         "try:\n"
@@ -666,7 +666,7 @@ def _runtime_memory_run(backend: str, bundle_path, threads: int, low_memory: boo
 
 def _runtime_weight_bytes(bundle_path, precision: str | None) -> int:
     """Bytes on disk of the graphs (and their external data) one fused one-pass run loads."""
-    from .bundle import Bundle
+    from ..bundle import Bundle
 
     bundle = Bundle.open(bundle_path, verify=False).with_variant(precision)
     total = 0
@@ -860,7 +860,7 @@ def write_chart(report: dict, path: Path) -> None:
     what = shape if shape != "toy" or not report["config"].get("model") else Path(report["model"]).name
     ax.set_title(f"tiue-export bench: {what} {report['image_size'][0]}x{report['image_size'][1]}, batch {report['config']['batch']}")
     fig.tight_layout()
-    from .files import atomic_path
+    from ..files import atomic_path
 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
@@ -868,7 +868,7 @@ def write_chart(report: dict, path: Path) -> None:
 
 
 def write_report(report: dict, json_path: Path | None, out_dir: Path) -> list[Path]:
-    from .files import atomic_path
+    from ..files import atomic_path
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []

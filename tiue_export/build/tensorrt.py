@@ -24,7 +24,7 @@ from ..bundle import Bundle, publish, sha256_file
 from ..errors import InputError, TiueError
 from ..files import staging_dir
 from ..specs import BatchProfile, GraphSpec
-from .checks import GpuInfo, require_tensorrt_gpu
+from ..backends.tensorrt_checks import GpuInfo, require_tensorrt_gpu
 
 log = logging.getLogger("tiue_export")
 

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .compare import Comparison, compare_arrays, compare_outputs
-from .errors import InputError, ModelError, TiueError
-from .specs import Tolerance
-from .variants import VAE_CHOICES, VARIANTS, has_variant, reference_key
+from ..compare import Comparison, compare_arrays, compare_outputs
+from ..errors import InputError, ModelError, TiueError
+from ..specs import Tolerance
+from ..variants import VAE_CHOICES, VARIANTS, has_variant, reference_key
 
 log = logging.getLogger("tiue_export")
 
@@ -91,7 +91,7 @@ class BackendReport:
 def reference(pipe, manifest, ids: np.ndarray, noise: np.ndarray) -> dict:
     """Every intermediate of the PyTorch one-pass chain for token ids and z_T (the executor on
     the reference's graphs, Eq. 11 in float64)."""
-    from .executor import run_chain
+    from ..executor import run_chain
 
     result = run_chain(manifest, pipe.graphs(), ids, noise, "unfused", keep=True, sum_dtype=np.float64)
     v = result.values
@@ -99,7 +99,7 @@ def reference(pipe, manifest, ids: np.ndarray, noise: np.ndarray) -> dict:
 
 
 def _reference_dict(manifest, v: dict, z0_key: str) -> dict:
-    from .sampling import to_uint8_images
+    from ..sampling import to_uint8_images
 
     images = v["vae_decoder.images"]
     return {
@@ -116,7 +116,7 @@ def _reference_dict(manifest, v: dict, z0_key: str) -> dict:
 
 def with_decoder_images(ref: dict, variant: str, images: np.ndarray) -> dict:
     """``ref`` with the images of decoder ``variant`` of its z0 (``ref["decoders"][variant]``)."""
-    from .sampling import to_uint8_images
+    from ..sampling import to_uint8_images
 
     decoders = {**ref.get("decoders", {}), variant: {"images": images, "images_uint8": to_uint8_images(images)}}
     return {**ref, "decoders": decoders}
@@ -135,7 +135,7 @@ def decoder_variants(manifest) -> list[str]:
 def stored_reference(bundle) -> tuple[dict, list[str]]:
     """The PyTorch reference ``export`` stored in the bundle (``reference.npz``) and its prompts:
     what ``check`` compares with where torch or the source model is not at hand."""
-    from .bundle import REFERENCE
+    from ..bundle import REFERENCE
 
     path = bundle.path / REFERENCE
     if not path.is_file():
@@ -155,7 +155,7 @@ def decoder_reference(pipe, manifest, model, ref: dict, variant: str) -> dict:
     (the directory the variant records, else export's ``--vae``) on ``ref``'s z0."""
     import torch
 
-    from .backends.torch import VaeDecoderGraph
+    from ..reference.torch_graphs import VaeDecoderGraph
 
     row = VARIANTS[variant]
     entry = manifest.graphs["vae_decoder"].variants[variant]
@@ -187,7 +187,7 @@ def graph_tolerance(backend, manifest, graph: str) -> Tolerance:
     """The bound for ``graph`` of ``manifest`` (the backend's view of the bundle) on ``backend``."""
     if backend.engine == "openvino" and backend.variant and backend.variant not in manifest.graphs[graph].variants:
         # graphs without the variant run in OpenVINO's default compute precision (bf16 here)
-        from .backends import REGISTRY
+        from ..backends import REGISTRY
 
         return _tolerance(manifest, graph, REGISTRY["openvino"].precision(manifest))
     return _tolerance(manifest, graph, backend.precision(manifest), backend.variant)
@@ -203,8 +203,8 @@ def check_backend(backend, graphs, tokenize, manifest, ref: dict, vae: str = "fu
         decoders: variant -> the backend's graphs of the bundle's decoder variant: each
             ``vae_decoder`` gets its own row against ``ref["decoders"][variant]``.
     """
-    from .executor import run_chain
-    from .sampling import to_uint8_images
+    from ..executor import run_chain
+    from ..sampling import to_uint8_images
 
     precision = backend.precision(manifest)
     report = BackendReport(backend.name, precision, True)
@@ -256,7 +256,7 @@ def check_backend(backend, graphs, tokenize, manifest, ref: dict, vae: str = "fu
 def check_coefficients(graphs, manifest, ref: dict) -> Comparison:
     """The fused decoder's baked Eq. 11 against the manifest's S and E: one probe of both
     decoders on the reference's features, the K-batched one summed with the manifest's numbers."""
-    from .schedule import combine_one_pass
+    from ..schedule import combine_one_pass
 
     feed = {**ref["features"], "text_embeddings": ref["text_embeddings"]}
     eps = graphs.runner("unet_decoder").infer(feed)["eps"]
@@ -292,11 +292,11 @@ def _torch_reference(cfg: CheckConfig, bundle):
             why = "torch is not installed" if not have_torch else f"the bundle's source model {model!r} is not here: give it with --model PATH"
             raise ModelError(f"--reference torch: {why}")
         return None
-    from .pipeline import load_pipeline
-    from .sampling import initial_noise
+    from ..reference.pipeline import load_pipeline
+    from ..sampling import initial_noise
 
     m = bundle.manifest
-    from .device import parse_device
+    from ..reference.device import parse_device
 
     pipe = load_pipeline(model, k=m.k, device=parse_device(cfg.device))  # fp32 on any device: the reference
     if list(pipe.schedule.timesteps) != list(m.sampler.timesteps):
@@ -312,9 +312,9 @@ def _torch_reference(cfg: CheckConfig, bundle):
 
 def run_check(cfg: CheckConfig) -> tuple[list[BackendReport], dict]:
     """Check every requested backend; returns the reports and the reference."""
-    from . import backends
-    from .bundle import Bundle
-    from .runtime.pipeline import BundleTokenizer
+    from .. import backends
+    from ..bundle import Bundle
+    from ..runtime.pipeline import BundleTokenizer
 
     if not cfg.prompts:
         raise InputError("no prompt given")
@@ -414,7 +414,7 @@ def _failure(x) -> str:
 
 
 def write_json(reports: Sequence[BackendReport], cfg: CheckConfig, path: Path, coefficients: Comparison | None = None) -> None:
-    from .files import atomic_path
+    from ..files import atomic_path
 
     data = {"config": asdict(cfg), "ok": all(r.ok for r in reports if r.available), "backends": [r.to_dict() for r in reports]}
     if coefficients is not None:
@@ -427,7 +427,7 @@ def write_image_grid(reports: Sequence[BackendReport], ref: dict, prompts: Seque
     """A PNG: per prompt, the reference image, then each backend's image and its |difference| x 8."""
     from PIL import Image, ImageDraw
 
-    from .files import atomic_path
+    from ..files import atomic_path
 
     shown = [r for r in reports if r.available and r.images is not None]
     ref_img = ref["images_uint8"]

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .errors import ModelError
+from ..errors import ModelError
 
 
 def check_supported(unet) -> None:

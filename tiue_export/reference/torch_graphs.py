@@ -17,7 +17,7 @@ from torch import nn
 from ..errors import InputError
 from ..executor import GraphSet, Runner
 from ..schedule import combine_one_pass
-from ..student import TiUEStudent
+from .student import TiUEStudent
 
 
 class BakedStudent(TiUEStudent):
@@ -97,7 +97,7 @@ class VaeDecoderGraph(nn.Module):
 
 
 def graph_modules(pipe, baked: bool = True, student: TiUEStudent | None = None, vae=None) -> dict[str, nn.Module]:
-    """The torch module of each graph of ``pipe`` (a :class:`~tiue_export.pipeline.TorchPipeline`)."""
+    """The torch module of each graph of ``pipe`` (a :class:`~tiue_export.reference.pipeline.TorchPipeline`)."""
     student = student or pipe.student
     if baked:
         student = BakedStudent(student)

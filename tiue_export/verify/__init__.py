@@ -1,0 +1,1 @@
+"""Measuring a bundle: parity of every backend with the reference (check) and timings (bench)."""
