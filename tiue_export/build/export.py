@@ -342,6 +342,63 @@ def versions() -> dict:
 
 
 # -- the command --------------------------------------------------------------------------------
+def load_student(cfg: ExportConfig, pipe=None):
+    """The student to export: ``pipe``, or ``cfg.model`` loaded (a teacher is refused)."""
+    from ..reference.pipeline import load_pipeline
+
+    pipe = pipe if pipe is not None else load_pipeline(cfg.model)
+    if pipe.is_teacher:
+        raise InputError(f"{pipe.path} is a teacher (tiue.json kind=teacher): export needs a TiUE student")
+    if pipe.student_config is None:
+        log.warning("%s has no tiue.json: exporting it as a K=%d student", pipe.path, pipe.schedule.k)
+    return pipe
+
+
+def export_graph(root: Path, name: str, spec: GraphSpec, module, feed: dict, ref: dict, cfg: ExportConfig, seconds: dict) -> tuple[list[str], Comparison]:
+    """One graph traced to ONNX under ``root``, checked against its spec and validated against
+    PyTorch on ``feed``; returns its external data files and the comparison."""
+    log.info("exporting %s", name)
+    t0 = time.perf_counter()
+    model = export_onnx(module, spec, feed, root / ".scratch" / name)
+    if cfg.precision == "fp16" and spec.fp16:
+        model = slim(to_fp16(model), name)  # the converter appends Casts out of order: re-sort
+    model = canonical_shapes(model)  # after fp16: the converter reads the tensor types from them
+    path = root / spec.file
+    data_files = save_onnx(model, path, cfg.external_data)
+    del model
+    check_graph(path, spec)
+    seconds[f"export_{name}"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    comparison = validate_graph(path, spec, feed, ref, cfg.precision)
+    seconds[f"validate_{name}"] = time.perf_counter() - t0
+    return data_files, comparison
+
+
+def finish_manifest(manifest: Manifest, pipe, root: Path, cfg: ExportConfig) -> Manifest:
+    """The validated manifest with its tokenizer (copied into ``root``), provenance and config."""
+    return manifest.replace(
+        tokenizer=copy_tokenizer(pipe, root / "tokenizer"),
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        versions={**versions(), "opset": cfg.opset},
+        source={"model": str(Path(pipe.path).resolve()), "tiue": pipe.student_config.to_dict() if pipe.student_config else None},
+        export_config=cfg.to_dict(),
+    )
+
+
+def validation_record(cfg: ExportConfig, results: dict, end_to_end: dict | None, seconds: dict) -> dict:
+    """What ``validation.json`` holds: every graph's comparison, the chain's, and the timings."""
+    return {
+        "ok": True,
+        "precision": cfg.precision,
+        "batch": cfg.validate_batch,
+        "provider": "CPUExecutionProvider",
+        "prompts": [cfg.prompts[i % len(cfg.prompts)] for i in range(cfg.validate_batch)],
+        "graphs": results,
+        "end_to_end": end_to_end and end_to_end["comparison"],
+        "seconds": seconds,
+    }
+
+
 def export_bundle(cfg: ExportConfig, pipe=None) -> ExportReport:
     """Export, validate and atomically write the bundle at ``cfg.out``.
 
@@ -354,20 +411,12 @@ def export_bundle(cfg: ExportConfig, pipe=None) -> ExportReport:
         InputError: bad options or model. TiueError: export or validation failed (the numbers are
             in the message); no bundle is written in either case.
     """
-    from ..reference.pipeline import load_pipeline
-
     check_config(cfg)
     require("onnxslim", "onnxslim", why="graph folding at export")
     t_start = time.perf_counter()
     owned = pipe is None  # a pipeline we loaded ourselves may lose modules as soon as they are exported
-    if owned:
-        pipe = load_pipeline(cfg.model)
-    if pipe.is_teacher:
-        raise InputError(f"{pipe.path} is a teacher (tiue.json kind=teacher): export needs a TiUE student")
-    if pipe.student_config is None:
-        log.warning("%s has no tiue.json: exporting it as a K=%d student", pipe.path, pipe.schedule.k)
+    pipe = load_student(cfg, pipe)
     manifest = pipe.manifest(cfg.height, cfg.width, cfg.precision, cfg.opset, cfg.batch)
-    specs = {n: g.spec for n, g in manifest.graphs.items()}
     inputs, refs, modules, stored = reference(pipe, manifest, cfg)
     seconds = {"load_and_reference": time.perf_counter() - t_start}
     report = ExportReport(Path(cfg.out), {}, seconds)
@@ -376,30 +425,15 @@ def export_bundle(cfg: ExportConfig, pipe=None) -> ExportReport:
         tmp.mkdir()
         results, failures = {}, []
         for name in EXPORT_ORDER:
-            spec = specs[name]
-            log.info("exporting %s", name)
-            t0 = time.perf_counter()
-            model = export_onnx(modules[name], spec, inputs[name], tmp / ".scratch" / name)
-            if cfg.precision == "fp16" and spec.fp16:
-                model = slim(to_fp16(model), name)  # the converter appends Casts out of order: re-sort
-            model = canonical_shapes(model)  # after fp16: the converter reads the tensor types from them
-            path = tmp / spec.file
-            data_files = save_onnx(model, path, cfg.external_data)
-            del model
-            check_graph(path, spec)
-            seconds[f"export_{name}"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            comparison = validate_graph(path, spec, inputs[name], refs[name], cfg.precision)
-            seconds[f"validate_{name}"] = time.perf_counter() - t0
+            graph = manifest.graphs[name]
+            spec = graph.spec
+            data_files, comparison = export_graph(tmp, name, spec, modules.pop(name), inputs[name], refs[name], cfg, seconds)
             record_comparison(results, failures, name, comparison)
-            modules.pop(name)
             if owned and name in ("text_encoder", "vae_decoder"):  # done with these weights
                 setattr(pipe, "vae" if name == "vae_decoder" else name, None)
             gc.collect()
-            graph = manifest.graphs[name]
-            manifest = manifest.with_graph(replace(graph, sha256=sha256_file(path), external_data=tuple(data_files)))
+            manifest = manifest.with_graph(replace(graph, sha256=sha256_file(tmp / spec.file), external_data=tuple(data_files)))
             report.sizes[spec.file] = sum((tmp / f).stat().st_size for f in [spec.file] + data_files)
-
         if cfg.decoder_variant is not None:
             manifest, images = export_decoder_variant(tmp, manifest, cfg, inputs["vae_decoder"], refs["vae_decoder"], results, failures, report)
             stored[reference_key(cfg.decoder_variant.name)] = images  # check --reference bundle compares the graph with it
@@ -408,31 +442,14 @@ def export_bundle(cfg: ExportConfig, pipe=None) -> ExportReport:
             failures.append(f"end to end: {end_to_end['summary']}")
         if failures:
             raise TiueError("validation against PyTorch failed, no bundle written: " + " | ".join(failures))
-
-        manifest = manifest.replace(
-            tokenizer=copy_tokenizer(pipe, tmp / "tokenizer"),
-            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            versions={**versions(), "opset": cfg.opset},
-            source={"model": str(Path(pipe.path).resolve()), "tiue": pipe.student_config.to_dict() if pipe.student_config else None},
-            export_config=cfg.to_dict(),
-        )
+        manifest = finish_manifest(manifest, pipe, tmp, cfg)
         results["tokenizer"] = check_tokenizer(pipe, tmp, manifest, cfg.prompts)
         seconds["total"] = time.perf_counter() - t_start
-        validation = {
-            "ok": True,
-            "precision": cfg.precision,
-            "batch": cfg.validate_batch,
-            "provider": "CPUExecutionProvider",
-            "prompts": [cfg.prompts[i % len(cfg.prompts)] for i in range(cfg.validate_batch)],
-            "graphs": results,
-            "end_to_end": end_to_end and end_to_end["comparison"],
-            "seconds": seconds,
-        }
-        (tmp / VALIDATION).write_text(json.dumps(validation, indent=2, allow_nan=False))
+        report.validation = validation_record(cfg, results, end_to_end, seconds)
+        (tmp / VALIDATION).write_text(json.dumps(report.validation, indent=2, allow_nan=False))
         np.savez(tmp / REFERENCE, **stored)  # check's reference where torch is not installed
         shutil.rmtree(tmp / ".scratch", ignore_errors=True)
         save_manifest(tmp, manifest)
-        report.validation = validation
     return report
 
 

@@ -310,11 +310,9 @@ def _torch_reference(cfg: CheckConfig, bundle):
     return pipe, ref, prompts
 
 
-def run_check(cfg: CheckConfig) -> tuple[list[BackendReport], dict]:
-    """Check every requested backend; returns the reports and the reference."""
+def check_options(cfg: CheckConfig) -> None:
+    """Refuse bad options before any bundle or model is read."""
     from .. import backends
-    from ..bundle import Bundle
-    from ..runtime.pipeline import BundleTokenizer
 
     if not cfg.prompts:
         raise InputError("no prompt given")
@@ -323,11 +321,70 @@ def run_check(cfg: CheckConfig) -> tuple[list[BackendReport], dict]:
     choices = ("auto", *VAE_CHOICES)
     if cfg.vae not in choices:
         raise InputError(f"unknown --vae {cfg.vae!r}: use {', '.join(choices[:-1])} or {choices[-1]}")
-    requested = list(cfg.backends) if cfg.backends else None
-    for name in requested or []:
+    for name in cfg.backends or ():
         backends.get(name)
+
+
+def decoder_rows(cfg: CheckConfig, bundle, ref: dict) -> list[str]:
+    """The decoder variants that get their own graph row (``--vae auto``: each the bundle has and
+    the reference holds images of)."""
+    referenced = ref.get("decoders", {})
+    decoding = cfg.vae if cfg.vae in VARIANTS else None
+    if decoding and decoding not in referenced:
+        raise ModelError(f"bundle {bundle.path}'s reference.npz has no {decoding} decoder images: re-export it, or check with torch")
+    rows = [name for name in decoder_variants(bundle.manifest) if cfg.vae == "auto"]
+    for name in rows:
+        if name not in referenced:
+            log.warning("the %s VAE decoder is not checked: the bundle's reference.npz predates it (re-export it, or check with torch)", name)
+    return [name for name in rows if name in referenced]
+
+
+def torch_row(name: str, pipe, decoding: str | None, manifest, ref: dict) -> BackendReport:
+    """A torch registry name's row: the reference's determinism, or why it is not checked."""
+    if pipe is None:
+        return BackendReport(name, "", False, reason="torch or the source model is not here")
+    if name != "torch":
+        return BackendReport(name, "", False, reason="check compares bundle backends with the fp32 reference")
+    if decoding:
+        return BackendReport(name, "", False, reason=f"--vae {decoding} checks the bundle's graphs (torch: --vae full)")
+    return check_torch_determinism(pipe, manifest, ref)
+
+
+def bundle_row(backend, bundle, decoding: str | None, rows: list[str], tokenize, ref: dict, cfg: CheckConfig, state: dict) -> BackendReport:
+    """A bundle backend's row; the first backend that runs both exported decoders also checks
+    the fused decoder's baked Eq. 11 (``state["coefficients"]``)."""
+    why = backend.unavailable(bundle.manifest)
+    if why:
+        return BackendReport(backend.name, "", False, reason=why)
+    view = bundle.with_variant(decoding)
+    try:
+        graphs = backend.graphs(view)
+        # a decoder row runs where the table says (TensorRT's engines are built from the graphs as exported)
+        decoders = {v: backend.graphs(bundle.with_variant(v)) for v in rows if backend.engine in VARIANTS[v].engines}
+    except InputError:
+        raise
+    except TiueError as exc:
+        return BackendReport(backend.name, "", False, reason=str(exc))
+    with graphs, contextlib.ExitStack() as stack:
+        for opened in decoders.values():
+            stack.enter_context(opened)
+        seen = view.with_variant(backend.variant).manifest
+        report = check_backend(backend, graphs, tokenize, seen, through_decoder(ref, decoding) if decoding else ref, cfg.vae, decoders)
+        if state.get("coefficients") is None and backend.variant is None and {"unet_decoder", "unet_decoder_fused"} <= set(graphs.factories):
+            state["coefficients"] = check_coefficients(graphs, bundle.manifest, ref)
+            if not state["coefficients"]:
+                report.graphs.append(state["coefficients"])
+    return report
+
+
+def run_check(cfg: CheckConfig) -> tuple[list[BackendReport], dict]:
+    """Check every requested backend; returns the reports and the reference."""
+    from .. import backends
+    from ..bundle import Bundle
+    from ..runtime.pipeline import BundleTokenizer
+
+    check_options(cfg)
     bundle = Bundle.open(cfg.bundle)
-    manifest = bundle.manifest
     decoding = cfg.vae if cfg.vae in VARIANTS else None  # the chain checked decodes with this variant
     if decoding:
         bundle.with_variant(decoding)  # no such decoder: the one-line fix, before anything loads
@@ -338,58 +395,21 @@ def run_check(cfg: CheckConfig) -> tuple[list[BackendReport], dict]:
         log.info("comparing with the PyTorch reference stored in the bundle (prompts %s)", prompts)
     else:
         pipe, ref, prompts = torch_ref
-    referenced = ref.get("decoders", {})
-    if decoding and decoding not in referenced:
-        raise ModelError(f"bundle {bundle.path}'s reference.npz has no {decoding} decoder images: re-export it, or check with torch")
-    rows = [name for name in decoder_variants(manifest) if cfg.vae == "auto"]
-    for name in rows:
-        if name not in referenced:
-            log.warning("the %s VAE decoder is not checked: the bundle's reference.npz predates it (re-export it, or check with torch)", name)
-    rows = [name for name in rows if name in referenced]
-    backend_ref = through_decoder(ref, decoding) if decoding else ref
+    rows = decoder_rows(cfg, bundle, ref)
     tokenizer = BundleTokenizer(bundle)
     # --vae NAME checks the bundle's graphs through that decoder; torch's row is a determinism check
-    requested = requested or [b for b in backends.available(manifest) if b != "torch" or (pipe is not None and not decoding)]
-    reports = []
-    coefficients = None
+    requested = list(cfg.backends or ()) or [b for b in backends.available(bundle.manifest) if b != "torch" or (pipe is not None and not decoding)]
+    reports, state = [], {}
     for name in requested:
         log.info("checking %s", name)
         backend = backends.get(name)
         if backend.engine == "torch":
-            if pipe is None:
-                reports.append(BackendReport(name, "", False, reason="torch or the source model is not here"))
-            elif name != "torch":
-                reports.append(BackendReport(name, "", False, reason="check compares bundle backends with the fp32 reference"))
-            elif decoding:
-                reports.append(BackendReport(name, "", False, reason=f"--vae {decoding} checks the bundle's graphs (torch: --vae full)"))
-            else:
-                reports.append(check_torch_determinism(pipe, manifest, ref))
-            continue
-        why = backend.unavailable(manifest)
-        if why:
-            reports.append(BackendReport(name, "", False, reason=why))
-            continue
-        view = bundle.with_variant(decoding)
-        try:
-            graphs = backend.graphs(view)
-            # a decoder row runs where the table says (TensorRT's engines are built from the graphs as exported)
-            decoders = {v: backend.graphs(bundle.with_variant(v)) for v in rows if backend.engine in VARIANTS[v].engines}
-        except InputError:
-            raise
-        except TiueError as exc:
-            reports.append(BackendReport(name, "", False, reason=str(exc)))
-            continue
-        with graphs, contextlib.ExitStack() as stack:
-            for opened in decoders.values():
-                stack.enter_context(opened)
-            seen = view.with_variant(backend.variant).manifest
-            reports.append(check_backend(backend, graphs, lambda: tokenizer(prompts), seen, backend_ref, cfg.vae, decoders))
-            if coefficients is None and backend.variant is None and {"unet_decoder", "unet_decoder_fused"} <= set(graphs.factories):
-                coefficients = check_coefficients(graphs, manifest, ref)
-                if not coefficients:
-                    reports[-1].graphs.append(coefficients)
+            reports.append(torch_row(name, pipe, decoding, bundle.manifest, ref))
+        else:
+            reports.append(bundle_row(backend, bundle, decoding, rows, lambda: tokenizer(prompts), ref, cfg, state))
+    backend_ref = through_decoder(ref, decoding) if decoding else ref
     backend_ref["prompts"] = prompts
-    backend_ref["coefficients"] = coefficients
+    backend_ref["coefficients"] = state.get("coefficients")
     return reports, backend_ref
 
 
