@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _bundles import VARIANTS, tiny_bundle
-from _cli import run_cli
+from helpers.bundles import VARIANTS, tiny_bundle
+from helpers.cli import run_cli
 
 PROMPT = "a red cube"
 

@@ -61,7 +61,7 @@ def test_bench_writes_reports(tiny_sd21, tmp_path):
 
 @pytest.mark.slow
 def test_bench_times_a_bundle_on_onnxruntime(tiny_models, tmp_path_factory):
-    from _bundles import tiny_bundle
+    from helpers.bundles import tiny_bundle
 
     bundle = tiny_bundle(tiny_models, tmp_path_factory, "sd21")
     report = run_bench(BenchConfig(model=str(bundle), backends=("onnxruntime",), runs=1, warmup=0, references=False), progress=lambda m: None)
@@ -103,7 +103,7 @@ def test_matmul_rate_stops_growing_once_a_product_is_slow(monkeypatch):
 def test_bench_tiny_vae_rows_and_ratios(tiny_models, tmp_path_factory):
     """--vae full,tiny: a row per VAE decoder of each bundle backend (alternating runs on one
     loaded pipeline), the decoder and end-to-end ratios from the same run."""
-    from _bundles import tiny_vae_bundle
+    from helpers.bundles import tiny_vae_bundle
 
     bundle = tiny_vae_bundle(tiny_models, tmp_path_factory)
     only = {"references": False, "runtime_memory": False, "vae_decoders": False}

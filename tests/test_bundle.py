@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from _bundles import tiny_bundle
-from _cli import run_cli
+from helpers.bundles import tiny_bundle
+from helpers.cli import run_cli
 
 from tiue_export.bundle import Bundle, Manifest
 from tiue_export.errors import ModelError

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from _cli import run_cli as run
+from helpers.cli import run_cli as run
 from PIL import Image
 
 

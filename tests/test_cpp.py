@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _bundles import tiny_bundle, tiny_vae_bundle
+from helpers.bundles import tiny_bundle, tiny_vae_bundle
 
 pytestmark = pytest.mark.slow
 

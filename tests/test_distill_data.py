@@ -5,8 +5,9 @@ import json
 import pytest
 
 from tiue_export.distill.config import DistillConfig
-from tiue_export.distill.data import dedupe, load_prompts, make_loader
+from tiue_export.distill.data import make_loader
 from tiue_export.errors import InputError, MissingDependency
+from tiue_export.prompts import dedupe, load_prompts
 
 
 def test_dedupe_keeps_first_seen_order():

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from _cli import run_cli
 from conftest import DISTILL_PROMPTS as PROMPTS
+from helpers.cli import run_cli
 
 
 def cli(argv) -> tuple[int, str]:

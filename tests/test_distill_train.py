@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _cli import run_cli
 from conftest import DISTILL_PROMPTS as PROMPTS
+from helpers.cli import run_cli
 from safetensors.torch import load_file
 
 from tiue_export.distill.config import DistillConfig

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from _bundles import VARIANTS, tiny_bundle
-from _cli import run_cli as run
+from helpers.bundles import VARIANTS, tiny_bundle
+from helpers.cli import run_cli as run
 
 from tiue_export import specs as specs_mod
 from tiue_export.build import export as export_mod

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _cli import run_cli
+from helpers.cli import run_cli
 from PIL import Image
 
 from tiue_export.errors import InputError

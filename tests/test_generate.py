@@ -16,8 +16,8 @@ import pytest
 pytest.importorskip("ray.data", reason="the serve extra: pip install 'tiue-export[serve]'")
 pq = pytest.importorskip("pyarrow.parquet")
 
-from _bundles import tiny_bundle  # noqa: E402
-from _cli import run_cli  # noqa: E402
+from helpers.bundles import tiny_bundle  # noqa: E402
+from helpers.cli import run_cli  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

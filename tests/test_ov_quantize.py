@@ -5,8 +5,8 @@ import json
 import shutil
 
 import pytest
-from _bundles import tiny_bundle
-from _cli import run_cli as run
+from helpers.bundles import tiny_bundle
+from helpers.cli import run_cli as run
 
 pytest.importorskip("openvino", reason="openvino is not installed (pip install 'tiue-export[openvino]')")
 pytest.importorskip("nncf", reason="nncf is not installed (pip install 'tiue-export[openvino]')")

@@ -11,8 +11,8 @@ from types import SimpleNamespace
 import numpy as np
 import onnx
 import pytest
-from _bundles import tiny_bundle
-from _cli import run_cli as run
+from helpers.bundles import tiny_bundle
+from helpers.cli import run_cli as run
 from onnx import numpy_helper
 
 from tiue_export.build import quantize

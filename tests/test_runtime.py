@@ -9,8 +9,8 @@ import sys
 
 import numpy as np
 import pytest
-from _bundles import VARIANTS, tiny_bundle
-from _cli import run_cli as run
+from helpers.bundles import VARIANTS, tiny_bundle
+from helpers.cli import run_cli as run
 from PIL import Image
 
 from tiue_export.compare import compare_arrays

@@ -15,8 +15,8 @@ import pytest
 pytest.importorskip("ray.serve", reason="the serve extra: pip install 'tiue-export[serve]'")
 requests = pytest.importorskip("requests")
 
-from _bundles import tiny_bundle, tiny_vae_bundle  # noqa: E402
-from _cli import run_cli  # noqa: E402
+from helpers.bundles import tiny_bundle, tiny_vae_bundle  # noqa: E402
+from helpers.cli import run_cli  # noqa: E402
 from _serving import serving  # noqa: E402
 
 pytestmark = pytest.mark.slow

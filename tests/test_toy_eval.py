@@ -129,7 +129,7 @@ def test_cli_eval_end_to_end_on_a_tiny_model(tiny_sd21, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_onnxruntime_backend_matches_torch_on_a_bundle(tiny_models, tmp_path_factory, capsys, tmp_path):
-    from _bundles import tiny_bundle
+    from helpers.bundles import tiny_bundle
 
     from tiue_export.toy.evaluate import make_sample_fn
 
@@ -157,7 +157,7 @@ def test_onnxruntime_backend_matches_torch_on_a_bundle(tiny_models, tmp_path_fac
 
 def test_openvino_backend_matches_onnxruntime_on_a_bundle(tiny_models, tmp_path_factory, capsys, tmp_path):
     pytest.importorskip("openvino", reason="openvino is not installed (pip install 'tiue-export[openvino]')")
-    from _bundles import tiny_bundle
+    from helpers.bundles import tiny_bundle
 
     from tiue_export.toy.evaluate import make_sample_fn
 

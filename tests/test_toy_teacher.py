@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers.toy import TINY_TEACHER, tiny_teacher_config
+
 from tiue_export.errors import InputError
 from tiue_export.schedule import SD21_SCHEDULER_CONFIG
 from tiue_export.toy import teacher as T
@@ -47,7 +49,7 @@ def _weights(model_dir: Path) -> dict:
 def tiny_teacher(tmp_path_factory):
     """The tiny config trained once, uninterrupted."""
     root = tmp_path_factory.mktemp("toy-teacher")
-    code, text = run_cli("toy", "train-teacher", "--out", str(root / "model"), "--tiny", "--no-progress")
+    code, text = run_cli("toy", "train-teacher", "--out", str(root / "model"), "--config", str(tiny_teacher_config(root)), "--no-progress")
     assert code == 0, text
     return root / "model"
 
@@ -107,8 +109,8 @@ def test_tiny_training_writes_a_loadable_teacher(tiny_teacher):
     meta = json.loads((tiny_teacher / "tiue.json").read_text())
     assert meta["kind"] == "teacher" and meta["k"] == 4
     prov = meta["provenance"]
-    assert prov["unet_steps"] == T.TINY.unet_steps and prov["seed"] == 0
-    assert "--tiny" in prov["command"] and "final_losses" in prov
+    assert prov["unet_steps"] == TINY_TEACHER.unet_steps and prov["seed"] == 0
+    assert "--config" in prov["command"] and "final_losses" in prov
     assert not any(tiny_teacher.parent.glob(".model.*"))  # no temporary left behind
     pipe = load_pipeline(tiny_teacher)
     assert pipe.is_teacher and pipe.default_sampler == "ddim:50"
@@ -121,10 +123,9 @@ def test_tiny_training_writes_a_loadable_teacher(tiny_teacher):
 @pytest.mark.parametrize("stop_after", [2, 5])  # inside the VAE stage (3 steps); inside the UNet stage
 def test_resume_equals_uninterrupted(tiny_teacher, tmp_path, stop_after):
     out = tmp_path / "model"
-    code, text = run_cli("toy", "train-teacher", "--out", str(out), "--tiny", "--no-progress", "--stop-after", str(stop_after))
-    assert code == 0 and "continue with --resume" in text, text
+    assert T.train_teacher(out, TINY_TEACHER, progress=False, stop_after=stop_after) is None  # interrupted at a known step
     assert not out.exists() and (tmp_path / "model.train" / T.CHECKPOINT).exists()
-    code, text = run_cli("toy", "train-teacher", "--out", str(out), "--tiny", "--no-progress", "--resume")
+    code, text = run_cli("toy", "train-teacher", "--out", str(out), "--config", str(tiny_teacher_config(tmp_path)), "--no-progress", "--resume")
     assert code == 0, text
     a, b = _weights(tiny_teacher), _weights(out)
     assert a.keys() == b.keys()
@@ -141,27 +142,27 @@ def test_existing_checkpoint_needs_resume(tmp_path):
     work = tmp_path / "model.train"
     work.mkdir()
     (work / T.CHECKPOINT).write_bytes(b"")
-    code, text = run_cli("toy", "train-teacher", "--out", str(tmp_path / "model"), "--tiny", "--no-progress")
+    code, text = run_cli("toy", "train-teacher", "--out", str(tmp_path / "model"), "--config", str(tiny_teacher_config(tmp_path)), "--no-progress")
     assert code == 2
     assert f"error: {work} holds a checkpoint of an earlier run: pass --resume to continue it" in text
 
 
 def test_resume_with_other_options_is_refused(tmp_path):
     out = tmp_path / "model"
-    code, text = run_cli("toy", "train-teacher", "--out", str(out), "--tiny", "--no-progress", "--stop-after", "1")
-    assert code == 0, text
-    code, text = run_cli("toy", "train-teacher", "--out", str(out), "--tiny", "--no-progress", "--resume", "--seed", "3")
+    assert T.train_teacher(out, TINY_TEACHER, progress=False, stop_after=1) is None
+    code, text = run_cli("toy", "train-teacher", "--out", str(out), "--config", str(tiny_teacher_config(tmp_path)), "--no-progress", "--resume", "--seed", "3")
     assert code == 2
     assert "--resume with a different config than" in text and "use the same options" in text
 
 
 def test_resume_with_more_steps_extends_a_finished_run(tmp_path):
     out = tmp_path / "model"
-    code, text = run_cli("toy", "train-teacher", "--out", str(out), "--tiny", "--no-progress")
+    config = str(tiny_teacher_config(tmp_path))
+    code, text = run_cli("toy", "train-teacher", "--out", str(out), "--config", config, "--no-progress")
     assert code == 0, text
     before = _weights(out)
-    n = T.TINY.unet_steps
-    code, text = run_cli("toy", "train-teacher", "--out", str(out), "--tiny", "--no-progress", "--resume", "--steps", str(n + 2))
+    n = TINY_TEACHER.unet_steps
+    code, text = run_cli("toy", "train-teacher", "--out", str(out), "--config", config, "--no-progress", "--resume", "--steps", str(n + 2))
     assert code == 0, text
     prov = json.loads((out / "tiue.json").read_text())["provenance"]
     assert prov["unet_steps"] == n + 2 and prov["unet_schedule_lengths"] == [[0, n], [n, n + 2]]
@@ -169,7 +170,7 @@ def test_resume_with_more_steps_extends_a_finished_run(tmp_path):
     assert any(not np.array_equal(before[k], after[k]) for k in before if k.startswith("unet."))
     assert all(np.array_equal(before[k], after[k]) for k in before if k.startswith("vae."))  # VAE stage not rerun
     # Fewer steps than the checkpoint's schedule is not an extension.
-    code, text = run_cli("toy", "train-teacher", "--out", str(out), "--tiny", "--no-progress", "--resume", "--steps", str(n))
+    code, text = run_cli("toy", "train-teacher", "--out", str(out), "--config", config, "--no-progress", "--resume", "--steps", str(n))
     assert code == 2 and "only --steps may grow" in text
 
 
@@ -208,3 +209,14 @@ def test_shipped_teacher_loads_and_samples():
     result = pipe.sample(["a large yellow square on a black background"] * 2, [0, 1], "ddim:1", guidance=5.0)
     assert result.images.shape == (2, 64, 64, 3)
     assert result.images.std() > 0  # not a blank image
+
+
+def test_config_file_errors_are_one_line(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    code, text = run_cli("toy", "train-teacher", "--out", str(tmp_path / "m"), "--config", str(bad), "--no-progress")
+    assert code == 2 and text.startswith(f"error: --config {bad}: not valid JSON") and len(text.strip().splitlines()) == 1
+    bad.write_text('{"bogus": 1}')
+    code, text = run_cli("toy", "train-teacher", "--out", str(tmp_path / "m"), "--config", str(bad), "--no-progress")
+    assert code == 2 and text.strip() == "error: unknown teacher config keys: bogus"
+    assert not (tmp_path / "m").exists()

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from _bundles import tiny_bundle
-from _cli import run_cli as run
+from helpers.bundles import tiny_bundle
+from helpers.cli import run_cli as run
 
 from tiue_export.backends import tensorrt_checks as checks
 from tiue_export.backends.tensorrt_checks import GpuInfo, check_engines

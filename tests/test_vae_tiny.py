@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from _cli import run_cli
+from helpers.cli import run_cli
 from PIL import Image
 from safetensors.torch import load_file
 from test_distill_train import _one_thread  # noqa: F401  (tiny models: one thread, module-wide)
@@ -219,7 +219,7 @@ def test_check_fails_on_a_broken_tiny_decoder(tiny_vae_bundle, tmp_path, capsys)
 def test_export_vae_only_adds_the_variant_to_a_bundle(tiny_vae, tiny_models, tmp_path_factory, tmp_path, capsys):
     import shutil
 
-    from _bundles import tiny_bundle
+    from helpers.bundles import tiny_bundle
 
     out, _ = tiny_vae
     model = str(tiny_models("sd21"))

@@ -68,9 +68,10 @@ def toy():
 @click.option("--checkpoint-every", type=click.IntRange(1), default=None, help="Steps between resumable checkpoints.")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in the work directory.")
 @click.option("--no-progress", is_flag=True, help="No progress bars (log lines only).")
-@click.option("--tiny", is_flag=True, hidden=True, help="A seconds-long config that learns nothing (tests).")
-@click.option("--stop-after", type=click.IntRange(1), default=None, hidden=True, help="Stop after N steps in all, keeping a checkpoint (tests).")
-def train_teacher_cmd(out, work_dir, vae_steps, steps, seed, threads, checkpoint_every, resume, no_progress, tiny, stop_after):
+@click.option("--config", "config_file", type=click.Path(), default=None,
+              help="A teacher config as JSON (the training_config.json a trained teacher holds) [default: the built-in one]; "
+              "the options above override it.")
+def train_teacher_cmd(out, work_dir, vae_steps, steps, seed, threads, checkpoint_every, resume, no_progress, config_file):
     """Train the toy teacher (VAE, then UNet + text encoder) into a diffusers pipeline directory.
 
     The defaults take about 50 minutes on 2 CPU cores; the shipped toy-teacher is that run
@@ -85,9 +86,9 @@ def train_teacher_cmd(out, work_dir, vae_steps, steps, seed, threads, checkpoint
     from . import quiet_libraries
 
     quiet_libraries()
-    from ..toy.teacher import TINY, TeacherConfig, train_teacher
+    from ..toy.teacher import TeacherConfig, read_config, train_teacher
 
-    config = TINY if tiny else TeacherConfig()
+    config = read_config(config_file) if config_file else TeacherConfig()
     overrides = {"vae_steps": vae_steps, "unet_steps": steps, "seed": seed, "threads": threads, "checkpoint_every": checkpoint_every}
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
     ctx = click.get_current_context()
@@ -97,8 +98,4 @@ def train_teacher_cmd(out, work_dir, vae_steps, steps, seed, threads, checkpoint
         if v not in (None, False) and k != "out"
     ]
     command = " ".join([ctx.command_path, f"--out={shlex.quote(str(out))}", *args])
-    result = train_teacher(out, config, work_dir=work_dir, resume=resume, progress=not no_progress, stop_after=stop_after, command=command)
-    if result is None:
-        click.echo(f"stopped after {stop_after} steps; continue with --resume")
-    else:
-        click.echo(f"wrote {result}")
+    click.echo(f"wrote {train_teacher(out, config, work_dir=work_dir, resume=resume, progress=not no_progress, command=command)}")

@@ -56,7 +56,7 @@ class GenerateConfig:
 def plan(cfg: GenerateConfig) -> tuple[list[dict], dict]:
     """Every job of the run (prompt index, prompt, seed, file) and the run's identity record."""
     from ..bundle import Bundle
-    from ..distill.data import load_prompts
+    from ..prompts import load_prompts
 
     prompts = load_prompts(cfg.prompts_file)
     jobs = [

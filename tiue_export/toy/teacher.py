@@ -101,29 +101,17 @@ class TeacherConfig:
         return self.resolution // 2 ** (len(self.vae_channels) - 1)
 
 
-#: A config that trains in seconds: for tests only (it learns nothing useful).
-TINY = TeacherConfig(
-    text_hidden=16,
-    text_layers=1,
-    text_heads=2,
-    vae_channels=(8, 8),
-    vae_crop=16,
-    vae_steps=3,
-    vae_crop_steps=2,
-    vae_full_batch=2,
-    vae_batch=2,
-    vae_warmup=1,
-    unet_channels=(8, 16),
-    unet_down_blocks=("CrossAttnDownBlock2D", "DownBlock2D"),
-    unet_up_blocks=("UpBlock2D", "CrossAttnUpBlock2D"),
-    unet_head_dim=(2, 2),
-    latent_pool=8,
-    unet_steps=4,
-    unet_batch=2,
-    unet_warmup=1,
-    checkpoint_every=2,
-    resolution=32,
-)
+def read_config(path) -> TeacherConfig:
+    """A :class:`TeacherConfig` from a JSON file (``training_config.json`` of a trained teacher)."""
+    from ..files import read_text
+
+    try:
+        data = json.loads(read_text(path, "--config file"))
+    except ValueError as exc:
+        raise InputError(f"--config {path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise InputError(f"--config {path}: expected a JSON object of teacher config keys")
+    return TeacherConfig.from_dict(data)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,7 +327,7 @@ def train_teacher(
         resume: continue from the work directory's checkpoint (if there is one).
         progress: show tqdm progress bars.
         stop_after: stop (with a checkpoint) after this many optimisation steps in total over
-            both stages, without exporting; used to test that resuming equals not stopping.
+            both stages, without exporting (a run interrupted at a known step).
         command: the command line, for the provenance record.
 
     Returns:
