@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers.toy import TINY_TEACHER, tiny_teacher_config
 
 from tiue_export.errors import InputError
