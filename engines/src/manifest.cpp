@@ -104,7 +104,7 @@ auto section(const fs::path& mpath, const char* name, F&& read) -> decltype(read
 
 /// S and E are float64 when written (numpy) and when recomputed here; this leaves room for another
 /// libm, not for an edited value (moving one timestep moves E by ~1e-3). As COEFFICIENT_RTOL in
-/// tiue_export/bundle/io.py.
+/// tiue_export/bundle/directory.py.
 constexpr double kCoefficientRtol = 1e-9;
 
 /// The shortest text that reads back as `x` (as Python's repr), for messages about coefficients.

@@ -15,7 +15,7 @@ An image is right only if
 * and its colour, size and shape are the stated ones.
 
 Classical measurements only (numpy, scipy.ndimage, Pillow): every threshold below is a named
-constant with its reason, and ``tests/test_toy_judge.py`` holds it to its targets on renders,
+constant with its reason, and ``tests/unit/test_toy_judge.py`` holds it to its targets on renders,
 degraded renders and renders with each defect injected (:mod:`tiue_export.toy.defects`).
 """
 

@@ -21,7 +21,7 @@ from helpers.bundles import tiny_bundle, tiny_vae_bundle
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "examples"))
 import python_embed  # noqa: E402
 

@@ -20,7 +20,7 @@ from tiue_export.build.quantize import CalibrationConfig, calibrate_bundle, keep
 from tiue_export.cli import main
 from tiue_export.errors import ModelError, TiueError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = ["a photo of a cat", "a red cube on a blue table", "an oil painting of a lighthouse at night", "two dogs playing in the snow"]
 
 

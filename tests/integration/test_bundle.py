@@ -17,7 +17,7 @@ from helpers.cli import run_cli
 from tiue_export.bundle import Bundle, Manifest
 from tiue_export.errors import ModelError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

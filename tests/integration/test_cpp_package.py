@@ -21,7 +21,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 #: 22 prompts: the toy domain's captions, unicode, emoji, punctuation, case, whitespace, a special
 #: token's text, the empty prompt and one over the default model's 16 tokens.

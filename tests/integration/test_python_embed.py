@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from helpers.bundles import tiny_bundle
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "python_embed.py"
 
 # Runs the example with torch made unimportable: it must need only the runtime's requirements.

@@ -520,7 +520,7 @@ def test_regression_only_calls_no_teacher_and_leaves_the_lora_teacher(teacher, p
 
 def test_distill_speed_script_runs_on_cpu(tmp_path):
     """scripts/distill_speed.py (the SD 2.1-size GPU measurement) at a tiny width on the CPU."""
-    script = Path(__file__).resolve().parents[1] / "scripts" / "distill_speed.py"
+    script = Path(__file__).resolve().parents[2] / "scripts" / "distill_speed.py"
     report = tmp_path / "speed.json"
     argv = [sys.executable, str(script), "--work", str(tmp_path / "w"), "--width-div", "16", "--resolution", "64",
             "--mixed-precision", "no", "--steps", "2", "--warmup", "1", "--batch-size", "1", "--json", str(report)]
