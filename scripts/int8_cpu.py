@@ -37,7 +37,8 @@ def export(args, out: Path) -> Path:
 
 
 def calibrate(bundle: Path, args, keep=None, method=None) -> dict:
-    from tiue_export.build.quantize import CalibrationConfig, calibrate_bundle
+    from tiue_export.build.calibrate import calibrate_bundle
+    from tiue_export.build.quantize import CalibrationConfig
 
     cfg = CalibrationConfig(
         bundle=bundle, prompts=Path(args.prompts) if args.prompts else None, num=args.num,

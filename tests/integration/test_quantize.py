@@ -16,7 +16,8 @@ from helpers.cli import run_cli as run
 from onnx import numpy_helper
 
 from tiue_export.build import quantize
-from tiue_export.build.quantize import CalibrationConfig, calibrate_bundle, keep_float_nodes, split_prompts
+from tiue_export.build.calibrate import calibrate_bundle
+from tiue_export.build.quantize import CalibrationConfig, keep_float_nodes, split_prompts
 from tiue_export.cli import main
 from tiue_export.errors import ModelError, TiueError
 

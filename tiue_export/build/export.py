@@ -133,8 +133,8 @@ def reference(pipe, manifest, cfg: ExportConfig) -> tuple[dict, dict]:
     """Realistic inputs and PyTorch outputs of every graph: real text embeddings of real prompts,
     Gaussian z_T, the encoder's real features, the fused decoder's real z0 (the traced modules,
     run by the executor)."""
-    from ..reference.torch_graphs import graph_modules, graphs
     from ..executor import graph_feed, run_chain
+    from ..reference.torch_graphs import graph_modules, graphs
 
     b = cfg.validate_batch
     prompts = [cfg.prompts[i % len(cfg.prompts)] for i in range(b)]
@@ -461,9 +461,9 @@ def export_decoder_variant(
     the variant records where it came from (its directory, for check's PyTorch reference), its
     provenance and its PSNR against the full decoder on the reference z0. Returns the manifest and
     the PyTorch decoder's images of the reference z0."""
-    from ..reference.torch_graphs import VaeDecoderGraph
     from ..bundle.manifest import Variant
     from ..compare import psnr
+    from ..reference.torch_graphs import VaeDecoderGraph
 
     row = cfg.decoder_variant
     source = row.resolve(Path(cfg.model), cfg.vae)

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -29,10 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..bundle import Bundle, Manifest, Variant, publish, sha256_file
+from ..bundle import Bundle, Manifest, Variant, sha256_file
 from ..compare import compare_arrays
 from ..errors import InputError, MissingDependency, TiueError, first_line, require
-from ..files import staging_dir
 from ..sampling import initial_noise
 
 log = logging.getLogger("tiue_export")
@@ -480,102 +477,68 @@ def calibration_record(cfg: CalibrationConfig, prompts_file: Path, num: int, qua
     }
 
 
-def calibrate_bundle(cfg: CalibrationConfig) -> CalibrationReport:
-    """Calibrate and write the int8 graphs of the bundle at ``cfg.bundle``.
+class OnnxRuntimeQuantizer:
+    """ONNX Runtime's static quantization: Q/DQ int8 ONNX graphs (the ``int8`` variant, run by
+    ``onnxruntime-int8``, TensorRT and the C++ runtime)."""
 
-    Raises:
-        InputError: bad options, not an fp32 bundle, a missing prompts file. TiueError:
-            quantization failed (the bundle is left as it was).
-    """
-    import onnx
+    variant = "int8"
+    record_key = "calibration"
+    name = "int8"
+    target = ""
+    remedy = "try another --method, more --num, or keep more layers float (--keep-float)"
 
-    from ..runtime import Pipeline
+    def __init__(self, cfg: CalibrationConfig):
+        require("onnxruntime.quantization", "onnxruntime", why="int8 calibration")
+        self.cfg = cfg
+        self.method = cfg.method
 
-    check_config(cfg)
-    if cfg.engine == "openvino":
-        from .quantize_openvino import calibrate_openvino
+    def prompt_count(self) -> int:
+        """Whole batches only: the histogram calibrators stack a stride's batches into one array."""
+        return -(-self.cfg.num // self.cfg.batch) * self.cfg.batch
 
-        return calibrate_openvino(cfg)
-    require("onnxruntime.quantization", "onnxruntime", why="int8 calibration")
-    t_start = time.perf_counter()
-    bundle = open_fp32_bundle(Path(cfg.bundle))
-    # Whole batches only: the histogram calibrators stack a stride's batches into one array.
-    prompts_file, calib, held, seeds, eval_seeds = calibration_sets(cfg, bundle, -(-cfg.num // cfg.batch) * cfg.batch)
-    log.info("calibrating %s on %d prompts from %s (%s)", bundle.path, len(calib), prompts_file, cfg.method)
+    def quantize(self, name: str, bundle: Bundle, fp32, calib: list[str], seeds: list[int], staging: Path) -> Variant:
+        """Graph ``name`` as ``<name>.int8.onnx`` in ``staging``, calibrated on ``fp32``'s feeds."""
+        import onnx
 
-    seconds: dict[str, float] = {}
-    entries: dict[str, dict] = {}
-    root = bundle.path
-    staging = staging_dir(root, "calibrate")
-    fp32 = Pipeline(bundle, "onnxruntime", threads=cfg.threads, providers=["CPUExecutionProvider"])
-    try:
-        for name in QUANTIZED_GRAPHS:
-            t0 = time.perf_counter()
-            src = bundle.graph_path(name)
-            keep = keep_float_nodes(onnx.load(str(src), load_external_data=False), cfg.keep_patterns)
-            external = bool(bundle.manifest.graphs[name].external_data)
-            out = staging / f"{name}.int8.onnx"
-            batches = -(-len(calib) // cfg.batch)
-            reader = data_reader(lambda a, b, name=name: graph_feeds(fp32, name, calib, seeds, cfg.batch, a, b), batches)
-            try:
-                with quiet_ort_quantization():
-                    quantize_graph(src, out, reader, keep, cfg, external)
-            except (ValueError, RuntimeError, onnx.checker.ValidationError) as exc:
-                raise TiueError(f"quantizing {name} failed: {first_line(exc)}") from exc
-            data = sorted(p.name for p in staging.iterdir() if p.name.startswith(out.name) and p != out)
-            entries[name] = Variant(
-                out.name,
-                "int8",
-                sha256_file(out),
-                tuple(data),
-                extra={"quantized": count_quantized(out), "kept_float": dict(sorted(keep.items()))},
-            )
-            seconds[f"quantize_{name}"] = time.perf_counter() - t0
-            q = entries[name].extra["quantized"]
-            log.info(
-                "  %s: %d weights and %d activations in int8, %d weighted nodes kept float", name, q["weights"], q["activations"], len(keep)
-            )
+        cfg = self.cfg
+        src = bundle.graph_path(name)
+        keep = keep_float_nodes(onnx.load(str(src), load_external_data=False), cfg.keep_patterns)
+        external = bool(bundle.manifest.graphs[name].external_data)
+        out = staging / f"{name}.int8.onnx"
+        batches = -(-len(calib) // cfg.batch)
+        reader = data_reader(lambda a, b: graph_feeds(fp32, name, calib, seeds, cfg.batch, a, b), batches)
+        try:
+            with quiet_ort_quantization():
+                quantize_graph(src, out, reader, keep, cfg, external)
+        except (ValueError, RuntimeError, onnx.checker.ValidationError) as exc:
+            raise TiueError(f"quantizing {name} failed: {first_line(exc)}") from exc
+        data = sorted(p.name for p in staging.iterdir() if p.name.startswith(out.name) and p != out)
+        extra = {"quantized": count_quantized(out), "kept_float": dict(sorted(keep.items()))}
+        return Variant(out.name, "int8", sha256_file(out), tuple(data), extra=extra)
 
-        t0 = time.perf_counter()
-        staged_manifest = _with_variants(bundle.manifest, entries, prefix=os.path.relpath(staging, root))
-        with Pipeline(Bundle(root, staged_manifest), "onnxruntime-int8", threads=cfg.threads, providers=["CPUExecutionProvider"]) as int8:
-            quality = measure(fp32, int8, held, eval_seeds)
-        seconds["measure"] = time.perf_counter() - t0
-        log.info("  %s", quality_line(quality))
-        if not quality["ok"]:
-            log.warning(
-                "int8 images are below the %.0f dB target: try another --method, more --num, or keep more layers float (--keep-float)",
-                TARGET_PSNR,
-            )
+    def summary(self, variant: Variant) -> str:
+        q = variant.extra["quantized"]
+        return f"{q['weights']} weights and {q['activations']} activations in int8, {len(variant.extra['kept_float'])} weighted nodes kept float"
 
-        seconds["total"] = time.perf_counter() - t_start
-        calibration = calibration_record(
-            cfg,
-            prompts_file,
-            len(calib),
-            quality,
-            seconds,
-            {"onnxruntime": _ort_version()},
-            tool="onnxruntime.quantization.quantize_static",
-            format="QDQ",
-            activations="int8 symmetric per-tensor",
-            weights="int8 symmetric per-channel",
-            op_types=list(OP_TYPES),
-        )
-        manifest = _with_variants(bundle.manifest, entries, prefix="")
-        manifest = manifest.replace(extra={**manifest.extra, "calibration": calibration})
-        staged = {}
-        for entry in entries.values():
-            for f in [entry.file, *entry.external_data]:
-                staged[f] = staging / f
-        publish(root, staged, manifest)
-    finally:
-        fp32.close()
-        shutil.rmtree(staging, ignore_errors=True)
-    return CalibrationReport(root, entries, quality, seconds)
+    def open_int8(self, staged: Bundle):
+        from ..runtime import Pipeline
+
+        return Pipeline(staged, "onnxruntime-int8", threads=self.cfg.threads, providers=["CPUExecutionProvider"])
+
+    def versions(self) -> dict:
+        return {"onnxruntime": _ort_version()}
+
+    def how(self) -> dict:
+        return {
+            "tool": "onnxruntime.quantization.quantize_static",
+            "format": "QDQ",
+            "activations": "int8 symmetric per-tensor",
+            "weights": "int8 symmetric per-channel",
+            "op_types": list(OP_TYPES),
+        }
 
 
-def _with_variants(manifest: Manifest, entries: dict[str, Variant], prefix: str, variant: str = "int8") -> Manifest:
+def with_variants(manifest: Manifest, entries: dict[str, Variant], prefix: str, variant: str = "int8") -> Manifest:
     """``manifest`` whose graphs carry ``variants.<variant>`` (files under ``prefix``)."""
     for name, v in entries.items():
         if prefix:

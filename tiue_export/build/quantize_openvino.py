@@ -24,31 +24,13 @@ output cannot be written as ONNX) under ``variants.openvino-int8``, with a top-l
 from __future__ import annotations
 
 import logging
-import os
 import re
-import shutil
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..bundle import Bundle, Variant, publish, sha256_file
+from ..bundle import Bundle, Variant, sha256_file
 from ..errors import TiueError, first_line, require
-from ..files import staging_dir
-from .quantize import (
-    KEEP_FLOAT_OPENVINO,
-    QUANTIZED_GRAPHS,
-    TARGET_PSNR,
-    CalibrationConfig,
-    CalibrationReport,
-    _with_variants,
-    calibration_record,
-    calibration_sets,
-    check_config,
-    graph_feeds,
-    measure,
-    open_fp32_bundle,
-    quality_line,
-)
+from .quantize import KEEP_FLOAT_OPENVINO, CalibrationConfig, graph_feeds
 
 log = logging.getLogger("tiue_export")
 
@@ -189,93 +171,49 @@ def count_int8(model) -> dict[str, int]:
     return {"fake_quantize": fq, "int8_weights": weights}
 
 
-def calibrate_openvino(cfg: CalibrationConfig) -> CalibrationReport:
-    """Calibrate and write the OpenVINO int8 graphs of the bundle at ``cfg.bundle``.
+class OpenVinoQuantizer:
+    """NNCF for OpenVINO: int8 IR graphs (the ``openvino-int8`` variant and backend)."""
 
-    Raises:
-        InputError: bad options, not an fp32 bundle, a missing prompts file. MissingDependency:
-            no nncf/openvino. TiueError: quantization failed (the bundle is left as it was).
-    """
-    from ..runtime import Pipeline
+    variant = VARIANT
+    record_key = "openvino_calibration"
+    name = "OpenVINO int8"
+    remedy = "try more --num or --keep-float"
 
-    check_config(cfg)
-    ov = require("openvino", "openvino", why="calibrate --engine openvino")
-    require("nncf", "nncf", why="calibrate --engine openvino")
-    import nncf
+    def __init__(self, cfg: CalibrationConfig):
+        self.ov = require("openvino", "openvino", why="calibrate --engine openvino")
+        self.nncf = require("nncf", "nncf", why="calibrate --engine openvino")
+        self.cfg = cfg
+        self.core = self.ov.Core()
+        self.target = f" for OpenVINO ({cfg.recipe})"
+        self.method = f"NNCF {self.nncf.__version__}"
 
-    t_start = time.perf_counter()
-    bundle = open_fp32_bundle(Path(cfg.bundle))
-    prompts_file, calib, held, seeds, eval_seeds = calibration_sets(cfg, bundle, cfg.num)
-    log.info(
-        "calibrating %s for OpenVINO (%s) on %d prompts from %s (NNCF %s)",
-        bundle.path,
-        cfg.recipe,
-        len(calib),
-        prompts_file,
-        nncf.__version__,
-    )
+    def prompt_count(self) -> int:
+        return self.cfg.num
 
-    seconds: dict[str, float] = {}
-    entries: dict[str, Variant] = {}
-    root = bundle.path
-    staging = staging_dir(root, "calibrate")
-    core = ov.Core()
-    fp32 = Pipeline(bundle, "onnxruntime", threads=cfg.threads, providers=["CPUExecutionProvider"])
-    try:
-        for name in QUANTIZED_GRAPHS:
-            t0 = time.perf_counter()
-            model = core.read_model(str(bundle.graph_path(name)))
-            kept, ignored = float_scope(model, cfg.keep_patterns)
-            out = staging / f"{name}.{VARIANT}.xml"
-            try:
-                q = quantize_model(model, _Feeds(fp32, name, calib, seeds), len(calib), ignored, cfg.recipe)
-                ov.save_model(q, str(out), compress_to_fp16=False)  # float weights stay fp32, as exported
-            except (RuntimeError, ValueError, nncf.ValidationError) as exc:
-                raise TiueError(f"quantizing {name} for OpenVINO failed: {first_line(exc)}") from exc
-            bin_name = out.with_suffix(".bin").name
-            entries[name] = Variant(
-                out.name,
-                "int8",
-                sha256_file(out),
-                (bin_name,),
-                extra={"quantized": count_int8(q), "kept_float": dict(sorted(kept.items()))},
-            )
-            del model, q
-            seconds[f"quantize_{name}"] = time.perf_counter() - t0
-            c = entries[name].extra["quantized"]
-            log.info(
-                "  %s: %d FakeQuantize, %d int8 weight tensors, %d weighted ops kept float",
-                name,
-                c["fake_quantize"],
-                c["int8_weights"],
-                len(kept),
-            )
+    def quantize(self, name: str, bundle: Bundle, fp32, calib: list[str], seeds: list[int], staging: Path) -> Variant:
+        """Graph ``name`` as ``<name>.openvino-int8.xml`` + ``.bin`` in ``staging``."""
+        model = self.core.read_model(str(bundle.graph_path(name)))
+        kept, ignored = float_scope(model, self.cfg.keep_patterns)
+        out = staging / f"{name}.{VARIANT}.xml"
+        try:
+            q = quantize_model(model, _Feeds(fp32, name, calib, seeds), len(calib), ignored, self.cfg.recipe)
+            self.ov.save_model(q, str(out), compress_to_fp16=False)  # float weights stay fp32, as exported
+        except (RuntimeError, ValueError, self.nncf.ValidationError) as exc:
+            raise TiueError(f"quantizing {name} for OpenVINO failed: {first_line(exc)}") from exc
+        extra = {"quantized": count_int8(q), "kept_float": dict(sorted(kept.items()))}
+        return Variant(out.name, "int8", sha256_file(out), (out.with_suffix(".bin").name,), extra=extra)
 
-        t0 = time.perf_counter()
-        staged_manifest = _with_variants(bundle.manifest, entries, prefix=os.path.relpath(staging, root), variant=VARIANT)
-        with Pipeline(Bundle(root, staged_manifest), VARIANT, threads=cfg.threads) as int8:
-            quality = measure(fp32, int8, held, eval_seeds)
-        seconds["measure"] = time.perf_counter() - t0
-        log.info("  %s", quality_line(quality))
-        if not quality["ok"]:
-            log.warning("OpenVINO int8 images are below the %.0f dB target: try more --num or --keep-float", TARGET_PSNR)
-        seconds["total"] = time.perf_counter() - t_start
-        record = calibration_record(
-            cfg,
-            prompts_file,
-            len(calib),
-            quality,
-            seconds,
-            {"nncf": nncf.__version__, "openvino": ov.get_version()},
-            tool="nncf.compress_weights + nncf.quantize",
-            format="OpenVINO IR",
-            recipe=f"{cfg.recipe}: {RECIPES[cfg.recipe]}",
-        )
-        manifest = _with_variants(bundle.manifest, entries, prefix="", variant=VARIANT)
-        manifest = manifest.replace(extra={**manifest.extra, "openvino_calibration": record})
-        staged = {f: staging / f for e in entries.values() for f in (e.file, *e.external_data)}
-        publish(root, staged, manifest)
-    finally:
-        fp32.close()
-        shutil.rmtree(staging, ignore_errors=True)
-    return CalibrationReport(root, entries, quality, seconds)
+    def summary(self, variant: Variant) -> str:
+        c = variant.extra["quantized"]
+        return f"{c['fake_quantize']} FakeQuantize, {c['int8_weights']} int8 weight tensors, {len(variant.extra['kept_float'])} weighted ops kept float"
+
+    def open_int8(self, staged: Bundle):
+        from ..runtime import Pipeline
+
+        return Pipeline(staged, VARIANT, threads=self.cfg.threads)
+
+    def versions(self) -> dict:
+        return {"nncf": self.nncf.__version__, "openvino": self.ov.get_version()}
+
+    def how(self) -> dict:
+        return {"tool": "nncf.compress_weights + nncf.quantize", "format": "OpenVINO IR", "recipe": f"{self.cfg.recipe}: {RECIPES[self.cfg.recipe]}"}

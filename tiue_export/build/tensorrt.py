@@ -20,11 +20,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..backends.tensorrt_checks import GpuInfo, require_tensorrt_gpu
 from ..bundle import Bundle, publish, sha256_file
 from ..errors import InputError, TiueError
 from ..files import staging_dir
 from ..specs import BatchProfile, GraphSpec
-from ..backends.tensorrt_checks import GpuInfo, require_tensorrt_gpu
 
 log = logging.getLogger("tiue_export")
 

@@ -57,7 +57,8 @@ from .types import COUNT, SEED, Finite
 )
 def calibrate(bundle, prompts, num, seed, method, percentile, batch, keep_float, engine, recipe, eval_prompts):
     """Calibrate int8 graphs of the UNet encoder and decoders on the bundle's own pipeline."""
-    from ..build.quantize import CalibrationConfig, calibrate_bundle, quality_line
+    from ..build.calibrate import calibrate_bundle
+    from ..build.quantize import CalibrationConfig, quality_line
 
     cfg = CalibrationConfig(
         bundle=Path(bundle),
