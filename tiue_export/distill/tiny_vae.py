@@ -351,6 +351,72 @@ def save_tiny(out: Path, tiny, record: dict) -> Path:
     return out
 
 
+def load_vae(vae_dir: Path):
+    """The model's own VAE, frozen: the teacher of the tiny decoder."""
+    from diffusers import AutoencoderKL
+
+    try:
+        return AutoencoderKL.from_pretrained(vae_dir).eval().requires_grad_(False)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{vae_dir}: not a loadable AutoencoderKL ({str(exc).splitlines()[0]})") from exc
+
+
+def train_step(cfg: VaeDistillConfig, step: int, vae, decoder, opt, pool: dict, scaling: float, accelerator, rank: int) -> float:
+    """One optimisation step on a batch of pool latents: the tiny decoder's MSE to the full
+    decoder's images of the same z0; returns the loss averaged over processes."""
+    generator = step_generator(cfg.seed, rank, step)
+    idx = torch.randint(0, pool["mean"].shape[0], (cfg.batch_size,), generator=generator)
+    z0 = posterior_z0(pool, idx, scaling, generator).to(accelerator.device)
+    with torch.no_grad():
+        target = vae.decode(z0 / scaling).sample.float()
+    for group in opt.param_groups:
+        group["lr"] = lr_at(step, cfg)
+    with accelerator.autocast():
+        pred = decoder(z0)
+    loss = torch.nn.functional.mse_loss(pred.float(), target)
+    accelerator.backward(loss)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return accelerator.reduce(loss.detach(), reduction="mean").item()
+
+
+def log_step(run: Path, bar, cfg: VaeDistillConfig, step: int, mean_loss: float, seconds: float) -> None:
+    """One line of ``log.jsonl`` and the progress bar (main process)."""
+    record = {"step": step, "loss_mse": mean_loss, "psnr": 10 * math.log10(4.0 / max(mean_loss, 1e-12)), "lr": lr_at(step - 1, cfg), "seconds": seconds}
+    with (run / LOG_FILE).open("a") as f:
+        f.write(json.dumps(record) + "\n")
+    bar.set_postfix({"mse": f"{mean_loss:.3g}", "psnr": f"{record['psnr']:.1f}"})
+    bar.update(1)
+
+
+def checkpoint(run: Path, cfg: VaeDistillConfig, tiny, opt, step: int, world: int) -> None:
+    """Save step ``step``'s checkpoint, keeping the last ``cfg.keep_checkpoints``."""
+    save_checkpoint(run / CHECKPOINTS / f"step-{step:08d}", cfg, tiny.decoder, opt, step, world)
+    if cfg.keep_checkpoints:
+        for old in checkpoint_dirs(run)[: -cfg.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def decoder_record(cfg: VaeDistillConfig, model: Path, vae, source: str, step: int, world: int, score) -> dict:
+    """``distill_vae.json``: what the decoder was distilled from, on what, how long, how well."""
+    return {
+        "distilled_from": {
+            "model": str(model),
+            "vae_sha256": sha256_of_weights(model / "vae"),
+            "vae_scaling_factor": float(vae.config.scaling_factor),
+            "resolution": int(vae.config.sample_size),
+        },
+        "latents": "z0 as the UNet makes it (the VAE's scaling_factor applied): decode(z0) in [-1, 1], as the full vae_decoder graph",
+        "encoder": "untrained placeholder (only the decoder is distilled)",
+        "data": source,
+        "steps": step,
+        "processes": world,
+        "held_out_psnr_db": score,
+        "recipe": cfg.to_dict(),
+        "software": f"tiue-export {__version__}",
+    }
+
+
 def distill_vae(cfg: VaeDistillConfig, resume: bool = False) -> VaeDistillResult:
     """Train a tiny decoder on the model's own VAE decoder.
 
@@ -362,25 +428,18 @@ def distill_vae(cfg: VaeDistillConfig, resume: bool = False) -> VaeDistillResult
     Returns:
         Where the decoder was written, its steps and its held-out PSNR against the full decoder.
     """
-    from diffusers import AutoencoderKL
     from tqdm.auto import tqdm
 
-    from ..reference.pipeline import _check_model_dir
+    from ..reference.pipeline import check_model_dir
 
     model = resolve_model(cfg.model).resolve()
-    _check_model_dir(model)
+    check_model_dir(model)
     cfg = replace(cfg, model=str(model), images=str(Path(cfg.images).resolve()) if cfg.images else None)
     run, out = cfg.run_path, Path(cfg.out)
     ckpts = checkpoint_dirs(run)
     check_resume(cfg, ckpts, resume)
-    vae_dir = model / "vae"
-    try:
-        vae = AutoencoderKL.from_pretrained(vae_dir).eval().requires_grad_(False)
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{vae_dir}: not a loadable AutoencoderKL ({str(exc).splitlines()[0]})") from exc
+    vae = load_vae(model / "vae")
     scaling = float(vae.config.scaling_factor)
-    resolution = int(vae.config.sample_size)
-
     accelerator = make_accelerator(cfg)
     main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
     vae.to(accelerator.device)
@@ -388,10 +447,9 @@ def distill_vae(cfg: VaeDistillConfig, resume: bool = False) -> VaeDistillResult
     tiny.encoder.requires_grad_(False)  # the placeholder encoder is saved, never trained
     opt = torch.optim.Adam(tiny.decoder.parameters(), lr=cfg.lr)
     decoder, opt = accelerator.prepare(tiny.decoder, opt)
-
     if main:
         run.mkdir(parents=True, exist_ok=True)
-    pool, held, source = load_or_encode_pool(cfg, vae, vae_dir, resolution, main, accelerator)
+    pool, held, source = load_or_encode_pool(cfg, vae, model / "vae", int(vae.config.sample_size), main, accelerator)
     step = load_checkpoint(ckpts[-1], tiny.decoder, opt, world) if resume and ckpts else 0
     if main:
         write_json(run / CONFIG_FILE, cfg.to_dict())
@@ -400,64 +458,23 @@ def distill_vae(cfg: VaeDistillConfig, resume: bool = False) -> VaeDistillResult
             "distilling %s's VAE decoder into AutoencoderTiny (width %d, blocks %s): %s, %d process(es) x batch %d, %d steps; run dir %s",
             model, cfg.width, tiny.config.num_decoder_blocks, source, world, cfg.batch_size, cfg.steps, run,
         )
-
-    n = pool["mean"].shape[0]
     bar = tqdm(total=cfg.steps, initial=step, desc="distill-vae", disable=not main, dynamic_ncols=True)
     while step < cfg.steps:
         t0 = time.perf_counter()
-        generator = step_generator(cfg.seed, rank, step)
-        idx = torch.randint(0, n, (cfg.batch_size,), generator=generator)
-        z0 = posterior_z0(pool, idx, scaling, generator).to(accelerator.device)
-        with torch.no_grad():
-            target = vae.decode(z0 / scaling).sample.float()
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        with accelerator.autocast():
-            pred = decoder(z0)
-        loss = torch.nn.functional.mse_loss(pred.float(), target)
-        accelerator.backward(loss)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        mean_loss = train_step(cfg, step, vae, decoder, opt, pool, scaling, accelerator, rank)
         step += 1
-        mean_loss = accelerator.reduce(loss.detach(), reduction="mean").item()
         if main:
-            record = {"step": step, "loss_mse": mean_loss, "psnr": 10 * math.log10(4.0 / max(mean_loss, 1e-12)), "lr": lr_at(step - 1, cfg), "seconds": time.perf_counter() - t0}
-            with (run / LOG_FILE).open("a") as f:
-                f.write(json.dumps(record) + "\n")
-            bar.set_postfix({"mse": f"{mean_loss:.3g}", "psnr": f"{record['psnr']:.1f}"})
-            bar.update(1)
+            log_step(run, bar, cfg, step, mean_loss, time.perf_counter() - t0)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            path = run / CHECKPOINTS / f"step-{step:08d}"
             if main:
-                save_checkpoint(path, cfg, tiny.decoder, opt, step, world)
-                if cfg.keep_checkpoints:
-                    for old in checkpoint_dirs(run)[: -cfg.keep_checkpoints]:
-                        shutil.rmtree(old, ignore_errors=True)
+                checkpoint(run, cfg, tiny, opt, step, world)
             accelerator.wait_for_everyone()
     bar.close()
-
     tiny.eval()
     score = held_out_psnr(tiny, vae, held, scaling, cfg.seed, accelerator.device) if main else None
     if main:
-        record = {
-            "distilled_from": {
-                "model": str(model),
-                "vae_sha256": sha256_of_weights(vae_dir),
-                "vae_scaling_factor": scaling,
-                "resolution": resolution,
-            },
-            "latents": "z0 as the UNet makes it (the VAE's scaling_factor applied): decode(z0) in [-1, 1], as the full vae_decoder graph",
-            "encoder": "untrained placeholder (only the decoder is distilled)",
-            "data": source,
-            "steps": step,
-            "processes": world,
-            "held_out_psnr_db": score,
-            "recipe": cfg.to_dict(),
-            "software": f"tiue-export {__version__}",
-        }
-        save_tiny(out, tiny, record)
+        save_tiny(out, tiny, decoder_record(cfg, model, vae, source, step, world, score))
         log.info("wrote the tiny decoder to %s (%d steps; held-out PSNR vs the full decoder %s dB)", out, step, "n/a" if score is None else f"{score:.2f}")
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return VaeDistillResult(out=out, steps=step, psnr_held_out=score, is_main=main)
-

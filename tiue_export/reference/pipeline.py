@@ -76,7 +76,7 @@ def _load(component: str, path: Path, loader):
         raise ModelError(f"{path}: cannot load '{component}': {reason}") from exc
 
 
-def _check_model_dir(path: Path) -> None:
+def check_model_dir(path: Path) -> None:
     if not path.exists():
         raise ModelError(f"no such model directory: {path}")
     if not path.is_dir():
@@ -376,7 +376,7 @@ def load_pipeline(
 
     path = Path(path)
     compile = check_compile_mode(compile, device)
-    _check_model_dir(path)
+    check_model_dir(path)
     student_config = StudentConfig.read(path)
 
     def scheduler_loader(sub):
