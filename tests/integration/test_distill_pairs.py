@@ -145,7 +145,7 @@ def tiny_clip(path: Path) -> Path:
     """A random CLIP model (both towers tiny) with the tiny models' tokenizer, saved to ``path``."""
     from transformers import CLIPConfig, CLIPModel
 
-    from tiue_export.tokenizer import tiny_clip_tokenizer
+    from tiue_export.reference.tokenizer_builder import tiny_clip_tokenizer
 
     tok = tiny_clip_tokenizer(path, model_max_length=16)
     torch.manual_seed(0)
