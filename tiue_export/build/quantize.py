@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
+from ..backends import ONNX_ENGINES
 from ..bundle import Bundle, Manifest, Variant, sha256_file
 from ..compare import compare_arrays
 from ..errors import InputError, MissingDependency, TiueError, first_line, require
@@ -40,8 +41,8 @@ QUANTIZED_GRAPHS = ("unet_encoder", "unet_decoder", "unet_decoder_fused")
 
 METHODS = ("minmax", "entropy", "percentile")
 #: ``--engine``: ONNX Runtime Q/DQ graphs (variant ``int8``; TensorRT, ONNX Runtime, the C++ runtime)
-#: or OpenVINO IR from NNCF (variant ``openvino-int8``; ov_quantize.py).
-ENGINES = ("onnxruntime", "openvino")
+#: or OpenVINO IR from NNCF (variant ``openvino-int8``): one quantizer each (build/calibrate.py).
+CALIBRATION_ENGINES = ONNX_ENGINES
 #: ``--recipe`` of ``--engine openvino`` (ov_quantize.RECIPES says what each quantizes).
 OV_RECIPES = ("hybrid", "int8-matmul")
 
@@ -425,8 +426,8 @@ def quality_line(quality: dict) -> str:
 
 # -- the command ----------------------------------------------------------------------------------
 def check_config(cfg: CalibrationConfig) -> None:
-    if cfg.engine not in ENGINES:
-        raise InputError(f"unknown --engine {cfg.engine!r}: use one of {', '.join(ENGINES)}")
+    if cfg.engine not in CALIBRATION_ENGINES:
+        raise InputError(f"unknown --engine {cfg.engine!r}: use one of {', '.join(CALIBRATION_ENGINES)}")
     if cfg.recipe not in OV_RECIPES:
         raise InputError(f"unknown --recipe {cfg.recipe!r}: use one of {', '.join(OV_RECIPES)}")
     if cfg.method not in METHODS:

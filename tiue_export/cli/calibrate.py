@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..build.quantize import ENGINES, METHODS, OV_RECIPES
+from ..build.quantize import CALIBRATION_ENGINES, METHODS, OV_RECIPES
 from .types import COUNT, SEED, Finite
 
 
@@ -38,7 +38,7 @@ from .types import COUNT, SEED, Finite
 )
 @click.option(
     "--engine",
-    type=click.Choice(ENGINES),
+    type=click.Choice(CALIBRATION_ENGINES),
     default="onnxruntime",
     show_default=True,
     help="onnxruntime: Q/DQ ONNX graphs (backends onnxruntime-int8, tensorrt-int8, the C++ runtime); openvino: NNCF's "

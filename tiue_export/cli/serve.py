@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import click
 
-from ..backends import REGISTRY
+from ..backends import BUNDLE_ENGINES, REGISTRY
 from ..errors import InputError, require
 
 #: What --backend takes: the bundle engines and their registry names (no torch: serve runs bundles).
-ENGINES = ("onnxruntime", "openvino", "tensorrt")
-BACKENDS = list(ENGINES) + [n for n, b in REGISTRY.items() if b.engine in ENGINES and n not in ENGINES]
+BACKENDS = list(BUNDLE_ENGINES) + [n for n, b in REGISTRY.items() if b.engine in BUNDLE_ENGINES and n not in BUNDLE_ENGINES]
 
 
 def parse_autoscale(value: str | None) -> tuple[int, int] | None:
