@@ -51,9 +51,9 @@ OV_RECIPES = ("hybrid", "int8-matmul")
 OP_TYPES = ("Conv", "MatMul", "Gemm")
 
 #: Node-name patterns kept in float, besides the structural rules of :func:`keep_float_nodes`.
-#: Measured on trained toy weights (docs/engines.md): conv_in (reads raw z_T) and conv_out (writes
-#: eps, whose error Eq. 11 multiplies by |E_k|) are worth +5 dB end to end; the attention blocks'
-#: proj_in/proj_out and the resnets' 1x1 conv_shortcut another +4 dB, for few FLOPs.
+#: conv_in reads raw z_T and conv_out writes eps, whose error Eq. 11 multiplies by |E_k|; the
+#: attention blocks' proj_in/proj_out and the resnets' 1x1 conv_shortcut cost few FLOPs; all four
+#: lose the most image quality in int8 (docs/engines.md has the measurements).
 KEEP_FLOAT = (r"/conv_in/", r"/conv_out/", r"/proj_(in|out)/", r"/conv_shortcut/")
 #: ``--engine openvino``'s default: its MatMuls (proj_in/out included) are weight-only int8 there,
 #: so only the UNet's first and last convolutions are kept by name (ov_quantize.py).
@@ -75,8 +75,8 @@ class CalibrationConfig:
     prompts: Path | None = None  # None: calibration/toy_prompts.txt for the built-in toy models, else prompts.txt
     num: int = 64  # calibration images (rounded up to whole batches): SD-sized UNets' ranges settle by a few dozen
     seed: int = 0  # seed of the prompt order and of image i's z_T (seed + i)
-    # |x| at the 99.999th percentile: clips rare outliers; measured +0.6 dB end to end over minmax
-    # on an SD-architecture UNet (docs/engines.md). minmax: max |x|; entropy: TensorRT's KL method.
+    # |x| at the 99.999th percentile: clips rare outliers that would waste the 8-bit range
+    # (docs/engines.md). minmax: max |x|; entropy: TensorRT's KL method.
     method: str = "percentile"
     batch: int = 4  # images per calibration batch (the runtime's default batch profile max)
     # Extra node-name patterns (regular expressions) to keep in float; None: the default KEEP_FLOAT.
@@ -85,9 +85,8 @@ class CalibrationConfig:
     eval_prompts: int = 4  # held-out prompts for the int8 vs fp32 measurement
     threads: int = 0  # ONNX Runtime intra-op threads (0: its default)
     engine: str = "onnxruntime"  # onnxruntime: Q/DQ ONNX graphs; openvino: NNCF's OpenVINO IR (method/batch unused)
-    # --engine openvino: int8-matmul (projection/feed-forward MatMuls int8 x int8 too) runs the SD 2.1
-    # 512x512 UNet 1.10x faster than hybrid (MatMul weight-only int8) and keeps the toy gates (38.6 dB,
-    # toy eval within 0.6 points); hybrid keeps 1.5 dB more (docs/engines.md)
+    # --engine openvino: int8-matmul (projection/feed-forward MatMuls int8 x int8 too) is the faster
+    # recipe within the quality gates; hybrid (MatMul weight-only int8) keeps more quality (docs/engines.md)
     recipe: str = "int8-matmul"
 
     def to_dict(self) -> dict:

@@ -81,7 +81,7 @@ def train_teacher_cmd(out, work_dir, vae_steps, steps, seed, threads, checkpoint
     from dataclasses import replace
 
     # On shared cores, OpenMP threads that spin while waiting at barriers slow every process on
-    # the machine (10x measured with 2 threads among other jobs); sleeping costs nothing when idle.
+    # the machine; sleeping costs nothing when idle.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from . import quiet_libraries
 

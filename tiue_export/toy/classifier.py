@@ -74,7 +74,7 @@ class ClassifierConfig:
 class TrainConfig:
     """How :func:`train_classifier` trains; the resolved config is saved in ``config.json``."""
 
-    steps: int = 1500  # ~3 min on 2 CPU cores; accuracy saturates well before
+    steps: int = 1500  # accuracy saturates well before (docs/toy.md)
     batch_size: int = 64
     lr: float = 3e-3  # AdamW with a one-cycle schedule: fast and stable for a BN CNN this small
     weight_decay: float = 1e-4

@@ -49,19 +49,19 @@ class TeacherConfig:
     text_max_tokens: int = 16  # captions are 10 tokens with BOS/EOS; SD's 77 would be waste
     # --- VAE: 64x64x3 <-> 16x16x4 (factor 4), trained first ---
     vae_channels: tuple[int, ...] = (8, 16, 32)  # 3 levels = factor 4: at factor 8 (8x8 latents) a small shape
-    # is 2 latent cells wide and even reconstructions lose it (80% shape accuracy measured); narrow at full
-    # resolution, where the cost is
+    # is 2 latent cells wide and even reconstructions lose it (docs/toy.md); narrow at full resolution,
+    # where the cost is
     vae_layers_per_block: int = 1  # the shapes are flat colours: one resnet per level is enough
     vae_norm_groups: int = 1  # GroupNorm over all channels: per-channel groups would subtract each flat colour away
     vae_mid_attention: bool = False  # fully convolutional, so it can train on crops and run on whole images
     vae_crop: int = 32  # train on 32x32 crops around the object of 64x64 renders: 4x cheaper, same scale and edges
-    vae_steps: int = 3000  # ~11 minutes on 2 cores; reconstructions reach ~29 dB PSNR
+    vae_steps: int = 3000  # where reconstructions stop improving (docs/toy.md)
     vae_batch: int = 16  # fresh renders every step: small batches, many steps
     vae_crop_steps: int = 2200  # then whole images: GroupNorm statistics span the image, so the VAE must
     # finish on the size it runs on (crop-trained, whole-image backgrounds drift in colour)
     vae_full_batch: int = 8  # whole images cost 4 crops each
     vae_warmup: int = 50  # then cosine decay to 0: the last, small steps sharpen the edges
-    vae_lr: float = 1e-3  # Adam on a small conv net from scratch (3e-3 measured slower)
+    vae_lr: float = 1e-3  # Adam on a small conv net from scratch
     vae_kl_weight: float = 1e-6  # as SD's VAE: a hint of KL keeps latents bounded, reconstructions sharp
     vae_logvar_init: float = -6.0  # start with little posterior noise: at the default (std 1) a fresh
     # decoder sees mostly noise and learns blurry averages for hundreds of steps
@@ -79,7 +79,7 @@ class TeacherConfig:
     unet_lr: float = 1e-3  # high for a short run on a small net; warmup, clipping and cosine decay keep it stable
     unet_warmup: int = 200
     caption_dropout: float = 0.1  # empty prompt 10% of the time: the unconditional branch of CFG
-    snr_gamma: float = 5.0  # Min-SNR weighting (Hang et al. 2023): ~3x faster convergence than plain epsilon MSE
+    snr_gamma: float = 5.0  # Min-SNR weighting (Hang et al. 2023): converges faster than plain epsilon MSE
     ema_decay: float = 0.999  # with warmup; averages the last ~1000 steps of a short, noisy run
     # --- bookkeeping ---
     checkpoint_every: int = 250  # ~2 minutes of work lost at most on an interruption
