@@ -55,13 +55,13 @@ class TeacherConfig:
     vae_norm_groups: int = 1  # GroupNorm over all channels: per-channel groups would subtract each flat colour away
     vae_mid_attention: bool = False  # fully convolutional, so it can train on crops and run on whole images
     vae_crop: int = 32  # train on 32x32 crops around the object of 64x64 renders: 4x cheaper, same scale and edges
-    vae_steps: int = 3000  # where reconstructions stop improving (docs/toy.md)
+    vae_steps: int = 3000  # reconstructions good enough for every attribute (docs/toy.md has the numbers)
     vae_batch: int = 16  # fresh renders every step: small batches, many steps
     vae_crop_steps: int = 2200  # then whole images: GroupNorm statistics span the image, so the VAE must
     # finish on the size it runs on (crop-trained, whole-image backgrounds drift in colour)
     vae_full_batch: int = 8  # whole images cost 4 crops each
     vae_warmup: int = 50  # then cosine decay to 0: the last, small steps sharpen the edges
-    vae_lr: float = 1e-3  # Adam on a small conv net from scratch
+    vae_lr: float = 1e-3  # Adam on a small conv net from scratch (docs/toy.md)
     vae_kl_weight: float = 1e-6  # as SD's VAE: a hint of KL keeps latents bounded, reconstructions sharp
     vae_logvar_init: float = -6.0  # start with little posterior noise: at the default (std 1) a fresh
     # decoder sees mostly noise and learns blurry averages for hundreds of steps
