@@ -388,7 +388,7 @@ def write_images(gen: Generator, jobs, paths, batch_size: int, wrote: Callable[[
         result = gen.sample([p for p, _ in chunk], [s for _, s in chunk])
         for key, v in result.timings.items():
             totals[key] = totals.get(key, 0.0) + v
-        meta = gen.metadata(getattr(result, "provider", None))
+        meta = gen.metadata(result.provider)
         for (prompt, s), image, path in zip(chunk, result.images, paths[start : start + batch_size]):
             write_png(path, image, png_metadata(meta, prompt, s))
             wrote(path)

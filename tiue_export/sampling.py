@@ -6,7 +6,7 @@ Nothing here imports torch: the torch-free runtime and the PyTorch reference sha
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -41,6 +41,20 @@ class SamplerChoice:
 
     def __str__(self) -> str:
         return f"ddim:{self.steps}" if self.kind == "ddim" else self.kind
+
+
+@dataclass
+class SampleResult:
+    """What a pipeline call made: images (uint8 NHWC), the z0 latents they came from, their seeds,
+    per-stage seconds, what ran them (``provider``: the bundle backends'), and the K-step eps of
+    the PyTorch one-pass sampler (``eps``)."""
+
+    images: np.ndarray
+    latents: np.ndarray
+    seeds: list[int]
+    timings: dict[str, float] = field(default_factory=dict)
+    provider: str = ""
+    eps: np.ndarray | None = None
 
 
 def initial_noise(seeds: Sequence[int], shape: Sequence[int]) -> np.ndarray:

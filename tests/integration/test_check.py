@@ -81,14 +81,14 @@ def test_backend_with_only_the_unfused_decoder(bundle, tiny_models):
     from tiue_export.reference.pipeline import load_pipeline
     from tiue_export.runtime import Bundle
     from tiue_export.sampling import initial_noise
-    from tiue_export.verify.check import check_backend, reference
+    from tiue_export.verify.check import check_backend, reference_chain
 
     opened = Bundle.open(bundle)
     manifest = opened.manifest
     pipe = load_pipeline(tiny_models("sd21"))
     prompts = ["a photo of a cat"]
     noise = initial_noise([0], pipe.latent_shape())
-    ref = reference(pipe, manifest, pipe.tokenize(prompts), noise)
+    ref = reference_chain(pipe, manifest, pipe.tokenize(prompts), noise)
     backend = backends.get("onnxruntime")
     full = backend.graphs(opened)
     unfused = GraphSet({g: full.factories[g] for g in ("text_encoder", "unet_encoder", "unet_decoder", "vae_decoder")})

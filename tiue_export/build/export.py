@@ -129,7 +129,7 @@ def check_config(cfg: ExportConfig) -> None:
     writable_dir(out.absolute().parent, "--out's parent")
 
 
-def reference(pipe, manifest, cfg: ExportConfig) -> tuple[dict, dict]:
+def validation_inputs(pipe, manifest, cfg: ExportConfig) -> tuple[dict, dict, dict, dict]:
     """Realistic inputs and PyTorch outputs of every graph: real text embeddings of real prompts,
     Gaussian z_T, the encoder's real features, the fused decoder's real z0 (the traced modules,
     run by the executor)."""
@@ -417,7 +417,7 @@ def export_bundle(cfg: ExportConfig, pipe=None) -> ExportReport:
     owned = pipe is None  # a pipeline we loaded ourselves may lose modules as soon as they are exported
     pipe = load_student(cfg, pipe)
     manifest = pipe.manifest(cfg.height, cfg.width, cfg.precision, cfg.opset, cfg.batch)
-    inputs, refs, modules, stored = reference(pipe, manifest, cfg)
+    inputs, refs, modules, stored = validation_inputs(pipe, manifest, cfg)
     seconds = {"load_and_reference": time.perf_counter() - t_start}
     report = ExportReport(Path(cfg.out), {}, seconds)
 

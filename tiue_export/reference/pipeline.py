@@ -11,7 +11,6 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ import torch
 
 from ..errors import InputError, ModelError
 from ..executor import require_finite
-from ..sampling import SamplerChoice, classifier_free_guidance, initial_noise, sample_ddim, to_uint8_images
+from ..sampling import SamplerChoice, SampleResult, classifier_free_guidance, initial_noise, sample_ddim, to_uint8_images
 from ..schedule import OnePassSchedule, ddim_plan
 from .student import TiUEStudent
 from .tiue_config import DEFAULT_GUIDANCE, StudentConfig
@@ -50,17 +49,6 @@ def guided_denoiser(unet, cond: torch.Tensor, uncond: torch.Tensor, guidance: fl
         return classifier_free_guidance(eps_uncond, eps_cond, guidance)
 
     return eps
-
-
-@dataclass
-class SampleResult:
-    """Images (uint8 NHWC) with the latents they came from and per-stage seconds."""
-
-    images: np.ndarray
-    latents: np.ndarray
-    seeds: list[int]
-    timings: dict[str, float] = field(default_factory=dict)
-    eps: np.ndarray | None = None
 
 
 def _load(component: str, path: Path, loader):
@@ -328,7 +316,7 @@ class TorchPipeline:
             manifest = self.manifest(shape[1] * self.vae_scale_factor, shape[2] * self.vae_scale_factor)
             result = run_chain(manifest, self.graphs(), ids, np.asarray(noise, dtype=np.float32), "unfused", keep=True)
             eps_out = result.values["unet_decoder.eps"]
-            return SampleResult(to_uint8_images(result.images), result.z0, list(seeds), result.timings, eps_out)
+            return SampleResult(to_uint8_images(result.images), result.z0, list(seeds), result.timings, eps=eps_out)
         else:
             t0 = time.perf_counter()
             cond = self.encode_text(prompts)

@@ -13,7 +13,8 @@ Importing this package never imports torch (a test checks it).
 from ..backends.onnxruntime import OrtRunner, SessionLoader, choose_providers
 from ..backends.openvino import OvLoader, OvRunner, openvino_default_precision
 from ..bundle import MANIFEST, SCHEMA_VERSION, VALIDATION, Bundle, sha256_file
-from .pipeline import BundleTokenizer, Pipeline, RuntimeResult, openvino_options
+from ..sampling import SampleResult
+from .pipeline import BundleTokenizer, Pipeline, openvino_options
 
 __all__ = [
     "Bundle",
@@ -23,7 +24,7 @@ __all__ = [
     "OvLoader",
     "OvRunner",
     "Pipeline",
-    "RuntimeResult",
+    "SampleResult",
     "SCHEMA_VERSION",
     "SessionLoader",
     "VALIDATION",

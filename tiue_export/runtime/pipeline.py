@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -14,21 +13,10 @@ from .. import backends
 from ..bundle import Bundle
 from ..errors import InputError, require
 from ..executor import run_chain
-from ..sampling import initial_noise, to_uint8_images
+from ..sampling import SampleResult, initial_noise, to_uint8_images
 from ..variants import with_vae
 
 log = logging.getLogger("tiue_export")
-
-
-@dataclass
-class RuntimeResult:
-    """Images (uint8 NHWC), the z0 latents they came from, seeds and per-stage seconds."""
-
-    images: np.ndarray
-    latents: np.ndarray
-    seeds: list[int]
-    timings: dict[str, float] = field(default_factory=dict)
-    provider: str = ""
 
 
 def openvino_options(word: str | None) -> dict:
@@ -211,7 +199,7 @@ class Pipeline:
         seed: int = 0,
         noise: np.ndarray | None = None,
         fused: bool | None = None,
-    ) -> RuntimeResult:
+    ) -> SampleResult:
         """One image per prompt with the one-pass sampler.
 
         Args:
@@ -227,4 +215,4 @@ class Pipeline:
         chain = self.graphs.preferred_chain if fused is None else ("fused" if fused else "unfused")
         self.graphs.check_chain(chain, self.manifest)
         result = run_chain(self.manifest, self.graphs, self.tokenize(prompts), noise, chain)
-        return RuntimeResult(to_uint8_images(result.images), result.z0, seeds, result.timings, self.provider)
+        return SampleResult(to_uint8_images(result.images), result.z0, seeds, result.timings, self.provider)

@@ -88,7 +88,7 @@ class BackendReport:
 
 
 # -- the reference ------------------------------------------------------------------------------
-def reference(pipe, manifest, ids: np.ndarray, noise: np.ndarray) -> dict:
+def reference_chain(pipe, manifest, ids: np.ndarray, noise: np.ndarray) -> dict:
     """Every intermediate of the PyTorch one-pass chain for token ids and z_T (the executor on
     the reference's graphs, Eq. 11 in float64)."""
     from ..executor import run_chain
@@ -268,7 +268,7 @@ def check_coefficients(graphs, manifest, ref: dict) -> Comparison:
 
 def check_torch_determinism(pipe, manifest, ref: dict) -> BackendReport:
     """``torch``: the reference run again must give bit-identical outputs (determinism)."""
-    again = reference(pipe, manifest, ref["ids"], ref["noise"])
+    again = reference_chain(pipe, manifest, ref["ids"], ref["noise"])
     report = BackendReport("torch", "fp32", True)
     report.graphs.append(compare_outputs("unet", {"eps": ref["eps"]}, {"eps": again["eps"]}, EXACT))
     report.end_to_end = Comparison(
@@ -303,7 +303,7 @@ def _torch_reference(cfg: CheckConfig, bundle):
         raise ModelError(f"{model} gives timesteps {list(pipe.schedule.timesteps)}, the bundle has {list(m.sampler.timesteps)}")
     prompts = list(cfg.prompts)
     noise = initial_noise(range(cfg.seed, cfg.seed + len(prompts)), m.latent)
-    ref = reference(pipe, m, pipe.tokenize(prompts), noise)
+    ref = reference_chain(pipe, m, pipe.tokenize(prompts), noise)
     for name in decoder_variants(m) if cfg.vae != "full" else ():
         if cfg.vae in ("auto", name):
             ref = decoder_reference(pipe, m, model, ref, name)
