@@ -17,7 +17,7 @@ requests = pytest.importorskip("requests")
 
 from helpers.bundles import tiny_bundle, tiny_vae_bundle  # noqa: E402
 from helpers.cli import run_cli  # noqa: E402
-from _serving import serving  # noqa: E402
+from helpers.serving import serving  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

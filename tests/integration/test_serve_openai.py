@@ -17,8 +17,8 @@ pytest.importorskip("ray.serve", reason="the serve extra: pip install 'tiue-expo
 openai = pytest.importorskip("openai", reason="the official OpenAI client: pip install openai (in the test extra)")
 requests = pytest.importorskip("requests")
 
-from _bundles import tiny_bundle  # noqa: E402
-from _serving import infer_pngs, serving  # noqa: E402
+from helpers.bundles import tiny_bundle  # noqa: E402
+from helpers.serving import infer_pngs, serving  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -12,8 +12,8 @@ import os
 import shutil
 
 import pytest
-from _bundles import tiny_vae_bundle
-from _serving import infer_pngs, serving
+from helpers.bundles import tiny_vae_bundle
+from helpers.serving import infer_pngs, serving
 
 CHROMIUM = os.environ.get("TIUE_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 

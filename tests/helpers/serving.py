@@ -34,8 +34,9 @@ def serving(bundle, **options):
 
 def infer_pngs(bundle, out, prompt: str, seed: int, num_images: int, capsys, *options) -> dict[int, bytes]:
     """``tiue-export infer`` files of ``prompt`` by seed, read from their own PNG text."""
-    from _cli import run_cli
     from PIL import Image
+
+    from helpers.cli import run_cli
 
     args = ["infer", "--backend", "onnxruntime", "--model", str(bundle), "--prompt", prompt, "--seed", str(seed)]
     code, _, err = run_cli([*args, "--num-images", str(num_images), "--out", str(out), *options], capsys)
