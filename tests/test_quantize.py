@@ -116,7 +116,8 @@ def test_calibrate_writes_int8_variants_into_the_manifest(int8_bundle):
     cal = manifest["calibration"]
     assert cal["num"] == 4 and cal["config"]["num"] == 3  # rounded up to whole batches of 2
     assert cal["config"]["method"] == "percentile" and cal["quality"]["prompts"]
-    assert cal["quality"]["min_psnr_db"] >= quantize.TARGET_PSNR and cal["quality"]["ok"]
+    assert cal["quality"]["min_psnr_db"] >= quantize.MIN_PSNR["onnxruntime"] and cal["quality"]["ok"]
+    assert cal["config"]["min_psnr"] == quantize.MIN_PSNR["onnxruntime"] == cal["quality"]["target_psnr_db"]
 
 
 @pytest.mark.slow
@@ -155,7 +156,7 @@ def test_int8_pipeline_runs_on_onnxruntime_cpu_close_to_fp32(int8_bundle):
         out = int8(PROMPTS[:2], seed=7)
         unfused = int8(PROMPTS[:2], seed=7, fused=False)
     assert not np.array_equal(ref.images, out.images)  # really a different graph
-    assert compare_arrays(ref.images, out.images, data_range=255.0).psnr >= quantize.TARGET_PSNR
+    assert compare_arrays(ref.images, out.images, data_range=255.0).psnr >= quantize.MIN_PSNR["onnxruntime"]
     assert compare_arrays(out.images, unfused.images, data_range=255.0).psnr >= 40
 
 
@@ -206,6 +207,25 @@ def test_calibrate_refuses_fp16_and_non_bundles(fp32_bundle, tmp_path, capsys):
     assert code == 2 and err.strip().endswith("calibrate needs the fp32 graphs (tiue-export export --precision fp32)")
     code, _, err = run(["calibrate", str(fp32_bundle), "--method", "kl"], capsys)
     assert code == 2 and "'kl' is not one of" in err
+
+
+def test_calibration_under_its_gate_is_refused(int8_bundle, fp32_bundle, prompts_file, tmp_path, capsys):
+    """The Q/DQ engine's gate (30 dB by default) set above what the tiny bundle reaches: exit 1, one
+    error line with the measured PSNR and what to try, nothing written."""
+    bundle = copy_of(fp32_bundle, tmp_path)
+    before = {p.relative_to(bundle): p.read_bytes() for p in bundle.rglob("*") if p.is_file()}
+    reached = json.loads((int8_bundle / "manifest.json").read_text())["calibration"]["quality"]["min_psnr_db"]
+    gate = f"{reached + 20:.0f}"
+    argv = ["calibrate", str(bundle), "--prompts", str(prompts_file), "--num", "3", "--batch", "2", "--eval-prompts", "1", "--min-psnr", gate]
+    code, _, err = run(argv, capsys)
+    assert code == 1 and "Traceback" not in err, err
+    err = err.strip().splitlines()[-1]  # after calibrate's progress lines, the refusal
+    assert err.startswith("error: ") and err.count("error") == 1
+    assert f"int8 images are {reached:.1f} dB from fp32 end to end, under calibrate's {gate} dB gate: nothing was written to {bundle}" in err
+    assert "--num 6" in err and "--keep-float REGEX" in err and "another --method (minmax, entropy)" in err
+    assert f"accept less with --min-psnr {int(reached)}" in err
+    assert {p.relative_to(bundle): p.read_bytes() for p in bundle.rglob("*") if p.is_file()} == before
+    assert not list(tmp_path.glob(".bundle.*"))
 
 
 @pytest.mark.slow
