@@ -54,14 +54,20 @@ class CpuFeatures:
 @lru_cache(maxsize=1)
 def cpu_features() -> CpuFeatures:
     """This machine's CPU, from ``/proc/cpuinfo`` (Linux); elsewhere the model only, no flags."""
-    fields: dict[str, str] = {}
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, sep, value = line.partition(":")
-            if sep and key.strip() not in fields:
-                fields[key.strip()] = value.strip()
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        pass
+        text = ""
+    return parse_cpuinfo(text)
+
+
+def parse_cpuinfo(text: str) -> CpuFeatures:
+    """The first processor of a ``/proc/cpuinfo`` text."""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() not in fields:
+            fields[key.strip()] = value.strip()
     have = set(fields.get("flags", "").split())
     return CpuFeatures(
         vendor=fields.get("vendor_id", "unknown vendor"),
