@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from _bundles import tiny_bundle
+from _cli import exit_code
 from _cli import run_cli as run
 
 pytest.importorskip("openvino", reason="openvino is not installed (pip install 'tiue-export[openvino]')")
@@ -46,13 +47,10 @@ def run_cli_plain(argv):
     import contextlib
     import io
 
-    from tiue_export.cli import main
-
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exc:
-        main(argv)
-        raise SystemExit(0)
-    return exc.value.code or 0, out.getvalue(), err.getvalue()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = exit_code(argv)
+    return code, out.getvalue(), err.getvalue()
 
 
 def test_variant_files_and_record_in_the_manifest(ov_bundle):

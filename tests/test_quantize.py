@@ -12,11 +12,11 @@ import numpy as np
 import onnx
 import pytest
 from _bundles import tiny_bundle
+from _cli import exit_code
 from _cli import run_cli as run
 from onnx import numpy_helper
 
 from tiue_export import quantize
-from tiue_export.cli import main
 from tiue_export.errors import ModelError, TiueError
 from tiue_export.quantize import CalibrationConfig, calibrate_bundle, keep_float_nodes, split_prompts
 
@@ -41,10 +41,7 @@ def int8_bundle(fp32_bundle, prompts_file, tmp_path_factory):
     """The tiny bundle calibrated through the CLI (a copy: the shared export stays fp32 only)."""
     out = tmp_path_factory.mktemp("int8") / "bundle"
     shutil.copytree(fp32_bundle, out)
-    with pytest.raises(SystemExit) as exc:
-        main(["calibrate", str(out), "--prompts", str(prompts_file), "--num", "3", "--batch", "2", "--eval-prompts", "1"])
-        raise SystemExit(0)
-    assert (exc.value.code or 0) == 0
+    assert exit_code(["calibrate", str(out), "--prompts", str(prompts_file), "--num", "3", "--batch", "2", "--eval-prompts", "1"]) == 0
     return out
 
 
