@@ -17,8 +17,8 @@ decoder's output (z0 cosine 0.917 where the same graph in f32 keeps 0.994). NNCF
 statistics one sample at a time, so memory stays one sample's activations at any model size.
 
 Portable int8 (NNCF's overflow fix on every quantized Convolution and MatMul): each weight keeps a
-7-bit range (levels -64..63 in its int8 tensor), so an int8 x int8 dot product cannot saturate the
-16-bit intermediate sums of AVX2's ``vpmaddubsw`` on CPUs without VNNI. NNCF's default fixes the
+7-bit range (|w| <= 64 in its int8 tensor), so an int8 x int8 dot product cannot saturate the
+16-bit intermediate sums of AVX2's ``vpmaddubsw`` on CPUs without VNNI (2 x 255 x 64 < 2^15). NNCF's default fixes the
 first layer only; the rest then saturates on AVX2 (the toy student's images fall to 28 dB there).
 The 7-bit weights cost VNNI and AMX CPUs, which sum in 32 bits, almost nothing, so one bundle keeps
 its quality on every x86 CPU; the manifest records the assumption (``openvino_calibration.int8``).
@@ -74,7 +74,7 @@ RECIPES = {
 #: What the int8 graphs assume of the CPU that runs them (the manifest's ``openvino_calibration.int8``).
 INT8_ASSUMES = {
     "overflow_fix": "enable",  # nncf.OverflowFix.ENABLE: every quantized Convolution and MatMul
-    "weight_bits": 7,  # the weights' range: int8 tensors holding -64..63
+    "weight_bits": 7,  # the weights' range: int8 tensors with |w| <= 64
     "activation_bits": 8,
     "runs_on": "x86 CPUs with or without VNNI: no 16-bit intermediate sum of AVX2's int8 dot products saturates",
 }
