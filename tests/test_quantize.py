@@ -3,6 +3,7 @@
 atomic bundle update and one-line errors."""
 
 import json
+import logging
 import shutil
 from importlib import resources
 from pathlib import Path
@@ -245,3 +246,27 @@ def test_failed_calibration_leaves_the_bundle_as_it_was(fp32_bundle, prompts_fil
     after = {p.relative_to(bundle): p.read_bytes() for p in bundle.rglob("*") if p.is_file()}
     assert after == before
     assert not list(tmp_path.glob(".bundle.*"))
+
+
+@pytest.mark.parametrize("cpuinfo, warned", [("flags : avx2", True), ("flags : avx2 avx512f avx512_vnni", False)])
+def test_qdq_graphs_on_openvino_warn_on_cpus_without_vnni(int8_bundle, monkeypatch, caplog, cpuinfo, warned):
+    """OpenVINO runs the Q/DQ graphs' int8 x int8 products with 16-bit sums on AVX2-only CPUs, which
+    their 8-bit weights saturate (docs/engines.md): loading them there says so and what to use."""
+    pytest.importorskip("openvino", reason="openvino is not installed (pip install 'tiue-export[openvino]')")
+    from tiue_export import cpu
+    from tiue_export.runtime import Pipeline
+
+    monkeypatch.setattr(cpu, "cpu_features", lambda: cpu.parse_cpuinfo(f"model name : Some CPU\n{cpuinfo}\n"))
+    logger = logging.getLogger("tiue_export")  # the CLI's logger does not propagate to caplog's root handler
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level("WARNING", logger="tiue_export"), Pipeline.load(int8_bundle, backend="openvino-int8-qdq"):
+            pass
+    finally:
+        logger.removeHandler(caplog.handler)
+    said = [r.getMessage() for r in caplog.records if "VNNI" in r.getMessage()]
+    expected = (
+        "openvino-int8-qdq on Some CPU, a CPU without VNNI: the Q/DQ graphs' 8-bit weights saturate its 16-bit int8 sums; "
+        "openvino-int8 (calibrate --engine openvino: 7-bit weights) or onnxruntime-int8 keep their quality there"
+    )
+    assert said == ([expected] if warned else [])
