@@ -9,6 +9,21 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def pytest_report_header(config):
+    """The CPU's int8 / bf16 features first: int8 results differ by ISA (docs/engines.md), so a
+    failure report says which kind of CPU it came from."""
+    from tiue_export.cpu import cpu_features
+
+    return f"cpu: {cpu_features().line()}"
+
+
+def pytest_sessionstart(session):
+    """``-q`` hides the report header: the CPU line is printed anyway."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None and session.config.get_verbosity() < 0:
+        reporter.write_line(pytest_report_header(session.config))
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
     """A factory ``tiny_models(variant) -> Path`` of cached tiny student directories."""

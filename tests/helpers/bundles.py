@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 _CACHE: dict[tuple, Path] = {}
 
 
@@ -18,12 +16,9 @@ def tiny_bundle(tiny_models, tmp_path_factory, variant: str = "sd21", cli: tuple
         model = tiny_models(variant)
         out = tmp_path_factory.mktemp("bundles") / variant
         if cli:
-            from tiue_export.cli import main
+            from helpers.cli import exit_code
 
-            with pytest.raises(SystemExit) as exc:
-                main(["export", "--model", str(model), "--out", str(out), *cli])
-                raise SystemExit(0)
-            assert (exc.value.code or 0) == 0
+            assert exit_code(["export", "--model", str(model), "--out", str(out), *cli]) == 0
         else:
             export_bundle(ExportConfig(model=Path(model), out=out, **options))
         _CACHE[key] = out

@@ -118,3 +118,22 @@ def test_usage_errors_are_one_line(capsys, argv, parts, where):
 def test_infer_without_prompt(capsys):
     code, _, err = run(["infer"], capsys)
     assert code == 2 and "no prompt given" in err
+
+
+def test_ctrl_c_is_exit_130_and_stops_the_test_run(monkeypatch, capsys):
+    """Ctrl-C in a command: one line and exit 130; in-process (the tests) it stops the run as a
+    KeyboardInterrupt instead of counting as one failed test and going on."""
+    from helpers.cli import exit_code
+
+    from tiue_export.build import quantize
+    from tiue_export.cli import main
+
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(quantize, "calibrate_bundle", interrupted)
+    with pytest.raises(SystemExit) as exc:
+        main(["calibrate", "bundle"])
+    assert exc.value.code == 130 and capsys.readouterr().err.strip() == "aborted"
+    with pytest.raises(KeyboardInterrupt):
+        exit_code(["calibrate", "bundle"])

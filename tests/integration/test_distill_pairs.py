@@ -15,13 +15,12 @@ def cli(argv) -> tuple[int, str]:
     import contextlib
     import io
 
-    from tiue_export.cli import main
+    from helpers.cli import exit_code
 
     buf = io.StringIO()
-    with contextlib.redirect_stdout(buf), pytest.raises(SystemExit) as exc:
-        main(list(argv))
-        raise SystemExit(0)
-    return exc.value.code or 0, buf.getvalue()
+    with contextlib.redirect_stdout(buf):
+        code = exit_code(argv)
+    return code, buf.getvalue()
 
 
 def read_chunk(path):

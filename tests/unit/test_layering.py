@@ -12,7 +12,7 @@ ROOT = Path(tiue_export.__file__).resolve().parent
 
 #: Lowest first. A module may import its own layer (without a circle) and every layer below.
 LAYERS = (
-    ("foundation", ("tiue_export", "errors", "files", "prompts")),
+    ("foundation", ("tiue_export", "errors", "files", "prompts", "cpu")),
     ("maths and contracts", ("schedule", "sampling", "specs", "compare", "variants")),
     ("bundle", ("bundle",)),
     ("executor", ("executor",)),

@@ -74,8 +74,10 @@ class Backend:
 
             return graphs(bundle.with_variant(self.variant), providers, threads, low_memory)
         if self.engine == "openvino":
-            from .openvino import graphs
+            from .openvino import graphs, warn_without_vnni
 
+            if self.variant == "int8":
+                warn_without_vnni(self.name)
             return graphs(bundle.with_variant(self.variant), self.compute, threads, low_memory)
         if self.engine == "tensorrt":
             from .tensorrt import graphs

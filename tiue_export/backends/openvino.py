@@ -5,6 +5,7 @@ bf16 (AMX, AVX-512-BF16) and int8 (VNNI, AMX) units. ``OvLoader`` builds nothing
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -12,6 +13,8 @@ import numpy as np
 
 from ..errors import InputError, TiueError, first_line, require
 from ..executor import Runner
+
+log = logging.getLogger("tiue_export")
 
 #: ``--backend`` precision words -> OpenVINO's ``INFERENCE_PRECISION_HINT`` (None: the CPU's
 #: default, bf16 where the CPU has bf16 units, else f32).
@@ -25,6 +28,21 @@ def _ov():
 def openvino_default_precision() -> str:
     """What OpenVINO runs fp32 graphs in on this CPU by default: ``bf16`` or ``fp32``."""
     return _precision_word(_ov().Core().get_property("CPU", "INFERENCE_PRECISION_HINT"))
+
+
+def warn_without_vnni(backend: str) -> None:
+    """Warn that ``backend``'s int8 graphs (8-bit weights: the Q/DQ ones) lose accuracy on this CPU
+    if it has no VNNI: OpenVINO then sums int8 products in 16 bits, which 8-bit weights saturate."""
+    from ..cpu import cpu_features
+
+    cpu = cpu_features()
+    if not cpu.vnni:
+        log.warning(
+            "%s on %s, a CPU without VNNI: the Q/DQ graphs' 8-bit weights saturate its 16-bit int8 sums; "
+            "openvino-int8 (calibrate --engine openvino: 7-bit weights) or onnxruntime-int8 keep their quality there",
+            backend,
+            cpu.model,
+        )
 
 
 def _precision_word(hint) -> str:

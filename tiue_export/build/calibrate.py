@@ -20,7 +20,6 @@ from ..bundle import Bundle, publish
 from ..files import staging_dir
 from .quantize import (
     QUANTIZED_GRAPHS,
-    TARGET_PSNR,
     CalibrationConfig,
     CalibrationReport,
     OnnxRuntimeQuantizer,
@@ -30,6 +29,7 @@ from .quantize import (
     measure,
     open_fp32_bundle,
     quality_line,
+    refuse_below_gate,
     with_variants,
 )
 from .quantize_openvino import OpenVinoQuantizer
@@ -70,11 +70,10 @@ def calibrate_bundle(cfg: CalibrationConfig) -> CalibrationReport:
         t0 = time.perf_counter()
         staged = with_variants(bundle.manifest, entries, prefix=os.path.relpath(staging, root), variant=quantizer.variant)
         with quantizer.open_int8(Bundle(root, staged)) as int8:
-            quality = measure(fp32, int8, held, eval_seeds)
+            quality = measure(fp32, int8, held, eval_seeds, cfg.gate)
         seconds["measure"] = time.perf_counter() - t0
         log.info("  %s", quality_line(quality))
-        if not quality["ok"]:
-            log.warning("%s images are below the %.0f dB target: %s", quantizer.name, TARGET_PSNR, quantizer.remedy)
+        refuse_below_gate(quality, cfg, quantizer.name, quantizer.other_recipe)
         seconds["total"] = time.perf_counter() - t_start
         record = calibration_record(cfg, prompts_file, len(calib), quality, seconds, quantizer.versions(), **quantizer.how())
         manifest = with_variants(bundle.manifest, entries, prefix="", variant=quantizer.variant)

@@ -42,7 +42,11 @@ def bench(
     from . import quiet_libraries
 
     quiet_libraries()
-    from ..verify.bench import BenchConfig, run_bench, to_markdown, write_report
+    from ..verify.bench import BenchConfig, chart_missing, run_bench, to_markdown, write_report
+
+    no_chart = chart_missing()
+    if no_chart:  # said before minutes of timing, not after
+        click.echo(no_chart, err=True)
 
     cfg = BenchConfig(
         model=model,
@@ -64,5 +68,5 @@ def bench(
     )
     report = run_bench(cfg, progress=lambda msg: click.echo(msg, err=True))
     click.echo(to_markdown(report))
-    for path in write_report(report, Path(json_path) if json_path else None, Path(out)):
+    for path in write_report(report, Path(json_path) if json_path else None, Path(out), chart=not no_chart):
         click.echo(f"wrote {path}")

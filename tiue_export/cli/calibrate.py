@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..build.quantize import CALIBRATION_ENGINES, METHODS, OV_RECIPES
+from ..build.quantize import CALIBRATION_ENGINES, METHODS, MIN_PSNR, OV_RECIPES
 from .types import COUNT, SEED, Finite
 
 
@@ -53,10 +53,20 @@ from .types import COUNT, SEED, Finite
     "QK^T/PV float) or hybrid (MatMul weight-only int8): 1.1x slower UNet at SD 512, 1.5 dB more on the toy (docs/engines.md).",
 )
 @click.option(
-    "--eval-prompts", type=click.IntRange(0, None), default=4, show_default=True, help="Held-out prompts for the int8 vs fp32 PSNR."
+    "--eval-prompts", type=click.IntRange(1, None), default=4, show_default=True, help="Held-out prompts for the int8 vs fp32 PSNR."
 )
-def calibrate(bundle, prompts, num, seed, method, percentile, batch, keep_float, engine, recipe, eval_prompts):
-    """Calibrate int8 graphs of the UNet encoder and decoders on the bundle's own pipeline."""
+@click.option(
+    "--min-psnr",
+    type=Finite(),
+    default=None,
+    help="The gate: the worst end-to-end int8 vs fp32 image PSNR (dB) on the held-out prompts below which nothing is written "
+    f"[default: {MIN_PSNR['onnxruntime']:g} for --engine onnxruntime, {MIN_PSNR['openvino']:g} for openvino].",
+)
+def calibrate(bundle, prompts, num, seed, method, percentile, batch, keep_float, engine, recipe, eval_prompts, min_psnr):
+    """Calibrate int8 graphs of the UNet encoder and decoders on the bundle's own pipeline.
+
+    The int8 images are measured against fp32 on held-out prompts before anything is written: under
+    the PSNR gate (--min-psnr) calibrate refuses and leaves the bundle as it was."""
     from ..build.calibrate import calibrate_bundle
     from ..build.quantize import CalibrationConfig, quality_line
 
@@ -72,6 +82,7 @@ def calibrate(bundle, prompts, num, seed, method, percentile, batch, keep_float,
         eval_prompts=eval_prompts,
         engine=engine,
         recipe=recipe,
+        min_psnr=min_psnr,
     )
     report = calibrate_bundle(cfg)
     files = ", ".join(e.file for e in report.graphs.values())

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError, TiueError
+from ..cpu import FLAGS
+from ..errors import InputError, TiueError, require
 
 log = logging.getLogger("tiue_export")
 
@@ -153,14 +154,20 @@ def matmul_rate(dtype: str = "fp32", n: int = 2048, reps: int = 5, min_seconds: 
     return 2 * size**3 / best / 1e9
 
 
-def matmul_peaks(device) -> dict[str, float]:
-    """The matmul rates a run's FLOP shares are measured against: fp32 and bf16 on the CPU; fp32,
-    fp16 and bf16 on a GPU (8192-side products)."""
+def matmul_peaks(device) -> tuple[dict[str, float], list[str]]:
+    """The matmul rates a run's FLOP shares are measured against, and the precisions left out
+    because this CPU only emulates them: fp32, fp16 and bf16 on a GPU (8192-side products); fp32
+    on the CPU, and bf16 where it has bf16 dot products (AVX512-BF16, AMX-BF16): elsewhere a bf16
+    matmul converts to fp32 and its rate is no peak. int8 has no torch matmul to measure it by."""
     import torch
 
+    from ..cpu import cpu_features
+
     if torch.device(device).type == "cuda":
-        return {dt: matmul_rate(dt, n=8192, device=device) for dt in ("fp32", "fp16", "bf16")}
-    return {"fp32": matmul_rate("fp32"), "bf16": matmul_rate("bf16")}
+        return {dt: matmul_rate(dt, n=8192, device=device) for dt in ("fp32", "fp16", "bf16")}, []
+    native = cpu_features().native
+    emulated = [dt for dt in ("bf16",) if not native[dt]]
+    return {dt: matmul_rate(dt) for dt in ("fp32", "bf16") if dt not in emulated}, emulated
 
 
 class DeviceMeter:
@@ -444,6 +451,7 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = log.info) -> d
 
     for backend in cfg.backends:
         backends.get(backend)
+    require("psutil", "'tiue-export[bench]'", why="bench's peak memory")
     if not cfg.vae or set(cfg.vae) - {"full", "tiny"}:
         raise InputError(f"--vae {','.join(cfg.vae)}: give full, tiny or full,tiny")
     if cfg.shape not in SHAPES:
@@ -484,7 +492,7 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = log.info) -> d
         "results": [],
     }
     progress(f"measuring matrix-multiply rates on {device}")
-    report["matmul_gflops"] = matmul_peaks(device)
+    report["matmul_gflops"], report["matmul_emulated"] = matmul_peaks(device)
     flops = unet_flops(dict(pipe.unet.config), pipe.schedule.timesteps, cfg.batch, (h, w), pipe.tokenizer.model_max_length)
     report["flops"] = flops
 
@@ -679,18 +687,27 @@ def _runtime_weight_bytes(bundle_path, precision: str | None) -> int:
 
 
 def _add_rates(report: dict) -> None:
-    """UNet GFLOP/s of each one-pass result, and its share of the matching matmul peak."""
+    """UNet GFLOP/s of each one-pass result, and its share of its precision's matmul peak where
+    one was measured and the share means something (``unet_peak`` says why not, otherwise)."""
     flops = report["flops"]["one_pass_unet"]
+    peaks = report["matmul_gflops"]
     for r in report["results"]:
         st = r["stages"]
         if "unet_encoder" in st and "unet_decoder" in st:
             sec = (st["unet_encoder"]["median_ms"] + st["unet_decoder"]["median_ms"]) / 1000
             rate = flops / sec / 1e9
-            peaks = report["matmul_gflops"]
-            word = next((w for w in ("bf16", "fp16") if w in r["name"]), "bf16" if "int8" in r["name"] else "fp32")
-            peak = peaks.get(word, peaks["fp32"])
+            word = next((w for w in ("int8", "bf16", "fp16") if w in r["name"]), "fp32")
             r["unet_gflops"] = rate
-            r["unet_share_of_matmul_peak"] = rate / peak
+            r["unet_share_of_matmul_peak"] = None
+            if word in report.get("matmul_emulated", ()):
+                r["unet_peak"] = f"{word} emulated"
+            elif word not in peaks:
+                r["unet_peak"] = f"no {word} peak"
+            elif rate > peaks[word]:  # mixed precisions (int8 and float ops) can outrun one precision's matmul
+                r["unet_peak"] = f"above the {word} peak"
+            else:
+                r["unet_share_of_matmul_peak"] = rate / peaks[word]
+                r["unet_peak"] = f"{100 * rate / peaks[word]:.0f}% of the {word} peak"
 
 
 def machine_info(device="cpu") -> dict:
@@ -698,21 +715,15 @@ def machine_info(device="cpu") -> dict:
 
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-        isa = [f for f in ("avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8") if f in flags.split()]
-    except (OSError, StopIteration):
-        isa = []
+    from ..cpu import cpu_features
+
+    cpu = cpu_features()
     info = {
-        "cpu": cpu,
+        "cpu": cpu.model,
+        "vendor": cpu.vendor,
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "isa": isa,
+        "isa": list(cpu.flags),
         "python": platform.python_version(),
         "torch": torch.__version__,
     }
@@ -728,12 +739,12 @@ def to_markdown(report: dict) -> str:
     cols = ["text_encoder", "unet_encoder", "unet_decoder", "sum", "vae_decoder", "unet"]
     present = [c for c in cols if any(c in r["stages"] for r in rows)]
     gpu = any("peak_device_mb" in r for r in rows)
-    head = "| backend | " + " | ".join(present) + " | end to end (p90) | UNet GFLOP/s (% of peak) | peak RSS MB |" + (" peak GPU MB |" if gpu else "")
+    head = "| backend | " + " | ".join(present) + " | end to end (p90) | UNet GFLOP/s (of its matmul peak) | peak RSS MB |" + (" peak GPU MB |" if gpu else "")
     lines = [head, "|" + "---|" * (len(present) + 4 + gpu)]
     for r in rows:
         cells = [f"{r['stages'][c]['median_ms']:.1f}" if c in r["stages"] else "" for c in present]
         tot = r["total"]
-        rate = f"{r['unet_gflops']:.0f} ({100 * r['unet_share_of_matmul_peak']:.0f}%)" if "unet_gflops" in r else ""
+        rate = f"{r['unet_gflops']:.0f} ({r['unet_peak']})" if "unet_gflops" in r else ""
         note = f" ({r['note']})" if r.get("note") else ""
         device_mb = (f" {r['peak_device_mb']:.0f} |" if "peak_device_mb" in r else " |") if gpu else ""
         lines.append(
@@ -741,11 +752,14 @@ def to_markdown(report: dict) -> str:
         )
     m = report["machine"]
     f = report["flops"]
+    isa = ", ".join(m["isa"]) or "none of " + ", ".join(FLAGS.values())
+    peaks = [f"{k} {v:.0f} GFLOP/s" for k, v in report["matmul_gflops"].items()]
+    peaks += [f"{k} emulated (no {k} dot-product instructions: not measured)" for k in report.get("matmul_emulated", ())]
     lines += [
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), ISA {', '.join(m['isa'])}"
+        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), ISA {isa}"
         + (f"; GPU {m['gpu']} ({m['gpu_memory_gb']:.0f} GiB, CUDA {m['cuda']})." if "gpu" in m else "."),
-        f"Matmul peak on {report.get('device', 'cpu')}: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in report["matmul_gflops"].items()) + ".",
+        f"Matmul peak on {report.get('device', 'cpu')}: " + ", ".join(peaks) + "; int8 rows have no int8 peak to compare with.",
         f"One-pass UNet: {f['one_pass_unet'] / 1e9:.4g} GFLOP (encoder {f['unet_encoder'] / 1e9:.4g}, K-batched decoder "
         f"{f['unet_decoder'] / 1e9:.4g}); one full UNet step {f['full_unet_step'] / 1e9:.4g} GFLOP.",
     ]
@@ -774,7 +788,8 @@ def vae_decoder_lines(report: dict) -> list[str]:
         d = v[name]
         label = f"{name}: {d['class']}" + (f" ({v['tiny_decoder']})" if name == "tiny" else "")
         lines.append(f"| {label} | {d['flops'] / 1e9:.4g} | {d['params'] / 1e6:.3g} | {d['median_ms']:.1f} ({d['p90_ms']:.1f}) |")
-    lines += ["", f"- tiny VAE decoder: {v['flop_ratio']:.1f}x fewer FLOPs, {v['speedup']:.1f}x faster than the full decoder (torch {v['full'].get('dtype', 'float32')} on {v['full'].get('device', 'cpu')}, this run)"]
+    flops, speed = times(v["flop_ratio"], "fewer FLOPs", "more FLOPs"), times(v["speedup"], "faster", "slower")
+    lines += ["", f"- tiny VAE decoder: {flops}, {speed} than the full decoder (torch {v['full'].get('dtype', 'float32')} on {v['full'].get('device', 'cpu')}, this run)"]
     return lines
 
 
@@ -789,8 +804,11 @@ def tiny_vae_lines(report: dict) -> list[str]:
 
     def against_baseline(r) -> str:
         text = "text_encoder"
-        control = f"; control: text encoder {baseline['stages'][text]['median_ms'] / r['stages'][text]['median_ms']:.2f}x" if text in r["stages"] else ""
-        return f"end to end {baseline['total']['median_ms'] / r['total']['median_ms']:.2f}x {baseline['name']} (sequential rows{control})"
+        control = ""
+        if text in r["stages"]:  # the same graph in both rows: anything but 1.00x is the load
+            control = f"; control: text encoder {times(baseline['stages'][text]['median_ms'] / r['stages'][text]['median_ms'], 'faster', 'slower', 2)}"
+        speed = times(baseline["total"]["median_ms"] / r["total"]["median_ms"], "faster", "slower", 2)
+        return f"end to end {speed} than {baseline['name']} (sequential rows{control})"
 
     out = []
     for r in rows:
@@ -801,7 +819,7 @@ def tiny_vae_lines(report: dict) -> list[str]:
         if same is not None:
             dec = same["stages"]["vae_decoder"]["median_ms"] / r["stages"]["vae_decoder"]["median_ms"]
             e2e = same["total"]["median_ms"] / r["total"]["median_ms"]
-            parts.append(f"VAE decoder {dec:.1f}x faster than the full one, end to end {e2e:.2f}x (alternating runs)")
+            parts.append(f"VAE decoder {times(dec, 'faster', 'slower')} than the full one, end to end {times(e2e, 'faster', 'slower', 2)} (alternating runs)")
         if baseline is not None and baseline is not same:
             parts.append(against_baseline(r))
         out.append(f"- {r['name']}: " + "; ".join(parts))
@@ -809,6 +827,11 @@ def tiny_vae_lines(report: dict) -> list[str]:
         if r["vae"] == "full" and baseline is not None and r is not baseline:
             out.append(f"- {r['name']}: {against_baseline(r)}")
     return out
+
+
+def times(ratio: float, bigger: str, smaller: str, digits: int = 1) -> str:
+    """A ratio worded so the number is at least 1: ``2.0x faster``, never ``0.5x faster``."""
+    return f"{ratio:.{digits}f}x {bigger}" if ratio >= 1 else f"{1 / ratio:.{digits}f}x {smaller}"
 
 
 def ratio_lines(report: dict) -> list[str]:
@@ -822,9 +845,9 @@ def ratio_lines(report: dict) -> list[str]:
             continue
         unet_ms = sum(r["stages"][s]["median_ms"] for s in ("unet_encoder", "unet_decoder", "sum") if s in r["stages"])
         if loop:
-            out.append(f"- {name}: {loop['stages']['unet']['median_ms'] / unet_ms:.2f}x the K-step loop (UNet part)")
+            out.append(f"- {name}: {times(loop['stages']['unet']['median_ms'] / unet_ms, 'faster', 'slower', 2)} than the K-step loop (UNet part)")
         if teacher:
-            out.append(f"- {name}: {teacher['stages']['unet']['median_ms'] / unet_ms:.1f}x the teacher's DDIM with CFG (UNet part)")
+            out.append(f"- {name}: {times(teacher['stages']['unet']['median_ms'] / unet_ms, 'faster', 'slower')} than the teacher's DDIM with CFG (UNet part)")
     return out
 
 
@@ -867,7 +890,17 @@ def write_chart(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(report: dict, json_path: Path | None, out_dir: Path) -> list[Path]:
+def chart_missing() -> str | None:
+    """Why no chart can be drawn here (None: matplotlib is installed): checked before a run starts."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        return "no bench.png: matplotlib is not installed (pip install 'tiue-export[bench]')"
+    return None
+
+
+def write_report(report: dict, json_path: Path | None, out_dir: Path, chart: bool = True) -> list[Path]:
+    """bench.json and bench.md, and with ``chart`` bench.png, under ``out_dir``."""
     from ..files import atomic_path
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -879,6 +912,7 @@ def write_report(report: dict, json_path: Path | None, out_dir: Path) -> list[Pa
     with atomic_path(paths["md"]) as tmp:
         tmp.write_text(to_markdown(report))
     written.append(paths["md"])
-    write_chart(report, paths["png"])
-    written.append(paths["png"])
+    if chart:
+        write_chart(report, paths["png"])
+        written.append(paths["png"])
     return written
