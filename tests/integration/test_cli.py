@@ -125,13 +125,13 @@ def test_ctrl_c_is_exit_130_and_stops_the_test_run(monkeypatch, capsys):
     KeyboardInterrupt instead of counting as one failed test and going on."""
     from helpers.cli import exit_code
 
-    from tiue_export.build import quantize
+    from tiue_export.build import calibrate
     from tiue_export.cli import main
 
     def interrupted(cfg):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(quantize, "calibrate_bundle", interrupted)
+    monkeypatch.setattr(calibrate, "calibrate_bundle", interrupted)
     with pytest.raises(SystemExit) as exc:
         main(["calibrate", "bundle"])
     assert exc.value.code == 130 and capsys.readouterr().err.strip() == "aborted"
