@@ -79,7 +79,7 @@ def graph_key(path, digests: tuple[str, ...] = ()) -> str:
     files = [path, *(f for f in beside if f.is_file())]
     h = hashlib.sha256(f"openvino {_ov().__version__}".encode())
     if not digests:
-        from ..bundle.io import sha256_file
+        from ..bundle import sha256_file
 
         digests = tuple(sha256_file(f) for f in files)
     for d in digests:
