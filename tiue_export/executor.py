@@ -58,6 +58,9 @@ class Runner:
     def infer(self, feed: Mapping[str, np.ndarray]) -> dict:
         raise NotImplementedError
 
+    def release(self) -> None:
+        """Frees what the graph only needs while it runs (activation buffers), keeping it loaded."""
+
 
 class GraphSet:
     """A backend's runners by graph name, each opened on first use and closed by :meth:`close`.
@@ -104,9 +107,14 @@ class GraphSet:
         return self._open[name]
 
     def done(self, name: str) -> None:
-        """Called after each stage: a low-memory set releases the graph it just ran."""
-        if self.low_memory and name in self._open:
+        """Called after each stage: a low-memory set releases the graph it just ran; otherwise the
+        graph frees its activation buffers, as the stages of one chain never run at once."""
+        if name not in self._open:
+            return
+        if self.low_memory:
             self._open.pop(name).__exit__(None, None, None)
+        else:
+            self._open[name].release()
 
     def to_host(self, value) -> np.ndarray:
         """A runner's output as a numpy array (device-resident backends override this)."""

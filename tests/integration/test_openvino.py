@@ -67,6 +67,48 @@ def test_runner_is_a_context_manager_that_releases(bundle):
     assert runner.handle is None and runner.request is None
 
 
+def test_graph_cache_is_keyed_by_the_graph(bundle, tmp_path):
+    """A second loader of the same graph imports the compiled graph; a changed graph misses."""
+    cache = tmp_path / "ovcache"
+    graph = tmp_path / "vae_decoder.onnx"
+    shutil.copy(bundle / "vae_decoder.onnx", graph)
+    latents = np.ones((1, *Pipeline.load(bundle).latent_shape), np.float32)
+
+    def run_once():
+        loader = OvLoader(graph, "bf16", cache_dir=cache)
+        with OvRunner(loader) as r:
+            return loader.cached(), r.infer({"latents": latents})["images"]
+
+    (model, compiled), first = run_once()
+    assert model.name == "model.xml" and model.parent.parent == cache
+    blobs = sorted(compiled.glob("*.blob"))
+    assert len(blobs) == 1
+    mtime = blobs[0].stat().st_mtime_ns
+    (model2, compiled2), again = run_once()
+    assert (model2, compiled2) == (model, compiled) and sorted(compiled.glob("*.blob")) == blobs
+    assert blobs[0].stat().st_mtime_ns == mtime, "a cache hit must not rewrite the compiled graph"
+    np.testing.assert_array_equal(first, again)
+
+    onnx_model = onnx.load(str(graph))
+    init = max(onnx_model.graph.initializer, key=lambda t: np.prod(t.dims))
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 2.0, init.name))
+    onnx.save(onnx_model, str(graph))
+    (model3, compiled3), changed = run_once()
+    assert model3 != model and len(sorted(cache.glob("*/model.xml"))) == 2
+    assert not np.array_equal(changed, first)
+
+
+def test_held_graphs_release_their_buffers_between_stages(bundle, monkeypatch):
+    """With every graph held, each stage frees its activation buffers; results do not change."""
+    released = []
+    monkeypatch.setattr(OvRunner, "release", lambda self, orig=OvRunner.release: (released.append(self.loader.path.stem), orig(self)))
+    with Pipeline.load(bundle, backend="openvino-fp32") as pipe:
+        first = pipe(PROMPTS, seeds=[5, 6])
+        again = pipe(PROMPTS, seeds=[5, 6])
+    assert released[:4] == ["text_encoder", "unet_encoder", "unet_decoder_fused", "vae_decoder"]
+    np.testing.assert_array_equal(first.images, again.images)
+
+
 def test_bad_engine_options(bundle):
     with pytest.raises(InputError, match="unknown engine 'tvm'"):
         Pipeline.load(bundle, engine="tvm")
@@ -109,13 +151,23 @@ def test_infer_openvino_backend(bundle, tmp_path, capsys):
 
 
 def test_check_passes_and_fails_on_openvino(bundle, tmp_path, capsys):
-    argv = ["check", str(bundle), "--backends", "openvino,openvino-fp32", "--json", str(tmp_path / "c.json"), "--image", str(tmp_path / "c.png")]
+    """bf16 compute runs the float graphs from the graph cache's fp16-weight IR, and passes check."""
+    argv = ["check", str(bundle), "--backends", "openvino-bf16,openvino-fp32", "--json", str(tmp_path / "c.json"), "--image", str(tmp_path / "c.png")]
     code, out, err = run(argv, capsys)
     assert code == 0, out + err
     data = json.loads((tmp_path / "c.json").read_text())
     reports = {b["backend"]: b for b in data["backends"]}
     assert reports["openvino-fp32"]["precision"] == "fp32"
-    assert reports["openvino"]["precision"] == openvino_default_precision()
+    assert reports["openvino-bf16"]["precision"] == "bf16"
+    irs = sorted((tmp_path / "cache" / "openvino").glob("*/model.xml"))
+    assert len(irs) == 5  # every graph check runs: both decoders
+    for ir in irs:  # most weight bytes are fp16 (OpenVINO keeps a few precision-sensitive constants fp32)
+        sizes = {"f16": 0, "f32": 0}
+        for op in ov.Core().read_model(str(ir)).get_ops():
+            kind = op.get_output_element_type(0).get_type_name() if op.get_type_name() == "Constant" else None
+            if kind in sizes:
+                sizes[kind] += op.get_byte_size()
+        assert sizes["f16"] > 4 * sizes["f32"], (ir, sizes)
     eps = next(g for g in reports["openvino-fp32"]["graphs"] if g["name"] == "unet_decoder")["outputs"]["eps"]
     assert eps["cosine"] > 0.99999  # fp32 compute is held to the bundle's fp32 tolerances
 
@@ -147,4 +199,8 @@ def test_bench_times_openvino_and_its_memory(bundle, tmp_path):
     assert mem["torch_loaded"] is False
     assert mem["peak_rss_mb"] > mem["weight_mb"] > 0
     assert mem["peak_rss_mb_low_memory"] > 0 and mem["torch_loaded_low_memory"] is False
-    assert "the torch-free runtime alone" in to_markdown(report) and "with low_memory" in to_markdown(report)
+    # cold start: a fresh process with an empty graph cache, then with the one it filled
+    assert mem["first_image_s_empty_cache"] > 0 and mem["first_image_s"] > 0
+    assert mem["held_weight_mb"] == pytest.approx(mem["weight_mb"])  # fp32 compute keeps the fp32 graphs
+    md = to_markdown(report)
+    assert "the torch-free runtime alone" in md and "with low_memory" in md and "with an empty one" in md

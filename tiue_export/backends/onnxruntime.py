@@ -94,12 +94,21 @@ class OrtRunner(Runner):
         """The provider that ONNX Runtime actually selected first for this session."""
         return self.handle.get_providers()[0] if self.handle is not None else self.loader.providers[0]
 
+    run_options = None
+
+    def opened(self) -> None:
+        # The CPU arena gives back what a run grew it by when the run ends: the graphs held together
+        # never run at once, and without this each keeps its largest run's activations (GBs at SD
+        # size), growing again at later calls.
+        self.run_options = _ort().RunOptions()
+        self.run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+
     def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         session = self.loaded()
         names = [o.name for o in session.get_outputs()]
         # Copies: ONNX Runtime's arrays are views that keep the session's whole memory arena alive
         # (GBs at SD size) after the session is closed, e.g. one graph at a time with low_memory.
-        return {name: np.array(value) for name, value in zip(names, session.run(names, dict(feed)))}
+        return {name: np.array(value) for name, value in zip(names, session.run(names, dict(feed), self.run_options))}
 
 
 def graphs(bundle, providers: Sequence[str] | None = None, threads: int = 0, low_memory: bool = False):

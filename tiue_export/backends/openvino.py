@@ -1,11 +1,22 @@
 """The OpenVINO backend: the bundle's ONNX files compiled for the CPU, where OpenVINO runs them on
 bf16 (AMX, AVX-512-BF16) and int8 (VNNI, AMX) units. ``OvLoader`` builds nothing until called;
 ``OvRunner`` owns the compiled model and its infer request.
+
+Graphs go through a cache keyed by the graph's hash (:func:`graph_cache`): the float ONNX graph
+converted once to OpenVINO IR with fp16 weights where the compute precision is below fp32 (half
+the bytes to map and to hold, and bf16/fp16 compute rounds the weights further anyway), and
+OpenVINO's compiled-model cache (``CACHE_DIR``) beside it, so a fresh process (a ``serve``
+replica) imports the compiled graph instead of compiling it. A changed graph has another key and
+never meets the old entry.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import shutil
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -50,23 +61,85 @@ def _precision_word(hint) -> str:
     return {"bf16": "bf16", "f16": "fp16"}.get(hint.get_type_name(), "fp32")
 
 
+def default_cache_dir() -> Path | None:
+    """``$TIUE_EXPORT_CACHE/openvino`` (default ``~/.cache/tiue-export/openvino``); None when
+    ``TIUE_EXPORT_OV_CACHE=0`` turns the cache off."""
+    if os.environ.get("TIUE_EXPORT_OV_CACHE", "1") == "0":
+        return None
+    return Path(os.environ.get("TIUE_EXPORT_CACHE", Path.home() / ".cache" / "tiue-export")) / "openvino"
+
+
+def graph_key(path, digests: tuple[str, ...] = ()) -> str:
+    """The cache key of one graph file: its recorded sha256s (graph and external data, from the
+    manifest) plus each file's size and modification time, so a file rewritten behind the
+    manifest's back misses too; with no digests the files' contents are hashed. The OpenVINO
+    version is part of it: IR written by one version is not read by another."""
+    path = Path(path)
+    beside = [path.with_suffix(".bin")] if path.suffix == ".xml" else sorted(path.parent.glob(path.name + ".data*"))
+    files = [path, *(f for f in beside if f.is_file())]
+    h = hashlib.sha256(f"openvino {_ov().__version__}".encode())
+    if not digests:
+        from ..bundle import sha256_file
+
+        digests = tuple(sha256_file(f) for f in files)
+    for d in digests:
+        h.update(d.encode())
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.name} {st.st_size} {st.st_mtime_ns}".encode())
+    return h.hexdigest()[:20]
+
+
+def graph_cache(root: Path, key: str, source: Path, compress: bool) -> tuple[Path, Path]:
+    """``(model file, compiled-model cache dir)`` of one graph in the cache ``root``.
+
+    With ``compress`` the ONNX ``source`` is converted once to IR with fp16 weights in
+    ``root/key/`` (written to a temporary folder, then renamed, so a reader never sees half an
+    entry); otherwise the model file is ``source`` itself."""
+    entry = root / key
+    model = entry / "model.xml" if compress else source
+    if compress and not model.is_file():
+        ov = _ov()
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
+        try:
+            ov.save_model(ov.convert_model(str(source)), str(tmp / "model.xml"), compress_to_fp16=True)
+            try:
+                tmp.rename(entry)
+            except OSError:  # another process finished the same entry first
+                if not model.is_file():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return model, entry / ("compiled" if compress else "compiled-source")
+
+
 class OvLoader:
     """A lazy OpenVINO ``CompiledModel`` factory for one ONNX file, compiled for the CPU.
 
     Args:
-        path: the ONNX file (external data beside it is read too).
+        path: the ONNX file (external data beside it is read too) or OpenVINO IR (``.xml``).
         precision: ``fp32`` (exact), ``bf16``, ``fp16``, or None for the CPU's default.
         threads: inference threads (0: OpenVINO's default, all cores).
-        cache_dir: OpenVINO's compiled-model cache (skips recompiling on the next load).
+        cache_dir: the graph cache (:func:`graph_cache`); None: read and compile every time.
+        digests: the graph's sha256s from the bundle manifest (its cache key); empty: hash the files.
     """
 
-    def __init__(self, path, precision: str | None = None, threads: int = 0, cache_dir: Path | None = None):
+    def __init__(self, path, precision: str | None = None, threads: int = 0, cache_dir: Path | None = None, digests: tuple[str, ...] = ()):
         if precision not in OV_PRECISION_HINTS:
             raise InputError(f"OpenVINO precision {precision!r}: choose from {', '.join(p for p in OV_PRECISION_HINTS if p)}")
         self.path = Path(path)
         self.precision = precision
         self.threads = threads
         self.cache_dir = cache_dir
+        self.digests = tuple(digests)
+
+    @property
+    def compress(self) -> bool:
+        """Whether the float ONNX graph is worth storing with fp16 weights: compute below fp32
+        rounds the weights at least as much (bf16 keeps 8 mantissa bits, fp16 11)."""
+        word = self.precision or openvino_default_precision()
+        return word in ("bf16", "fp16") and self.path.suffix == ".onnx"
 
     def config(self) -> dict:
         cfg = {"PERFORMANCE_HINT": "LATENCY"}  # one request, all cores on it: the batch-1 case
@@ -74,15 +147,34 @@ class OvLoader:
             cfg["INFERENCE_PRECISION_HINT"] = OV_PRECISION_HINTS[self.precision]
         if self.threads:
             cfg["INFERENCE_NUM_THREADS"] = int(self.threads)
-        if self.cache_dir is not None:
-            cfg["CACHE_DIR"] = str(self.cache_dir)
         return cfg
+
+    def cached(self) -> tuple[Path, Path] | None:
+        """``(model file, CACHE_DIR)`` from the graph cache; None without one or when it cannot
+        be written (then the graph is compiled from the bundle every time)."""
+        if self.cache_dir is None:
+            return None
+        try:
+            return graph_cache(Path(self.cache_dir), graph_key(self.path, self.digests), self.path, self.compress)
+        except OSError as exc:
+            log.warning("OpenVINO graph cache %s not usable (%s): compiling %s without it", self.cache_dir, first_line(exc), self.path.name)
+            return None
 
     def __call__(self):
         ov = _ov()
         try:
-            core = ov.Core()
-            return core.compile_model(core.read_model(str(self.path)), "CPU", self.config())
+            cached = self.cached()
+            cfg = self.config()
+            if cached is None:
+                source = str(self.path)
+            else:
+                source = str(cached[0])
+                cfg["CACHE_DIR"] = str(cached[1])
+            # From the path, not a read model: with CACHE_DIR OpenVINO then imports the compiled
+            # graph without reading the model at all.
+            return ov.Core().compile_model(source, "CPU", cfg)
+        except TiueError:
+            raise
         except Exception as exc:
             raise TiueError(f"OpenVINO cannot load {self.path.name}: {first_line(exc)}") from exc
 
@@ -101,6 +193,12 @@ class OvRunner(Runner):
         self.request = None
         super().__exit__(*exc)
 
+    def release(self) -> None:
+        """Frees the compiled graph's activation buffers (reallocated at its next call): graphs
+        held together never run at once, so only the running one needs them."""
+        if self.handle is not None:
+            self.handle.release_memory()
+
     @property
     def provider(self) -> str:
         """``OpenVINO CPU <precision>``: the precision the compiled model actually runs in."""
@@ -115,11 +213,18 @@ class OvRunner(Runner):
         return {name: np.asarray(result[port]) for name, port in zip(self.names, compiled.outputs)}
 
 
-def graphs(bundle, precision: str | None = None, threads: int = 0, low_memory: bool = False):
-    """The bundle's graphs compiled by OpenVINO in ``precision`` (None: the CPU's default)."""
+def graphs(bundle, precision: str | None = None, threads: int = 0, low_memory: bool = False, cache_dir: Path | None = None):
+    """The bundle's graphs compiled by OpenVINO in ``precision`` (None: the CPU's default),
+    through the graph cache in ``cache_dir`` (None: :func:`default_cache_dir`)."""
     from ..executor import GraphSet
 
+    cache = cache_dir if cache_dir is not None else default_cache_dir()
+
     def make(name):
-        return OvRunner(OvLoader(bundle.graph_path(name), precision, threads))
+        graph = bundle.manifest.graphs[name]
+        files = bundle.manifest.files
+        folder = Path(graph.file).parent
+        digests = (graph.sha256, *(files.get((folder / f).as_posix(), "") for f in graph.external_data))
+        return OvRunner(OvLoader(bundle.graph_path(name), precision, threads, cache, digests))
 
     return GraphSet.per_graph(bundle, make, low_memory, provider=f"OpenVINO CPU {precision or 'default'}")

@@ -131,6 +131,9 @@ class TrtRunner:
     def provider(self) -> str:
         return f"TensorRT {self.session.trt.__version__}"
 
+    def release(self) -> None:
+        """Nothing to free between stages: the session binds its device buffers once for every graph."""
+
     def shapes_for(self, batch: int) -> tuple[tuple[str, tuple[int, ...]], ...]:
         return tuple((t.name, t.concrete(batch, self.session.k)) for t in self.spec.inputs)
 
