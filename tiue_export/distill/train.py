@@ -349,6 +349,10 @@ class Trainer:
         stats = {"loss_vsd": loss_vsd.detach(), "loss_kl": loss_kl.detach(), "loss_reg": loss_reg.detach(), "loss_clip": loss_clip.detach(), "grad_norm": grad_norm}
         return z0.detach(), stats
 
+    def decode(self, z0: torch.Tensor) -> torch.Tensor:
+        """The teacher VAE's float NCHW images in [-1, 1] of latents ``z0`` (differentiable)."""
+        return self.vae.decode(z0.to(self.vae.dtype) / self.vae.config.scaling_factor).sample.float()
+
     def clip_term(self, z0: torch.Tensor, texts: list[str]) -> torch.Tensor:
         """The authors' CLIP term on the student's z0: decoded by the VAE, pixels in [0, 1] resized
         (bicubic) to the CLIP vision tower's side and embedded without CLIP's mean/std (as their
@@ -356,8 +360,7 @@ class Trainer:
         if texts is None:
             raise ModelError("the CLIP term needs the step's prompts: call student_update(cond, texts)")
         model, tokenizer = self.clip
-        vae = self.vae
-        images = vae.decode(z0.to(vae.dtype) / vae.config.scaling_factor).sample.float()
+        images = self.decode(z0)
         side = model.config.vision_config.image_size
         pixels = torch.nn.functional.interpolate(((images + 1) / 2).clamp(0, 1), size=(side, side), mode="bicubic", align_corners=False)
         image_features = projected(model.get_image_features(pixel_values=pixels))
@@ -431,8 +434,7 @@ class Trainer:
                 ])
                 out[f"mse_{name}"] = float(torch.mean((z0.float().cpu() - latents) ** 2))
                 if name == "fresh" and self.judge is not None:
-                    vae = self.vae
-                    images = to_uint8_images(vae.decode(z0.to(vae.dtype) / vae.config.scaling_factor).sample.float().cpu().numpy())
+                    images = to_uint8_images(self.decode(z0).cpu().numpy())
                     out["strict_fresh"] = float(np.mean(self.judge(images, list(texts))))
             return out
         finally:
