@@ -5,7 +5,8 @@ import json
 import pytest
 
 from tiue_export.errors import InputError
-from tiue_export.verify.bench import BenchConfig, run_bench, to_markdown, unet_flops, write_report
+from tiue_export.verify.bench import BenchConfig, run_bench, to_markdown, write_report
+from tiue_export.verify.bench.meters import unet_flops
 
 
 def test_one_pass_flops_account_for_one_unet_step(tiny_sd21):
@@ -26,7 +27,9 @@ def test_vae_decoders_side_by_side(tiny_sd21):
 
     from tiue_export.reference.builtin import default_model
     from tiue_export.reference.tiny_vae import SHIPPED
-    from tiue_export.verify.bench import decoder_flops, time_vae_decoders, tiny_decoder_for_bench, vae_decoder_lines
+    from tiue_export.verify.bench.meters import decoder_flops
+    from tiue_export.verify.bench.report import vae_decoder_lines
+    from tiue_export.verify.bench.timing import time_vae_decoders, tiny_decoder_for_bench
 
     full = AutoencoderKL.from_pretrained(tiny_sd21 / "vae").eval()
     tiny, what = tiny_decoder_for_bench(full, tiny_sd21)  # no vae_tiny/: random weights, distill-vae's default architecture
@@ -85,7 +88,7 @@ def test_matmul_rate_stops_growing_once_a_product_is_slow(monkeypatch):
     """The side doubles from 256 only while one product is fast; at min_seconds 0 it stays at 256."""
     import torch
 
-    from tiue_export.verify import bench
+    from tiue_export.verify.bench import meters
 
     sides = []
     real = torch.randn
@@ -95,9 +98,9 @@ def test_matmul_rate_stops_growing_once_a_product_is_slow(monkeypatch):
         return real(*shape, **kw)
 
     monkeypatch.setattr(torch, "randn", spy)
-    assert bench.matmul_rate("bf16", min_seconds=0.0) > 0 and set(sides) == {256}
+    assert meters.matmul_rate("bf16", min_seconds=0.0) > 0 and set(sides) == {256}
     sides.clear()
-    assert bench.matmul_rate("fp32", n=1024, min_seconds=float("inf")) > 0 and sides[-1] == 1024 and sides[0] == 256
+    assert meters.matmul_rate("fp32", n=1024, min_seconds=float("inf")) > 0 and sides[-1] == 1024 and sides[0] == 256
 
 
 @pytest.mark.slow
@@ -145,18 +148,18 @@ def test_cpu_features_from_cpuinfo():
 @pytest.mark.parametrize("cpuinfo, measured, emulated", [(AVX2_EPYC, ["fp32"], ["bf16"]), (AMX_XEON, ["fp32", "bf16"], [])])
 def test_matmul_peaks_only_for_native_precisions(monkeypatch, cpuinfo, measured, emulated):
     from tiue_export import cpu
-    from tiue_export.verify import bench
+    from tiue_export.verify.bench import meters
 
     monkeypatch.setattr(cpu, "cpu_features", lambda: cpu.parse_cpuinfo(cpuinfo))
     timed = []
-    monkeypatch.setattr(bench, "matmul_rate", lambda dtype, **kw: timed.append(dtype) or 100.0)
-    peaks, left_out = bench.matmul_peaks("cpu")
+    monkeypatch.setattr(meters, "matmul_rate", lambda dtype, **kw: timed.append(dtype) or 100.0)
+    peaks, left_out = meters.matmul_peaks("cpu")
     assert timed == measured and list(peaks) == measured and left_out == emulated
 
 
 def _report(isa, peaks, emulated, rows):
     """A bench report as run_bench leaves it, with made-up medians (only the wording is under test)."""
-    from tiue_export.verify.bench import _add_rates
+    from tiue_export.verify.bench.report import add_rates
 
     def row(name, encoder_ms, decoder_ms):
         stages = {s: {"median_ms": ms, "p90_ms": ms, "n": 1} for s, ms in (("unet_encoder", encoder_ms), ("unet_decoder", decoder_ms))}
@@ -170,7 +173,7 @@ def _report(isa, peaks, emulated, rows):
         "device": "cpu",
         "results": [row(*r) for r in rows],
     }
-    _add_rates(report)
+    add_rates(report)
     return report
 
 
@@ -191,7 +194,7 @@ def test_bench_on_an_avx2_cpu_reports_no_emulated_peak():
 
 
 def test_ratios_read_bigger_is_faster():
-    from tiue_export.verify.bench import times, vae_decoder_lines
+    from tiue_export.verify.bench.report import times, vae_decoder_lines
 
     assert times(2.0, "faster", "slower") == "2.0x faster" and times(0.5, "faster", "slower") == "2.0x slower"
     assert times(1.0, "faster", "slower", 2) == "1.00x faster"
