@@ -101,8 +101,25 @@ def compare_arrays(
     out = np.asarray(out)
     if ref.shape != out.shape:
         return Result(name, False, list(out.shape), reason=f"shape {list(out.shape)} != reference {list(ref.shape)}")
-    r = ref.astype(np.float64)
-    o = out.astype(np.float64)
+    result, diff, rf = _measure(ref.astype(np.float64), out.astype(np.float64), name, data_range)
+    result.tolerance = tol.to_dict() if tol else None
+    reasons = []
+    if result.nan or result.inf:
+        reasons.append(f"{result.nan} NaN and {result.inf} Inf values")
+    if tol is not None:
+        reasons += _outside_tolerance(result, diff, np.abs(rf), tol)
+    if min_psnr is not None and result.psnr is not None and result.psnr < min_psnr:
+        reasons.append(f"PSNR {result.psnr:.1f} dB < {min_psnr} dB")
+    if reasons:
+        result.ok = False
+        result.reason = "; ".join(reasons)
+    return result
+
+
+def _measure(r: np.ndarray, o: np.ndarray, name: str, data_range: float | None) -> tuple[Result, np.ndarray, np.ndarray]:
+    """Every error statistic of ``o`` against ``r`` (float64, one shape), judged ok so far; with
+    the elementwise |error| (inf where ``o`` is not finite) and the reference's finite values.
+    Where the reference itself is not finite, the element counts as no error."""
     finite = np.isfinite(r)
     nan = int(np.count_nonzero(np.isnan(o) & finite))
     inf = int(np.count_nonzero(np.isinf(o) & finite))
@@ -117,7 +134,7 @@ def compare_arrays(
     result = Result(
         name=name,
         ok=True,
-        shape=list(ref.shape),
+        shape=list(r.shape),
         max_abs=float(diff.max()) if diff.size else 0.0,
         mean_abs=float(diff.mean()) if diff.size else 0.0,
         max_ref=float(np.abs(rf).max()) if rf.size else 0.0,
@@ -126,31 +143,28 @@ def compare_arrays(
         psnr=psnr(rf, of, data_range) if data_range else None,
         nan=nan,
         inf=inf,
-        tolerance=tol.to_dict() if tol else None,
     )
+    return result, diff, rf
+
+
+def _outside_tolerance(result: Result, diff: np.ndarray, absr: np.ndarray, tol: Tolerance) -> list[str]:
+    """Why ``result`` misses ``tol`` (none: it meets it), recording in ``result.needed`` the
+    tolerance it would have needed."""
+    over = diff > tol.atol + tol.rtol * absr
+    cosine = result.cosine
+    result.needed = {
+        "atol": max(float(np.max(diff - tol.rtol * absr)), 0.0) if diff.size else 0.0,
+        "rtol": max(float(np.max((diff - tol.atol) / np.maximum(absr, 1e-30))), 0.0) if diff.size else 0.0,
+        "min_cosine": cosine,
+        "elements_over": bool(over.any()),
+        "cosine_low": bool(cosine < tol.min_cosine),
+    }
     reasons = []
-    if nan or inf:
-        reasons.append(f"{nan} NaN and {inf} Inf values")
-    if tol is not None:
-        absr = np.abs(rf)
-        over = diff > tol.atol + tol.rtol * absr
-        result.needed = {
-            "atol": max(float(np.max(diff - tol.rtol * absr)), 0.0) if diff.size else 0.0,
-            "rtol": max(float(np.max((diff - tol.atol) / np.maximum(absr, 1e-30))), 0.0) if diff.size else 0.0,
-            "min_cosine": cosine,
-            "elements_over": bool(over.any()),
-            "cosine_low": bool(cosine < tol.min_cosine),
-        }
-        if over.any():
-            reasons.append(f"{int(over.sum())} of {over.size} elements outside atol={tol.atol:g} rtol={tol.rtol:g}")
-        if cosine < tol.min_cosine:
-            reasons.append(f"cosine {cosine:.7f} < {tol.min_cosine}")
-    if min_psnr is not None and result.psnr is not None and result.psnr < min_psnr:
-        reasons.append(f"PSNR {result.psnr:.1f} dB < {min_psnr} dB")
-    if reasons:
-        result.ok = False
-        result.reason = "; ".join(reasons)
-    return result
+    if over.any():
+        reasons.append(f"{int(over.sum())} of {over.size} elements outside atol={tol.atol:g} rtol={tol.rtol:g}")
+    if cosine < tol.min_cosine:
+        reasons.append(f"cosine {cosine:.7f} < {tol.min_cosine}")
+    return reasons
 
 
 @dataclass

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .bundle.manifest import EQ11, Manifest
+from .bundle.manifest import EQ11, Chain, Manifest
 from .errors import InputError, NonFiniteError
 from .schedule import combine_one_pass
 
@@ -182,48 +182,64 @@ def run_chain(
     Returns:
         A :class:`ChainResult` with per-stage seconds.
     """
-    ch = manifest.chains[chain]
-    s = manifest.sampler
-    values: dict[str, object] = {"inputs.input_ids": input_ids, "inputs.noise": noise}
-    timings: dict[str, float] = {}
-
-    def record(stage: str, seconds: float) -> None:
-        timings[stage] = timings.get(stage, 0.0) + seconds
-        if hook is not None:
-            hook(stage, seconds)
-
-    def resolve(dest: str):
-        src = ch.sources[dest]
-        if src == f"{EQ11}.z0" and src not in values:
-            latents = graphs.to_host(resolve(f"{EQ11}.latents"))
-            eps = graphs.to_host(resolve(f"{EQ11}.eps"))
-            t0 = time.perf_counter()
-            if np.dtype(sum_dtype) != np.float32:
-                latents, eps = latents.astype(sum_dtype), eps.astype(sum_dtype)
-            values[src] = np.ascontiguousarray(combine_one_pass(latents, eps, s.S, s.E), dtype=np.float32)
-            record(STAGES[EQ11], time.perf_counter() - t0)
-        return values[src]
-
-    for name in ch.graphs:
-        feed = {t: resolve(f"{name}.{t}") for t in manifest.graphs[name].input_names}
-        if not graphs.is_open(name):
-            t0 = time.perf_counter()
-            graphs.runner(name)
-            record("load", time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        out = graphs.runner(name).infer(feed)
-        record(STAGES.get(name, name), time.perf_counter() - t0)
-        graphs.done(name)
-        values.update({f"{name}.{k}": v for k, v in out.items()})
+    run = _ChainRun(manifest, manifest.chains[chain], graphs, sum_dtype, hook)
+    run.values.update({"inputs.input_ids": input_ids, "inputs.noise": noise})
+    for name in run.chain.graphs:
+        run.graph(name)
         if name == until:
             break
-    done = until is None or until not in ch.graphs
-    z0 = graphs.to_host(resolve("outputs.z0")) if done else None
-    images = graphs.to_host(resolve("outputs.images")) if done else None
+    done = until is None or until not in run.chain.graphs
+    z0 = graphs.to_host(run.resolve("outputs.z0")) if done else None
+    images = graphs.to_host(run.resolve("outputs.images")) if done else None
     if finite and done and not (_all_finite(z0) and _all_finite(images)):
-        require_finite({**values, "outputs.z0": z0, "outputs.images": images}, graphs.to_host)
-    kept = {k: graphs.to_host(v) for k, v in values.items()} if keep or not done else {}
-    return ChainResult(z0, images, timings, kept)
+        require_finite({**run.values, "outputs.z0": z0, "outputs.images": images}, graphs.to_host)
+    kept = {k: graphs.to_host(v) for k, v in run.values.items()} if keep or not done else {}
+    return ChainResult(z0, images, run.timings, kept)
+
+
+@dataclass
+class _ChainRun:
+    """One run of a chain in progress: every tensor so far by ``graph.tensor``, seconds per stage."""
+
+    manifest: Manifest
+    chain: Chain
+    graphs: GraphSet
+    sum_dtype: type
+    hook: Callable[[str, float], None] | None
+    values: dict[str, object] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def record(self, stage: str, seconds: float) -> None:
+        self.timings[stage] = self.timings.get(stage, 0.0) + seconds
+        if self.hook is not None:
+            self.hook(stage, seconds)
+
+    def resolve(self, dest: str):
+        """The value the chain wires into ``dest``; Eq. 11's z0 is computed here on first use."""
+        src = self.chain.sources[dest]
+        if src == f"{EQ11}.z0" and src not in self.values:
+            latents = self.graphs.to_host(self.resolve(f"{EQ11}.latents"))
+            eps = self.graphs.to_host(self.resolve(f"{EQ11}.eps"))
+            t0 = time.perf_counter()
+            if np.dtype(self.sum_dtype) != np.float32:
+                latents, eps = latents.astype(self.sum_dtype), eps.astype(self.sum_dtype)
+            s = self.manifest.sampler
+            self.values[src] = np.ascontiguousarray(combine_one_pass(latents, eps, s.S, s.E), dtype=np.float32)
+            self.record(STAGES[EQ11], time.perf_counter() - t0)
+        return self.values[src]
+
+    def graph(self, name: str) -> None:
+        """Run graph ``name`` on its wired inputs (opening it first, timed as ``load``)."""
+        feed = {t: self.resolve(f"{name}.{t}") for t in self.manifest.graphs[name].input_names}
+        if not self.graphs.is_open(name):
+            t0 = time.perf_counter()
+            self.graphs.runner(name)
+            self.record("load", time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        out = self.graphs.runner(name).infer(feed)
+        self.record(STAGES.get(name, name), time.perf_counter() - t0)
+        self.graphs.done(name)
+        self.values.update({f"{name}.{k}": v for k, v in out.items()})
 
 
 def _all_finite(x: np.ndarray | None) -> bool:

@@ -183,43 +183,52 @@ def build_engines(cfg: BuildConfig) -> BuildReport:
     try:
         for name in pipeline_graphs(cfg.fused, bundle.manifest):
             t0 = time.perf_counter()
-            spec = source.spec(name)
-            onnx_path = source.graph_path(name)
-            src_rel = source.manifest.graphs[name].file
-            profile = profile_shapes(spec, batch, k)
-            log.info("  %s <- %s", name, src_rel)
-            plan, cache = build_plan(trt, logger, onnx_path, profile, cfg, cache)
-            info = inspect_plan(trt, logger, plan, spec)
-            rel = f"{ENGINE_DIR}/{cfg.precision}/{name}.plan"
+            graphs[name], plan, cache = _build_graph(trt, logger, bundle, source, name, cfg, profile_shapes(source.spec(name), batch, k), cache)
             tmp = staging / f"{name}.plan"
             tmp.write_bytes(plan)
-            staged[rel] = tmp
+            staged[graphs[name]["file"]] = tmp
             seconds[name] = time.perf_counter() - t0
-            graphs[name] = {
-                "file": rel,
-                "source": src_rel,
-                "source_sha256": bundle.manifest.files.get(src_rel) or sha256_file(onnx_path),
-                "precision": source.manifest.graphs[name].precision,
-                "inputs": [t.to_dict() for t in spec.inputs],
-                "outputs": [t.to_dict() for t in spec.outputs],
-                "profile": profile,
-                "size_bytes": len(plan),
-                **info,
-            }
             log.info("    %.1f MiB, %.1f s", len(plan) / 2**20, seconds[name])
         entry = engine_entry(trt.__version__, gpu, cfg, batch, graphs, seconds)
-        manifest = bundle.manifest.replace(engines={**bundle.manifest.engines, cfg.precision: entry})
-        # A previous build of this precision may hold a decoder this one does not: drop its plans.
-        old = root / ENGINE_DIR / cfg.precision
-        for stale in old.glob("*.plan") if old.is_dir() else []:
-            if f"{ENGINE_DIR}/{cfg.precision}/{stale.name}" not in staged:
-                stale.unlink()
-        publish(root, staged, manifest)
+        _publish_engines(root, staged, bundle.manifest.replace(engines={**bundle.manifest.engines, cfg.precision: entry}), cfg.precision)
         if cfg.timing_cache:
             write_atomic(Path(cfg.timing_cache), cache)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return BuildReport(root, entry, seconds)
+
+
+def _build_graph(trt, logger, bundle: Bundle, source: Bundle, name: str, cfg: BuildConfig, profile, cache: bytes) -> tuple[dict, bytes, bytes]:
+    """Graph ``name``'s engine from ``source``'s ONNX file: its manifest entry, the plan, and the
+    timing cache as the build left it."""
+    spec = source.spec(name)
+    onnx_path = source.graph_path(name)
+    src_rel = source.manifest.graphs[name].file
+    log.info("  %s <- %s", name, src_rel)
+    plan, cache = build_plan(trt, logger, onnx_path, profile, cfg, cache)
+    info = inspect_plan(trt, logger, plan, spec)
+    entry = {
+        "file": f"{ENGINE_DIR}/{cfg.precision}/{name}.plan",
+        "source": src_rel,
+        "source_sha256": bundle.manifest.files.get(src_rel) or sha256_file(onnx_path),
+        "precision": source.manifest.graphs[name].precision,
+        "inputs": [t.to_dict() for t in spec.inputs],
+        "outputs": [t.to_dict() for t in spec.outputs],
+        "profile": profile,
+        "size_bytes": len(plan),
+        **info,
+    }
+    return entry, plan, cache
+
+
+def _publish_engines(root: Path, staged: dict[str, Path], manifest, precision: str) -> None:
+    """Move the staged plans into the bundle with ``manifest``; a previous build of this
+    precision may hold a decoder this one does not: its plans are dropped."""
+    old = root / ENGINE_DIR / precision
+    for stale in old.glob("*.plan") if old.is_dir() else []:
+        if f"{ENGINE_DIR}/{precision}/{stale.name}" not in staged:
+            stale.unlink()
+    publish(root, staged, manifest)
 
 
 def write_atomic(path: Path, data: bytes) -> None:

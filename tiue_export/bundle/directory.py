@@ -72,6 +72,15 @@ def check_semantics(m: Manifest, where: str) -> None:
     def bad(msg: str):
         raise ModelError(f"{where}: {msg}: re-export the bundle")
 
+    check_sampler(m, bad)
+    check_shapes(m, bad)
+    for name, chain in m.chains.items():
+        check_chain(m, name, chain, bad)
+    check_files(m, bad)
+
+
+def check_sampler(m: Manifest, bad) -> None:
+    """The sampler's timesteps, DDIM plan and Eq. 11 coefficients follow from its schedule."""
     s = m.sampler
     n_train = s.schedule.num_train_timesteps
     if not (s.k == len(s.timesteps) == len(s.prev_timesteps) == len(s.E)):
@@ -93,6 +102,9 @@ def check_semantics(m: Manifest, where: str) -> None:
         if not math.isclose(got, want, rel_tol=COEFFICIENT_RTOL, abs_tol=0.0):
             bad(f"sampler {name} = {got!r}, but the schedule and timesteps give {want!r}")
 
+
+def check_shapes(m: Manifest, bad) -> None:
+    """The graphs' tensor shapes agree with the manifest's latent, image and token sizes."""
     g = m.graphs
     C, h, w = m.latent
     H, W = m.image
@@ -118,10 +130,10 @@ def check_semantics(m: Manifest, where: str) -> None:
     if list(m.features) != g["unet_encoder"].output_names:
         bad(f"features {list(m.features)} are not the encoder's outputs {g['unet_encoder'].output_names}")
 
-    for name, chain in m.chains.items():
-        check_chain(m, name, chain, bad)
 
-    for gr in g.values():
+def check_files(m: Manifest, bad) -> None:
+    """Every graph, variant and engine file is among the bundle's files, with the hash it records."""
+    for gr in m.graphs.values():
         for label, file, digest in [(gr.name, gr.file, gr.sha256)] + [
             (f"{gr.name} variant {vn}", v.file, v.sha256) for vn, v in gr.variants.items()
         ]:

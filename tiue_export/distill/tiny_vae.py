@@ -417,6 +417,28 @@ def decoder_record(cfg: VaeDistillConfig, model: Path, vae, source: str, step: i
     }
 
 
+def train_until_done(cfg: VaeDistillConfig, step: int, tiny, vae, decoder, opt, pool, scaling: float, accelerator) -> int:
+    """Train from ``step`` to ``cfg.steps`` with a progress bar and the log on the main process,
+    checkpointing every ``cfg.checkpoint_every`` steps and at the end; returns the last step."""
+    from tqdm.auto import tqdm
+
+    main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
+    run = cfg.run_path
+    bar = tqdm(total=cfg.steps, initial=step, desc="distill-vae", disable=not main, dynamic_ncols=True)
+    while step < cfg.steps:
+        t0 = time.perf_counter()
+        mean_loss = train_step(cfg, step, vae, decoder, opt, pool, scaling, accelerator, rank)
+        step += 1
+        if main:
+            log_step(run, bar, cfg, step, mean_loss, time.perf_counter() - t0)
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            if main:
+                checkpoint(run, cfg, tiny, opt, step, world)
+            accelerator.wait_for_everyone()
+    bar.close()
+    return step
+
+
 def distill_vae(cfg: VaeDistillConfig, resume: bool = False) -> VaeDistillResult:
     """Train a tiny decoder on the model's own VAE decoder.
 
@@ -428,8 +450,6 @@ def distill_vae(cfg: VaeDistillConfig, resume: bool = False) -> VaeDistillResult
     Returns:
         Where the decoder was written, its steps and its held-out PSNR against the full decoder.
     """
-    from tqdm.auto import tqdm
-
     from ..reference.pipeline import check_model_dir
 
     model = resolve_model(cfg.model).resolve()
@@ -441,7 +461,7 @@ def distill_vae(cfg: VaeDistillConfig, resume: bool = False) -> VaeDistillResult
     vae = load_vae(model / "vae")
     scaling = float(vae.config.scaling_factor)
     accelerator = make_accelerator(cfg)
-    main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
+    main, world = accelerator.is_main_process, accelerator.num_processes
     vae.to(accelerator.device)
     tiny = build_tiny(cfg, vae.config, cfg.seed).train()
     tiny.encoder.requires_grad_(False)  # the placeholder encoder is saved, never trained
@@ -458,18 +478,7 @@ def distill_vae(cfg: VaeDistillConfig, resume: bool = False) -> VaeDistillResult
             "distilling %s's VAE decoder into AutoencoderTiny (width %d, blocks %s): %s, %d process(es) x batch %d, %d steps; run dir %s",
             model, cfg.width, tiny.config.num_decoder_blocks, source, world, cfg.batch_size, cfg.steps, run,
         )
-    bar = tqdm(total=cfg.steps, initial=step, desc="distill-vae", disable=not main, dynamic_ncols=True)
-    while step < cfg.steps:
-        t0 = time.perf_counter()
-        mean_loss = train_step(cfg, step, vae, decoder, opt, pool, scaling, accelerator, rank)
-        step += 1
-        if main:
-            log_step(run, bar, cfg, step, mean_loss, time.perf_counter() - t0)
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            if main:
-                checkpoint(run, cfg, tiny, opt, step, world)
-            accelerator.wait_for_everyone()
-    bar.close()
+    step = train_until_done(cfg, step, tiny, vae, decoder, opt, pool, scaling, accelerator)
     tiny.eval()
     score = held_out_psnr(tiny, vae, held, scaling, cfg.seed, accelerator.device) if main else None
     if main:

@@ -540,11 +540,30 @@ def make_accelerator(cfg: DistillConfig):
     return acc
 
 
+def add_lora(unet, cfg: DistillConfig, teacher_dir: Path) -> list:
+    """LoRA adapters on the teacher's ``cfg.lora_targets`` layers (VSD's LoRA teacher); returns
+    their parameters, the only trainable ones."""
+    from peft import LoraConfig
+
+    torch.manual_seed(cfg.seed)  # LoRA's A matrices are random (B starts at zero)
+    no_targets = f"{teacher_dir}: no {'/'.join(cfg.lora_targets)} layers for the LoRA teacher"
+    try:
+        unet.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=list(cfg.lora_targets)))
+    except ValueError as e:  # peft's NoMatchingPeftModuleError, or a layer type LoRA does not support
+        raise ModelError(f"{no_targets} ({str(e).splitlines()[0]})") from e
+    if not any(p.requires_grad for p in unet.parameters()):
+        raise ModelError(no_targets)
+    return [p for p in unet.parameters() if p.requires_grad]
+
+
+def adam(params, lr: float, cfg: DistillConfig) -> torch.optim.Adam:
+    return torch.optim.Adam(params, lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
+
+
 def build_trainer(cfg: DistillConfig, teacher_dir: Path, accelerator) -> Trainer:
     """Load the teacher and build the student, the LoRA teacher, their optimisers and the EMA."""
     require("peft", "peft", "the LoRA teacher of VSD")
     from diffusers.training_utils import EMAModel
-    from peft import LoraConfig
 
     from ..reference.pipeline import load_pipeline
 
@@ -564,25 +583,12 @@ def build_trainer(cfg: DistillConfig, teacher_dir: Path, accelerator) -> Trainer
     student_unet = copy.deepcopy(pipe.unet).requires_grad_(True).train()
     student = TiUEStudent(student_unet, schedule.timesteps, schedule.encoder_timestep)
     lora_unet = pipe.unet.train()
-    torch.manual_seed(cfg.seed)  # LoRA's A matrices are random (B starts at zero)
-    no_targets = f"{teacher_dir}: no {'/'.join(cfg.lora_targets)} layers for the LoRA teacher"
-    try:
-        lora_unet.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=list(cfg.lora_targets)))
-    except ValueError as e:  # peft's NoMatchingPeftModuleError, or a layer type LoRA does not support
-        raise ModelError(f"{no_targets} ({str(e).splitlines()[0]})") from e
-    if not any(p.requires_grad for p in lora_unet.parameters()):
-        raise ModelError(no_targets)
-    lora_params = [p for p in lora_unet.parameters() if p.requires_grad]
+    lora_params = add_lora(lora_unet, cfg, teacher_dir)
     if cfg.gradient_checkpointing:
         student_unet.enable_gradient_checkpointing()
         lora_unet.enable_gradient_checkpointing()
     ema = EMAModel(student_unet.parameters(), decay=cfg.ema_decay)
-
-    def adam(params, lr):
-        betas = (cfg.adam_beta1, cfg.adam_beta2)
-        return torch.optim.Adam(params, lr=lr, betas=betas, eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
-
-    opt, opt_lora = adam(student_unet.parameters(), cfg.lr), adam(lora_params, cfg.lr_lora)
+    opt, opt_lora = adam(student_unet.parameters(), cfg.lr, cfg), adam(lora_params, cfg.lr_lora, cfg)
     student_ddp, lora_ddp, opt, opt_lora = accelerator.prepare(student, lora_unet, opt, opt_lora)
     ema.to(device)
     trainer = Trainer(
@@ -751,60 +757,26 @@ def step_record(cfg: DistillConfig, tr, accelerator, student_stats: dict, lora_s
     return losses, record
 
 
-def distill(cfg: DistillConfig, resume: bool = False) -> DistillResult:
-    """Distil a teacher into a TiUE student (or the one-step VSD baseline).
-
-    Args:
-        cfg: the recipe; ``cfg.out`` receives the student pipeline directory, ``cfg.run_path``
-            the checkpoints, the resolved config and ``log.jsonl``.
-        resume: continue from the latest checkpoint in ``cfg.run_path`` (from step 0 if none).
-
-    Returns:
-        The trained networks (on every rank) and where the student was written.
-    """
-    from accelerate.utils import gather_object
-    from tqdm.auto import tqdm
-
-    teacher_dir = resolve_teacher(cfg.teacher)
-    # absolute paths: the recipe is compared on --resume and recorded in tiue.json
-    cfg = cfg.replace(teacher=str(teacher_dir.resolve()), prompts=str(Path(cfg.prompts).resolve()))
-    cfg = resolve_pair_recipe(cfg, teacher_dir)
-    run, out = cfg.run_path, Path(cfg.out)
-    ckpts = checkpoint_dirs(run)
-    check_resume(cfg, ckpts, resume)
-    prompts = load_prompts(cfg.prompts)
-    accelerator = make_accelerator(cfg)
-    main = accelerator.is_main_process
-    tr = build_trainer(cfg, teacher_dir, accelerator)
-
-    rank, world = accelerator.process_index, accelerator.num_processes
+def add_guidance_terms(tr: Trainer, prompts: list[str], teacher_dir: Path) -> None:
+    """The optional terms' models: CLIP for the CLIP loss, the teacher's pairs for the regression
+    loss (and, on the main process, the toy judge of the log's probe)."""
+    cfg = tr.cfg
     if cfg.clip_model and cfg.lambda_clip:
         tr.clip = load_clip(cfg.clip_model, tr.device)
     if cfg.regression_pairs and cfg.lambda_reg:
         tr.pairs = teacher_pairs(tr, prompts, teacher_dir)
-        if main and tr.probe is not None:
+        if tr.accelerator.is_main_process and tr.probe is not None:
             tr.judge = toy_judge(tr.probe[2])
-    loader = make_loader(prompts, cfg.batch_size, rank, world, cfg.seed)
-    per_epoch = len(loader)
-    total = cfg.steps or cfg.epochs * per_epoch
-    tr.clip_steps = per_epoch
-    tr.lr_scheduler = make_lr_scheduler(tr.opt, cfg, total)
-    step = tr.load(ckpts[-1]) if resume and ckpts else 0
-    if main:
-        run.mkdir(parents=True, exist_ok=True)
-        write_json(run / CONFIG_FILE, cfg.to_dict())
-        trim_log(run / LOG_FILE, step)
-        if resume:
-            log.info("resuming at step %d from %s", step, ckpts[-1] if ckpts else "scratch (no checkpoint yet)")
-        log.info(
-            "distilling %s into a %s student: %d prompts, %d process(es) x batch %d, %d steps (%d per epoch); run dir %s",
-            teacher_dir, "one-step VSD" if cfg.baseline else f"K={cfg.k} TiUE", len(prompts), world, cfg.batch_size,
-            total, per_epoch, run,
-        )
-    if cfg.log_tensorboard:
-        flat = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in cfg.to_dict().items()}
-        accelerator.init_trackers("distill", config=flat)
 
+
+def train_loop(tr: Trainer, loader, step: int, total: int) -> int:
+    """Train from ``step`` to ``total``, epoch by epoch (a resumed epoch skips the batches it had
+    done), logging every step and checkpointing every ``checkpoint_every``; returns the last step."""
+    from accelerate.utils import gather_object
+    from tqdm.auto import tqdm
+
+    cfg, accelerator = tr.cfg, tr.accelerator
+    main, run, per_epoch = accelerator.is_main_process, cfg.run_path, len(loader)
     bar = tqdm(total=total, initial=step, desc="distill", disable=not main, dynamic_ncols=True)
     epoch, skip = divmod(step, per_epoch)
     while step < total:
@@ -839,6 +811,56 @@ def distill(cfg: DistillConfig, resume: bool = False) -> DistillResult:
                 break
         epoch, skip = epoch + 1, 0
     bar.close()
+    return step
+
+
+def distill(cfg: DistillConfig, resume: bool = False) -> DistillResult:
+    """Distil a teacher into a TiUE student (or the one-step VSD baseline).
+
+    Args:
+        cfg: the recipe; ``cfg.out`` receives the student pipeline directory, ``cfg.run_path``
+            the checkpoints, the resolved config and ``log.jsonl``.
+        resume: continue from the latest checkpoint in ``cfg.run_path`` (from step 0 if none).
+
+    Returns:
+        The trained networks (on every rank) and where the student was written.
+    """
+    teacher_dir = resolve_teacher(cfg.teacher)
+    # absolute paths: the recipe is compared on --resume and recorded in tiue.json
+    cfg = cfg.replace(teacher=str(teacher_dir.resolve()), prompts=str(Path(cfg.prompts).resolve()))
+    cfg = resolve_pair_recipe(cfg, teacher_dir)
+    run, out = cfg.run_path, Path(cfg.out)
+    ckpts = checkpoint_dirs(run)
+    check_resume(cfg, ckpts, resume)
+    prompts = load_prompts(cfg.prompts)
+    accelerator = make_accelerator(cfg)
+    main = accelerator.is_main_process
+    tr = build_trainer(cfg, teacher_dir, accelerator)
+
+    rank, world = accelerator.process_index, accelerator.num_processes
+    add_guidance_terms(tr, prompts, teacher_dir)
+    loader = make_loader(prompts, cfg.batch_size, rank, world, cfg.seed)
+    per_epoch = len(loader)
+    total = cfg.steps or cfg.epochs * per_epoch
+    tr.clip_steps = per_epoch
+    tr.lr_scheduler = make_lr_scheduler(tr.opt, cfg, total)
+    step = tr.load(ckpts[-1]) if resume and ckpts else 0
+    if main:
+        run.mkdir(parents=True, exist_ok=True)
+        write_json(run / CONFIG_FILE, cfg.to_dict())
+        trim_log(run / LOG_FILE, step)
+        if resume:
+            log.info("resuming at step %d from %s", step, ckpts[-1] if ckpts else "scratch (no checkpoint yet)")
+        log.info(
+            "distilling %s into a %s student: %d prompts, %d process(es) x batch %d, %d steps (%d per epoch); run dir %s",
+            teacher_dir, "one-step VSD" if cfg.baseline else f"K={cfg.k} TiUE", len(prompts), world, cfg.batch_size,
+            total, per_epoch, run,
+        )
+    if cfg.log_tensorboard:
+        flat = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in cfg.to_dict().items()}
+        accelerator.init_trackers("distill", config=flat)
+
+    step = train_loop(tr, loader, step, total)
 
     if main:
         provenance = student_provenance(cfg, teacher_dir, step, world)

@@ -299,35 +299,45 @@ class TorchPipeline:
         sampler = SamplerChoice.parse(sampler) if isinstance(sampler, str) else sampler
         if len(prompts) != len(seeds):
             raise InputError(f"{len(prompts)} prompts but {len(seeds)} seeds")
-        timings: dict[str, float] = {}
         if noise is None:
-            shape = self.latent_shape(height, width)
-            if noise_source == "numpy":
-                noise = initial_noise(seeds, shape)
-            elif noise_source == "torch":
-                noise = torch.cat([torch.randn((1, *shape), generator=torch.Generator().manual_seed(int(s))) for s in seeds]).numpy()
-            else:
-                raise InputError(f"unknown noise source {noise_source!r}: use numpy or torch")
+            noise = self._seeded_noise(seeds, height, width, noise_source)
         if sampler.kind == "one-pass":
-            from ..executor import run_chain
+            return self._sample_one_pass(prompts, seeds, noise)
+        return self._sample_ddim(prompts, seeds, noise, sampler, guidance)
 
-            ids = self.tokenize(prompts)
-            shape = tuple(np.shape(noise)[1:])
-            manifest = self.manifest(shape[1] * self.vae_scale_factor, shape[2] * self.vae_scale_factor)
-            result = run_chain(manifest, self.graphs(), ids, np.asarray(noise, dtype=np.float32), "unfused", keep=True)
-            eps_out = result.values["unet_decoder.eps"]
-            return SampleResult(to_uint8_images(result.images), result.z0, list(seeds), result.timings, eps=eps_out)
-        else:
-            t0 = time.perf_counter()
-            cond = self.encode_text(prompts)
-            timings["text_encoder"] = time.perf_counter() - t0
-            z = torch.from_numpy(np.asarray(noise, dtype=np.float32)).to(device=self.device, dtype=self.unet.dtype)
-            t0 = time.perf_counter()
-            alphas = self.scheduler.alphas_cumprod.double().numpy()
-            uncond = self.encode_text([""] * len(prompts)) if sampler.kind == "ddim" else None
-            timesteps, prev, final = self.ddim_plan(sampler)
-            z0 = sample_ddim(z, self.denoiser(cond, uncond, guidance), timesteps, prev, alphas, final)
-            timings["unet"] = time.perf_counter() - t0
+    def _seeded_noise(self, seeds: Sequence[int], height: int | None, width: int | None, noise_source: str) -> np.ndarray:
+        """z_T for ``seeds`` drawn as ``noise_source`` says (see :meth:`sample`)."""
+        shape = self.latent_shape(height, width)
+        if noise_source == "numpy":
+            return initial_noise(seeds, shape)
+        if noise_source == "torch":
+            return torch.cat([torch.randn((1, *shape), generator=torch.Generator().manual_seed(int(s))) for s in seeds]).numpy()
+        raise InputError(f"unknown noise source {noise_source!r}: use numpy or torch")
+
+    def _sample_one_pass(self, prompts: Sequence[str], seeds: Sequence[int], noise) -> SampleResult:
+        """TiUE's one pass: the executor's unfused chain over this pipeline's graphs."""
+        from ..executor import run_chain
+
+        ids = self.tokenize(prompts)
+        shape = tuple(np.shape(noise)[1:])
+        manifest = self.manifest(shape[1] * self.vae_scale_factor, shape[2] * self.vae_scale_factor)
+        result = run_chain(manifest, self.graphs(), ids, np.asarray(noise, dtype=np.float32), "unfused", keep=True)
+        eps_out = result.values["unet_decoder.eps"]
+        return SampleResult(to_uint8_images(result.images), result.z0, list(seeds), result.timings, eps=eps_out)
+
+    def _sample_ddim(self, prompts: Sequence[str], seeds: Sequence[int], noise, sampler: SamplerChoice, guidance: float) -> SampleResult:
+        """The DDIM references: the student's K-step ``loop`` or the ``ddim:N`` teacher with CFG."""
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        cond = self.encode_text(prompts)
+        timings["text_encoder"] = time.perf_counter() - t0
+        z = torch.from_numpy(np.asarray(noise, dtype=np.float32)).to(device=self.device, dtype=self.unet.dtype)
+        t0 = time.perf_counter()
+        alphas = self.scheduler.alphas_cumprod.double().numpy()
+        uncond = self.encode_text([""] * len(prompts)) if sampler.kind == "ddim" else None
+        timesteps, prev, final = self.ddim_plan(sampler)
+        z0 = sample_ddim(z, self.denoiser(cond, uncond, guidance), timesteps, prev, alphas, final)
+        timings["unet"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         z0 = z0.float().cpu()
         require_finite({"inputs.noise": np.asarray(noise), f"{sampler}.z0": z0.numpy()})

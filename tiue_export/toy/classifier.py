@@ -254,6 +254,25 @@ def evaluate_real(classifier: ToyClassifier, n: int, seed: int) -> dict:
     return out
 
 
+def fit(net: AttributeNet, x_all: torch.Tensor, y_all: dict[str, torch.Tensor], cfg: TrainConfig, g: torch.Generator) -> float:
+    """``cfg.steps`` AdamW steps (one-cycle schedule) on augmented batches drawn with ``g``; returns the seconds."""
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.15)
+    net.train()
+    t0 = time.perf_counter()
+    for step in range(cfg.steps):
+        idx = torch.randint(0, len(x_all), (cfg.batch_size,), generator=g)
+        logits, _ = net(augment(x_all[idx], g))
+        loss = sum(F.cross_entropy(logits[k], y_all[k][idx]) for k in logits)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == cfg.steps - 1:
+            log.info("step %d/%d loss %.4f (%.0f s)", step + 1, cfg.steps, loss.item(), time.perf_counter() - t0)
+    return time.perf_counter() - t0
+
+
 def train_classifier(out_dir: str | Path, steps: int | None = None, seed: int | None = None, config: TrainConfig | None = None) -> dict:
     """Train the classifier on renders of every combination; save weights + config atomically.
 
@@ -286,21 +305,7 @@ def train_classifier(out_dir: str | Path, steps: int | None = None, seed: int | 
     clf = ToyClassifier(net)
     y_all = {k: torch.from_numpy(v) for k, v in clf.targets(attrs).items()}
     log.info("rendered %d training images in %.1f s", len(images), time.perf_counter() - t0)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.15)
-    net.train()
-    t0 = time.perf_counter()
-    for step in range(cfg.steps):
-        idx = torch.randint(0, len(x_all), (cfg.batch_size,), generator=g)
-        logits, _ = net(augment(x_all[idx], g))
-        loss = sum(F.cross_entropy(logits[k], y_all[k][idx]) for k in logits)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step % 100 == 0 or step == cfg.steps - 1:
-            log.info("step %d/%d loss %.4f (%.0f s)", step + 1, cfg.steps, loss.item(), time.perf_counter() - t0)
-    train_seconds = time.perf_counter() - t0
+    train_seconds = fit(net, x_all, y_all, cfg, g)
     net.eval()
     accuracy = evaluate_real(clf, cfg.eval_images, cfg.eval_seed)
     meta = {

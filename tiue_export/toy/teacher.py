@@ -340,12 +340,7 @@ def train_teacher(
     resuming = _check_resume(work, config, resume)
 
     torch.manual_seed(config.seed)
-    if resuming:
-        from transformers import CLIPTokenizer
-
-        tokenizer = CLIPTokenizer.from_pretrained(work / "tokenizer")
-    else:
-        tokenizer = build_tokenizer(config, work / "tokenizer")
+    tokenizer = _tokenizer(config, work / "tokenizer", resuming)
     text_encoder, vae, unet = build_models(config, tokenizer)
     state = torch.load(work / CHECKPOINT, weights_only=False) if resuming else None
     run = _Run(config, work, state, np.random.default_rng([config.seed, 1]), stop_after, progress, state["elapsed"] if state else 0.0)
@@ -363,7 +358,24 @@ def train_teacher(
         return None
     unet_losses, unet_segments = trained
 
-    provenance = {
+    provenance = _provenance(config, command, run, {"vae": vae_losses, "unet": unet_losses}, unet_segments)
+    export_pipeline(out_dir, work / "tokenizer", text_encoder, vae, unet, config, provenance)
+    log.info("wrote the toy teacher to %s (%.0f s of training)", out_dir, run.elapsed())
+    return out_dir
+
+
+def _tokenizer(config: TeacherConfig, path: Path, resuming: bool):
+    """The run's tokenizer: built once into the work directory, read back on resume."""
+    if not resuming:
+        return build_tokenizer(config, path)
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(path)
+
+
+def _provenance(config: TeacherConfig, command: str | None, run: _Run, final_losses: dict, unet_segments: list) -> dict:
+    """What the exported pipeline records of how it was trained."""
+    return {
         "source": "tiue-export toy train-teacher",
         "command": command or "tiue-export toy train-teacher",
         "seed": config.seed,
@@ -374,14 +386,11 @@ def train_teacher(
         "unet_schedule_lengths": unet_segments,
         "data": f"tiue_export.toy.domain, split 'train' ({len(domain.combos('train'))} captions); "
         f"{config.latent_pool} encoded images for the UNet, fresh renders for the VAE",
-        "final_losses": {"vae": vae_losses, "unet": unet_losses},
+        "final_losses": final_losses,
         "train_seconds": round(run.elapsed(), 1),
         "guidance": config.guidance,
         "torch_threads": config.threads,
     }
-    export_pipeline(out_dir, work / "tokenizer", text_encoder, vae, unet, config, provenance)
-    log.info("wrote the toy teacher to %s (%.0f s of training)", out_dir, run.elapsed())
-    return out_dir
 
 
 def _check_resume(work: Path, config: TeacherConfig, resume: bool) -> bool:
@@ -418,6 +427,28 @@ def _check_resume(work: Path, config: TeacherConfig, resume: bool) -> bool:
     return False
 
 
+def _train_stage(run: _Run, stage: str, total: int, step: int, train_one, checkpoint, save) -> int | None:
+    """Steps ``step`` .. ``total`` of one stage with a progress bar: ``train_one(step)`` trains on
+    one batch and returns the bar's postfix; every ``checkpoint_every`` steps and at the end
+    ``checkpoint(step)`` records the losses and saves. Returns the steps done, or None (after
+    ``save(step)``) when the step budget ran out first."""
+    bar = _progress(total, step, stage, run.progress)
+    while step < total:
+        if run.out_of_budget():
+            save(step)
+            bar.close()
+            return None
+        postfix = train_one(step)
+        step += 1
+        run.spend_step()
+        bar.set_postfix(**postfix, refresh=False)
+        bar.update(1)
+        if step % run.config.checkpoint_every == 0 or step == total:
+            checkpoint(step)
+    bar.close()
+    return step
+
+
 def _train_vae(run: _Run, vae) -> tuple[int | None, dict]:
     """Stage (a): the VAE on fresh renders (crops first, then whole images).
 
@@ -438,31 +469,14 @@ def _train_vae(run: _Run, vae) -> tuple[int | None, dict]:
             _set_rng_state(state["rng"], data_rng)
         vae_step = state["vae_step"]
         vae_losses = state.get("vae_losses", {})
-
-    def save_vae():
-        run.save(
-            {"stage": "vae", "vae_step": vae_step, "vae": vae.state_dict(), "vae_opt": vae_opt.state_dict(),
-             "vae_sched": vae_sched.state_dict(), "vae_losses": vae_losses}
-        )
-
     if vae_step >= config.vae_steps:
         return vae_step, vae_losses
     train_combos = domain.combos("train")
-    vae.train()
-    bar = _progress(config.vae_steps, vae_step, "vae", run.progress)
     smooth = None
-    while vae_step < config.vae_steps:
-        if run.out_of_budget():
-            save_vae()
-            bar.close()
-            return None, vae_losses
-        if vae_step < config.vae_crop_steps:
-            batch = [train_combos[i] for i in data_rng.integers(0, len(train_combos), config.vae_batch)]
-            images = [object_crop(*domain.render_with_box(a, data_rng, config.resolution), config.vae_crop, data_rng) for a in batch]
-        else:
-            batch = [train_combos[i] for i in data_rng.integers(0, len(train_combos), config.vae_full_batch)]
-            images = [domain.render(a, data_rng, config.resolution) for a in batch]
-        x = images_to_tensor(np.stack(images))
+
+    def train_one(step: int) -> dict:
+        nonlocal smooth
+        x = _vae_batch(config, step, train_combos, data_rng)
         post = vae.encode(x).latent_dist
         recon = vae.decode(post.sample()).sample
         loss = vae_loss(recon, x, post.kl(), config.vae_kl_weight)
@@ -470,18 +484,39 @@ def _train_vae(run: _Run, vae) -> tuple[int | None, dict]:
         loss.backward()
         vae_opt.step()
         vae_sched.step()
-        vae_step += 1
-        run.spend_step()
         smooth = loss.item() if smooth is None else 0.98 * smooth + 0.02 * loss.item()
-        psnr = 10 * math.log10(4.0 / max(smooth, 1e-12))
-        bar.set_postfix(loss=f"{smooth:.5f}", psnr=f"{psnr:.1f}dB", refresh=False)
-        bar.update(1)
-        if vae_step % config.checkpoint_every == 0 or vae_step == config.vae_steps:
-            vae_losses = {"mse_smoothed": smooth, "psnr_db": psnr}
-            log.info("vae step %d/%d: loss %.5f (PSNR %.1f dB)", vae_step, config.vae_steps, smooth, psnr)
-            save_vae()
-    bar.close()
-    return vae_step, vae_losses
+        return {"loss": f"{smooth:.5f}", "psnr": f"{_psnr(smooth):.1f}dB"}
+
+    def checkpoint(step: int) -> None:
+        nonlocal vae_losses
+        vae_losses = {"mse_smoothed": smooth, "psnr_db": _psnr(smooth)}
+        log.info("vae step %d/%d: loss %.5f (PSNR %.1f dB)", step, config.vae_steps, smooth, _psnr(smooth))
+        save(step)
+
+    def save(step: int) -> None:
+        run.save(
+            {"stage": "vae", "vae_step": step, "vae": vae.state_dict(), "vae_opt": vae_opt.state_dict(),
+             "vae_sched": vae_sched.state_dict(), "vae_losses": vae_losses}
+        )
+
+    vae.train()
+    return _train_stage(run, "vae", config.vae_steps, vae_step, train_one, checkpoint, save), vae_losses
+
+
+def _psnr(mse: float) -> float:
+    """PSNR in dB of images in [-1, 1] (peak-to-peak 2) at mean squared error ``mse``."""
+    return 10 * math.log10(4.0 / max(mse, 1e-12))
+
+
+def _vae_batch(config: TeacherConfig, step: int, combos: list, data_rng: np.random.Generator):
+    """One VAE batch of fresh renders: object crops for the first ``vae_crop_steps``, whole images after."""
+    if step < config.vae_crop_steps:
+        batch = [combos[i] for i in data_rng.integers(0, len(combos), config.vae_batch)]
+        images = [object_crop(*domain.render_with_box(a, data_rng, config.resolution), config.vae_crop, data_rng) for a in batch]
+    else:
+        batch = [combos[i] for i in data_rng.integers(0, len(combos), config.vae_full_batch)]
+        images = [domain.render(a, data_rng, config.resolution) for a in batch]
+    return images_to_tensor(np.stack(images))
 
 
 def _latent_pool(run: _Run, vae) -> dict:
@@ -505,9 +540,9 @@ def _train_unet(run: _Run, tokenizer, text_encoder, vae, unet, pool, vae_step, v
     import torch
     from diffusers import DDIMScheduler
     from diffusers.optimization import get_cosine_schedule_with_warmup
-    from diffusers.training_utils import EMAModel, compute_snr
+    from diffusers.training_utils import EMAModel
 
-    config, state, data_rng = run.config, run.state, run.data_rng
+    config = run.config
     noise_scheduler = DDIMScheduler.from_config(SD21_SCHEDULER_CONFIG)
     # The UNet stage draws from its own seed: it depends on the VAE's weights, not on how many
     # random numbers the VAE stage used, so it can be rerun alone on a finished VAE.
@@ -516,71 +551,88 @@ def _train_unet(run: _Run, tokenizer, text_encoder, vae, unet, pool, vae_step, v
     opt = torch.optim.AdamW(params, lr=config.unet_lr, weight_decay=1e-2)
     lr_sched = get_cosine_schedule_with_warmup(opt, config.unet_warmup, config.unet_steps)
     ema = EMAModel(params, decay=config.ema_decay, use_ema_warmup=True, power=3 / 4)
-    captions = [domain.caption(a) for a in domain.combos("train")]
-    ids = torch.from_numpy(
-        tokenizer(captions + [""], padding="max_length", max_length=config.text_max_tokens, truncation=True, return_tensors="np").input_ids
-    ).long()
-    empty = len(captions)
-    unet_step, unet_losses, unet_segments = 0, {}, []
-    if state is not None and state["stage"] == "unet":
-        unet.load_state_dict(state["unet"])
-        text_encoder.load_state_dict(state["text_encoder"])
-        opt.load_state_dict(state["opt"])
-        lr_sched.load_state_dict(state["lr_sched"])
-        ema.load_state_dict(state["ema"])
-        _set_rng_state(state["rng"], data_rng)
-        unet_step = state["unet_step"]
-        unet_losses = state.get("unet_losses", {})
-        unet_segments = [list(x) for x in state.get("unet_segments", [[0, state["unet_step"]]] if state["unet_step"] else [])]
-    if not unet_segments or unet_segments[-1][1] != config.unet_steps:
-        unet_segments.append([unet_step, config.unet_steps])
-
-    def save_unet():
-        run.save(
-            {"stage": "unet", "vae_step": vae_step, "unet_step": unet_step, "vae": vae.state_dict(),
-             "unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(), "opt": opt.state_dict(),
-             "lr_sched": lr_sched.state_dict(), "ema": ema.state_dict(),
-             "vae_losses": vae_losses, "unet_losses": unet_losses, "unet_segments": unet_segments}
-        )
-
-    unet.train()
-    text_encoder.train()
-    bar = _progress(config.unet_steps, unet_step, "unet", run.progress)
+    ids, empty = _caption_ids(tokenizer, config)
+    trained = {"unet": unet, "text_encoder": text_encoder, "opt": opt, "lr_sched": lr_sched, "ema": ema}
+    unet_step, unet_losses, unet_segments = _restore_unet(run, trained)
     smooth = None
-    while unet_step < config.unet_steps:
-        if run.out_of_budget():
-            save_unet()
-            bar.close()
-            return None
-        idx = torch.randint(0, len(pool["mean"]), (config.unet_batch,))
-        mean, std = pool["mean"][idx], pool["std"][idx]
-        latents = (mean + std * torch.randn_like(mean)) * pool["scaling_factor"]
-        cap = pool["caption"][idx].clone()
-        cap[torch.rand(config.unet_batch) < config.caption_dropout] = empty
-        noise = torch.randn_like(latents)
-        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (config.unet_batch,))
-        noisy = noise_scheduler.add_noise(latents, noise, t)
-        cond = text_encoder(ids[cap])[0]
-        pred = unet(noisy, t, encoder_hidden_states=cond).sample
-        loss = epsilon_loss(pred, noise, min_snr_weights(compute_snr(noise_scheduler, t), config.snr_gamma))
+
+    def train_one(step: int) -> dict:
+        nonlocal smooth
+        loss = _unet_loss(pool, config, noise_scheduler, text_encoder, unet, ids, empty)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         lr_sched.step()
         ema.step(params)
-        unet_step += 1
-        run.spend_step()
         smooth = loss.item() if smooth is None else 0.99 * smooth + 0.01 * loss.item()
-        bar.set_postfix(loss=f"{smooth:.4f}", lr=f"{lr_sched.get_last_lr()[0]:.1e}", refresh=False)
-        bar.update(1)
-        if unet_step % config.checkpoint_every == 0 or unet_step == config.unet_steps:
-            unet_losses = {"eps_loss_smoothed": smooth}
-            log.info("unet step %d/%d: loss %.4f (%.0f s)", unet_step, config.unet_steps, smooth, run.elapsed())
-            save_unet()
-    bar.close()
+        return {"loss": f"{smooth:.4f}", "lr": f"{lr_sched.get_last_lr()[0]:.1e}"}
+
+    def checkpoint(step: int) -> None:
+        nonlocal unet_losses
+        unet_losses = {"eps_loss_smoothed": smooth}
+        log.info("unet step %d/%d: loss %.4f (%.0f s)", step, config.unet_steps, smooth, run.elapsed())
+        save(step)
+
+    def save(step: int) -> None:
+        states = {k: v.state_dict() for k, v in trained.items()}
+        run.save(
+            {"stage": "unet", "vae_step": vae_step, "unet_step": step, "vae": vae.state_dict(), **states,
+             "vae_losses": vae_losses, "unet_losses": unet_losses, "unet_segments": unet_segments}
+        )
+
+    unet.train()
+    text_encoder.train()
+    if _train_stage(run, "unet", config.unet_steps, unet_step, train_one, checkpoint, save) is None:
+        return None
     ema.copy_to(params)
     return unet_losses, unet_segments
+
+
+def _caption_ids(tokenizer, config: TeacherConfig):
+    """Token ids of every training caption and, last, of the empty prompt; and that last index."""
+    import torch
+
+    captions = [domain.caption(a) for a in domain.combos("train")]
+    ids = torch.from_numpy(
+        tokenizer(captions + [""], padding="max_length", max_length=config.text_max_tokens, truncation=True, return_tensors="np").input_ids
+    ).long()
+    return ids, len(captions)
+
+
+def _restore_unet(run: _Run, trained: dict) -> tuple[int, dict, list]:
+    """The UNet stage's step, losses and schedule segments, and ``trained``'s states, from a
+    checkpoint of that stage (a fresh start otherwise); a new segment when ``--steps`` grew."""
+    state, config = run.state, run.config
+    unet_step, unet_losses, unet_segments = 0, {}, []
+    if state is not None and state["stage"] == "unet":
+        for key, obj in trained.items():
+            obj.load_state_dict(state[key])
+        _set_rng_state(state["rng"], run.data_rng)
+        unet_step = state["unet_step"]
+        unet_losses = state.get("unet_losses", {})
+        unet_segments = [list(x) for x in state.get("unet_segments", [[0, state["unet_step"]]] if state["unet_step"] else [])]
+    if not unet_segments or unet_segments[-1][1] != config.unet_steps:
+        unet_segments.append([unet_step, config.unet_steps])
+    return unet_step, unet_losses, unet_segments
+
+
+def _unet_loss(pool: dict, config: TeacherConfig, noise_scheduler, text_encoder, unet, ids, empty: int):
+    """The min-SNR-weighted epsilon loss on one batch of the latent pool (captions dropped to the empty prompt at ``caption_dropout``)."""
+    import torch
+    from diffusers.training_utils import compute_snr
+
+    idx = torch.randint(0, len(pool["mean"]), (config.unet_batch,))
+    mean, std = pool["mean"][idx], pool["std"][idx]
+    latents = (mean + std * torch.randn_like(mean)) * pool["scaling_factor"]
+    cap = pool["caption"][idx].clone()
+    cap[torch.rand(config.unet_batch) < config.caption_dropout] = empty
+    noise = torch.randn_like(latents)
+    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (config.unet_batch,))
+    noisy = noise_scheduler.add_noise(latents, noise, t)
+    cond = text_encoder(ids[cap])[0]
+    pred = unet(noisy, t, encoder_hidden_states=cond).sample
+    return epsilon_loss(pred, noise, min_snr_weights(compute_snr(noise_scheduler, t), config.snr_gamma))
 
 
 def encode_latent_pool(vae, config: TeacherConfig, progress: bool = True, batch: int = 64) -> dict:
