@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Steps per second and peak memory of `tiue-export distill` at SD 2.1-base size (random weights).
 
-The teacher is SD 2.1-base's exact architecture written as code (tiue_export.reference.random_sd: UNet 865M
+The teacher is SD 2.1-base's exact architecture written as code (tiue_export.reference.random_models: UNet 865M
 parameters, OpenCLIP-H text tower, SD VAE); nothing is downloaded. The run is the real
 `distill` loop (student pass, two CFG teacher calls, KL, Adam + EMA, LoRA step), timed per step
 from its log; the first --warmup steps (allocation, cuDNN autotuning) are left out.
@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     from tiue_export.cli import quiet_libraries, setup_logging
     from tiue_export.distill.config import DistillConfig
     from tiue_export.distill.train import LOG_FILE, distill
-    from tiue_export.reference.random_sd import build_sd_pipeline
+    from tiue_export.reference.random_models import build_sd_pipeline
 
     setup_logging()
     quiet_libraries()

@@ -2,7 +2,7 @@
 """Export a full-size SD 2.1-base-shaped student (random weights) at 512x512 and time it on CPU.
 
 The architecture is SD 2.1-base's exactly (UNet 865M parameters, OpenCLIP-H text tower, SD VAE),
-written as code in tiue_export.reference.random_sd: nothing is downloaded. Random weights are enough to check
+written as code in tiue_export.reference.random_models: nothing is downloaded. Random weights are enough to check
 what size brings: protobuf's 2 GB limit (the fp32 UNet graphs use external data), export time,
 memory, file sizes and the one-pass latency of the torch-free runtime.
 
@@ -39,7 +39,7 @@ def main() -> int:
     setup_logging()
     quiet_libraries()
     from tiue_export.build.export import ExportConfig, export_bundle
-    from tiue_export.reference.random_sd import build_sd_pipeline
+    from tiue_export.reference.random_models import build_sd_pipeline
 
     model = args.work / "model"
     bundle = args.work / f"bundle-{args.size}-{args.precision}"

@@ -29,7 +29,7 @@ def export(args, out: Path) -> Path:
         return out
     model = Path(args.model) if args.model else None
     if model is None:
-        from tiue_export.reference.random_sd import build_sd_pipeline
+        from tiue_export.reference.random_models import build_sd_pipeline
 
         model = build_sd_pipeline(out.parent / f"model-{args.arch}-w{args.width_div}", args.arch, args.width_div)
     export_bundle(ExportConfig(model=model, out=out, height=args.height, width=args.width, validate_batch=1))

@@ -27,7 +27,7 @@ def pytest_sessionstart(session):
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
     """A factory ``tiny_models(variant) -> Path`` of cached tiny student directories."""
-    from tiue_export.reference.random_tiny import build_tiny_pipeline
+    from tiue_export.reference.random_models import build_tiny_pipeline
 
     cache = {}
     root = tmp_path_factory.mktemp("tiny-models")
@@ -58,7 +58,7 @@ DISTILL_PROMPTS = ["a photo of a cat", "a red cube on a blue table", "a large ye
 @pytest.fixture(scope="session")
 def teacher(tmp_path_factory):
     """A tiny SD 2.1-shaped teacher pipeline to distil from."""
-    from tiue_export.reference.random_tiny import build_tiny_pipeline
+    from tiue_export.reference.random_models import build_tiny_pipeline
 
     return build_tiny_pipeline(tmp_path_factory.mktemp("teacher") / "teacher", "sd21", student=False)
 

@@ -261,53 +261,34 @@ def graph_specs(geo: Geometry, opset: int = DEFAULT_OPSET) -> dict[str, GraphSpe
     text = TensorSpec("text_embeddings", "float32", ("B", L, D))
     latents = TensorSpec("latents", "float32", ("B", C, h, w))
     features = tuple(TensorSpec(name, "float32", ("B", *shape)) for name, shape in geo.features)
-    unet_tol, unet_tol16 = FP32_TOL["unet"], FP16_TOL["unet"]
+
+    def spec(name: str, tolerances: str, inputs: tuple, outputs: tuple, description: str, **extra) -> GraphSpec:
+        """A graph at this opset, with the fp32 and fp16 tolerances of its ``tolerances`` family."""
+        return GraphSpec(
+            name, inputs=inputs, outputs=outputs, opset=opset, tolerance=FP32_TOL[tolerances],
+            tolerance_fp16=FP16_TOL[tolerances], description=description, **extra,
+        )
+
     specs = [
-        GraphSpec(
-            "text_encoder",
-            inputs=(TensorSpec("input_ids", "int64", ("B", L), (0, geo.vocab_size)),),
-            outputs=(text,),
-            opset=opset,
-            tolerance=FP32_TOL["text_encoder"],
-            tolerance_fp16=FP16_TOL["text_encoder"],
-            description="token ids (padded to L) -> last hidden state of the text encoder",
+        spec(
+            "text_encoder", "text_encoder", (TensorSpec("input_ids", "int64", ("B", L), (0, geo.vocab_size)),), (text,),
+            "token ids (padded to L) -> last hidden state of the text encoder",
         ),
-        GraphSpec(
-            "unet_encoder",
-            inputs=(latents, text),
-            outputs=features,
-            opset=opset,
-            tolerance=unet_tol,
-            tolerance_fp16=unet_tol16,
-            description="z_T + text -> unified-encoder features (mid, skip_0..skip_n) at the encoder timestep",
+        spec(
+            "unet_encoder", "unet", (latents, text), features,
+            "z_T + text -> unified-encoder features (mid, skip_0..skip_n) at the encoder timestep",
         ),
-        GraphSpec(
-            "unet_decoder",
-            inputs=features + (text,),
-            outputs=(TensorSpec("eps", "float32", ("KB", C, h, w)),),
-            opset=opset,
-            tolerance=unet_tol,
-            tolerance_fp16=unet_tol16,
-            description="features + text -> K x B noise predictions, timestep-major (K time embeddings baked in)",
+        spec(
+            "unet_decoder", "unet", features + (text,), (TensorSpec("eps", "float32", ("KB", C, h, w)),),
+            "features + text -> K x B noise predictions, timestep-major (K time embeddings baked in)",
         ),
-        GraphSpec(
-            "unet_decoder_fused",
-            inputs=features + (text, latents),
-            outputs=(TensorSpec("z0", "float32", ("B", C, h, w)),),
-            opset=opset,
-            tolerance=unet_tol,
-            tolerance_fp16=unet_tol16,
-            description="features + text + z_T -> z0 = S z_T + sum_k E_k eps_k (paper Eq. 11 inside the graph)",
+        spec(
+            "unet_decoder_fused", "unet", features + (text, latents), (TensorSpec("z0", "float32", ("B", C, h, w)),),
+            "features + text + z_T -> z0 = S z_T + sum_k E_k eps_k (paper Eq. 11 inside the graph)",
         ),
-        GraphSpec(
-            "vae_decoder",
-            inputs=(TensorSpec("latents", "float32", ("B", C, h, w)),),
-            outputs=(TensorSpec("images", "float32", ("B", 3, H, W)),),
-            opset=opset,
-            tolerance=FP32_TOL["vae_decoder"],
-            tolerance_fp16=FP16_TOL["vae_decoder"],
-            fp16=False,
-            description="z0 -> images in [-1, 1]; divides by the VAE scaling factor inside the graph",
+        spec(
+            "vae_decoder", "vae_decoder", (TensorSpec("latents", "float32", ("B", C, h, w)),), (TensorSpec("images", "float32", ("B", 3, H, W)),),
+            "z0 -> images in [-1, 1]; divides by the VAE scaling factor inside the graph", fp16=False,
         ),
     ]
     return {s.name: s for s in specs}

@@ -183,7 +183,7 @@ def test_distill_resume_refuses_a_folder_without_a_run(tiny_models, tmp_path, ca
     prompts = tmp_path / "p.txt"
     prompts.write_text("a cat\n")
     (tmp_path / "empty").mkdir()
-    from tiue_export.reference.random_tiny import build_tiny_pipeline
+    from tiue_export.reference.random_models import build_tiny_pipeline
 
     teacher = build_tiny_pipeline(tmp_path / "teacher", "sd21", student=False)
     code, _, err = run_cli(["distill", "--teacher", str(teacher), "--prompts", str(prompts), "--out", str(tmp_path / "empty"), "--resume", "--steps", "1"], capsys)

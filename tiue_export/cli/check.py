@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ..variants import VAE_CHOICES
 from .types import SEED
 
 
@@ -16,31 +17,11 @@ from .types import SEED
 @click.option("--prompt", "prompts", multiple=True, help="Prompt (repeatable) [default: two built-in prompts].")
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--model", type=click.Path(), default=None, help="The PyTorch source model [default: the one the manifest names].")
-@click.option(
-    "--reference",
-    type=click.Choice(["auto", "torch", "bundle"]),
-    default="auto",
-    show_default=True,
-    help="What backends are compared with: PyTorch on the source model, or the reference export stored in the bundle "
-    "(auto: PyTorch where torch and the model are here).",
-)
+@click.option("--reference", type=click.Choice(["auto", "torch", "bundle"]), default="auto", show_default=True, help="What backends are compared with: PyTorch on the source model, or the reference export stored in the bundle (auto: PyTorch where torch and the model are here).")
 @click.option("--json", "json_path", type=click.Path(), default=None, help="Write the results as JSON.")
-@click.option(
-    "--image",
-    "image_path",
-    type=click.Path(),
-    default=None,
-    help="PNG of reference vs backend images and their differences [default: beside --json, as FILE.png; none without --json].",
-)
+@click.option("--image", "image_path", type=click.Path(), default=None, help="PNG of reference vs backend images and their differences [default: beside --json, as FILE.png; none without --json].")
 @click.option("--device", default=None, metavar="cpu|cuda[:N]|auto", help="Where the PyTorch reference runs, in fp32 [default: auto].")
-@click.option(
-    "--vae",
-    type=click.Choice(["auto", "full", "tiny"]),
-    default="auto",
-    show_default=True,
-    help="tiny: the chain through the bundle's tiny VAE decoder (what infer --vae tiny runs); auto: the full chain, and the tiny "
-    "decoder's graph where the bundle has one; full: the full decoder only.",
-)
+@click.option("--vae", type=click.Choice(["auto", *VAE_CHOICES]), default="auto", show_default=True, help="tiny: the chain through the bundle's tiny VAE decoder (what infer --vae tiny runs); auto: the full chain, and the tiny decoder's graph where the bundle has one; full: the full decoder only.")
 def check(bundle, backends, prompts, seed, model, reference, json_path, image_path, device, vae):
     """Compare every backend with the PyTorch reference, per graph and end to end.
 

@@ -36,7 +36,7 @@ def build_clip_tokenizer(corpus: Iterable[str], out_dir, vocab_size: int = 1024,
 
 
 def tiny_clip_tokenizer(out_dir, model_max_length: int = 77):
-    """The tiny models' CLIP tokenizer (a BPE of :data:`tiue_export.reference.random_tiny.TINY_CORPUS`, 360 tokens),
+    """The tiny models' CLIP tokenizer (a BPE of :data:`tiue_export.reference.random_models.TINY_CORPUS`, 360 tokens),
     written to ``out_dir`` and loaded.
 
     It is a fixed file, not trained anew: ``tokenizers``' BPE trainer orders tokens of equal

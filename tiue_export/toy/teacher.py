@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..files import atomic_path
-from ..reference.random_tiny import write_model_index
+from ..reference.random_models import write_model_index
 from ..schedule import SD21_SCHEDULER_CONFIG
 from . import domain
 

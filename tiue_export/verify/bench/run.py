@@ -200,7 +200,7 @@ def _model_for_shape(cfg: BenchConfig, resolve_model):
     if cfg.model:
         raise InputError("give either --model or an sd* --shape (random weights), not both")
     from ...reference.builtin import cache_dir
-    from ...reference.random_sd import build_sd_pipeline
+    from ...reference.random_models import build_sd_pipeline
 
     arch, size, div = spec
     path = cache_dir() / f"random-{arch}-w{div}"

@@ -5,7 +5,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from tiue_export.reference.random_sd import text_config, unet_config, vae_config
+from tiue_export.reference.random_models import text_config, unet_config, vae_config
 
 
 def count(module):
@@ -22,7 +22,7 @@ def test_full_size_parameter_counts(arch, unet_params, text_params):
 
 def test_tiny_width_keeps_sd21_blocks(tmp_path):
     from tiue_export.reference.pipeline import load_pipeline
-    from tiue_export.reference.random_sd import build_sd_pipeline
+    from tiue_export.reference.random_models import build_sd_pipeline
 
     p = load_pipeline(build_sd_pipeline(tmp_path / "m", "sd21", width_div=16))
     assert tuple(p.unet.config.down_block_types) == ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",)
@@ -42,7 +42,7 @@ def test_sd21_shaped_tiny_width_bundle_parity(tmp_path):
     from tiue_export.build.export import ExportConfig, export_bundle
     from tiue_export.compare import psnr
     from tiue_export.reference.pipeline import load_pipeline
-    from tiue_export.reference.random_sd import build_sd_pipeline
+    from tiue_export.reference.random_models import build_sd_pipeline
     from tiue_export.runtime import Pipeline
 
     model = build_sd_pipeline(tmp_path / "m", "sd21", width_div=16)
