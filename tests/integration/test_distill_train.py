@@ -404,19 +404,19 @@ def test_cli_distill_export_writes_a_checkpoints_ema_student(teacher, prompts_fi
 
 
 
-def test_recorded_recipes_with_removed_options_read_but_do_not_resume(teacher, prompts_file, tmp_path, capsys):
-    """The shipped student's provenance reads as today's recipe; a run that used an option this
-    version dropped still exports its checkpoints, but --resume refuses it in one line."""
-    from tiue_export.distill.config import REMOVED, REMOVED_SETTINGS, removed_options
+def test_recorded_recipes_read_only_live_options(teacher, prompts_file, tmp_path, capsys):
+    """The shipped student's provenance is today's recipe, key for key; a run directory whose
+    config names an option this version does not have is refused by --resume and distill-export
+    in one line, and nothing is written."""
+    from dataclasses import fields
+
     from tiue_export.reference.builtin import default_model
 
     shipped = json.loads((default_model() / "tiue.json").read_text())["provenance"]["recipe"]
     cfg = DistillConfig.from_dict(shipped)
-    assert removed_options(shipped) == []
+    assert set(shipped) <= {f.name for f in fields(DistillConfig)}
     assert (cfg.regression_pairs, cfg.lambda_reg, cfg.regression_steps, cfg.regression_guidance) == (512, 1.0, 50, 5.0)
     assert (cfg.lr, cfg.steps, cfg.baseline) == (1e-4, 3600, None)
-    off = {**cfg.to_dict(), **REMOVED, **{k: 1 for k in REMOVED_SETTINGS}}  # removed options, off
-    assert DistillConfig.from_dict(off) == cfg and removed_options(off) == []
     with pytest.raises(InputError, match="unknown distill config keys: no_such_key"):
         DistillConfig.from_dict({**shipped, "no_such_key": 1})
 
@@ -425,15 +425,14 @@ def test_recorded_recipes_with_removed_options_read_but_do_not_resume(teacher, p
     code, _, err = run_cli(argv + ["--steps", "1", "--checkpoint-every", "1"], capsys)
     assert code == 0, err
     run = Path(f"{out}.run")
-    for path in (run / "config.json", run / "checkpoints" / "step-00000001" / "config.json"):  # as an older version wrote it
-        path.write_text(json.dumps({**json.loads(path.read_text()), "lambda_gan": 0.5, "gan_scale": 2}))
-    code, _, err = run_cli(argv + ["--steps", "2", "--resume"], capsys)
-    assert code == 2 and f"{run} was trained with --lambda-gan 0.5, which this version no longer has" in err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
-    code, _, err = run_cli(["distill-export", str(run), "--out", str(tmp_path / "exported")], capsys)
-    assert code == 0, err
-    recipe = json.loads((tmp_path / "exported" / "tiue.json").read_text())["provenance"]["recipe"]
-    assert recipe["lambda_gan"] == 0.5  # the recipe as the run recorded it
+    for path in (run / "config.json", run / "checkpoints" / "step-00000001" / "config.json"):  # as another version wrote it
+        path.write_text(json.dumps({**json.loads(path.read_text()), "lambda_gan": 0.5}))
+    for argv_ in (argv + ["--steps", "2", "--resume"], ["distill-export", str(run), "--out", str(tmp_path / "exported")]):
+        code, _, err = run_cli(argv_, capsys)
+        assert code == 2 and "unknown distill config keys: lambda_gan (a recipe of another tiue-export version" in err, err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "exported").exists() and not (run / "checkpoints" / "step-00000002").exists()
+
 
 # -- teacher pairs (DMD regression) ---------------------------------------------------------------
 def test_teacher_pairs_are_the_teachers_ddim_samples_and_resume(teacher, prompts_file, tmp_path):

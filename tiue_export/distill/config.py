@@ -21,22 +21,6 @@ LR_SCHEDULES = ("constant", "cosine", "linear")
 RESUMABLE_CHANGES = ("steps", "epochs", "checkpoint_every", "keep_checkpoints", "log_tensorboard", "out", "run_dir", "pairs")
 #: DDIM steps of the teacher for each pair unless a store says otherwise: what `infer --sampler ddim:50` draws.
 DEFAULT_REGRESSION_STEPS = 50
-#: Options of earlier versions, dropped because they measured no gain on the toy (docs/distill.md):
-#: the key that switched each on, with its "off" value. A recorded recipe (a run's config.json,
-#: tiue.json's provenance) holding them "off" reads as today's recipe; one that used them still
-#: reads (distill-export works) but cannot be resumed.
-REMOVED = {
-    "lambda_gan": 0.0,  # DMD2's GAN term on the LoRA teacher's bottleneck
-    "lambda_refine": 0.0,  # regression onto the teacher's SDEdit refinement of each student sample
-    "lambda_ode": 0.0,  # regression onto the teacher's DDIM latents from each step's own z_T (online pairs)
-    "regression_space": "latent",  # "pixel": the pairs compared as images through the frozen VAE decoder
-    "regression_batch_size": None,  # pairs per step other than --batch-size
-    "vsd_weighting": "sigma2",  # "dmd": DMD's per-sample normalisation of the VSD gradient
-    "lora_updates": 1,  # LoRA teacher steps per student step (DMD2's two time-scale rule: 5)
-    "init_student": None,  # a student directory whose UNet started the student
-}
-#: The settings of those options: meaningless without them, ignored when read.
-REMOVED_SETTINGS = ("lambda_gan_d", "gan_t_max", "gan_scale", "refine_t", "refine_steps", "refine_guidance", "refine_noise", "ode_steps")
 
 
 @dataclass(frozen=True)
@@ -152,12 +136,15 @@ class DistillConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> DistillConfig:
-        """A recorded recipe; keys of removed options are dropped (see :func:`removed_options`)."""
+        """A recorded recipe (a run's config.json, tiue.json's provenance), refused in one line when
+        it names an option this version does not have."""
         names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names - set(REMOVED) - set(REMOVED_SETTINGS))
+        unknown = sorted(set(data) - names)
         if unknown:
-            raise InputError(f"unknown distill config keys: {', '.join(unknown)}")
-        data = {k: v for k, v in data.items() if k in names}
+            raise InputError(
+                f"unknown distill config keys: {', '.join(unknown)} (a recipe of another tiue-export version: resume or export it with that version)"
+            )
+        data = dict(data)
         if "lora_targets" in data:
             data["lora_targets"] = tuple(data["lora_targets"])
         return cls(**data)
@@ -174,7 +161,3 @@ class DistillConfig:
     def replace(self, **changes) -> DistillConfig:
         return replace(self, **changes)
 
-
-def removed_options(data: dict) -> list[str]:
-    """The removed options a recorded recipe used, as flags (``--lambda-gan 0.5``); empty for today's."""
-    return [f"--{key.replace('_', '-')} {data[key]}" for key, off in REMOVED.items() if data.get(key, off) != off]

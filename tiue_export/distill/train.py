@@ -44,7 +44,7 @@ from ..reference.student import TiUEStudent
 from ..reference.tiue_config import TIUE_JSON
 from ..sampling import to_uint8_images
 from ..schedule import OnePassSchedule, combine_one_pass
-from .config import DEFAULT_REGRESSION_STEPS, DistillConfig, removed_options
+from .config import DEFAULT_REGRESSION_STEPS, DistillConfig
 from .data import load_prompts, make_loader
 from .losses import (
     clip_text_loss,
@@ -232,7 +232,6 @@ def export_checkpoint(run: Path, out: Path, step: int | None = None) -> tuple[Pa
     ema = EMAModel(student.unet.parameters(), decay=cfg.ema_decay)
     ema.load_state_dict(torch.load(path / "ema.pt", weights_only=True, map_location="cpu"))
     world = json.loads((path / "state.json").read_text())["world_size"]
-    # the recipe as recorded: it may name options this version no longer has
     provenance = {**student_provenance(cfg, teacher_dir, step, world), "recipe": recorded, "checkpoint": str(path.resolve())}
     export_student(out, teacher_dir, scheduler_overrides(cfg), student, ema, provenance, schedule)
     return out, step
@@ -722,11 +721,6 @@ def check_resume(cfg: DistillConfig, ckpts: list[Path], resume: bool) -> None:
         raise InputError(f"--resume: {run} holds no run to continue: drop --resume to start one")
     if resume and (run / CONFIG_FILE).exists():
         recorded = json.loads((run / CONFIG_FILE).read_text())
-        if removed_options(recorded):
-            raise InputError(
-                f"{run} was trained with {', '.join(removed_options(recorded))}, which this version no longer has "
-                "(no measured gain; docs/distill.md): start a new run, or resume with the version that made it"
-            )
         changed = DistillConfig.from_dict(recorded).differences(cfg)
         if changed:
             raise InputError(f"--resume with a different recipe ({', '.join(changed)}): use the original options")
