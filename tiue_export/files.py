@@ -111,14 +111,22 @@ def atomic_path(path: str | os.PathLike, suffix: str = ""):
 
 
 def require_file(path: str | os.PathLike, what: str = "file") -> Path:
-    """``path``, or a one-line :class:`InputError` when it is missing or a directory."""
+    """``path``, or a one-line :class:`InputError` when it is missing, a directory, or there but
+    not readable (a file this user may not read is not "no such file")."""
     from .errors import InputError
 
     path = Path(path)
-    if path.is_dir():
+    try:
+        is_dir = path.is_dir()
+        path.stat()
+    except FileNotFoundError:
+        raise InputError(f"no such {what}: {path}") from None
+    except OSError as exc:  # a parent directory this user may not enter, a name too long ...
+        raise InputError(f"cannot read {what} {path}: {exc.strerror}") from exc
+    if is_dir:
         raise InputError(f"{what} {path} is a directory, not a file")
-    if not path.is_file():
-        raise InputError(f"no such {what}: {path}")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"cannot read {what} {path}: permission denied")
     return path
 
 

@@ -40,7 +40,7 @@ def test_parquet(tmp_path):
         import pyarrow.parquet as pq
     except ImportError:
         p.write_bytes(b"PAR1")
-        with pytest.raises(MissingDependency, match="pip install pyarrow"):
+        with pytest.raises(MissingDependency, match=r"pip install .tiue-export\[parquet\]."):
             load_prompts(p)
         return
     pq.write_table(pa.table({"prompt": ["a cat", "a dog", "a cat"]}), p)

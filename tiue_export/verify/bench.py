@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..cpu import FLAGS
-from ..errors import InputError, TiueError, require
+from ..errors import InputError, TiueError, install_hint, require
 
 log = logging.getLogger("tiue_export")
 
@@ -451,7 +451,7 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = log.info) -> d
 
     for backend in cfg.backends:
         backends.get(backend)
-    require("psutil", "'tiue-export[bench]'", why="bench's peak memory")
+    require("psutil", "bench's peak memory")
     if not cfg.vae or set(cfg.vae) - {"full", "tiny"}:
         raise InputError(f"--vae {','.join(cfg.vae)}: give full, tiny or full,tiny")
     if cfg.shape not in SHAPES:
@@ -940,7 +940,7 @@ def chart_missing() -> str | None:
     import importlib.util
 
     if importlib.util.find_spec("matplotlib") is None:
-        return "no bench.png: matplotlib is not installed (pip install 'tiue-export[bench]')"
+        return f"no bench.png: matplotlib is not installed ({install_hint('matplotlib')})"
     return None
 
 
