@@ -18,7 +18,7 @@ import torch
 
 from ..errors import InputError, ModelError
 from ..executor import require_finite
-from ..sampling import SamplerChoice, SampleResult, classifier_free_guidance, initial_noise, sample_ddim, to_uint8_images
+from ..sampling import MAX_SIZE_FACTOR, SamplerChoice, SampleResult, classifier_free_guidance, initial_noise, sample_ddim, to_uint8_images
 from ..schedule import OnePassSchedule, ddim_plan
 from .student import TiUEStudent
 from .tiue_config import DEFAULT_GUIDANCE, StudentConfig
@@ -157,8 +157,11 @@ class TorchPipeline:
         for name, v in (("height", height), ("width", width)):
             if v <= 0 or v % m != 0:
                 raise InputError(f"{name} {v} is not possible for this model: use a positive multiple of {m}")
-            if v > 8192:
-                raise InputError(f"{name} {v} is larger than 8192 pixels")
+            if v > MAX_SIZE_FACTOR * self.default_size:
+                raise InputError(
+                    f"{name} {v} is over this model's largest, {MAX_SIZE_FACTOR * self.default_size} "
+                    f"({MAX_SIZE_FACTOR}x its native {self.default_size}): ask for at most that"
+                )
         f = self.vae_scale_factor
         return (int(self.unet.config.in_channels), height // f, width // f)
 
