@@ -151,6 +151,19 @@ def writable_dir(path: str | os.PathLike, what: str = "--out") -> Path:
     return path
 
 
+def writable_file(path: str | os.PathLike, what: str) -> Path:
+    """Check, before any work, that the file ``path`` can be written (atomically, beside itself):
+    not a directory, and its directory writable or creatable (:func:`writable_dir`). Creates
+    nothing; a one-line :class:`InputError` otherwise."""
+    from .errors import InputError
+
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{what} {path} is a directory: give a file name")
+    writable_dir(path.absolute().parent, what)
+    return path
+
+
 def read_text(path: str | os.PathLike, what: str = "file") -> str:
     """A UTF-8 text file's contents; a one-line :class:`InputError` when it is missing, a
     directory, unreadable or not UTF-8."""
