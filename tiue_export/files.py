@@ -173,7 +173,8 @@ def read_text(path: str | os.PathLike, what: str = "file") -> str:
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise InputError(f"{what} {path} is not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r})") from exc
+        line = exc.object.count(b"\n", 0, exc.start) + 1
+        raise InputError(f"{what} {path} is not UTF-8 text (line {line}, byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r})") from exc
     except OSError as exc:
         raise InputError(f"cannot read {what} {path}: {exc.strerror}") from exc
 
