@@ -130,24 +130,26 @@ def require_file(path: str | os.PathLike, what: str = "file") -> Path:
     return path
 
 
-def writable_dir(path: str | os.PathLike, what: str = "--out") -> Path:
+def writable_dir(path: str | os.PathLike, what: str = "--out", shown: str | os.PathLike | None = None) -> Path:
     """Check, before any work, that the directory ``path`` can be written or created: its nearest
     existing ancestor is a directory that takes a new file (the one probe that tells the truth
-    for root, read-only mounts and quotas). Creates nothing; a one-line :class:`InputError` otherwise."""
+    for root, read-only mounts and quotas). Creates nothing; a one-line :class:`InputError` otherwise,
+    naming ``shown`` (what the user gave, when ``path`` is its directory) or ``path``."""
     from .errors import InputError
 
     path = Path(path)
     base = path.absolute()
     while not base.exists() and base != base.parent:
         base = base.parent
+    shown = path if shown is None else shown
     if not base.is_dir():
-        raise InputError(f"{what} {path}: {base} is not a directory")
+        raise InputError(f"{what} {shown}: {base} is not a directory")
     try:
         fd, probe = tempfile.mkstemp(prefix=".tiue-probe-", dir=base)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise InputError(f"{what} {path}: cannot write into {base} ({exc.strerror})") from exc
+        raise InputError(f"{what} {shown}: cannot write into {base} ({exc.strerror})") from exc
     return path
 
 
@@ -160,7 +162,7 @@ def writable_file(path: str | os.PathLike, what: str) -> Path:
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{what} {path} is a directory: give a file name")
-    writable_dir(path.absolute().parent, what)
+    writable_dir(path.absolute().parent, what, shown=path)
     return path
 
 
