@@ -111,35 +111,58 @@ def atomic_path(path: str | os.PathLike, suffix: str = ""):
 
 
 def require_file(path: str | os.PathLike, what: str = "file") -> Path:
-    """``path``, or a one-line :class:`InputError` when it is missing or a directory."""
+    """``path``, or a one-line :class:`InputError` when it is missing, a directory, or there but
+    not readable (a file this user may not read is not "no such file")."""
     from .errors import InputError
 
     path = Path(path)
-    if path.is_dir():
+    try:
+        is_dir = path.is_dir()
+        path.stat()
+    except FileNotFoundError:
+        raise InputError(f"no such {what}: {path}") from None
+    except OSError as exc:  # a parent directory this user may not enter, a name too long ...
+        raise InputError(f"cannot read {what} {path}: {exc.strerror}") from exc
+    if is_dir:
         raise InputError(f"{what} {path} is a directory, not a file")
-    if not path.is_file():
-        raise InputError(f"no such {what}: {path}")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"cannot read {what} {path}: permission denied")
     return path
 
 
-def writable_dir(path: str | os.PathLike, what: str = "--out") -> Path:
+def writable_dir(path: str | os.PathLike, what: str = "--out", shown: str | os.PathLike | None = None) -> Path:
     """Check, before any work, that the directory ``path`` can be written or created: its nearest
     existing ancestor is a directory that takes a new file (the one probe that tells the truth
-    for root, read-only mounts and quotas). Creates nothing; a one-line :class:`InputError` otherwise."""
+    for root, read-only mounts and quotas). Creates nothing; a one-line :class:`InputError` otherwise,
+    naming ``shown`` (what the user gave, when ``path`` is its directory) or ``path``."""
     from .errors import InputError
 
     path = Path(path)
     base = path.absolute()
     while not base.exists() and base != base.parent:
         base = base.parent
+    shown = path if shown is None else shown
     if not base.is_dir():
-        raise InputError(f"{what} {path}: {base} is not a directory")
+        raise InputError(f"{what} {shown}: {base} is not a directory")
     try:
         fd, probe = tempfile.mkstemp(prefix=".tiue-probe-", dir=base)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise InputError(f"{what} {path}: cannot write into {base} ({exc.strerror})") from exc
+        raise InputError(f"{what} {shown}: cannot write into {base} ({exc.strerror})") from exc
+    return path
+
+
+def writable_file(path: str | os.PathLike, what: str) -> Path:
+    """Check, before any work, that the file ``path`` can be written (atomically, beside itself):
+    not a directory, and its directory writable or creatable (:func:`writable_dir`). Creates
+    nothing; a one-line :class:`InputError` otherwise."""
+    from .errors import InputError
+
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{what} {path} is a directory: give a file name")
+    writable_dir(path.absolute().parent, what, shown=path)
     return path
 
 
@@ -152,7 +175,8 @@ def read_text(path: str | os.PathLike, what: str = "file") -> str:
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise InputError(f"{what} {path} is not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r})") from exc
+        line = exc.object.count(b"\n", 0, exc.start) + 1
+        raise InputError(f"{what} {path} is not UTF-8 text (line {line}, byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r})") from exc
     except OSError as exc:
         raise InputError(f"cannot read {what} {path}: {exc.strerror}") from exc
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .backends import ONNX_ENGINES, Backend, engine_of, resolve
 from .errors import InputError
+from .prompts import check_prompt
 from .sampling import SEED_MAX, SamplerChoice
 
 #: Image suffixes infer does not write (it writes PNG): ``--out x.jpg`` is refused, not made a directory.
@@ -366,6 +367,8 @@ class InferConfig:
 
     def __post_init__(self):
         check_seed_range(self.seed, self.num_images)
+        for prompt in self.prompts:
+            check_prompt(prompt)
 
     @property
     def jobs(self) -> list[tuple[str, int]]:

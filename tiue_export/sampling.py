@@ -16,6 +16,9 @@ from .schedule import ddim_step_coefficients
 #: Seeds are non-negative and fit 63 bits: numpy's SeedSequence and torch.Generator.manual_seed
 #: both take every one of them, and ``seed + image index`` stays in range for any run here.
 SEED_MAX = 2**63 - 1
+#: The largest image side a model draws, as a multiple of its native side: past it a one-pass
+#: student's images fall apart while the work grows with the area (16x the pixels at 4x the side).
+MAX_SIZE_FACTOR = 4
 
 
 @dataclass(frozen=True)

@@ -354,3 +354,309 @@ def test_missing_empty_and_truncated_inputs_across_commands(case, bundle, tmp_pa
     one_line_error(code, err, expect)
     assert not out.exists() and "wrote" not in stdout
     assert tree(bundle) == before
+
+
+# -- the second sweep: prompts files, prompt text, bodies, sizes, destinations, listen, cluster ----
+def _write_prompts(path: Path, case: str) -> tuple[Path, str]:
+    """A malformed prompts file of one of generate's formats, and what its error must say."""
+    if case == "txt: a line over the length limit":
+        path = path / "p.txt"
+        path.write_text("a red star\n\n" + "x" * 10_001 + "\n")
+        return path, f"{path}:3: the prompt is 10001 characters long"
+    if case == "jsonl: a caption that is not text":
+        path = path / "p.jsonl"
+        path.write_text('{"caption": "a red star"}\n{"caption": 3}\n')
+        return path, f"{path}:2: the prompt must be text"
+    if case == "jsonl: nested too deeply":
+        path = path / "p.jsonl"
+        path.write_text('{"caption": "a"}\n' + "[" * 100_000 + "\n")
+        return path, f"{path}:2: not valid JSON"
+    if case == "csv: a quote left open":
+        path = path / "p.csv"
+        path.write_text('caption\na red star\n"a blue cross\nmore\n')
+        return path, f"{path}:3: not valid CSV"
+    if case == "csv: a field over the csv module's limit":
+        path = path / "p.csv"
+        path.write_text('caption\n"' + "y" * 200_000 + '"\n')
+        return path, f"{path}:2: not valid CSV"
+    if case == "parquet: not a parquet file":
+        path = path / "p.parquet"
+        path.write_bytes(b"PAR1 not really PAR1")
+        return path, "not a readable Parquet file"
+    if case == "parquet: a caption column of numbers":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path = path / "p.parquet"
+        pq.write_table(pa.table({"caption": [1, 2]}), path)
+        return path, f"{path}: row 1: the prompt must be text"
+    raise AssertionError(case)
+
+
+MALFORMED_PROMPTS = [
+    "txt: a line over the length limit", "jsonl: a caption that is not text", "jsonl: nested too deeply", "csv: a quote left open",
+    "csv: a field over the csv module's limit", "parquet: not a parquet file", "parquet: a caption column of numbers",
+]
+
+
+@pytest.mark.parametrize("case", MALFORMED_PROMPTS)
+def test_malformed_prompts_files_name_the_file_and_line(case, bundle, tmp_path, capsys):
+    pytest.importorskip("ray.data", reason="generate needs the serve extra")
+    prompts, expect = _write_prompts(tmp_path, case)
+    out = tmp_path / "out"
+    code, _, err = run_cli(["generate", "--model", str(bundle), "--prompts-file", str(prompts), "--out", str(out)], capsys)
+    one_line_error(code, err, expect, 2)
+    assert not out.exists()
+
+
+SURROGATE = "caf" + b"\xe9".decode("utf-8", "surrogateescape")  # argv's text for a Latin-1 byte
+
+
+@pytest.mark.parametrize(
+    "prompt, expect, in_a_file",
+    [
+        (SURROGATE, "byte 0xe9 at character 3 that is not UTF-8", "p.txt is not UTF-8 text (line 3, byte 15: b'\\xe9')"),
+        ("  \t ", "is empty", None),
+        ("z" * 10_001, "reads only the first 77 tokens", "p.txt:3: the prompt is 10001 characters long"),
+    ],
+    ids=["not UTF-8", "whitespace only", "over 10,000 characters"],
+)
+def test_prompt_rules_are_the_same_in_infer_generate_and_serve(prompt, expect, in_a_file, tiny_sd21, bundle, tmp_path, capsys):
+    from tiue_export.serve.api import RequestError, parse_request
+    from tiue_export.serve.openai_api import Served, parse_generation
+
+    for model in (["--model", str(tiny_sd21)], ["--model", str(bundle), "--backend", "onnxruntime"]):
+        code, _, err = run_cli(["infer", *model, "--prompt", prompt, "--out", str(tmp_path / "o")], capsys)
+        one_line_error(code, err, f"--prompt {expect}" if expect == "is empty" else expect, 2)
+    assert not (tmp_path / "o").exists()
+    body = json.dumps({"prompt": prompt}).encode()  # JSON escapes a lone surrogate: it reaches the server as one
+    for parse in (lambda: parse_request(body, 4, ["full"]), lambda: parse_generation(body, Served(str(bundle), 16, 16), 4)):
+        with pytest.raises(RequestError) as refused:
+            parse()
+        assert refused.value.field == "prompt" and expect in refused.value.message
+    if in_a_file:  # a prompts file: blank lines are skipped, the others are held to the rules
+        pytest.importorskip("ray.data", reason="generate needs the serve extra")
+        (tmp_path / "p.txt").write_text(f"a red star\n\n{prompt}\n", errors="surrogateescape")
+        args = ["generate", "--model", str(bundle), "--prompts-file", str(tmp_path / "p.txt"), "--out", str(tmp_path / "g")]
+        code, _, err = run_cli(args, capsys)
+        one_line_error(code, err, in_a_file, 2)
+
+
+BODIES = {
+    "not JSON": (b"{prompt: 1}", None, "not JSON"),
+    "not UTF-8": (b"\xff\xfe{}", None, "not JSON"),
+    "nested too deeply": (b"[" * 100_000, None, "nested too deeply"),
+    "a list, not an object": (b'["a red star"]', None, "JSON object"),
+    "no prompt": (b'{"seed": 1}', "prompt", "prompt"),
+    "prompt of the wrong type": (b'{"prompt": ["a"]}', "prompt", "must be a string"),
+    "seed of the wrong type": (b'{"prompt": "a", "seed": [1]}', "seed", "must be an integer"),
+    "a lone surrogate": (b'{"prompt": "\\ud800"}', "prompt", "not UTF-8"),
+}
+
+
+@pytest.mark.parametrize("route", ["/v1/images", "/v1/images/generations"])
+@pytest.mark.parametrize("case", list(BODIES))
+def test_malformed_bodies_are_refused_naming_the_problem(route, case):
+    """What both POST routes make of a body, without Ray (the HTTP answers: test_serve*.py)."""
+    from tiue_export.serve.api import RequestError, parse_request
+    from tiue_export.serve.openai_api import Served, parse_generation
+
+    raw, field, words = BODIES[case]
+    with pytest.raises(RequestError) as refused:
+        if route == "/v1/images":
+            parse_request(raw, 4, ["full"])
+        else:
+            parse_generation(raw, Served("b", 16, 16), 4)
+    assert refused.value.field == field and words in refused.value.message and len(refused.value.message) < 300
+
+
+@pytest.mark.parametrize(
+    "args, expect",
+    [
+        (["infer", "--height", "4096", "--width", "4096"], "height 4096 is over this model's largest, 64 (4x its native 16)"),
+        (["infer", "--width", "80"], "width 80 is over this model's largest, 64"),
+        (["export", "--height", "128"], "height 128 is over this model's largest, 64"),
+    ],
+)
+def test_sizes_far_past_the_model_are_refused_naming_the_limit(args, expect, tiny_sd21, tmp_path, capsys):
+    out = tmp_path / "o"
+    extra = ["--prompt", PROMPT] if args[0] == "infer" else []
+    code, _, err = run_cli([*args, "--model", str(tiny_sd21), *extra, "--out", str(out)], capsys)
+    one_line_error(code, err, expect, 2)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["check", "toy eval", "bench"])
+def test_report_files_are_checked_before_the_work(command, bundle, tmp_path, capsys):
+    (tmp_path / "taken.json").mkdir()
+    args = {
+        "check": ["check", str(bundle), "--backends", "onnxruntime", "--json", str(tmp_path / "taken.json")],
+        "toy eval": ["toy", "eval", "--model", str(tmp_path / "nope"), "--json", str(tmp_path / "taken.json")],
+        "bench": ["bench", "--model", str(bundle), "--runs", "1", "--json", str(tmp_path / "taken.json"), "--out", str(tmp_path / "b")],
+    }[command]
+    code, out, err = run_cli(args, capsys)
+    one_line_error(code, err, "--json", 2)
+    assert "is a directory" in err and "check passed" not in out and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("case", ["images: an empty folder", "images: not a folder", "samples: no such prompts file", "model: a bundle"])
+def test_distill_vae_refusals_leave_no_run_folder(case, tiny_sd21, bundle, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    model, data, expect = {
+        "images: an empty folder": (tiny_sd21, ["--images", str(tmp_path / "empty")], "holds no images"),
+        "images: not a folder": (tiny_sd21, ["--images", str(tmp_path / "nope")], "is not a directory"),
+        "samples: no such prompts file": (tiny_sd21, ["--samples", "4", "--prompts", str(tmp_path / "nope.txt")], "no such prompts file"),
+        "model: a bundle": (bundle, [], "distill-vae takes the PyTorch model directory"),
+    }[case]
+    out = tmp_path / "vae"
+    code, _, err = run_cli(["distill-vae", "--model", str(model), *data, "--out", str(out), "--steps", "1"], capsys)
+    one_line_error(code, err, expect, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+
+
+@pytest.mark.parametrize("how", ["mocked", "chmod"])
+@pytest.mark.parametrize("command", ["infer", "generate"])
+def test_a_prompts_file_that_cannot_be_read_is_not_called_missing(command, how, bundle, tmp_path, capsys, monkeypatch):
+    """A file in a directory this user may not enter: there, but not readable (click's own
+    readability check sees a path that does not exist and lets it through)."""
+    import errno
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    prompts = locked / "p.txt"
+    prompts.write_text("a red star\n")
+    if how == "chmod":
+        if os.geteuid() == 0:
+            pytest.skip("root enters any directory: the mocked variant covers it")
+        locked.chmod(0o600)
+    else:
+        real = os.stat
+
+        def stat(path, *args, **kwargs):
+            if Path(path) == prompts:
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+            return real(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "stat", stat)
+    if command == "generate":
+        pytest.importorskip("ray.data", reason="generate needs the serve extra")
+        args = ["generate", "--model", str(bundle), "--prompts-file", str(prompts), "--out", str(tmp_path / "o")]
+    else:
+        args = ["infer", "--model", str(bundle), "--backend", "onnxruntime", "--prompts-file", str(prompts), "--out", str(tmp_path / "o")]
+    try:
+        code, _, err = run_cli(args, capsys)
+    finally:
+        locked.chmod(0o755)
+    one_line_error(code, err, f"cannot read prompts file {prompts}: Permission denied", 2)
+    assert "no such" not in err
+
+
+def test_install_hints_name_extras_that_exist(monkeypatch):
+    import importlib.util
+
+    from tiue_export import errors
+    from tiue_export.backends import REGISTRY
+    from tiue_export.errors import MissingDependency, require
+
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]
+    extras, base = set(project["optional-dependencies"]), {d.split(">")[0].split("[")[0] for d in project["dependencies"]}
+    for module, spec in errors.INSTALL.items():
+        name = spec.strip("'")
+        assert (name.startswith("tiue-export[") and name[12:-1] in extras) or name in base, f"{module}: pip install {spec}"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    assert REGISTRY["openvino"].unavailable(None) == "openvino is not installed: pip install 'tiue-export[openvino]'"
+    assert REGISTRY["onnxruntime"].unavailable(None) == "onnxruntime is not installed: pip install onnxruntime"
+    monkeypatch.setitem(sys.modules, "nncf", None)  # an import of it fails
+    with pytest.raises(MissingDependency, match=r"^nncf is not installed \(calibrate --engine openvino\): pip install 'tiue-export\[openvino\]'$"):
+        require("nncf", "calibrate --engine openvino")
+
+
+@pytest.mark.parametrize("command", ["export", "check"])
+def test_a_bundle_given_for_a_model_names_what_the_command_takes(command, bundle, tiny_sd21, tmp_path, capsys):
+    args = {
+        "export": (["export", "--model", str(bundle), "--out", str(tmp_path / "b")], f"export takes the PyTorch model directory a bundle is made from ({tiny_sd21})"),
+        "check": (["check", str(bundle), "--model", str(bundle), "--backends", "onnxruntime"], "the bundle is check's argument"),
+    }
+    argv, expect = args[command]
+    code, _, err = run_cli(argv, capsys)
+    one_line_error(code, err, expect, 2)
+    assert "--backend " not in err and not (tmp_path / "b").exists()
+
+
+@pytest.fixture
+def held_port():
+    """A port a listener holds as Serve's proxy does (SO_REUSEPORT): a second one could share it."""
+    import socket
+
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize(
+    "args, expect",
+    [
+        (["--port", "HELD"], "is in use"),
+        (["--host", "no-such-host.invalid"], "--host no-such-host.invalid: no such address"),
+        (["--host", "203.0.113.77"], "--host 203.0.113.77 is not an address of this machine"),
+        (["--port", "80", "PRIVILEGED"], "ports below 1024 need root"),
+    ],
+    ids=["port in use", "no such host", "not this machine's address", "privileged port"],
+)
+def test_serve_refuses_an_address_it_cannot_listen_on_before_ray_starts(args, expect, bundle, held_port, capsys, monkeypatch):
+    pytest.importorskip("ray.serve", reason="serve needs the serve extra")
+    import errno
+    import socket
+
+    import ray
+
+    if "PRIVILEGED" in args:  # root may bind port 80: the refusal it would meet otherwise is mocked
+        args = args[:-1]
+        real_bind = socket.socket.bind
+
+        def bind(self, address):
+            if address[1] == 80:
+                raise PermissionError(errno.EACCES, "Permission denied")
+            return real_bind(self, address)
+
+        monkeypatch.setattr(socket.socket, "bind", bind)
+    code, _, err = run_cli(["serve", str(bundle), *[str(held_port) if a == "HELD" else a for a in args]], capsys)
+    one_line_error(code, err, expect, 2)
+    assert not ray.is_initialized()  # refused before Ray started
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray of two CPUs and no GPU, joined by address (so that the commands leave it up)."""
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.serve", reason="the serve extra")
+    ray.init(address="local", num_cpus=2, num_gpus=0, object_store_memory=100 * 2**20, include_dashboard=False, log_to_driver=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.parametrize(
+    "args, expect",
+    [
+        (["generate", "--gpus-per-worker", "1"], "--gpus-per-worker 1 asks for more GPUs than the Ray cluster can give one actor (0 GPUs in all)"),
+        (["generate", "--cpus-per-worker", "64"], "--cpus-per-worker 64 asks for more CPUs than the Ray cluster can give one actor (2 CPUs in all)"),
+        (["generate", "--workers", "3"], "3 workers x --cpus-per-worker 1 is 3 CPUs; the Ray cluster has 2"),
+        (["serve", "--gpus-per-replica", "1"], "--gpus-per-replica 1 asks for more GPUs than the Ray cluster can give one actor (0 GPUs in all)"),
+        (["serve", "--replicas", "3"], "3 replicas x --cpus-per-replica 1 is 3 CPUs; the Ray cluster has 2"),
+    ],
+)
+def test_asks_the_cluster_cannot_place_are_refused_not_waited_for(args, expect, bundle, ray_cluster, tmp_path, capsys):
+    (tmp_path / "p.txt").write_text("a red star\n")
+    where = ["--model", str(bundle), "--prompts-file", str(tmp_path / "p.txt"), "--out", str(tmp_path / "o")] if args[0] == "generate" else [str(bundle)]
+    code, _, err = run_cli([args[0], *where, *args[1:], "--address", ray_cluster], capsys)
+    one_line_error(code, err, expect, 2)
+    assert not (tmp_path / "o").exists()  # refused before --out was claimed

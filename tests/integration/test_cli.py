@@ -82,7 +82,7 @@ def test_missing_builtin_model_is_one_line(tmp_path, capsys, monkeypatch):
         (["--sampler", "euler"], "error: unknown sampler 'euler'"),
         (["--height", "17"], "error: height 17 is not possible for this model"),
         (["--prompts-file", "/nonexistent.txt"], "error: no such prompts file"),
-        (["--prompts-file", "TMP/latin1.txt"], "latin1.txt is not UTF-8 text (byte 5: b'\\xe9')"),
+        (["--prompts-file", "TMP/latin1.txt"], "latin1.txt is not UTF-8 text (line 1, byte 5: b'\\xe9')"),
         (["--prompts-file", "TMP/a-dir"], "a-dir is a directory, not a file"),
         (["--num-images", "2", "--out", "x.png"], "names one file but 2 images were asked for"),
     ],

@@ -354,7 +354,7 @@ def test_cli_log_tensorboard_without_tensorboard_is_one_line(teacher, prompts_fi
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if not installed
     argv = ["distill", "--teacher", str(teacher), "--prompts", str(prompts_file), "--out", str(tmp_path / "o"), "--log-tensorboard"]
     code, _, err = run_cli(argv, capsys)
-    assert code != 0 and "tensorboard is not installed (--log-tensorboard): pip install tensorboard" in err
+    assert code != 0 and "tensorboard is not installed (--log-tensorboard): pip install 'tiue-export[tensorboard]'" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is allowed on a GPU")

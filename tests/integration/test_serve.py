@@ -126,6 +126,11 @@ def test_health_and_model(server, bundle):
         ({"prompt": "a", "response": "gif"}, "response"),
         ({"prompt": "a", "steps": 50}, "steps"),
         ({"prompt": "a", "vae": "tiny"}, "vae"),  # a bundle without a tiny VAE decoder
+        (b"[" * 100_000, None),  # nested past the JSON parser's recursion limit
+        (b"\xff\xfe{}", None),
+        ({"prompt": "\ud800"}, "prompt"),  # a lone surrogate: no text to encode
+        ({"prompt": "x" * 10_001}, "prompt"),
+        ({"prompts": ["ok", " "]}, "prompts[1]"),
     ],
 )
 def test_bad_request_is_400_naming_the_field(server, body, field):

@@ -98,11 +98,24 @@ def test_refusals_are_openai_errors(client, size, options, error, param, words):
     assert words.format(size=size) in caught.value.body["message"]
 
 
-@pytest.mark.parametrize("raw", [b"{not json", b"[1, 2]", b"{}"])
-def test_malformed_bodies_get_the_error_envelope(server, raw):
+@pytest.mark.parametrize(
+    "raw, param, words",
+    [
+        (b"{not json", None, "not JSON"),
+        (b"[1, 2]", None, "JSON object"),
+        (b"{}", "prompt", "prompt is required"),
+        (b"[" * 100_000, None, "nested too deeply"),
+        (b'{"prompt": "\\ud800"}', "prompt", "not UTF-8"),
+        (b'{"prompt": "a", "model": ["x"]}', "model", "model must be a string"),
+        (b'{"prompt": "a", "n": "2"}', "n", "n must be an integer"),
+        (b'{"prompt": "a", "stream": "yes"}', "stream", "stream must be a boolean"),
+    ],
+)
+def test_malformed_bodies_get_the_error_envelope(server, raw, param, words):
     r = requests.post(server[0] + "/v1/images/generations", data=raw, timeout=30)
     assert r.status_code == 400
     assert set(r.json()) == {"error"} and set(r.json()["error"]) == {"message", "type", "param", "code"}
+    assert r.json()["error"]["param"] == param and words in r.json()["error"]["message"]
     assert requests.get(server[0] + "/v1/images/generations", timeout=10).json()["error"]["type"] == "invalid_request_error"
 
 

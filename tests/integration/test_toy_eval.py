@@ -199,7 +199,7 @@ def test_cli_json_under_a_file_is_one_line_exit_2(capsys, tmp_path):
     (tmp_path / "f").write_text("")
     code, _, err = run_cli(capsys, "toy", "eval", "--json", str(tmp_path / "f" / "r.json"))
     assert code == 2
-    assert err.strip() == f"error: --json {tmp_path / 'f' / 'r.json'}: {tmp_path / 'f'} is a file, not a directory"
+    assert err.strip() == f"error: --json {tmp_path / 'f' / 'r.json'}: {tmp_path / 'f'} is not a directory"
 
 
 def test_cli_missing_model_is_one_line_exit_2(capsys, tmp_path):

@@ -25,7 +25,7 @@ from tiue_export.errors import InputError, MissingDependency, ModelError, TiueEr
 from tiue_export.runtime import Bundle
 from tiue_export.specs import BatchProfile, GraphSpec, TensorSpec, Tolerance
 
-NO_TRT = "error: TensorRT is not installed: pip install tensorrt cuda-python (or pip install 'tiue-export[tensorrt]')"
+NO_TRT = "error: TensorRT is not installed: pip install 'tiue-export[tensorrt]'"
 
 
 @pytest.fixture(scope="session")
@@ -362,7 +362,7 @@ def test_build_trt_without_cuda_python_or_gpu(fp32_bundle, fake_gpu, monkeypatch
     monkeypatch.setitem(sys.modules, "cuda", None)
     monkeypatch.setitem(sys.modules, "cuda.bindings", None)
     code, _, err = run(["build-trt", str(fp32_bundle), "--precision", "fp32"], capsys)
-    assert code == 1 and err.strip() == "error: cuda-python is not installed: pip install tensorrt cuda-python (or pip install 'tiue-export[tensorrt]')"
+    assert code == 1 and err.strip() == "error: cuda-python is not installed: pip install 'tiue-export[tensorrt]'"
 
 
 def test_old_tensorrt_is_refused(monkeypatch):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 
-from ..errors import InputError, TiueError
+from ..errors import InputError, TiueError, install_hint
 from ..variants import how_to_make
 
 
@@ -51,7 +51,7 @@ class Backend:
         """Why this machine or bundle cannot run it (None: it can)."""
         module = {"onnxruntime": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt", "torch": "torch"}[self.engine]
         if importlib.util.find_spec(module) is None:
-            return f"{module} is not installed: pip install 'tiue-export[{EXTRAS[self.engine]}]'"
+            return f"{module} is not installed: {install_hint(module)}"
         if manifest is None:
             return None
         if self.variant and self.variant not in manifest.variants:
@@ -85,9 +85,6 @@ class Backend:
             return graphs(bundle, self.compute)
         raise InputError(f"backend {self.name} runs a PyTorch model directory, not a bundle")
 
-
-#: engine -> the pip extra that installs it
-EXTRAS = {"torch": "torch", "onnxruntime": "runtime", "openvino": "openvino", "tensorrt": "tensorrt"}
 
 REGISTRY: dict[str, Backend] = {
     b.name: b

@@ -23,7 +23,7 @@ PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CP
 
 
 def _ort():
-    return require("onnxruntime", "onnxruntime", why="the ONNX runtime backend")
+    return require("onnxruntime", "the ONNX runtime backend")
 
 
 def choose_providers(requested: Sequence[str] | None = None) -> list[str]:

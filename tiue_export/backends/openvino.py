@@ -33,7 +33,7 @@ OV_PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", None: None}
 
 
 def _ov():
-    return require("openvino", "openvino", why="the OpenVINO backend")
+    return require("openvino", "the OpenVINO backend")
 
 
 def openvino_default_precision() -> str:

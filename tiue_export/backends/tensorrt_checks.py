@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..errors import MissingDependency, ModelError, TiueError
+from ..errors import MissingDependency, ModelError, TiueError, install_hint
 
-#: What to install for engines (the project's extra pins tensorrt, polygraphy and cuda-python).
-TENSORRT_INSTALL = "pip install tensorrt cuda-python (or pip install 'tiue-export[tensorrt]')"
+#: What to install for engines (the project's extra pins tensorrt and cuda-python).
+TENSORRT_INSTALL = install_hint("tensorrt")
 #: The oldest TensorRT whose Python API has everything used here (device_memory_size_v2,
 #: set_device_memory(ptr, size), strongly typed networks, named I/O tensors).
 MIN_TENSORRT = (10, 1)

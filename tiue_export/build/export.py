@@ -181,7 +181,7 @@ def export_onnx(module, spec: GraphSpec, feed: dict, scratch: Path):
 
 def slim(model, name: str):
     """onnxslim: constant folding, symbolic shape inference, dead-code removal, topological sort."""
-    onnxslim = require("onnxslim", "onnxslim", why="graph folding at export")
+    onnxslim = require("onnxslim", "graph folding at export")
     try:
         model = onnxslim.slim(model)
     except Exception as exc:
@@ -412,7 +412,7 @@ def export_bundle(cfg: ExportConfig, pipe=None) -> ExportReport:
             in the message); no bundle is written in either case.
     """
     check_config(cfg)
-    require("onnxslim", "onnxslim", why="graph folding at export")
+    require("onnxslim", "graph folding at export")
     t_start = time.perf_counter()
     owned = pipe is None  # a pipeline we loaded ourselves may lose modules as soon as they are exported
     pipe = load_student(cfg, pipe)

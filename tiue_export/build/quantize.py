@@ -503,7 +503,7 @@ class OnnxRuntimeQuantizer:
     target = ""
 
     def __init__(self, cfg: CalibrationConfig):
-        require("onnxruntime.quantization", "onnxruntime", why="int8 calibration")
+        require("onnxruntime.quantization", "int8 calibration")
         self.cfg = cfg
         self.method = cfg.method
 

@@ -153,7 +153,7 @@ def quantize_model(model, dataset, n: int, ignored: set[str], recipe: str = "int
     convolutions (int8 x int8); attention's QK^T and PV MatMuls (and softmax) stay float, so
     OpenVINO never forms the fused int8 attention that lost z0.
     """
-    nncf = require("nncf", "nncf", why="calibrate --engine openvino")
+    nncf = require("nncf", "calibrate --engine openvino")
     matmuls = {op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() == "MatMul"}
     if recipe == "hybrid":
         # Weight-only int8 for the MatMuls (symmetric per output channel); convolutions and the kept
@@ -196,8 +196,8 @@ class OpenVinoQuantizer:
     name = "OpenVINO int8"
 
     def __init__(self, cfg: CalibrationConfig):
-        self.ov = require("openvino", "openvino", why="calibrate --engine openvino")
-        self.nncf = require("nncf", "nncf", why="calibrate --engine openvino")
+        self.ov = require("openvino", "calibrate --engine openvino")
+        self.nncf = require("nncf", "calibrate --engine openvino")
         self.cfg = cfg
         self.core = self.ov.Core()
         self.target = f" for OpenVINO ({cfg.recipe})"

@@ -42,8 +42,12 @@ def bench(
     from . import quiet_libraries
 
     quiet_libraries()
+    from ..files import writable_dir, writable_file
     from ..verify.bench import BenchConfig, chart_missing, run_bench, to_markdown, write_report
 
+    writable_dir(out)  # before minutes of timing, not after
+    if json_path:
+        writable_file(json_path, "--json")
     no_chart = chart_missing()
     if no_chart:  # said before minutes of timing, not after
         click.echo(no_chart, err=True)

@@ -30,7 +30,7 @@ def check(bundle, backends, prompts, seed, model, reference, json_path, image_pa
     from . import quiet_libraries
 
     quiet_libraries()  # no-op without torch
-    from ..files import writable_dir
+    from ..files import writable_file
     from ..verify.check import DEFAULT_PROMPTS, CheckConfig, run_check, table, write_image_grid, write_json
 
     cfg = CheckConfig(
@@ -46,7 +46,7 @@ def check(bundle, backends, prompts, seed, model, reference, json_path, image_pa
     image = Path(image_path) if image_path else (Path(json_path).with_suffix(".png") if json_path else None)
     for path, what in ((json_path, "--json"), (image, "--image")):
         if path is not None:  # before the check runs, not after
-            writable_dir(Path(path).absolute().parent, f"{what}'s directory")
+            writable_file(path, what)
     reports, ref = run_check(cfg)
     click.echo(table(reports))
     if json_path:

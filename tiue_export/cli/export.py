@@ -32,9 +32,13 @@ def export(model, out, height, width, batch, precision, opset, external_data, va
     quiet_libraries()
     from ..build.export import ExportConfig, add_decoder_variant, export_bundle
     from ..reference.builtin import resolve_model
+    from ..reference.pipeline import bundle_source, check_model_dir
 
+    source = resolve_model(model)
+    made_from = bundle_source(source)
+    check_model_dir(source, "export takes the PyTorch model directory a bundle is made from" + (f" ({made_from})" if made_from else ""))
     cfg = ExportConfig(
-        model=resolve_model(model),
+        model=source,
         out=out,
         height=height,
         width=width,

@@ -32,7 +32,7 @@ def generate(bundle, prompts_file, out, backend, precision, vae, threads, batch_
     threads = threads_for(threads, options["cpus_per_worker"])
     worker = worker_config(bundle, backend, precision, threads=threads, batch_mode=batch_mode, max_batch=batch_size, vae=vae)
     cfg = GenerateConfig(worker, prompts_file, out, **options)
-    require("ray.data", "'tiue-export[serve]'", "tiue-export generate runs on Ray Data")
+    require("ray.data", "tiue-export generate runs on Ray Data")
     summary = run(cfg)
     rate = summary["drawn"] / summary["seconds"] if summary["seconds"] else 0.0
     click.echo(

@@ -10,11 +10,16 @@ from .types import COUNT, FINITE, SEED, compile_option, torch_device_options
 
 
 def read_prompts(prompts: tuple[str, ...], prompts_file: str | None) -> list[str]:
-    out = list(prompts)
+    """The --prompt texts, then the file's lines (blank lines skipped), each checked by the prompt
+    rules (:func:`~tiue_export.prompts.check_prompt`) and named by where it came from."""
+    from ..prompts import check_prompt
+
+    out = [check_prompt(p, "--prompt") for p in prompts]
     if prompts_file:
         from ..files import read_text
 
-        out += [line.strip() for line in read_text(prompts_file, "prompts file").splitlines() if line.strip()]
+        lines = read_text(prompts_file, "prompts file").splitlines()
+        out += [check_prompt(line.strip(), f"{prompts_file}:{n}: the prompt") for n, line in enumerate(lines, 1) if line.strip()]
     if not out:
         raise InputError("no prompt given: use --prompt TEXT or --prompts-file FILE")
     return out

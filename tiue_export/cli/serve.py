@@ -66,7 +66,7 @@ def serve(bundle, backend, precision, vae, threads, batch_mode, replicas, autosc
     threads = threads_for(threads, options["cpus_per_replica"])
     worker = worker_config(bundle, backend, precision, threads=threads, batch_mode=batch_mode, max_batch=max_batch, vae=vae)
     cfg = ServeConfig(worker, replicas=replicas or 1, autoscale=scale, max_queued=max_queued, max_images=max_images, **options)
-    require("ray.serve", "'tiue-export[serve]'", "tiue-export serve runs on Ray Serve")
+    require("ray.serve", "tiue-export serve runs on Ray Serve")
     from ..serve.app import run_forever
 
     run_forever(cfg)

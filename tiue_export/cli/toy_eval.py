@@ -35,12 +35,9 @@ def _check_out(path: str | None, suffix: str, option: str) -> Path | None:
     p = Path(path)
     if p.suffix.lower() != suffix:
         raise InputError(f"{option} {path}: the file name must end in {suffix}")
-    if p.is_dir():
-        raise InputError(f"{option} {path} is a directory: give a file name")
-    parent = next((q for q in p.absolute().parents if q.exists()), None)
-    if parent is not None and not parent.is_dir():
-        raise InputError(f"{option} {path}: {parent} is a file, not a directory")
-    return p
+    from ..files import writable_file
+
+    return writable_file(p, option)
 
 
 @click.command("eval")

@@ -163,15 +163,21 @@ def is_toy_vae(vae_dir: Path) -> bool:
     return TOY_VAE.is_dir() and sha256_of_weights(vae_dir) == sha256_of_weights(TOY_VAE)
 
 
-def folder_images(folder: Path, resolution: int) -> np.ndarray:
-    """Every image of a folder (sorted by name), RGB, centre-cropped square and resized: N x H x W x 3 uint8."""
-    from PIL import Image, UnidentifiedImageError
-
+def image_files(folder: Path) -> list[Path]:
+    """The image files of ``--images``, sorted by name; a one-line error when there are none."""
     if not folder.is_dir():
         raise InputError(f"--images {folder} is not a directory")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise InputError(f"--images {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def folder_images(folder: Path, resolution: int) -> np.ndarray:
+    """Every image of a folder (sorted by name), RGB, centre-cropped square and resized: N x H x W x 3 uint8."""
+    from PIL import Image, UnidentifiedImageError
+
+    files = image_files(folder)
     out = np.zeros((len(files), resolution, resolution, 3), np.uint8)
     for i, p in enumerate(files):
         try:
@@ -218,6 +224,17 @@ def training_images(cfg: VaeDistillConfig, vae_dir: Path, resolution: int) -> tu
 DEFAULT_PROMPTS = Path(__file__).resolve().parent.parent / "calibration" / "prompts.txt"
 
 
+def sample_prompts(cfg: VaeDistillConfig) -> tuple[Path, list[str]]:
+    """The file ``--samples`` draws its prompts from and its prompts (blank lines skipped)."""
+    from ..files import read_text
+
+    prompts_file = Path(cfg.prompts) if cfg.prompts else DEFAULT_PROMPTS
+    prompts = [line.strip() for line in read_text(prompts_file, "prompts file").splitlines() if line.strip()]
+    if not prompts:
+        raise InputError(f"--prompts {prompts_file} holds no prompt")
+    return prompts_file, prompts
+
+
 @torch.no_grad()
 def sample_pool(cfg: VaeDistillConfig, model: Path, scaling: float, batch: int = 4) -> dict:
     """The model's own z0 for ``cfg.samples`` (prompt, seed) pairs, as a posterior pool of zero
@@ -226,13 +243,9 @@ def sample_pool(cfg: VaeDistillConfig, model: Path, scaling: float, batch: int =
     from ``cfg.seed``; the last tenth (of 10 or more) is held out."""
     from tqdm.auto import tqdm
 
-    from ..files import read_text
     from ..reference.pipeline import load_pipeline
 
-    prompts_file = Path(cfg.prompts) if cfg.prompts else DEFAULT_PROMPTS
-    prompts = [line.strip() for line in read_text(prompts_file, "prompts file").splitlines() if line.strip()]
-    if not prompts:
-        raise InputError(f"--prompts {prompts_file} holds no prompt")
+    prompts_file, prompts = sample_prompts(cfg)
     pipe = load_pipeline(model)
     jobs = [(prompts[i % len(prompts)], cfg.seed + i) for i in range(cfg.samples)]
     log.info("sampling %d latents with %s's %s sampler (prompts from %s)", len(jobs), model.name, pipe.default_sampler, prompts_file)
@@ -453,11 +466,15 @@ def distill_vae(cfg: VaeDistillConfig, resume: bool = False) -> VaeDistillResult
     from ..reference.pipeline import check_model_dir
 
     model = resolve_model(cfg.model).resolve()
-    check_model_dir(model)
+    check_model_dir(model, "distill-vae takes the PyTorch model directory whose VAE decoder it distils")
     cfg = replace(cfg, model=str(model), images=str(Path(cfg.images).resolve()) if cfg.images else None)
     run, out = cfg.run_path, Path(cfg.out)
     ckpts = checkpoint_dirs(run)
     check_resume(cfg, ckpts, resume)
+    if cfg.images:  # the data is checked before the run directory is made: a refusal leaves nothing
+        image_files(Path(cfg.images))
+    elif cfg.prompts:
+        sample_prompts(cfg)
     vae = load_vae(model / "vae")
     scaling = float(vae.config.scaling_factor)
     accelerator = make_accelerator(cfg)
@@ -467,9 +484,15 @@ def distill_vae(cfg: VaeDistillConfig, resume: bool = False) -> VaeDistillResult
     tiny.encoder.requires_grad_(False)  # the placeholder encoder is saved, never trained
     opt = torch.optim.Adam(tiny.decoder.parameters(), lr=cfg.lr)
     decoder, opt = accelerator.prepare(tiny.decoder, opt)
+    made = main and not run.exists()
     if main:
         run.mkdir(parents=True, exist_ok=True)
-    pool, held, source = load_or_encode_pool(cfg, vae, model / "vae", int(vae.config.sample_size), main, accelerator)
+    try:
+        pool, held, source = load_or_encode_pool(cfg, vae, model / "vae", int(vae.config.sample_size), main, accelerator)
+    except BaseException:
+        if made:  # an image that cannot be read, an interrupted pool: no run folder left holding nothing
+            shutil.rmtree(run, ignore_errors=True)
+        raise
     step = load_checkpoint(ckpts[-1], tiny.decoder, opt, world) if resume and ckpts else 0
     if main:
         write_json(run / CONFIG_FILE, cfg.to_dict())

@@ -516,9 +516,9 @@ def make_lr_scheduler(opt, cfg: DistillConfig, total: int):
 
 def make_accelerator(cfg: DistillConfig):
     """The Accelerator of a run: mixed precision, TensorBoard if asked; fp16 needs a GPU."""
-    require("accelerate", "accelerate", "distillation")
+    require("accelerate", "distillation")
     if cfg.log_tensorboard:
-        require("tensorboard", "tensorboard", "--log-tensorboard")
+        require("tensorboard", "--log-tensorboard")
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
@@ -561,7 +561,7 @@ def adam(params, lr: float, cfg: DistillConfig) -> torch.optim.Adam:
 
 def build_trainer(cfg: DistillConfig, teacher_dir: Path, accelerator) -> Trainer:
     """Load the teacher and build the student, the LoRA teacher, their optimisers and the EMA."""
-    require("peft", "peft", "the LoRA teacher of VSD")
+    require("peft", "the LoRA teacher of VSD")
     from diffusers.training_utils import EMAModel
 
     from ..reference.pipeline import load_pipeline

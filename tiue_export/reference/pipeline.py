@@ -18,7 +18,7 @@ import torch
 
 from ..errors import InputError, ModelError
 from ..executor import require_finite
-from ..sampling import SamplerChoice, SampleResult, classifier_free_guidance, initial_noise, sample_ddim, to_uint8_images
+from ..sampling import MAX_SIZE_FACTOR, SamplerChoice, SampleResult, classifier_free_guidance, initial_noise, sample_ddim, to_uint8_images
 from ..schedule import OnePassSchedule, ddim_plan
 from .student import TiUEStudent
 from .tiue_config import DEFAULT_GUIDANCE, StudentConfig
@@ -64,13 +64,28 @@ def _load(component: str, path: Path, loader):
         raise ModelError(f"{path}: cannot load '{component}': {reason}") from exc
 
 
-def check_model_dir(path: Path) -> None:
+#: What to do with a bundle given where a model directory is due, for the commands that run one.
+RUN_A_BUNDLE = "use --backend onnxruntime (or openvino, tensorrt) to run it"
+
+
+def bundle_source(path: Path) -> str | None:
+    """The model a bundle was exported from, as its manifest names it (None if it does not)."""
+    try:
+        source = json.loads((Path(path) / "manifest.json").read_text()).get("source", {}).get("model")
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return None
+    return source if isinstance(source, str) and source else None
+
+
+def check_model_dir(path: Path, bundle_hint: str = RUN_A_BUNDLE) -> None:
+    """Refuse, in one line, what is not a diffusers pipeline directory; ``bundle_hint`` says
+    what to do instead when it is an exported bundle (the command's own way out)."""
     if not path.exists():
         raise ModelError(f"no such model directory: {path}")
     if not path.is_dir():
         raise ModelError(f"{path} is not a directory (expected a diffusers pipeline directory)")
     if (path / "manifest.json").exists():
-        raise ModelError(f"{path} is an exported bundle: use --backend onnxruntime (or tensorrt) to run it")
+        raise ModelError(f"{path} is an exported bundle, not a model directory: {bundle_hint}")
     if not (path / "model_index.json").exists() and not (path / "unet").is_dir():
         raise ModelError(f"{path} is not a diffusers pipeline directory (no model_index.json)")
 
@@ -157,8 +172,11 @@ class TorchPipeline:
         for name, v in (("height", height), ("width", width)):
             if v <= 0 or v % m != 0:
                 raise InputError(f"{name} {v} is not possible for this model: use a positive multiple of {m}")
-            if v > 8192:
-                raise InputError(f"{name} {v} is larger than 8192 pixels")
+            if v > MAX_SIZE_FACTOR * self.default_size:
+                raise InputError(
+                    f"{name} {v} is over this model's largest, {MAX_SIZE_FACTOR * self.default_size} "
+                    f"({MAX_SIZE_FACTOR}x its native {self.default_size}): ask for at most that"
+                )
         f = self.vae_scale_factor
         return (int(self.unet.config.in_channels), height // f, width // f)
 

@@ -31,7 +31,7 @@ class BundleTokenizer:
     (``CLIPTokenizer(padding="max_length", truncation=True)``)."""
 
     def __init__(self, bundle: Bundle):
-        tokenizers = require("tokenizers", "tokenizers", why="the runtime's tokenizer")
+        tokenizers = require("tokenizers", "the runtime's tokenizer")
         info = bundle.manifest.tokenizer
         self.max_length = info.model_max_length
         self.tok = tokenizers.Tokenizer.from_file(str(bundle.path / info.file))

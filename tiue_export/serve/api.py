@@ -15,6 +15,7 @@ import base64
 import json
 from dataclasses import dataclass
 
+from ..prompts import prompt_problem
 from ..sampling import SEED_MAX
 
 FIELDS = ("prompt", "prompts", "seed", "num_images", "response", "vae")
@@ -51,25 +52,33 @@ def vae_field(body: dict, vaes: list[str]) -> str | None:
     """The ``vae`` of a body: one of ``vaes`` (the variants the server draws with), or None."""
     vae = body.get("vae")
     if vae is not None and vae not in vaes:
-        raise RequestError("vae", f"vae {json.dumps(vae)}: this server draws with {' or '.join(vaes)} (serve --vae picks its default)")
+        raise RequestError("vae", f"vae {shown(vae)}: this server draws with {' or '.join(vaes)} (serve --vae picks its default)")
     return vae
 
 
 def int_field(body: dict, name: str, default: int, low: int, high: int) -> int:
     value = body.get(name, default)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise RequestError(name, f"{name} must be an integer, not {json.dumps(value)}")
+        raise RequestError(name, f"{name} must be an integer, not {shown(value)}")
     if not low <= value <= high:
         raise RequestError(name, f"{name} must be in [{low}, {high}], not {value}")
     return value
 
 
 def prompt_field(value, field: str) -> str:
+    """A prompt of the body, under the rules infer applies (:func:`~tiue_export.prompts.prompt_problem`)."""
     if not isinstance(value, str):
-        raise RequestError(field, f"{field} must be a string, not {json.dumps(value)}")
-    if not value.strip():
-        raise RequestError(field, f"{field} is empty")
+        raise RequestError(field, f"{field} must be a string, not {shown(value)}")
+    problem = prompt_problem(value)
+    if problem is not None:
+        raise RequestError(field, f"{field} {problem}")
     return value
+
+
+def shown(value) -> str:
+    """A body's value as JSON, cut short: a message quotes what was sent, not all of it."""
+    text = json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def json_object(raw: bytes, holding: str) -> dict:
@@ -78,6 +87,8 @@ def json_object(raw: bytes, holding: str) -> dict:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise RequestError(None, f"the body is not JSON ({exc})") from exc
+    except RecursionError as exc:
+        raise RequestError(None, "the body is JSON nested too deeply") from exc
     if not isinstance(body, dict):
         raise RequestError(None, f"the body must be a JSON object with {holding}")
     return body
@@ -105,7 +116,7 @@ def parse_request(raw: bytes, max_images: int, vaes: list[str]) -> ImageRequest:
     else:
         value = body["prompts"]
         if not isinstance(value, list) or not value:
-            raise RequestError("prompts", f"prompts must be a non-empty list of strings, not {json.dumps(value)[:80]}")
+            raise RequestError("prompts", f"prompts must be a non-empty list of strings, not {shown(value)}")
         prompts = tuple(prompt_field(p, f"prompts[{i}]") for i, p in enumerate(value))
     num_images = int_field(body, "num_images", 1, 1, max_images)
     if len(prompts) * num_images > max_images:
@@ -114,7 +125,7 @@ def parse_request(raw: bytes, max_images: int, vaes: list[str]) -> ImageRequest:
     one = len(prompts) * num_images == 1
     response = body.get("response", "png" if one else "json")
     if response not in RESPONSES:
-        raise RequestError("response", f"response must be one of {', '.join(RESPONSES)}, not {json.dumps(response)}")
+        raise RequestError("response", f"response must be one of {', '.join(RESPONSES)}, not {shown(response)}")
     if response == "png" and not one:
         raise RequestError("response", f"response png holds one image, this request makes {len(prompts) * num_images}: ask for json")
     return ImageRequest(prompts, seed, num_images, response, vae_field(body, vaes))

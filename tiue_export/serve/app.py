@@ -27,11 +27,12 @@ from ray.util import metrics
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from ..errors import InputError
 from ..files import png_bytes
 from . import playground
 from .api import RequestError, error_body, image_entry, parse_request
 from .batching import Batcher
-from .cluster import connect
+from .cluster import check_resources, connect
 from .config import ServeConfig
 from .openai_api import OpenAIError, Served, error_envelope, generation_body, parse_generation
 from .worker import ImageWorker, project_error
@@ -304,8 +305,17 @@ def from_args(args: dict):
 
 def start(cfg: ServeConfig, ray_options: dict | None = None) -> str:
     """Start Ray (local, unless ``cfg.address``) if it is not running, then Serve and the
-    application; returns the base URL. ``ray_options`` go to ``ray.init`` for a local Ray."""
+    application; returns the base URL. ``ray_options`` go to ``ray.init`` for a local Ray.
+
+    Refused in one line before any replica starts: an address and port this machine cannot listen
+    on (with a local Ray, whose proxy listens here), and replicas the cluster cannot place.
+    """
+    if cfg.address is None:
+        check_listen(cfg.host, cfg.port)
     connect(cfg.address, ray_options)
+    lo = cfg.autoscale[0] if cfg.autoscale is not None else cfg.replicas
+    asks = {"CPU": ("--cpus-per-replica", cfg.cpus_per_replica), "GPU": ("--gpus-per-replica", cfg.gpus_per_replica)}
+    check_resources(asks, max(lo, 1), "replicas")
     serve.start(http_options={"host": cfg.host, "port": cfg.port, "request_timeout_s": cfg.request_timeout_s})
     try:
         serve.run(build_app(cfg), name=cfg.app_name, route_prefix="/")
@@ -317,6 +327,31 @@ def start(cfg: ServeConfig, ray_options: dict | None = None) -> str:
         serve.delete(cfg.app_name)
         raise found from None  # the replica's own one line (a bundle it cannot load ...), not Serve's wrapping
     return f"http://{cfg.host}:{cfg.port}"
+
+
+def check_listen(host: str, port: int) -> None:
+    """Refuse, in one line, an address and port this machine cannot listen on. Serve's proxy sets
+    SO_REUSEPORT, so that a second server on a port a running one holds would start and the kernel
+    would split the connections between the two; this probe sets SO_REUSEADDR only (a port whose
+    last connections linger in TIME_WAIT is free), and fails on a port anyone listens on."""
+    import errno
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise InputError(f"--host {host}: no such address ({getattr(exc, 'strerror', None) or exc})") from exc
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            why = {
+                errno.EADDRINUSE: f"--port {port} on {host} is in use (another server, tiue-export serve or other, listens there): stop it or pick another --port",
+                errno.EACCES: f"--port {port}: ports below 1024 need root (or CAP_NET_BIND_SERVICE): pick one from 1024 up",
+                errno.EADDRNOTAVAIL: f"--host {host} is not an address of this machine: 127.0.0.1, 0.0.0.0 or one of its interfaces",
+            }.get(exc.errno, f"cannot listen on {host}:{port} ({exc.strerror})")
+            raise InputError(why) from exc
 
 
 def stop(cfg: ServeConfig, shutdown_serve: bool = True) -> None:
@@ -332,6 +367,7 @@ def run_forever(cfg: ServeConfig) -> None:
     (and the local Ray this process started)."""
     import click
 
+    url = None
     try:
         url = start(cfg)
         node = ray._private.worker.global_worker.node
@@ -350,5 +386,5 @@ def run_forever(cfg: ServeConfig) -> None:
         if ray.is_initialized():
             if cfg.address is None:
                 ray.shutdown()  # the local Ray, Serve and the application with it
-            else:
+            elif url is not None:
                 stop(cfg, shutdown_serve=False)  # the cluster's Serve stays for its other applications

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import TiueError, first_line
+from ..errors import InputError, TiueError, first_line
 
 
 def connect(address: str | None, local_options: dict | None = None) -> bool:
@@ -34,3 +34,26 @@ def connect(address: str | None, local_options: dict | None = None) -> bool:
             )
         raise TiueError(f"cannot join the Ray cluster at {address} ({first_line(exc)}){hint}") from exc
     return True
+
+
+def check_resources(asks: dict[str, tuple[str, float]], count: int, what: str) -> None:
+    """Refuse, in one line, ``count`` actors that the joined cluster cannot place: Ray would wait
+    for them forever, without a word. ``asks``: resource (``CPU``, ``GPU``) -> (the flag that asked,
+    the amount per actor); ``what``: the actors' name (``workers``, ``replicas``).
+
+    A cluster that adds nodes on demand (an autoscaler) is judged by the nodes it has now.
+    """
+    import ray
+
+    total = ray.cluster_resources()
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    for resource, (flag, each) in asks.items():
+        if each <= 0:
+            continue
+        has = total.get(resource, 0.0)
+        largest = max((n.get(resource, 0.0) for n in nodes), default=0.0)
+        if each > largest:
+            where = f"its largest node has {largest:g}, " if len(nodes) > 1 else ""
+            raise InputError(f"{flag} {each:g} asks for more {resource}s than the Ray cluster can give one actor ({where}{has:g} {resource}s in all)")
+        if each * count > has:
+            raise InputError(f"{count} {what} x {flag} {each:g} is {each * count:g} {resource}s; the Ray cluster has {has:g}: ask for fewer")

@@ -22,7 +22,7 @@ from pathlib import Path
 from ..errors import InputError, TiueError
 from ..files import atomic_path, write_json, write_png
 from ..generator import check_seed_range, slug
-from .cluster import connect
+from .cluster import check_resources, connect
 from .config import WorkerConfig
 from .worker import project_error
 
@@ -83,6 +83,12 @@ def plan(cfg: GenerateConfig) -> tuple[list[dict], dict]:
 def claim_out(out: Path, record: dict, config: dict) -> None:
     """Write ``OUT/generate.json`` (the run's identity and this invocation's config), or refuse
     when the run already there is another one."""
+    check_claim(out, record)
+    write_json(out / RUN_FILE, {**record, "config": config, "software": _software()})
+
+
+def check_claim(out: Path, record: dict) -> None:
+    """Refuse an ``--out`` that holds another run, or PNG files of its own; writes nothing."""
     path = out / RUN_FILE
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} exists and is not a directory")
@@ -96,7 +102,6 @@ def claim_out(out: Path, record: dict, config: dict) -> None:
             raise InputError(f"--out {out} holds another run ({diff[0]}: {old.get(diff[0])!r}, now {record.get(diff[0])!r}): use a new --out")
     elif out.is_dir() and any(p.suffix == ".png" for p in out.iterdir()):
         raise InputError(f"--out {out} already holds PNG files not written by generate: use a new --out")
-    write_json(path, {**record, "config": config, "software": _software()})
 
 
 def _software() -> str:
@@ -158,27 +163,31 @@ def run(cfg: GenerateConfig, ray_options: dict | None = None, progress: bool = T
 
     out = Path(cfg.out)
     jobs, record = plan(cfg)
-    claim_out(out, record, asdict(cfg))
-    for leftover in out.glob(".*.tmp"):  # staging files of a killed run (one run per --out at a time)
-        shutil.rmtree(leftover, ignore_errors=True)
+    check_claim(out, record)
     done = {r["file"] for r in read_index(out) if (out / r["file"]).is_file()}
     todo = [j for j in jobs if j["file"] not in done]
     summary = {"jobs": len(jobs), "done_before": len(jobs) - len(todo), "drawn": 0, "seconds": 0.0}
-    if summary["done_before"]:
-        log.info("resuming %s: %d of %d images already there", out, summary["done_before"], len(jobs))
     t0 = time.perf_counter()
-    if todo:
-        started = connect(cfg.address, ray_options)
-        try:
+    started = connect(cfg.address, ray_options) if todo else False
+    try:
+        if todo:  # before --out is claimed: a refusal leaves nothing behind
+            asks = {"CPU": ("--cpus-per-worker", cfg.cpus_per_worker), "GPU": ("--gpus-per-worker", cfg.gpus_per_worker)}
+            check_resources(asks, cfg.workers, "workers")
+        claim_out(out, record, asdict(cfg))
+        for leftover in out.glob(".*.tmp"):  # staging files of a killed run (one run per --out at a time)
+            shutil.rmtree(leftover, ignore_errors=True)
+        if summary["done_before"]:
+            log.info("resuming %s: %d of %d images already there", out, summary["done_before"], len(jobs))
+        if todo:
             summary["drawn"] = _draw(cfg, out, todo, len(jobs), progress)
-        except Exception as exc:
-            found = project_error(exc)
-            if found is None:
-                raise
-            raise found from None  # the actor's own one line (a bundle it cannot load ...), not Ray's wrapping
-        finally:
-            if started:
-                ray.shutdown()
+    except Exception as exc:
+        found = project_error(exc)
+        if found is None or found is exc:
+            raise
+        raise found from None  # the actor's own one line (a bundle it cannot load ...), not Ray's wrapping
+    finally:
+        if started:
+            ray.shutdown()
     rows = sorted(read_index(out), key=lambda r: (r["prompt_index"], r["seed"]))
     wanted = {j["file"] for j in jobs}
     missing = wanted - {r["file"] for r in rows if (out / r["file"]).is_file()}

@@ -13,12 +13,11 @@ The answer is ``{"created", "data": [{"b64_json"}]}``; errors use OpenAI's envel
 from __future__ import annotations
 
 import base64
-import json
 import time
 from dataclasses import dataclass
 from pathlib import PurePath
 
-from .api import SEED_MAX, ImageRequest, RequestError, int_field, json_object, prompt_field, vae_field
+from .api import SEED_MAX, ImageRequest, RequestError, int_field, json_object, prompt_field, shown, vae_field
 
 #: ``type`` of OpenAI's error envelope by HTTP status
 ERROR_TYPES = {400: "invalid_request_error", 404: "invalid_request_error", 405: "invalid_request_error", 503: "server_error", 500: "server_error"}
@@ -71,19 +70,24 @@ def parse_generation(raw: bytes, served: Served, max_images: int) -> ImageReques
         raise
     except RequestError as exc:  # the checks POST /v1/images makes, in OpenAI's terms
         raise OpenAIError(exc.field, exc.message) from exc
+    for name in ("model", "size", "response_format", "output_format", "quality", "style", "user"):
+        if body.get(name) is not None and not isinstance(body[name], str):
+            raise OpenAIError(name, f"{name} must be a string, not {shown(body[name])}")
+    if not isinstance(body.get("stream", False), (bool, type(None))):
+        raise OpenAIError("stream", f"stream must be a boolean, not {shown(body['stream'])}")
     model = body.get("model")
     if model is not None and model not in (served.name, served.model):
-        raise OpenAIError("model", f"the model {json.dumps(model)} is not served here: this server draws with {served.name!r}", 404, "model_not_found")
+        raise OpenAIError("model", f"the model {shown(model)} is not served here: this server draws with {served.name!r}", 404, "model_not_found")
     size = body.get("size")
     if size is not None and size not in ("auto", served.size):
-        raise OpenAIError("size", f"size {json.dumps(size)} is not served: this model draws {served.size} only", code="invalid_size")
+        raise OpenAIError("size", f"size {shown(size)} is not served: this model draws {served.size} only", code="invalid_size")
     response_format = body.get("response_format")
     if response_format not in (None, "b64_json"):
-        hint = "url is not offered (nothing is stored to link to)" if response_format == "url" else f"{json.dumps(response_format)} is unknown"
+        hint = "url is not offered (nothing is stored to link to)" if response_format == "url" else f"{shown(response_format)} is unknown"
         raise OpenAIError("response_format", f"response_format {hint}: ask for b64_json")
     output_format = body.get("output_format")
     if output_format not in (None, "png"):
-        raise OpenAIError("output_format", f"output_format {json.dumps(output_format)} is not offered: the images are PNGs")
+        raise OpenAIError("output_format", f"output_format {shown(output_format)} is not offered: the images are PNGs")
     if body.get("stream"):
         raise OpenAIError("stream", "stream is not offered: the images come in one answer")
     return ImageRequest((prompt,), seed, n, "json", vae)

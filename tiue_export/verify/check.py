@@ -292,8 +292,10 @@ def _torch_reference(cfg: CheckConfig, bundle):
             why = "torch is not installed" if not have_torch else f"the bundle's source model {model!r} is not here: give it with --model PATH"
             raise ModelError(f"--reference torch: {why}")
         return None
-    from ..reference.pipeline import load_pipeline
+    from ..reference.pipeline import check_model_dir, load_pipeline
     from ..sampling import initial_noise
+
+    check_model_dir(Path(model), "--model is the PyTorch model the bundle was exported from; the bundle is check's argument")
 
     m = bundle.manifest
     from ..reference.device import parse_device

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ...cpu import FLAGS
+from ...errors import install_hint
 
 
 def add_rates(report: dict) -> None:
@@ -203,7 +204,7 @@ def chart_missing() -> str | None:
     import importlib.util
 
     if importlib.util.find_spec("matplotlib") is None:
-        return "no bench.png: matplotlib is not installed (pip install 'tiue-export[bench]')"
+        return f"no bench.png: matplotlib is not installed ({install_hint('matplotlib')})"
     return None
 
 

@@ -115,7 +115,7 @@ def _checked(cfg: BenchConfig):
 
     for backend in cfg.backends:
         backends.get(backend)
-    require("psutil", "'tiue-export[bench]'", why="bench's peak memory")
+    require("psutil", "bench's peak memory")
     if not cfg.vae or set(cfg.vae) - set(VAE_CHOICES):
         raise InputError(f"--vae {','.join(cfg.vae)}: give {', '.join(VAE_CHOICES)} or {','.join(VAE_CHOICES)}")
     if cfg.shape not in SHAPES:
