@@ -23,6 +23,18 @@ namespace tiue {
 /// Receives one line per warning (a truncated prompt), as the Python runtime logs them.
 using WarningHandler = std::function<void(const std::string&)>;
 
+/// The longest prompt any runtime takes, in characters (Unicode code points): the text encoder
+/// reads only its first tokens (77 for Stable Diffusion), and a prompt is copied into each PNG.
+constexpr std::size_t kMaxPromptChars = 10000;
+
+/// The prompt rules of every tiue-export runtime (the CLI, the server, this library): a prompt
+/// that is empty or only whitespace (Python's str.isspace) is refused ("prompt is empty"), as is
+/// one over kMaxPromptChars characters or not valid UTF-8. Throws InputError.
+void check_prompt(const std::string& prompt);
+/// Whether `text` is empty or only whitespace as Python's str.isspace has it (a prompts file's
+/// blank line). Throws InputError for text that is not valid UTF-8.
+bool is_blank(const std::string& text);
+
 class Tokenizer {
  public:
   /// Read `tokenizer_json` with the manifest's rules (max_length, pad, bos and eos ids). Throws
@@ -41,7 +53,8 @@ class Tokenizer {
   };
   Encoding encode(const std::string& text) const;
 
-  /// int64 (B, max_length) ids for `prompts`; `warn` gets one line per truncated prompt
+  /// int64 (B, max_length) ids for `prompts` (each passing check_prompt, else InputError); `warn`
+  /// gets one line per truncated prompt
   /// ("prompt is longer than this model's N tokens: truncated: '...'"); without one, nothing
   /// is reported.
   Tensor operator()(const std::vector<std::string>& prompts, const WarningHandler& warn = {}) const;
