@@ -188,10 +188,11 @@ std::vector<std::string> read_prompts_file(const std::string& path) {
   std::vector<std::string> out;
   std::string line;
   const char* space = " \t\r\n\v\f\x1c\x1d\x1e\x1f";
-  while (std::getline(in, line)) {
+  for (int n = 1; std::getline(in, line); ++n) {
     const auto b = line.find_first_not_of(space);
     if (b == std::string::npos || tiue::is_blank(line)) continue;
     out.push_back(line.substr(b, line.find_last_not_of(space) - b + 1));
+    tiue::check_prompt(out.back(), path + ":" + std::to_string(n) + ": the prompt");
   }
   if (out.empty()) throw tiue::InputError(path + ": no prompt in the file");
   return out;
@@ -222,6 +223,7 @@ int run(int argc, char** argv) {
   std::vector<std::string> prompts;
   std::vector<uint64_t> seeds;
   std::vector<std::string> given = a.prompts;
+  for (const auto& p : given) tiue::check_prompt(p, "--prompt");  // before any file is read
   if (!a.prompts_file.empty())
     for (auto& p : read_prompts_file(a.prompts_file)) given.push_back(std::move(p));
   for (const auto& p : given)
@@ -232,7 +234,6 @@ int run(int argc, char** argv) {
       seeds.push_back(a.seed + static_cast<uint64_t>(j));
     }
 
-  for (const auto& p : given) tiue::check_prompt(p);  // before any file is read
   // Token ids and z_T are read now: their row count names the images --out will write.
   tiue::Tensor ids, z;
   if (prompts.empty()) {

@@ -512,12 +512,12 @@ bool is_blank(const std::string& text) {
   return std::all_of(cps.begin(), cps.end(), [](char32_t c) { return is_space(c) || (c >= 0x1c && c <= 0x1f); });
 }
 
-void check_prompt(const std::string& prompt) {
-  if (is_blank(prompt)) throw InputError("prompt is empty");
+void check_prompt(const std::string& prompt, const std::string& what) {
+  if (is_blank(prompt)) throw InputError(what + " is empty");
   const Codepoints cps = decode_utf8(prompt);
   if (cps.size() > kMaxPromptChars)
-    throw InputError("prompt is " + std::to_string(cps.size()) + " characters long, over the " + std::to_string(kMaxPromptChars) +
-                     " a prompt may have (the text encoder reads only its first tokens)");
+    throw InputError(what + " is " + std::to_string(cps.size()) + " characters long, over " + std::to_string(kMaxPromptChars) +
+                     ": the text encoder reads only the first 77 tokens (a few hundred characters)");
 }
 
 Tensor Tokenizer::operator()(const std::vector<std::string>& prompts, const WarningHandler& warn) const {

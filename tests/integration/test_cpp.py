@@ -437,9 +437,9 @@ def test_existing_outputs_are_replaced_only_with_overwrite(tiue_infer, bundle, p
 @pytest.mark.parametrize(
     "prompt, expect",
     [
-        ("", "prompt is empty"),
-        (" \t\u3000\u00a0\x1c", "prompt is empty"),  # whitespace as Python's str.isspace has it
-        ("a" * 10_001, "prompt is 10001 characters long, over the 10000 a prompt may have"),
+        ("", "--prompt is empty"),
+        (" \t\u3000\u00a0\x1c", "--prompt is empty"),  # whitespace as Python's str.isspace has it
+        ("a" * 10_001, "prompt is 10001 characters long, over 10000: the text encoder reads only the first 77 tokens"),
         ("\u00e9" * 10_001, "prompt is 10001 characters long"),  # characters, not UTF-8 bytes
     ],
     ids=["empty", "whitespace", "too-long", "too-long-unicode"],
@@ -450,7 +450,8 @@ def test_error_prompt_rules(tiue_infer, bundle, tmp_path, prompt, expect):
     expect_error(run(tiue_infer, bundle, "--prompt", "a cat", "--prompt", prompt, "--out", out), 2, expect, out)
     if prompt.strip():
         (tmp_path / "p.txt").write_text(f"a cat\n{prompt}\n", encoding="utf-8")
-        expect_error(run(tiue_infer, bundle, "--prompts-file", tmp_path / "p.txt", "--save-ids", tmp_path / "ids.npy"), 2, expect, tmp_path / "ids.npy")
+        expect_error(run(tiue_infer, bundle, "--prompts-file", tmp_path / "p.txt", "--save-ids", tmp_path / "ids.npy"), 2,
+                     f"{tmp_path / 'p.txt'}:2: the {expect}", tmp_path / "ids.npy")
 
 
 def test_longest_prompt_is_taken(tiue_infer, bundle, tmp_path):

@@ -23,14 +23,16 @@ namespace tiue {
 /// Receives one line per warning (a truncated prompt), as the Python runtime logs them.
 using WarningHandler = std::function<void(const std::string&)>;
 
-/// The longest prompt any runtime takes, in characters (Unicode code points): the text encoder
-/// reads only its first tokens (77 for Stable Diffusion), and a prompt is copied into each PNG.
+/// The longest prompt any runtime takes, in characters (Unicode code points): CLIP's text encoder
+/// reads 77 tokens, so a longer text changes nothing in the image and would only be copied whole
+/// into every PNG. As MAX_PROMPT_CHARS in tiue_export/prompts.py.
 constexpr std::size_t kMaxPromptChars = 10000;
 
-/// The prompt rules of every tiue-export runtime (the CLI, the server, this library): a prompt
-/// that is empty or only whitespace (Python's str.isspace) is refused ("prompt is empty"), as is
-/// one over kMaxPromptChars characters or not valid UTF-8. Throws InputError.
-void check_prompt(const std::string& prompt);
+/// The prompt rules of every tiue-export runtime (tiue_export.prompts.check_prompt, the same
+/// words): a prompt that is empty or only whitespace (Python's str.isspace) is refused ("prompt is
+/// empty"), as is one over kMaxPromptChars characters or not valid UTF-8. `what` names it in the
+/// message ("--prompt", "FILE:3: the prompt"). Throws InputError.
+void check_prompt(const std::string& prompt, const std::string& what = "prompt");
 /// Whether `text` is empty or only whitespace as Python's str.isspace has it (a prompts file's
 /// blank line). Throws InputError for text that is not valid UTF-8.
 bool is_blank(const std::string& text);
