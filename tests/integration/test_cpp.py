@@ -348,7 +348,7 @@ def test_error_truncated_graph(tiue_infer, bundle, inputs, tmp_path):
 def test_error_replace_says_why(tiue_infer, bundle, inputs, tmp_path):
     """A failed rename reports the system's reason, not 'Success'."""
     (tmp_path / "x_0.png").mkdir()  # the first of the two images
-    proc = run(tiue_infer, "--bundle", bundle, *inputs, "--out", tmp_path / "x.png")
+    proc = run(tiue_infer, "--bundle", bundle, *inputs, "--out", tmp_path / "x.png", "--overwrite")
     expect_error(proc, 1, "x_0.png: cannot replace: Is a directory")
     assert not list(tmp_path.glob(".x_0.png*")) and not (tmp_path / "x_1.png").exists()
 
