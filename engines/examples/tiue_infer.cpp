@@ -5,7 +5,11 @@
 //
 // Prompts are tokenized by the bundle's tokenizer and z_T drawn from numpy's PCG64 stream, both
 // in C++ (tiue::Generator): the images are those of tiue-export infer --backend onnxruntime.
+#include <unistd.h>
+
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
@@ -22,6 +26,7 @@
 #include "tiue/png.hpp"
 #include "tiue/sampler.hpp"
 #include "tiue/tensor.hpp"
+#include "tiue/tokenizer.hpp"
 #include "tiue/version.hpp"
 
 namespace fs = std::filesystem;
@@ -35,7 +40,7 @@ Run a one-pass TiUE bundle (tiue-export export): prompts and seeds, or token ids
 
 inputs:
   BUNDLE, --bundle DIR  the bundle directory (manifest.json + ONNX graphs + tokenizer)
-  --prompt TEXT         a prompt (repeatable; may be empty)
+  --prompt TEXT         a prompt (repeatable; not blank, at most 10000 characters)
   --prompts-file FILE   one prompt per line (UTF-8; surrounding whitespace stripped, blank lines skipped)
   --seed N              seed of each prompt's first image, 0 .. 2^64-1 (default 0); image j uses N+j
   --num-images N        images per prompt (default 1)
@@ -48,6 +53,8 @@ outputs (at least one):
   --images FILE.npy     the VAE output, float32 (B, 3, H, W) in [-1, 1]
   --save-ids FILE.npy   the token ids of the prompts (no graph runs if only --save-* are given)
   --save-noise FILE.npy z_T of the seeds
+  --overwrite           replace output files that exist (else refused before any work); files are
+                        written to a temporary name and renamed, so an interrupted run leaves the old one
 options:
   --unfused             run unet_decoder and Eq. 11 here instead of unet_decoder_fused
   --backend NAME        onnxruntime (default) or tensorrt (when built with TIUE_WITH_TENSORRT)
@@ -67,7 +74,7 @@ struct Args {
   std::vector<std::string> prompts;
   uint64_t seed = 0;
   int64_t num_images = 1, threads = 0, device = 0, batch_size = 4;
-  bool unfused = false, verify = false, version = false, help = false;
+  bool unfused = false, verify = false, version = false, help = false, overwrite = false;
 };
 
 int64_t parse_int(const std::string& flag, const std::string& v, int64_t lo, int64_t hi) {
@@ -92,6 +99,9 @@ uint64_t parse_seed(const std::string& v) {
   throw tiue::InputError("--seed must be an integer from 0 to 18446744073709551615, got '" + v + "'");
 }
 
+std::vector<std::pair<std::string, std::string>> outputs(const Args& a);
+void writable_dir(const std::string& flag, const std::string& path);
+
 Args parse(int argc, char** argv) {
   Args a;
   const std::map<std::string, std::string*> values = {
@@ -106,6 +116,7 @@ Args parse(int argc, char** argv) {
     const std::string arg = argv[i];
     if (arg == "--unfused") a.unfused = true;
     else if (arg == "--verify") a.verify = true;
+    else if (arg == "--overwrite") a.overwrite = true;
     else if (arg == "--version") a.version = true;
     else if (arg == "-h" || arg == "--help") a.help = true;
     else if (arg == "--prompt" || arg == "--seed" || values.count(arg) || ints.count(arg)) {
@@ -135,10 +146,38 @@ Args parse(int argc, char** argv) {
     const std::string ext = fs::path(a.out).extension().string();
     if (ext != ".png" && ext != ".ppm") throw tiue::InputError("--out " + a.out + ": name a .png (or .ppm) file");
   }
-  for (const auto& path : {a.out, a.latents, a.images, a.save_ids, a.save_noise})
-    if (!path.empty() && !fs::path(path).parent_path().empty() && !fs::is_directory(fs::path(path).parent_path()))
-      throw tiue::InputError("cannot write " + path + ": its directory does not exist");
+  for (const auto& [flag, path] : outputs(a)) writable_dir(flag, path);
   return a;
+}
+
+/// Every output flag given, with its path.
+std::vector<std::pair<std::string, std::string>> outputs(const Args& a) {
+  std::vector<std::pair<std::string, std::string>> out;
+  for (const auto& [flag, path] : {std::make_pair("--out", &a.out), std::make_pair("--latents", &a.latents), std::make_pair("--images", &a.images),
+                                   std::make_pair("--save-ids", &a.save_ids), std::make_pair("--save-noise", &a.save_noise)})
+    if (!path->empty()) out.emplace_back(flag, *path);
+  return out;
+}
+
+/// The directory of `path` exists and takes a new file: probed with one (the answer that holds for
+/// root, read-only mounts and quotas), as tiue_export.files.writable_dir.
+void writable_dir(const std::string& flag, const std::string& path) {
+  const fs::path dir = fs::path(path).parent_path().empty() ? fs::path(".") : fs::path(path).parent_path();
+  if (!fs::exists(dir)) throw tiue::InputError("cannot write " + path + ": its directory does not exist");
+  if (!fs::is_directory(dir)) throw tiue::InputError(flag + " " + path + ": " + dir.string() + " is not a directory");
+  std::string probe = (dir / ".tiue-probe-XXXXXX").string();
+  errno = 0;
+  const int fd = mkstemp(probe.data());
+  if (fd < 0) throw tiue::InputError(flag + " " + path + ": cannot write into " + dir.string() + " (" + std::strerror(errno) + ")");
+  close(fd);
+  unlink(probe.c_str());
+}
+
+/// An output that exists is replaced only with --overwrite (as tiue-export infer's --out).
+void refuse_existing(const std::string& flag, const fs::path& path, bool overwrite) {
+  std::error_code ec;
+  if (!overwrite && fs::exists(fs::symlink_status(path, ec)))
+    throw tiue::InputError(flag + " " + path.string() + " exists: pass --overwrite to replace it");
 }
 
 /// tiue-export infer's prompt file rules: one per line, whitespace around it stripped, blank lines skipped.
@@ -149,10 +188,11 @@ std::vector<std::string> read_prompts_file(const std::string& path) {
   std::vector<std::string> out;
   std::string line;
   const char* space = " \t\r\n\v\f\x1c\x1d\x1e\x1f";
-  while (std::getline(in, line)) {
+  for (int n = 1; std::getline(in, line); ++n) {
     const auto b = line.find_first_not_of(space);
-    if (b == std::string::npos) continue;
+    if (b == std::string::npos || tiue::is_blank(line)) continue;
     out.push_back(line.substr(b, line.find_last_not_of(space) - b + 1));
+    tiue::check_prompt(out.back(), path + ":" + std::to_string(n) + ": the prompt");
   }
   if (out.empty()) throw tiue::InputError(path + ": no prompt in the file");
   return out;
@@ -183,6 +223,7 @@ int run(int argc, char** argv) {
   std::vector<std::string> prompts;
   std::vector<uint64_t> seeds;
   std::vector<std::string> given = a.prompts;
+  for (const auto& p : given) tiue::check_prompt(p, "--prompt");  // before any file is read
   if (!a.prompts_file.empty())
     for (auto& p : read_prompts_file(a.prompts_file)) given.push_back(std::move(p));
   for (const auto& p : given)
@@ -192,6 +233,19 @@ int run(int argc, char** argv) {
       prompts.push_back(p);
       seeds.push_back(a.seed + static_cast<uint64_t>(j));
     }
+
+  // Token ids and z_T are read now: their row count names the images --out will write.
+  tiue::Tensor ids, z;
+  if (prompts.empty()) {
+    ids = tiue::read_token_ids(a.ids);
+    z = tiue::read_npy(a.noise);
+  }
+  const std::size_t count = prompts.empty() ? static_cast<std::size_t>(ids.shape.empty() ? 0 : ids.shape[0]) : prompts.size();
+  for (const auto& [flag, path] : outputs(a)) {
+    if (flag != std::string("--out")) refuse_existing(flag, path, a.overwrite);
+    else
+      for (std::size_t i = 0; i < count; ++i) refuse_existing(flag, image_path(a.out, i, count), a.overwrite);
+  }
 
   const bool run_graphs = !a.out.empty() || !a.latents.empty() || !a.images.empty();
   tiue::GeneratorOptions options;
@@ -219,7 +273,7 @@ int run(int argc, char** argv) {
   const double load = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   tiue::Generation g;
   if (prompts.empty()) {
-    g = gen.run(tiue::read_token_ids(a.ids), tiue::read_npy(a.noise));
+    g = gen.run(ids, z);
   } else {
     if (!a.save_ids.empty()) tiue::write_npy(a.save_ids, gen.tokenize(prompts));
     if (!a.save_noise.empty()) tiue::write_npy(a.save_noise, gen.noise(seeds));

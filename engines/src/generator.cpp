@@ -72,13 +72,19 @@ Generator Generator::open(const std::filesystem::path& bundle, GeneratorOptions 
     if (options.verify) m.verify();
     impl->tokenizer = std::make_unique<Tokenizer>(Tokenizer::from_bundle(m));
     if (options.vae != "full" && options.vae != "tiny") throw InputError("unknown vae '" + options.vae + "': use full or tiny");
-    if (options.vae == "tiny" && !m.graph("vae_decoder").variants.count("tiny"))
-      throw InputError("bundle " + bundle.string() + " has no tiny graphs: re-export it with --vae tiny (a distill-vae decoder)");
+    // As Bundle.with_variant: a variant some graph has, or one line naming how to get it.
+    auto require_variant = [&](const std::string& variant, const std::string& fix) {
+      for (const auto& [name, g] : m.graphs)
+        if (g.variants.count(variant)) return;
+      throw InputError("bundle " + bundle.string() + " has no " + variant + " graphs (it is " + m.precision + "): " + fix);
+    };
+    if (options.vae == "tiny") require_variant("tiny", "re-export it with --vae tiny (a distill-vae decoder)");
     std::unique_ptr<Backend> backend;
     if (options.backend == "onnxruntime") {
       const std::string& p = options.precision;
       if (!p.empty() && p != "int8" && p != m.precision)
         throw InputError("precision '" + p + "' on onnxruntime: this bundle's graphs are " + m.precision + " (int8 after tiue-export calibrate)");
+      if (p == "int8") require_variant("int8", "run tiue-export calibrate " + bundle.string());
       impl->precision = p.empty() ? m.precision : p;
       const bool fused = options.fused.value_or(true);
       std::vector<std::string> variants;  // the int8 UNet graphs and the tiny VAE decoder compose

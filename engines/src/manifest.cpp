@@ -4,6 +4,8 @@
 #include <charconv>
 #include <cmath>
 #include <fstream>
+#include <functional>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
@@ -123,6 +125,79 @@ std::string list_str(const std::vector<T>& v) {
   return out.str();
 }
 
+/// Every input of every graph of `chain` has one source that exists earlier in the chain, with
+/// its shape; as check_chain in tiue_export/bundle/directory.py (same messages).
+template <typename Bad>
+void check_chain(const Manifest& m, const std::string& name, const Chain& chain, Bad&& bad) {
+  std::map<std::string, std::optional<std::vector<Dim>>> produced = {{"inputs.input_ids", std::nullopt}, {"inputs.noise", std::nullopt}};
+  std::function<std::optional<std::vector<Dim>>(const std::string&)> resolve = [&](const std::string& dest) {
+    auto it = chain.sources.find(dest);
+    if (it == chain.sources.end()) bad("chain " + name + ": nothing feeds " + dest);
+    const std::string& src = it->second;
+    if (src == "eq11.z0" && !produced.count(src)) {
+      resolve("eq11.latents");
+      resolve("eq11.eps");
+      produced[src] = std::vector<Dim>{{0, "B"}, {m.latent[0], ""}, {m.latent[1], ""}, {m.latent[2], ""}};
+    }
+    auto p = produced.find(src);
+    if (p == produced.end()) bad("chain " + name + ": " + dest + " is fed by " + src + ", which no earlier graph of the chain produces");
+    return p->second;
+  };
+  for (const auto& graph : chain.graphs) {
+    auto g = m.graphs.find(graph);
+    if (g == m.graphs.end()) bad("chain " + name + " runs graph '" + graph + "', which the manifest lacks");
+    for (const auto& t : g->second.inputs) {
+      const auto shape = resolve(graph + "." + t.name);
+      if (shape && *shape != t.shape)
+        bad("chain " + name + ": " + graph + "." + t.name + " " + dims_str(t.shape) + " is fed a tensor of shape " + dims_str(*shape));
+    }
+    for (const auto& t : g->second.outputs) produced[graph + "." + t.name] = t.shape;
+  }
+  for (const char* out : {"z0", "images"}) resolve(std::string("outputs.") + out);
+}
+
+/// runtime.fused and runtime.unfused (what runtimes that predate chains read) are the graph
+/// lists of the chains of those names; as check_runtime_lists in tiue_export/bundle/directory.py.
+void check_runtime_lists(const Manifest& m, const fs::path& mpath) {
+  for (const auto& [name, list] : {std::make_pair("fused", &m.fused), std::make_pair("unfused", &m.unfused)})
+    if (*list != m.chains.at(name).graphs)
+      throw InputError(mpath.string() + ": runtime." + name + " " + list_str(*list) + " is not the graphs of chain " + name + " " +
+                       list_str(m.chains.at(name).graphs) + ": re-export the bundle");
+}
+
+/// The fused and unfused chains as Pipeline runs them (as default_chains in
+/// tiue_export/bundle/manifest.py writes them). Python's executor follows any valid wiring; this
+/// runtime runs these two, so another is refused rather than run as something else.
+void check_standard_wiring(const Manifest& m, const fs::path& mpath) {
+  const std::string text = "text_encoder.text_embeddings";
+  std::map<std::string, std::string> common = {
+      {"text_encoder.input_ids", "inputs.input_ids"}, {"unet_encoder.latents", "inputs.noise"}, {"unet_encoder.text_embeddings", text}};
+  std::map<std::string, std::string> fused = common, unfused = common;
+  for (const auto& [f, shape] : m.features) {
+    fused["unet_decoder_fused." + f] = "unet_encoder." + f;
+    unfused["unet_decoder." + f] = "unet_encoder." + f;
+  }
+  fused.insert({{"unet_decoder_fused.text_embeddings", text}, {"unet_decoder_fused.latents", "inputs.noise"},
+                {"vae_decoder.latents", "unet_decoder_fused.z0"}, {"outputs.z0", "unet_decoder_fused.z0"}, {"outputs.images", "vae_decoder.images"}});
+  unfused.insert({{"unet_decoder.text_embeddings", text}, {"eq11.latents", "inputs.noise"}, {"eq11.eps", "unet_decoder.eps"},
+                  {"vae_decoder.latents", "eq11.z0"}, {"outputs.z0", "eq11.z0"}, {"outputs.images", "vae_decoder.images"}});
+  const std::map<std::string, Chain> standard = {
+      {"fused", {{"text_encoder", "unet_encoder", "unet_decoder_fused", "vae_decoder"}, fused}},
+      {"unfused", {{"text_encoder", "unet_encoder", "unet_decoder", "vae_decoder"}, unfused}}};
+  for (const auto& [name, want] : standard) {
+    const Chain& got = m.chains.at(name);
+    std::string why;
+    if (got.graphs != want.graphs) why = "runs " + list_str(got.graphs) + " instead of " + list_str(want.graphs);
+    for (const auto& [dest, src] : want.sources) {
+      if (!why.empty()) break;
+      auto it = got.sources.find(dest);
+      if (it != got.sources.end() && it->second != src) why = "feeds " + dest + " from " + it->second + " instead of " + src;
+    }
+    if (!why.empty())
+      throw InputError(mpath.string() + ": chain " + name + " " + why + ", and this runtime runs only the standard wiring: re-export the bundle");
+  }
+}
+
 /// What a JSON Schema cannot say, as tiue_export.bundle.io.check_semantics: the sampler agrees
 /// with its schedule, the sizes with the graphs' shapes, every graph file with its hash. Reads
 /// nothing but the manifest, so a contradiction costs no graph load.
@@ -180,6 +255,8 @@ void check_semantics(const Manifest& m, const fs::path& mpath) {
   if (features != outputs) bad("features " + list_str(std::vector<std::string>(features.begin(), features.end())) +
                                " are not the encoder's outputs " + list_str(std::vector<std::string>(outputs.begin(), outputs.end())));
 
+  for (const auto& [name, chain] : m.chains) check_chain(m, name, chain, bad);
+
   auto listed = [&](const std::string& label, const std::string& file, const std::string& digest) {
     auto it = m.files.find(file);
     if (it == m.files.end()) bad(label + ": file " + file + " is not among the bundle's files");
@@ -205,10 +282,18 @@ Manifest Manifest::load(const fs::path& dir) {
   json j;
   {
     std::ifstream in(mpath);
+    // nlohmann parses without recursion but gives no depth limit of its own; this one keeps
+    // every reader of the manifest (and Python's json, whose limit is the interpreter's stack) on
+    // the same side of one rule.
+    const json::parser_callback_t depth_limit = [&](int depth, json::parse_event_t event, json&) {
+      if ((event == json::parse_event_t::object_start || event == json::parse_event_t::array_start) && depth >= kMaxJsonDepth)
+        throw InputError(mpath.string() + ": JSON nested deeper than " + std::to_string(kMaxJsonDepth) + " levels: not a tiue-export manifest");
+      return true;
+    };
     try {
-      j = json::parse(in);
+      j = json::parse(in, depth_limit);
     } catch (const json::exception& e) {
-      throw InputError(mpath.string() + ": not valid JSON (" + first_line(e.what()) + ")");
+      throw InputError(mpath.string() + ": not valid JSON (" + first_line(e.what()) + "): re-export the bundle");
     }
   }
   if (!j.is_object() || !j.contains("schema_version") || !j["schema_version"].is_number_integer())
@@ -235,8 +320,13 @@ Manifest Manifest::load(const fs::path& dir) {
     return 0;
   });
   section(mpath, "runtime", [&] {
-    m.fused = j.at("runtime").at("fused").get<std::vector<std::string>>();
-    m.unfused = j.at("runtime").at("unfused").get<std::vector<std::string>>();
+    const auto& r = j.at("runtime");
+    m.fused = r.at("fused").get<std::vector<std::string>>();
+    m.unfused = r.at("unfused").get<std::vector<std::string>>();
+    for (const auto& [name, c] : r.at("chains").items())
+      m.chains.emplace(name, Chain{c.at("graphs").get<std::vector<std::string>>(), c.at("sources").get<std::map<std::string, std::string>>()});
+    for (const char* name : {"fused", "unfused"})
+      if (!m.chains.count(name)) throw InputError(mpath.string() + ": runtime.chains has no " + name + " chain: re-export the bundle");
     return 0;
   });
   section(mpath, "sampler", [&] {
@@ -304,11 +394,10 @@ Manifest Manifest::load(const fs::path& dir) {
     return 0;
   });
 
-  for (const auto* chain : {&m.fused, &m.unfused})
-    for (const auto& g : *chain)
-      if (!m.graphs.count(g)) throw InputError(mpath.string() + ": runtime lists graph '" + g + "' that the manifest lacks: re-export the bundle");
   if (!m.graphs.count("unet_encoder")) throw InputError(mpath.string() + ": no unet_encoder graph: re-export the bundle");
   check_semantics(m, mpath);
+  check_runtime_lists(m, mpath);
+  check_standard_wiring(m, mpath);
   return m;
 }
 

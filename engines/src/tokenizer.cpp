@@ -4,6 +4,7 @@
 #include <unicode/uchar.h>
 #include <unicode/unistr.h>
 
+#include <algorithm>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -505,7 +506,22 @@ Tokenizer::Encoding Tokenizer::encode(const std::string& text) const {
   return e;
 }
 
+bool is_blank(const std::string& text) {
+  const Codepoints cps = decode_utf8(text);
+  // Python's str.isspace: Unicode White_Space and the information separators U+001C..U+001F
+  return std::all_of(cps.begin(), cps.end(), [](char32_t c) { return is_space(c) || (c >= 0x1c && c <= 0x1f); });
+}
+
+void check_prompt(const std::string& prompt, const std::string& what) {
+  if (is_blank(prompt)) throw InputError(what + " is empty");
+  const Codepoints cps = decode_utf8(prompt);
+  if (cps.size() > kMaxPromptChars)
+    throw InputError(what + " is " + std::to_string(cps.size()) + " characters long, over " + std::to_string(kMaxPromptChars) +
+                     ": the text encoder reads only the first 77 tokens (a few hundred characters)");
+}
+
 Tensor Tokenizer::operator()(const std::vector<std::string>& prompts, const WarningHandler& warn) const {
+  for (const auto& p : prompts) check_prompt(p);  // all of them before any is tokenized
   const int64_t n = impl_->spec.max_length;
   std::vector<int64_t> ids;
   ids.reserve(prompts.size() * static_cast<std::size_t>(n));

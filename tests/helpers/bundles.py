@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 _CACHE: dict[tuple, Path] = {}
@@ -55,3 +56,67 @@ def tiny_vae_bundle(tiny_models, tmp_path_factory) -> Path:
         export_bundle(ExportConfig(model=Path(model), out=root / "bundle", vae=str(root / "decoder"), validate_batch=1))
         _CACHE[key] = root / "bundle"
     return _CACHE[key]
+
+
+# -- manifests that every reader must refuse the same way (Python's Bundle.open, the C++ runtime) --
+def _nested(levels: int) -> str:
+    return "[" * levels + "]" * levels
+
+
+def _with(m: dict, raw: str) -> str:
+    """``m`` as JSON with the placeholder string "@" replaced by the raw JSON text ``raw``."""
+    return json.dumps(m).replace('"@"', raw)
+
+
+def _nan(m):
+    m["sampler"]["S"] = "@"
+    return _with(m, "NaN"), "not valid JSON"
+
+
+def _infinity(m):
+    m["sampler"]["final_alpha_cumprod"] = "@"
+    return _with(m, "-Infinity"), "not valid JSON"
+
+
+def _overflow(m):
+    m["sampler"]["E"][0] = "@"
+    return _with(m, "1e999"), "not valid JSON"
+
+
+def _nested_65(m):  # the object is level 1: 64 more levels make 65
+    m["notes"] = "@"
+    return _with(m, _nested(64)), "JSON nested deeper than 64 levels: not a tiue-export manifest"
+
+
+def _nested_100000(m):
+    m["notes"] = "@"
+    return _with(m, _nested(100_000)), "JSON nested deeper than 64 levels: not a tiue-export manifest"
+
+
+def _chain_runs_a_missing_graph(m):
+    m["runtime"]["chains"]["fused"]["graphs"][2] = "ghost_decoder"
+    m["runtime"]["fused"][2] = "ghost_decoder"
+    return json.dumps(m), "chain fused runs graph 'ghost_decoder', which the manifest lacks: re-export the bundle"
+
+
+def _chain_feeds_from_nothing(m):
+    del m["runtime"]["chains"]["unfused"]["sources"]["eq11.eps"]
+    return json.dumps(m), "chain unfused: nothing feeds eq11.eps: re-export the bundle"
+
+
+def _runtime_list_is_not_its_chain(m):
+    m["runtime"]["fused"] = m["runtime"]["unfused"]
+    return json.dumps(m), "is not the graphs of chain fused"
+
+
+#: edit(manifest dict) -> (manifest.json text, what the one-line refusal says), for both runtimes.
+REFUSED_MANIFESTS = {f.__name__[1:]: f for f in (
+    _nan, _infinity, _overflow, _nested_65, _nested_100000, _chain_runs_a_missing_graph, _chain_feeds_from_nothing,
+    _runtime_list_is_not_its_chain,
+)}
+
+
+def nested_64(m: dict) -> str:
+    """The deepest manifest both readers take: 64 levels (an unknown top-level key rides along)."""
+    m["notes"] = "@"
+    return _with(m, _nested(63))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers.bundles import VARIANTS, tiny_bundle
+from helpers.bundles import REFUSED_MANIFESTS, VARIANTS, nested_64, tiny_bundle
 from helpers.cli import run_cli
 
 PROMPT = "a red cube"
@@ -227,6 +227,31 @@ def test_a_live_writers_staging_is_left_alone(tmp_path):
     (gone / OWNER).write_text(json.dumps({**owner, "pid": int(dead), "start": "0"}))
     assert sweep_stale(tmp_path / "target") == [gone]
     assert mine.is_dir() and foreign.is_dir() and unowned.is_dir() and not gone.exists()
+
+
+# -- manifests: what JSON does not allow, nesting, chains (the C++ runtime decides the same) -----
+@pytest.mark.parametrize("case", sorted(REFUSED_MANIFESTS))
+def test_manifests_refused_as_the_cpp_runtime_refuses_them(case, bundle, tmp_path, capsys):
+    """NaN, Infinity, a number past float64, nesting past 64 levels, a chain that runs a missing
+    graph or feeds an input from nothing: one line, exit 2, before any graph loads (the rows of
+    helpers.bundles.REFUSED_MANIFESTS, which test_cpp.py gives tiue_infer)."""
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    text, expect = REFUSED_MANIFESTS[case](json.loads((bundle / "manifest.json").read_text()))
+    (copy / "manifest.json").write_text(text)
+    out = tmp_path / "x.png"
+    code, _, err = run_cli(["infer", "--model", str(copy), "--backend", "onnxruntime", "--prompt", PROMPT, "--out", str(out)], capsys)
+    one_line_error(code, err, expect, 2)
+    assert str(copy / "manifest.json") in err and not out.exists()
+
+
+def test_the_deepest_manifest_both_readers_take(bundle, tmp_path):
+    from tiue_export.bundle import Bundle
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    (copy / "manifest.json").write_text(nested_64(json.loads((bundle / "manifest.json").read_text())))
+    assert Bundle.open(copy).manifest.extra["notes"]
 
 
 # -- the bundle fuzz test ------------------------------------------------------------------------

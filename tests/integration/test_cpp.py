@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers.bundles import tiny_bundle, tiny_vae_bundle
+from helpers.bundles import REFUSED_MANIFESTS, nested_64, tiny_bundle, tiny_vae_bundle
 
 pytestmark = pytest.mark.slow
 
@@ -304,7 +304,7 @@ def test_tiny_vae_matches_python_runtime(tiue_infer, tiny_models, tmp_path_facto
 def test_error_tiny_vae(tiue_infer, bundle, inputs, tmp_path):
     out = tmp_path / "x.png"
     expect_error(run(tiue_infer, "--bundle", bundle, *inputs, "--out", out, "--vae", "tiny"), 2,
-                 "has no tiny graphs: re-export it with --vae tiny", out)
+                 f"bundle {bundle} has no tiny graphs (it is fp32): re-export it with --vae tiny", out)
     expect_error(run(tiue_infer, "--bundle", bundle, *inputs, "--out", out, "--vae", "small"), 2, "unknown vae 'small': use full or tiny", out)
 
 
@@ -348,7 +348,7 @@ def test_error_truncated_graph(tiue_infer, bundle, inputs, tmp_path):
 def test_error_replace_says_why(tiue_infer, bundle, inputs, tmp_path):
     """A failed rename reports the system's reason, not 'Success'."""
     (tmp_path / "x_0.png").mkdir()  # the first of the two images
-    proc = run(tiue_infer, "--bundle", bundle, *inputs, "--out", tmp_path / "x.png")
+    proc = run(tiue_infer, "--bundle", bundle, *inputs, "--out", tmp_path / "x.png", "--overwrite")
     expect_error(proc, 1, "x_0.png: cannot replace: Is a directory")
     assert not list(tmp_path.glob(".x_0.png*")) and not (tmp_path / "x_1.png").exists()
 
@@ -370,3 +370,101 @@ def test_error_non_finite_stage(tiue_infer, bundle, inputs, tmp_path, fused):
     proc = run(tiue_infer, "--bundle", copy, *inputs, "--out", out, "--latents", tmp_path / "z0.npy", *([] if fused else ["--unfused"]))
     expect_error(proc, 1, f"{graph} produced non-finite values (NaN or Inf) in {'z0' if fused else 'eps'}: no image written", out)
     assert not (tmp_path / "z0.npy").exists() and not (tmp_path / "x_0.png").exists()
+
+
+# -- the second bad-input sweep: the decisions of the Python runtime, in one line ----------------
+@pytest.mark.parametrize("case", sorted(REFUSED_MANIFESTS))
+def test_error_manifest_refused_as_python_refuses_it(tiue_infer, bundle, tmp_path, inputs, case):
+    """The rows test_bad_input.py gives tiue-export infer: the same refusal, one line, exit 2,
+    before any graph is loaded (the copy's graphs are not even ONNX)."""
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy, ignore=shutil.ignore_patterns("*.onnx"))
+    for graph in bundle.glob("*.onnx"):
+        (copy / graph.name).write_bytes(b"not an onnx graph")
+    text, expect = REFUSED_MANIFESTS[case](json.loads((bundle / "manifest.json").read_text()))
+    (copy / "manifest.json").write_text(text)
+    out = tmp_path / "x.ppm"
+    expect_error(run(tiue_infer, "--bundle", copy, *inputs, "--out", out), 2, expect, out)
+    assert str(copy / "manifest.json") in run(tiue_infer, "--bundle", copy, *inputs, "--out", out).stderr
+
+
+def test_deepest_manifest_and_other_wiring(tiue_infer, bundle, tmp_path):
+    """64 levels are read (as Python reads them); a valid chain wired otherwise than the standard
+    one, which Python's executor would follow, is refused rather than run as the standard one."""
+    from tiue_export.bundle import Bundle
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(nested_64(json.loads((bundle / "manifest.json").read_text())))
+    proc = run(tiue_infer, copy, "--prompt", "a cat", "--save-ids", tmp_path / "ids.npy")
+    assert proc.returncode == 0, proc.stderr
+    manifest["runtime"]["chains"]["fused"]["sources"]["vae_decoder.latents"] = "inputs.noise"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    Bundle.open(copy)  # valid: Python would decode z_T
+    expect_error(run(tiue_infer, copy, "--prompt", "a cat", "--out", tmp_path / "x.png"), 2,
+                 "chain fused feeds vae_decoder.latents from inputs.noise instead of unet_decoder_fused.z0, "
+                 "and this runtime runs only the standard wiring: re-export the bundle", tmp_path / "x.png")
+
+
+def test_error_int8_on_an_uncalibrated_bundle(tiue_infer, bundle, inputs, tmp_path):
+    """No int8 graphs: refused with tiue-export infer's words (not fp32 pixels in a PNG saying int8)."""
+    out = tmp_path / "x.png"
+    expect_error(run(tiue_infer, "--bundle", bundle, *inputs, "--out", out, "--precision", "int8"), 2,
+                 f"bundle {bundle} has no int8 graphs (it is fp32): run tiue-export calibrate {bundle}", out)
+
+
+def test_existing_outputs_are_replaced_only_with_overwrite(tiue_infer, bundle, python_run, tmp_path):
+    """As tiue-export infer --out: an existing file is refused before any work (every output, each
+    image of several), replaced whole with --overwrite, no temporary file left behind."""
+    one = tmp_path / "one.png"
+    assert run(tiue_infer, bundle, "--prompt", "a cat", "--out", one).returncode == 0
+    first = one.read_bytes()
+    expect_error(run(tiue_infer, bundle, "--prompt", "a dog", "--out", one), 2, f"--out {one} exists: pass --overwrite to replace it")
+    assert one.read_bytes() == first
+    proc = run(tiue_infer, bundle, "--prompt", "a dog", "--out", one, "--overwrite")
+    assert proc.returncode == 0, proc.stderr
+    assert one.read_bytes() != first and sorted(p.name for p in tmp_path.iterdir()) == ["one.png"]
+    (tmp_path / "two_1.ppm").write_bytes(b"keep")  # the second of two images
+    expect_error(run(tiue_infer, "--bundle", bundle, "--ids", python_run / "ids.npy", "--noise", python_run / "noise.npy", "--out", tmp_path / "two.ppm"),
+                 2, f"--out {tmp_path / 'two_1.ppm'} exists")
+    assert not (tmp_path / "two_0.ppm").exists() and (tmp_path / "two_1.ppm").read_bytes() == b"keep"
+    expect_error(run(tiue_infer, bundle, "--prompt", "a cat", "--save-noise", one), 2, f"--save-noise {one} exists: pass --overwrite")
+
+
+@pytest.mark.parametrize(
+    "prompt, expect",
+    [
+        ("", "--prompt is empty"),
+        (" \t\u3000\u00a0\x1c", "--prompt is empty"),  # whitespace as Python's str.isspace has it
+        ("a" * 10_001, "prompt is 10001 characters long, over 10000: the text encoder reads only the first 77 tokens"),
+        ("\u00e9" * 10_001, "prompt is 10001 characters long"),  # characters, not UTF-8 bytes
+    ],
+    ids=["empty", "whitespace", "too-long", "too-long-unicode"],
+)
+def test_error_prompt_rules(tiue_infer, bundle, tmp_path, prompt, expect):
+    """The prompt rules of infer and serve: before any graph loads, --prompt and --prompts-file alike."""
+    out = tmp_path / "x.png"
+    expect_error(run(tiue_infer, bundle, "--prompt", "a cat", "--prompt", prompt, "--out", out), 2, expect, out)
+    if prompt.strip():
+        (tmp_path / "p.txt").write_text(f"a cat\n{prompt}\n", encoding="utf-8")
+        expect_error(run(tiue_infer, bundle, "--prompts-file", tmp_path / "p.txt", "--save-ids", tmp_path / "ids.npy"), 2,
+                     f"{tmp_path / 'p.txt'}:2: the {expect}", tmp_path / "ids.npy")
+
+
+def test_longest_prompt_is_taken(tiue_infer, bundle, tmp_path):
+    proc = run(tiue_infer, bundle, "--prompt", "\u00e9" * 10_000, "--save-ids", tmp_path / "ids.npy")
+    assert proc.returncode == 0, proc.stderr
+    assert np.load(tmp_path / "ids.npy").shape[0] == 1
+
+
+def test_error_destinations_and_bundle_paths(tiue_infer, bundle, tmp_path):
+    """Checked before any work: an --out directory that takes no file (read-only even for root), a
+    file where a directory should be, a bundle path that is a file, a seed past 64 bits."""
+    base = [bundle, "--prompt", "a cat"]
+    expect_error(run(tiue_infer, *base, "--out", "/proc/x.png"), 2, "--out /proc/x.png: cannot write into /proc (")
+    (tmp_path / "file").write_text("x")
+    expect_error(run(tiue_infer, *base, "--latents", tmp_path / "file" / "z.npy"), 2, f"--latents {tmp_path / 'file' / 'z.npy'}: {tmp_path / 'file'} is not a directory")
+    expect_error(run(tiue_infer, tmp_path / "file", "--prompt", "a cat", "--out", tmp_path / "x.png"), 2, f"bundle {tmp_path / 'file'} is not a directory")
+    expect_error(run(tiue_infer, *base, "--seed", str(2**64), "--out", tmp_path / "x.png"), 2, "--seed must be an integer from 0 to 18446744073709551615")
+    assert not list(tmp_path.glob(".tiue-probe-*")) and sorted(p.name for p in tmp_path.iterdir()) == ["file"]

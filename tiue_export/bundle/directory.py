@@ -25,6 +25,10 @@ VALIDATION = "validation.json"
 REFERENCE = "reference.npz"
 SCHEMA = Path(__file__).resolve().parent.parent / "schemas" / "manifest.schema.json"
 
+#: How deep manifest.json may nest: a manifest nests 7 levels, and the JSON and schema readers
+#: recurse per level. As kMaxJsonDepth in engines/include/tiue/manifest.hpp.
+MAX_JSON_DEPTH = 64
+
 #: S and E are float64 both when written and when recomputed here; this leaves room for another
 #: language's libm, not for an edited value (one timestep moves E by ~1e-3).
 COEFFICIENT_RTOL = 1e-9
@@ -47,6 +51,47 @@ def bundle_files(root: Path) -> dict[str, str]:
         for p in sorted(root.rglob("*"))
         if p.is_file() and p.relative_to(root).as_posix() != MANIFEST
     }
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text} overflows a float")
+    return value
+
+
+def _depth(data) -> int:
+    """How many levels of objects and arrays ``data`` nests (iterative: no recursion limit)."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        value, level = stack.pop()
+        if isinstance(value, (dict, list)):
+            deepest = max(deepest, level)
+            stack.extend((v, level + 1) for v in (value.values() if isinstance(value, dict) else value))
+    return deepest
+
+
+def read_manifest_json(mpath: Path):
+    """``manifest.json`` as JSON defines it, as the C++ runtime reads it: NaN, Infinity and numbers
+    past float64 are refused (Python's json takes them), as is nesting past MAX_JSON_DEPTH.
+
+    Raises:
+        ModelError: not JSON, or nested too deep (one line).
+    """
+    too_deep = f"{mpath}: JSON nested deeper than {MAX_JSON_DEPTH} levels: not a tiue-export manifest"
+    try:
+        data = json.loads(mpath.read_text(encoding="utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError as exc:
+        raise ModelError(too_deep) from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{mpath}: not valid JSON ({exc}): re-export the bundle") from exc
+    if _depth(data) > MAX_JSON_DEPTH:
+        raise ModelError(too_deep)
+    return data
 
 
 @lru_cache(maxsize=1)
@@ -177,6 +222,15 @@ def check_chain(m: Manifest, name: str, chain, bad) -> None:
         resolve(f"outputs.{out}")
 
 
+def check_runtime_lists(data: dict, where: str) -> None:
+    """``runtime.fused`` and ``runtime.unfused`` (what runtimes that predate chains read) are the
+    graph lists of the chains of those names."""
+    runtime = data["runtime"]
+    for name in ("fused", "unfused"):
+        if runtime[name] != runtime["chains"][name]["graphs"]:
+            raise ModelError(f"{where}: runtime.{name} {runtime[name]} is not the graphs of chain {name} {runtime['chains'][name]['graphs']}: re-export the bundle")
+
+
 @dataclass(frozen=True)
 class Bundle:
     """An exported bundle: its directory and its typed, validated manifest."""
@@ -199,10 +253,7 @@ class Bundle:
             raise ModelError(f"no such bundle directory: {path}")
         if not mpath.is_file():
             raise ModelError(f"{path} is not an exported bundle (no {MANIFEST}): run tiue-export export first")
-        try:
-            data = json.loads(mpath.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ModelError(f"{mpath}: not valid JSON ({exc}): re-export the bundle") from exc
+        data = read_manifest_json(mpath)
         if not isinstance(data, dict) or not isinstance(data.get("schema_version"), int):
             raise ModelError(f"{mpath}: no schema_version: not a tiue-export manifest")
         version = data["schema_version"]
@@ -213,6 +264,7 @@ class Bundle:
         check_schema(data, str(mpath))
         manifest = Manifest.from_dict(data)
         check_semantics(manifest, str(mpath))
+        check_runtime_lists(data, str(mpath))
         bundle = cls(path, manifest)
         bundle.verify(hashes=verify)
         return bundle

@@ -112,6 +112,18 @@ struct EngineSet {
   std::map<std::string, std::string> files;   // graph -> plan file, relative to the bundle
 };
 
+/// One way to run the sampler (manifest["runtime"]["chains"][name]): graphs in run order and, for
+/// every graph input (and eq11.*, outputs.*), the tensor that feeds it ("graph.output",
+/// "inputs.input_ids", "inputs.noise" or "eq11.z0").
+struct Chain {
+  std::vector<std::string> graphs;
+  std::map<std::string, std::string> sources;  // destination -> source
+};
+
+/// How deep manifest.json may nest (a manifest nests 7 levels; the parsers' stacks stay bounded).
+/// As MAX_JSON_DEPTH in tiue_export/bundle/directory.py.
+constexpr int kMaxJsonDepth = 64;
+
 struct Manifest {
   std::filesystem::path dir;
   int schema_version = 0;
@@ -119,6 +131,7 @@ struct Manifest {
   std::map<std::string, GraphSpec> graphs;
   std::vector<std::string> fused;    // graph order of the fused one-pass pipeline
   std::vector<std::string> unfused;  // ... with Eq. 11 outside the graphs
+  std::map<std::string, Chain> chains;  // "fused", "unfused" and any other; fused/unfused are their graph lists
   SamplerSpec sampler;
   std::array<int64_t, 3> latent{};  // C, h, w
   std::array<int64_t, 2> image{};   // H, W
@@ -131,7 +144,10 @@ struct Manifest {
   /// Read and check `dir`/manifest.json. Throws InputError (one line): not a bundle, another
   /// schema version, a missing or mistyped field, or a manifest that contradicts itself (K and the
   /// timestep lists, timesteps outside the schedule, S or E not what the schedule gives, sizes
-  /// against the graphs' shapes, a graph file not listed in `files` with the graph's sha256).
+  /// against the graphs' shapes, a chain that runs a graph the manifest lacks or feeds an input
+  /// from nothing, a graph file not listed in `files` with the graph's sha256), and a fused or
+  /// unfused chain wired otherwise than this runtime runs it. JSON that is not JSON (NaN,
+  /// Infinity) or nests deeper than kMaxJsonDepth is refused as such.
   /// Reads no graph and hashes no file (verify() does).
   static Manifest load(const std::filesystem::path& dir);
 

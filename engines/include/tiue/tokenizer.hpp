@@ -23,6 +23,20 @@ namespace tiue {
 /// Receives one line per warning (a truncated prompt), as the Python runtime logs them.
 using WarningHandler = std::function<void(const std::string&)>;
 
+/// The longest prompt any runtime takes, in characters (Unicode code points): CLIP's text encoder
+/// reads 77 tokens, so a longer text changes nothing in the image and would only be copied whole
+/// into every PNG. As MAX_PROMPT_CHARS in tiue_export/prompts.py.
+constexpr std::size_t kMaxPromptChars = 10000;
+
+/// The prompt rules of every tiue-export runtime (tiue_export.prompts.check_prompt, the same
+/// words): a prompt that is empty or only whitespace (Python's str.isspace) is refused ("prompt is
+/// empty"), as is one over kMaxPromptChars characters or not valid UTF-8. `what` names it in the
+/// message ("--prompt", "FILE:3: the prompt"). Throws InputError.
+void check_prompt(const std::string& prompt, const std::string& what = "prompt");
+/// Whether `text` is empty or only whitespace as Python's str.isspace has it (a prompts file's
+/// blank line). Throws InputError for text that is not valid UTF-8.
+bool is_blank(const std::string& text);
+
 class Tokenizer {
  public:
   /// Read `tokenizer_json` with the manifest's rules (max_length, pad, bos and eos ids). Throws
@@ -41,7 +55,8 @@ class Tokenizer {
   };
   Encoding encode(const std::string& text) const;
 
-  /// int64 (B, max_length) ids for `prompts`; `warn` gets one line per truncated prompt
+  /// int64 (B, max_length) ids for `prompts` (each passing check_prompt, else InputError); `warn`
+  /// gets one line per truncated prompt
   /// ("prompt is longer than this model's N tokens: truncated: '...'"); without one, nothing
   /// is reported.
   Tensor operator()(const std::vector<std::string>& prompts, const WarningHandler& warn = {}) const;
