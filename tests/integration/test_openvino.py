@@ -68,32 +68,40 @@ def test_runner_is_a_context_manager_that_releases(bundle):
 
 
 def test_graph_cache_is_keyed_by_the_graph(bundle, tmp_path):
-    """A second loader of the same graph imports the compiled graph; a changed graph misses."""
+    """bf16 compute: the graph converted once to fp16-weight IR, compiled from it; fp32: the ONNX
+    graph's compiled model imported. A hit rewrites nothing; a changed graph misses."""
     cache = tmp_path / "ovcache"
     graph = tmp_path / "vae_decoder.onnx"
     shutil.copy(bundle / "vae_decoder.onnx", graph)
     latents = np.ones((1, *Pipeline.load(bundle).latent_shape), np.float32)
 
-    def run_once():
-        loader = OvLoader(graph, "bf16", cache_dir=cache)
+    def run_once(precision="bf16"):
+        loader = OvLoader(graph, precision, cache_dir=cache)
         with OvRunner(loader) as r:
             return loader.cached(), r.infer({"latents": latents})["images"]
 
     (model, compiled), first = run_once()
-    assert model.name == "model.xml" and model.parent.parent == cache
+    assert model.name == "model.xml" and model.parent.parent == cache and compiled is None
+    assert sorted(p.name for p in model.parent.iterdir()) == ["entry.json", "model.bin", "model.xml"], "no compiled copy beside the IR"
+    mtime = model.with_suffix(".bin").stat().st_mtime_ns
+    (model2, _), again = run_once()
+    assert model2 == model and model.with_suffix(".bin").stat().st_mtime_ns == mtime, "a cache hit must not convert again"
+    np.testing.assert_array_equal(first, again)
+
+    (source, compiled), first32 = run_once("fp32")
+    assert source == graph and compiled.parent.parent == cache
     blobs = sorted(compiled.glob("*.blob"))
     assert len(blobs) == 1
     mtime = blobs[0].stat().st_mtime_ns
-    (model2, compiled2), again = run_once()
-    assert (model2, compiled2) == (model, compiled) and sorted(compiled.glob("*.blob")) == blobs
-    assert blobs[0].stat().st_mtime_ns == mtime, "a cache hit must not rewrite the compiled graph"
-    np.testing.assert_array_equal(first, again)
+    _, again32 = run_once("fp32")
+    assert sorted(compiled.glob("*.blob")) == blobs and blobs[0].stat().st_mtime_ns == mtime, "a cache hit must not rewrite the compiled graph"
+    np.testing.assert_array_equal(first32, again32)
 
     onnx_model = onnx.load(str(graph))
     init = max(onnx_model.graph.initializer, key=lambda t: np.prod(t.dims))
     init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 2.0, init.name))
     onnx.save(onnx_model, str(graph))
-    (model3, compiled3), changed = run_once()
+    (model3, _), changed = run_once()
     assert model3 != model and len(sorted(cache.glob("*/model.xml"))) == 2
     assert not np.array_equal(changed, first)
 
