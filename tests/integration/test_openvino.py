@@ -68,8 +68,8 @@ def test_runner_is_a_context_manager_that_releases(bundle):
 
 
 def test_graph_cache_is_keyed_by_the_graph(bundle, tmp_path):
-    """bf16 compute: the graph converted once to fp16-weight IR, compiled from it; fp32: the ONNX
-    graph's compiled model imported. A hit rewrites nothing; a changed graph misses."""
+    """bf16 compute: the graph converted once to fp16-weight IR, its compiled graph cached without
+    weights; fp32: the ONNX graph's compiled model. A hit rewrites nothing; a changed graph misses."""
     cache = tmp_path / "ovcache"
     graph = tmp_path / "vae_decoder.onnx"
     shutil.copy(bundle / "vae_decoder.onnx", graph)
@@ -80,16 +80,18 @@ def test_graph_cache_is_keyed_by_the_graph(bundle, tmp_path):
         with OvRunner(loader) as r:
             return loader.cached(), r.infer({"latents": latents})["images"]
 
-    (model, compiled), first = run_once()
-    assert model.name == "model.xml" and model.parent.parent == cache and compiled is None
-    assert sorted(p.name for p in model.parent.iterdir()) == ["entry.json", "model.bin", "model.xml"], "no compiled copy beside the IR"
-    mtime = model.with_suffix(".bin").stat().st_mtime_ns
-    (model2, _), again = run_once()
-    assert model2 == model and model.with_suffix(".bin").stat().st_mtime_ns == mtime, "a cache hit must not convert again"
+    (model, compiled, properties), first = run_once()
+    assert model.name == "model.xml" and model.parent.parent == cache and compiled.parent == model.parent
+    assert properties == {"CACHE_MODE": "OPTIMIZE_SIZE"} and len(list(compiled.glob("*.blob"))) == 1
+    stamps = [f.stat().st_mtime_ns for f in (model.with_suffix(".bin"), *compiled.glob("*.blob"))]
+    (model2, _, _), again = run_once()
+    assert model2 == model and [f.stat().st_mtime_ns for f in (model.with_suffix(".bin"), *compiled.glob("*.blob"))] == stamps, (
+        "a cache hit must not convert or compile again"
+    )
     np.testing.assert_array_equal(first, again)
 
-    (source, compiled), first32 = run_once("fp32")
-    assert source == graph and compiled.parent.parent == cache
+    (source, compiled, properties), first32 = run_once("fp32")
+    assert source == graph and compiled.parent.parent == cache and properties == {}
     blobs = sorted(compiled.glob("*.blob"))
     assert len(blobs) == 1
     mtime = blobs[0].stat().st_mtime_ns
@@ -101,7 +103,7 @@ def test_graph_cache_is_keyed_by_the_graph(bundle, tmp_path):
     init = max(onnx_model.graph.initializer, key=lambda t: np.prod(t.dims))
     init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 2.0, init.name))
     onnx.save(onnx_model, str(graph))
-    (model3, _), changed = run_once()
+    (model3, _, _), changed = run_once()
     assert model3 != model and len(sorted(cache.glob("*/model.xml"))) == 2
     assert not np.array_equal(changed, first)
 

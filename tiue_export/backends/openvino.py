@@ -4,7 +4,7 @@ bf16 (AMX, AVX-512-BF16) and int8 (VNNI, AMX) units. ``OvLoader`` builds nothing
 
 Graphs go through a cache keyed by the graph's hash (:func:`graph_cache`): the float ONNX graph
 converted once to OpenVINO IR with fp16 weights where the compute precision is below fp32 (half
-the bytes to map and to hold, and bf16/fp16 compute rounds the weights further anyway), or else
+the bytes to map and to hold, and bf16/fp16 compute rounds the weights further anyway), and
 OpenVINO's compiled-model cache (``CACHE_DIR``) of the graph, so a fresh process (a ``serve``
 replica) neither converts nor compiles an ONNX file. A changed graph has another key and
 never meets the old entry; the least recently used entries go when the cache outgrows its cap
@@ -81,24 +81,26 @@ def graph_key(path, digests: tuple[str, ...] = ()) -> str:
     return h.hexdigest()[:20]
 
 
-def graph_cache(root: Path, key: str, source: Path, compress: bool) -> tuple[Path, Path | None]:
-    """``(model file, compiled-model cache dir or None)`` of one graph in the cache ``root``.
+def graph_cache(root: Path, key: str, source: Path, compress: bool) -> tuple[Path, Path, dict]:
+    """``(model file, compiled-model cache dir, its properties)`` of one graph in the cache ``root``.
 
     With ``compress`` the ONNX ``source`` is converted once to IR with fp16 weights in the entry
-    ``root/key/`` (written whole before anyone sees it: :func:`graph_cache.entry_dir`), and that IR
-    is compiled each time: OpenVINO reads IR by mapping it and defers the costly work (weight
-    repacking) to the first inference, which an imported compiled graph pays as well, so a
-    compiled copy would double the entry's bytes for no faster start (docs/benchmarks.md).
-    Otherwise the model file is ``source`` itself (an ONNX file, converted at every compile
-    without the cache, or the bundle's int8 IR) and the entry holds its compiled graph
-    (``CACHE_DIR``)."""
+    ``root/key/`` (written whole before anyone sees it: :func:`graph_cache.entry_dir`), and its
+    compiled graph is cached without weights (``CACHE_MODE`` ``OPTIMIZE_SIZE``: they are read from
+    the IR beside it), since a compiled copy with weights would double the entry's bytes for no
+    faster start: OpenVINO defers the costly work (weight repacking) to the first inference,
+    which an imported graph pays as well (docs/benchmarks.md). Otherwise the model file is
+    ``source`` itself (an ONNX file, converted at every compile without the cache, or the
+    bundle's int8 IR) and the entry holds its compiled graph with weights."""
 
     def convert(folder: Path) -> None:
         ov = _ov()
         ov.save_model(ov.convert_model(str(source)), str(folder / "model.xml"), compress_to_fp16=True)
 
     entry = disk_cache.entry_dir(root, key, source, convert if compress else None)
-    return (entry / "model.xml", None) if compress else (source, entry / "compiled")
+    if compress:
+        return entry / "model.xml", entry / "compiled", {"CACHE_MODE": "OPTIMIZE_SIZE"}
+    return source, entry / "compiled", {}
 
 
 class OvLoader:
@@ -141,8 +143,8 @@ class OvLoader:
         """The graph's entry in the cache: its :func:`graph_key`, and whether it is stored as fp16 IR."""
         return graph_key(self.path, self.digests) + ("-ir16" if self.compress else "")
 
-    def cached(self) -> tuple[Path, Path | None] | None:
-        """``(model file, CACHE_DIR or None)`` from the graph cache; None without one or when it cannot
+    def cached(self) -> tuple[Path, Path, dict] | None:
+        """``(model file, CACHE_DIR, its properties)`` from the graph cache; None without one or when it cannot
         be written (then the graph is compiled from the bundle every time)."""
         if self.cache_dir is None:
             return None
@@ -161,7 +163,8 @@ class OvLoader:
         cached = self.cached()
         if cached is not None:
             try:
-                compiled = self.compile(str(cached[0]), **({} if cached[1] is None else {"CACHE_DIR": str(cached[1])}))
+                model, cache_dir, properties = cached
+                compiled = self.compile(str(model), CACHE_DIR=str(cache_dir), **properties)
             except TiueError as exc:
                 # The entry may have been removed under us (another process's eviction) or be
                 # damaged: the bundle's own file is the truth.
