@@ -68,32 +68,42 @@ def test_runner_is_a_context_manager_that_releases(bundle):
 
 
 def test_graph_cache_is_keyed_by_the_graph(bundle, tmp_path):
-    """A second loader of the same graph imports the compiled graph; a changed graph misses."""
+    """bf16 compute: the graph converted once to fp16-weight IR, its compiled graph cached without
+    weights; fp32: the ONNX graph's compiled model. A hit rewrites nothing; a changed graph misses."""
     cache = tmp_path / "ovcache"
     graph = tmp_path / "vae_decoder.onnx"
     shutil.copy(bundle / "vae_decoder.onnx", graph)
     latents = np.ones((1, *Pipeline.load(bundle).latent_shape), np.float32)
 
-    def run_once():
-        loader = OvLoader(graph, "bf16", cache_dir=cache)
+    def run_once(precision="bf16"):
+        loader = OvLoader(graph, precision, cache_dir=cache)
         with OvRunner(loader) as r:
             return loader.cached(), r.infer({"latents": latents})["images"]
 
-    (model, compiled), first = run_once()
-    assert model.name == "model.xml" and model.parent.parent == cache
+    (model, compiled, properties), first = run_once()
+    assert model.name == "model.xml" and model.parent.parent == cache and compiled.parent == model.parent
+    assert properties == {"CACHE_MODE": "OPTIMIZE_SIZE"} and len(list(compiled.glob("*.blob"))) == 1
+    stamps = [f.stat().st_mtime_ns for f in (model.with_suffix(".bin"), *compiled.glob("*.blob"))]
+    (model2, _, _), again = run_once()
+    assert model2 == model and [f.stat().st_mtime_ns for f in (model.with_suffix(".bin"), *compiled.glob("*.blob"))] == stamps, (
+        "a cache hit must not convert or compile again"
+    )
+    np.testing.assert_array_equal(first, again)
+
+    (source, compiled, properties), first32 = run_once("fp32")
+    assert source == graph and compiled.parent.parent == cache and properties == {}
     blobs = sorted(compiled.glob("*.blob"))
     assert len(blobs) == 1
     mtime = blobs[0].stat().st_mtime_ns
-    (model2, compiled2), again = run_once()
-    assert (model2, compiled2) == (model, compiled) and sorted(compiled.glob("*.blob")) == blobs
-    assert blobs[0].stat().st_mtime_ns == mtime, "a cache hit must not rewrite the compiled graph"
-    np.testing.assert_array_equal(first, again)
+    _, again32 = run_once("fp32")
+    assert sorted(compiled.glob("*.blob")) == blobs and blobs[0].stat().st_mtime_ns == mtime, "a cache hit must not rewrite the compiled graph"
+    np.testing.assert_array_equal(first32, again32)
 
     onnx_model = onnx.load(str(graph))
     init = max(onnx_model.graph.initializer, key=lambda t: np.prod(t.dims))
     init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 2.0, init.name))
     onnx.save(onnx_model, str(graph))
-    (model3, compiled3), changed = run_once()
+    (model3, _, _), changed = run_once()
     assert model3 != model and len(sorted(cache.glob("*/model.xml"))) == 2
     assert not np.array_equal(changed, first)
 

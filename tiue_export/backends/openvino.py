@@ -5,18 +5,16 @@ bf16 (AMX, AVX-512-BF16) and int8 (VNNI, AMX) units. ``OvLoader`` builds nothing
 Graphs go through a cache keyed by the graph's hash (:func:`graph_cache`): the float ONNX graph
 converted once to OpenVINO IR with fp16 weights where the compute precision is below fp32 (half
 the bytes to map and to hold, and bf16/fp16 compute rounds the weights further anyway), and
-OpenVINO's compiled-model cache (``CACHE_DIR``) beside it, so a fresh process (a ``serve``
-replica) imports the compiled graph instead of compiling it. A changed graph has another key and
-never meets the old entry.
+OpenVINO's compiled-model cache (``CACHE_DIR``) of the graph, so a fresh process (a ``serve``
+replica) neither converts nor compiles an ONNX file. A changed graph has another key and
+never meets the old entry; the least recently used entries go when the cache outgrows its cap
+(:mod:`.graph_cache`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -24,6 +22,7 @@ import numpy as np
 
 from ..errors import InputError, TiueError, first_line, require
 from ..executor import Runner
+from . import graph_cache as disk_cache
 
 log = logging.getLogger("tiue_export")
 
@@ -61,14 +60,6 @@ def _precision_word(hint) -> str:
     return {"bf16": "bf16", "f16": "fp16"}.get(hint.get_type_name(), "fp32")
 
 
-def default_cache_dir() -> Path | None:
-    """``$TIUE_EXPORT_CACHE/openvino`` (default ``~/.cache/tiue-export/openvino``); None when
-    ``TIUE_EXPORT_OV_CACHE=0`` turns the cache off."""
-    if os.environ.get("TIUE_EXPORT_OV_CACHE", "1") == "0":
-        return None
-    return Path(os.environ.get("TIUE_EXPORT_CACHE", Path.home() / ".cache" / "tiue-export")) / "openvino"
-
-
 def graph_key(path, digests: tuple[str, ...] = ()) -> str:
     """The cache key of one graph file: its recorded sha256s (graph and external data, from the
     manifest) plus each file's size and modification time, so a file rewritten behind the
@@ -90,28 +81,26 @@ def graph_key(path, digests: tuple[str, ...] = ()) -> str:
     return h.hexdigest()[:20]
 
 
-def graph_cache(root: Path, key: str, source: Path, compress: bool) -> tuple[Path, Path]:
-    """``(model file, compiled-model cache dir)`` of one graph in the cache ``root``.
+def graph_cache(root: Path, key: str, source: Path, compress: bool) -> tuple[Path, Path, dict]:
+    """``(model file, compiled-model cache dir, its properties)`` of one graph in the cache ``root``.
 
-    With ``compress`` the ONNX ``source`` is converted once to IR with fp16 weights in
-    ``root/key/`` (written to a temporary folder, then renamed, so a reader never sees half an
-    entry); otherwise the model file is ``source`` itself."""
-    entry = root / key
-    model = entry / "model.xml" if compress else source
-    if compress and not model.is_file():
+    With ``compress`` the ONNX ``source`` is converted once to IR with fp16 weights in the entry
+    ``root/key/`` (written whole before anyone sees it: :func:`graph_cache.entry_dir`), and its
+    compiled graph is cached without weights (``CACHE_MODE`` ``OPTIMIZE_SIZE``: they are read from
+    the IR beside it), since a compiled copy with weights would double the entry's bytes for no
+    faster start: OpenVINO defers the costly work (weight repacking) to the first inference,
+    which an imported graph pays as well (docs/benchmarks.md). Otherwise the model file is
+    ``source`` itself (an ONNX file, converted at every compile without the cache, or the
+    bundle's int8 IR) and the entry holds its compiled graph with weights."""
+
+    def convert(folder: Path) -> None:
         ov = _ov()
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
-        try:
-            ov.save_model(ov.convert_model(str(source)), str(tmp / "model.xml"), compress_to_fp16=True)
-            try:
-                tmp.rename(entry)
-            except OSError:  # another process finished the same entry first
-                if not model.is_file():
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return model, entry / ("compiled" if compress else "compiled-source")
+        ov.save_model(ov.convert_model(str(source)), str(folder / "model.xml"), compress_to_fp16=True)
+
+    entry = disk_cache.entry_dir(root, key, source, convert if compress else None)
+    if compress:
+        return entry / "model.xml", entry / "compiled", {"CACHE_MODE": "OPTIMIZE_SIZE"}
+    return source, entry / "compiled", {}
 
 
 class OvLoader:
@@ -121,7 +110,8 @@ class OvLoader:
         path: the ONNX file (external data beside it is read too) or OpenVINO IR (``.xml``).
         precision: ``fp32`` (exact), ``bf16``, ``fp16``, or None for the CPU's default.
         threads: inference threads (0: OpenVINO's default, all cores).
-        cache_dir: the graph cache (:func:`graph_cache`); None: read and compile every time.
+        cache_dir: the graph cache (:func:`graph_cache`), capped at ``TIUE_EXPORT_OV_CACHE_MAX``
+            (:mod:`.graph_cache`); None: read and compile every time.
         digests: the graph's sha256s from the bundle manifest (its cache key); empty: hash the files.
     """
 
@@ -149,30 +139,48 @@ class OvLoader:
             cfg["INFERENCE_NUM_THREADS"] = int(self.threads)
         return cfg
 
-    def cached(self) -> tuple[Path, Path] | None:
-        """``(model file, CACHE_DIR)`` from the graph cache; None without one or when it cannot
+    def key(self) -> str:
+        """The graph's entry in the cache: its :func:`graph_key`, and whether it is stored as fp16 IR."""
+        return graph_key(self.path, self.digests) + ("-ir16" if self.compress else "")
+
+    def cached(self) -> tuple[Path, Path, dict] | None:
+        """``(model file, CACHE_DIR, its properties)`` from the graph cache; None without one or when it cannot
         be written (then the graph is compiled from the bundle every time)."""
         if self.cache_dir is None:
             return None
         try:
-            return graph_cache(Path(self.cache_dir), graph_key(self.path, self.digests), self.path, self.compress)
+            return graph_cache(Path(self.cache_dir), self.key(), self.path, self.compress)
         except OSError as exc:
             log.warning("OpenVINO graph cache %s not usable (%s): compiling %s without it", self.cache_dir, first_line(exc), self.path.name)
             return None
+        except TiueError:
+            raise
+        except Exception as exc:
+            raise TiueError(f"OpenVINO cannot convert {self.path.name}: {first_line(exc)}") from exc
 
     def __call__(self):
-        ov = _ov()
-        try:
-            cached = self.cached()
-            cfg = self.config()
-            if cached is None:
-                source = str(self.path)
+        limit = disk_cache.max_bytes() if self.cache_dir is not None else 0  # a bad cap fails before any work
+        cached = self.cached()
+        if cached is not None:
+            try:
+                model, cache_dir, properties = cached
+                compiled = self.compile(str(model), CACHE_DIR=str(cache_dir), **properties)
+            except TiueError as exc:
+                # The entry may have been removed under us (another process's eviction) or be
+                # damaged: the bundle's own file is the truth.
+                log.warning("OpenVINO graph cache entry for %s not usable (%s): compiling it without the cache", self.path.name, exc)
+                disk_cache.release(self.key())
             else:
-                source = str(cached[0])
-                cfg["CACHE_DIR"] = str(cached[1])
+                disk_cache.evict(Path(self.cache_dir), limit)
+                return compiled
+        return self.compile(str(self.path))
+
+    def compile(self, source: str, **extra):
+        """The compiled model of the file ``source``, with :meth:`config` and ``extra`` properties."""
+        try:
             # From the path, not a read model: with CACHE_DIR OpenVINO then imports the compiled
             # graph without reading the model at all.
-            return ov.Core().compile_model(source, "CPU", cfg)
+            return _ov().Core().compile_model(source, "CPU", {**self.config(), **extra})
         except TiueError:
             raise
         except Exception as exc:
@@ -192,6 +200,8 @@ class OvRunner(Runner):
     def __exit__(self, *exc) -> None:
         self.request = None
         super().__exit__(*exc)
+        if self.loader.cache_dir is not None:
+            disk_cache.release(self.loader.key())
 
     def release(self) -> None:
         """Frees the compiled graph's activation buffers (reallocated at its next call): graphs
@@ -215,10 +225,10 @@ class OvRunner(Runner):
 
 def graphs(bundle, precision: str | None = None, threads: int = 0, low_memory: bool = False, cache_dir: Path | None = None):
     """The bundle's graphs compiled by OpenVINO in ``precision`` (None: the CPU's default),
-    through the graph cache in ``cache_dir`` (None: :func:`default_cache_dir`)."""
+    through the graph cache in ``cache_dir`` (None: :func:`.graph_cache.cache_root`)."""
     from ..executor import GraphSet
 
-    cache = cache_dir if cache_dir is not None else default_cache_dir()
+    cache = cache_dir if cache_dir is not None else disk_cache.cache_root()
 
     def make(name):
         graph = bundle.manifest.graphs[name]

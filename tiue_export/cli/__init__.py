@@ -29,6 +29,7 @@ COMMANDS = {
     "check": ("tiue_export.cli.check", "check", "Compare every backend with the PyTorch reference, per graph and end to end."),
     "bench": ("tiue_export.cli.bench", "bench", "Time every backend per stage against the PyTorch references."),
     "calibrate": ("tiue_export.cli.calibrate", "calibrate", "Calibrate int8 Q/DQ UNet graphs into a bundle."),
+    "cache": ("tiue_export.cli.cache", "cache", "Show or clear the OpenVINO graph cache (converted and compiled graphs)."),
     "build-trt": ("tiue_export.cli.build_trt", "build_trt", "Build TensorRT engines for this GPU into a bundle."),
     "toy": ("tiue_export.cli.toy", "toy", "The built-in toy domain: train its teacher, evaluate models on it."),
     "serve": ("tiue_export.cli.serve", "serve", "Serve a bundle over HTTP on Ray Serve, with dynamic batching."),

@@ -1,0 +1,156 @@
+"""The OpenVINO graph cache on disk: entries written whole, evicted least recently used first past
+the cap, never reused for a changed graph, listed and cleared by ``tiue-export cache``, and safe
+with several processes filling and evicting it at once."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers.bundles import VARIANTS, tiny_bundle
+from helpers.cli import run_cli as run
+
+from tiue_export.backends import graph_cache
+from tiue_export.errors import InputError
+
+
+def fill(root: Path, key: str, nbytes: int, used: float) -> Path:
+    """An entry of ``nbytes`` last used at ``used`` (seconds since the epoch), released."""
+    entry = graph_cache.entry_dir(root, key, Path("src") / key, lambda d: (d / "blob").write_bytes(b"x" * nbytes))
+    graph_cache.release(key)
+    os.utime(entry, (used, used))
+    return entry
+
+
+def test_entries_are_evicted_least_recently_used_first(tmp_path):
+    root = tmp_path / "openvino"
+    for i, key in enumerate(["a", "b", "c", "d"]):
+        fill(root, key, 1000, used=1_000_000 + 10 * i)
+    graph_cache.touch(root / "a")  # used now: the newest
+    sizes = {e.key: e.bytes for e in graph_cache.entries(root)}
+    assert set(sizes) == {"a", "b", "c", "d"} and all(1000 < n < 1200 for n in sizes.values())
+    assert [e.key for e in graph_cache.entries(root)] == ["b", "c", "d", "a"]
+    assert json.loads((root / "b" / graph_cache.INFO).read_text())["source"].endswith("src/b")
+
+    removed = graph_cache.evict(root, limit=2 * sizes["a"] + 10)
+    assert [e.key for e in removed] == ["b", "c"]
+    assert sorted(p.name for p in root.iterdir()) == ["a", "d"], "no staging or removed folders left"
+    # an entry this process holds open stays whatever the cap; released, it goes like any other
+    graph_cache.entry_dir(root, "d", Path("src/d"))
+    assert [e.key for e in graph_cache.evict(root, limit=0)] == ["a"]
+    graph_cache.release("d")
+    assert [e.key for e in graph_cache.evict(root, limit=0)] == ["d"] and graph_cache.entries(root) == []
+
+
+def test_cache_size_cap_parsing(monkeypatch):
+    assert graph_cache.parse_size("10GB") == 10 * 1000**3
+    assert graph_cache.parse_size("2 GiB") == 2 * 1024**3
+    assert graph_cache.parse_size("1.5m") == 1_500_000 and graph_cache.parse_size("123") == 123
+    monkeypatch.delenv("TIUE_EXPORT_OV_CACHE_MAX", raising=False)
+    assert graph_cache.max_bytes() == graph_cache.DEFAULT_MAX_BYTES
+    monkeypatch.setenv("TIUE_EXPORT_OV_CACHE_MAX", "ten gigs")
+    with pytest.raises(InputError, match="TIUE_EXPORT_OV_CACHE_MAX 'ten gigs': give a number of bytes"):
+        graph_cache.max_bytes()
+
+
+def test_cache_command_shows_and_clears(tmp_path, monkeypatch, capsys):
+    root = Path(os.environ["TIUE_EXPORT_CACHE"]) / "openvino"
+    for i, key in enumerate(["old", "mid", "new"]):
+        fill(root, key, 2000, used=1_000_000 + i)
+    code, out, err = run(["cache", "show"], capsys)
+    assert code == 0, err
+    assert re.match(rf"{re.escape(str(root))}: 3 entries, 6\.\d kB \(cap 10\.0 GB\)$", out.splitlines()[0])
+    lines = out.splitlines()[1:]
+    assert [line.split()[0] for line in lines] == ["old", "mid", "new"] and lines[0].endswith("src/old")
+
+    code, out, err = run(["cache", "clear", "--max-size", "5kB"], capsys)
+    assert code == 0, err
+    assert out.startswith("removed 1 entry (2.") and "2 left" in out
+    assert sorted(p.name for p in root.iterdir()) == ["mid", "new"]
+    code, out, _ = run(["cache", "clear"], capsys)
+    assert code == 0 and out.startswith("removed 2 entries") and "0 left (0 B)" in out
+
+    code, _, err = run(["cache", "clear", "--max-size", "lots"], capsys)
+    assert code == 2 and "'lots': give a number of bytes" in err
+    monkeypatch.setenv("TIUE_EXPORT_OV_CACHE", "0")
+    code, _, err = run(["cache", "show"], capsys)
+    assert code == 2 and err.strip() == "error: the graph cache is off (TIUE_EXPORT_OV_CACHE=0): nothing to show or clear"
+
+
+# --- with OpenVINO ---------------------------------------------------------------------------
+
+ov = pytest.importorskip("openvino", reason="openvino is not installed (pip install 'tiue-export[openvino]')")
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_models, tmp_path_factory):
+    return tiny_bundle(tiny_models, tmp_path_factory, "sd21", **VARIANTS["sd21"])
+
+
+def test_loaders_evict_past_the_cap_and_a_changed_graph_misses(bundle, tmp_path, monkeypatch):
+    from tiue_export.runtime import OvLoader, OvRunner, Pipeline
+
+    cache = tmp_path / "ovcache"
+    latents = np.ones((1, *Pipeline.load(bundle).latent_shape), np.float32)
+
+    def load(graph, precision="bf16"):
+        loader = OvLoader(graph, precision, cache_dir=cache)
+        with OvRunner(loader) as r:
+            r.infer({"latents": latents})
+        return loader.key()
+
+    vae = load(bundle / "vae_decoder.onnx")
+    one = graph_cache.entries(cache)[0].bytes
+    fp32 = load(bundle / "vae_decoder.onnx", "fp32")  # the same graph compiled from its ONNX: another entry
+    assert fp32 != vae and {e.key for e in graph_cache.entries(cache)} == {vae, fp32}
+
+    monkeypatch.setenv("TIUE_EXPORT_OV_CACHE_MAX", str(one))
+    again = load(bundle / "vae_decoder.onnx")  # a hit: the newest, so the fp32 entry goes
+    assert again == vae and [e.key for e in graph_cache.entries(cache)] == [vae]
+
+    # a graph rewritten behind the manifest (same bytes, new mtime) never meets its old entry
+    changed = tmp_path / "vae_decoder.onnx"
+    changed.write_bytes((bundle / "vae_decoder.onnx").read_bytes())
+    new = load(changed)
+    assert new != vae and [e.key for e in graph_cache.entries(cache)] == [new]
+
+    monkeypatch.setenv("TIUE_EXPORT_OV_CACHE_MAX", "much")
+    with pytest.raises(InputError, match="TIUE_EXPORT_OV_CACHE_MAX 'much'"):
+        load(changed)
+
+
+WORKER = """
+import sys, numpy as np
+from pathlib import Path
+from tiue_export.runtime import OvLoader, OvRunner
+bundle, cache = Path(sys.argv[1]), Path(sys.argv[2])
+# each process loads both graphs twice in its own order, with a cap of one entry: it fills, hits,
+# and evicts what the others hold
+order = ["vae_decoder", "text_encoder"] if int(sys.argv[3]) % 2 else ["text_encoder", "vae_decoder"]
+for name in order * 2:
+    with OvRunner(OvLoader(bundle / f"{name}.onnx", "bf16", cache_dir=cache)) as r:
+        pass
+print("ok")
+"""
+
+
+def test_processes_share_and_evict_the_cache_at_once(bundle, tmp_path):
+    cache = tmp_path / "ovcache"
+    env = {**os.environ, "TIUE_EXPORT_OV_CACHE_MAX": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", WORKER, str(bundle), str(cache), str(i)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(4)
+    ]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0 and out.strip() == "ok", err
+        assert "Traceback" not in err
+    # whatever was evicted, what is left is whole: each entry's IR and info are complete
+    for e in graph_cache.entries(cache):
+        assert (e.path / "model.xml").is_file() and (e.path / "model.bin").is_file() and (e.path / graph_cache.INFO).is_file()
+        ov.Core().read_model(str(e.path / "model.xml"))
+    assert not [p.name for p in cache.iterdir() if p.name.startswith(".")], "staging or removed folders left behind"
