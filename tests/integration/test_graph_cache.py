@@ -46,6 +46,32 @@ def test_entries_are_evicted_least_recently_used_first(tmp_path):
     assert [e.key for e in graph_cache.evict(root, limit=0)] == ["d"] and graph_cache.entries(root) == []
 
 
+def test_an_entry_held_twice_stays_until_both_release(tmp_path):
+    """Pipelines share entries (a bundle's bf16 and int8 variants, its full and tiny VAE
+    runtimes): one holder closing must not let the other's entry go."""
+    root = tmp_path / "openvino"
+    fill(root, "shared", 1000, used=1_000_000)
+    graph_cache.entry_dir(root, "shared", Path("src/shared"))
+    graph_cache.entry_dir(root, "shared", Path("src/shared"))
+    graph_cache.release("shared")
+    assert graph_cache.evict(root, limit=0) == [] and (root / "shared").is_dir()
+    graph_cache.release("shared")
+    assert [e.key for e in graph_cache.evict(root, limit=0)] == ["shared"]
+
+
+def test_an_entry_that_cannot_be_removed_stays_with_a_warning(tmp_path, monkeypatch, caplog):
+    """A read-only or shared cache over its cap: the graph already loaded, so eviction only warns."""
+    root = tmp_path / "openvino"
+    fill(root, "a", 1000, used=1_000_000)
+
+    def refuse(*args):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(graph_cache.os, "rename", refuse)
+    assert graph_cache.evict(root, limit=0) == []
+    assert (root / "a").is_dir() and "cannot remove" in caplog.text
+
+
 def test_cache_size_cap_parsing(monkeypatch):
     assert graph_cache.parse_size("10GB") == 10 * 1000**3
     assert graph_cache.parse_size("2 GiB") == 2 * 1024**3

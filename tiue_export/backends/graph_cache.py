@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,8 +34,9 @@ INFO = "entry.json"
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3, "t": 1000**4, "tb": 1000**4,
           "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
 
-#: Entries this process has open: never evicted by it, whatever the cap.
-_IN_USE: set[str] = set()
+#: Entries this process has open, with how many holders each (pipelines share entries):
+#: never evicted by it, whatever the cap.
+_IN_USE: Counter[str] = Counter()
 
 
 def cache_root() -> Path | None:
@@ -129,7 +131,7 @@ def entry_dir(root: Path, key: str, source: Path, write=None) -> Path:
                     raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    _IN_USE.add(key)
+    _IN_USE[key] += 1
     touch(entry)
     return entry
 
@@ -149,6 +151,9 @@ def remove(entry: Path) -> bool:
     try:
         os.rename(entry, gone)
     except FileNotFoundError:
+        return False
+    except OSError as exc:  # a read-only or shared cache: the graph already loaded, so only warn
+        log.warning("graph cache: cannot remove %s (%s); it stays", entry, exc)
         return False
     shutil.rmtree(gone, ignore_errors=True)
     return True
@@ -186,5 +191,8 @@ def _sweep_removed(root: Path) -> None:
 
 
 def release(key: str) -> None:
-    """This process no longer holds entry ``key`` open: it may be evicted like any other."""
-    _IN_USE.discard(key)
+    """One holder of entry ``key`` closed it; with none left it may be evicted like any other."""
+    if _IN_USE[key] > 1:
+        _IN_USE[key] -= 1
+    else:
+        _IN_USE.pop(key, None)

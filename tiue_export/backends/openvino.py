@@ -123,6 +123,7 @@ class OvLoader:
         self.threads = threads
         self.cache_dir = cache_dir
         self.digests = tuple(digests)
+        self.held: str | None = None  # the cache entry this loader's compiled graph came from
 
     @property
     def compress(self) -> bool:
@@ -149,7 +150,10 @@ class OvLoader:
         if self.cache_dir is None:
             return None
         try:
-            return graph_cache(Path(self.cache_dir), self.key(), self.path, self.compress)
+            key = self.key()
+            found = graph_cache(Path(self.cache_dir), key, self.path, self.compress)
+            self.held = key
+            return found
         except OSError as exc:
             log.warning("OpenVINO graph cache %s not usable (%s): compiling %s without it", self.cache_dir, first_line(exc), self.path.name)
             return None
@@ -169,11 +173,18 @@ class OvLoader:
                 # The entry may have been removed under us (another process's eviction) or be
                 # damaged: the bundle's own file is the truth.
                 log.warning("OpenVINO graph cache entry for %s not usable (%s): compiling it without the cache", self.path.name, exc)
-                disk_cache.release(self.key())
+                self.release_entry()
             else:
                 disk_cache.evict(Path(self.cache_dir), limit)
                 return compiled
         return self.compile(str(self.path))
+
+    def release_entry(self) -> None:
+        """This loader's graph no longer needs its cache entry (the key kept from loading, not
+        recomputed: the files may have changed since)."""
+        if self.held is not None:
+            disk_cache.release(self.held)
+            self.held = None
 
     def compile(self, source: str, **extra):
         """The compiled model of the file ``source``, with :meth:`config` and ``extra`` properties."""
@@ -200,8 +211,7 @@ class OvRunner(Runner):
     def __exit__(self, *exc) -> None:
         self.request = None
         super().__exit__(*exc)
-        if self.loader.cache_dir is not None:
-            disk_cache.release(self.loader.key())
+        self.loader.release_entry()
 
     def release(self) -> None:
         """Frees the compiled graph's activation buffers (reallocated at its next call): graphs
