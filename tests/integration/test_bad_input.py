@@ -454,6 +454,8 @@ def test_prompt_rules_are_the_same_in_infer_generate_and_serve(prompt, expect, i
         code, _, err = run_cli(["infer", *model, "--prompt", prompt, "--out", str(tmp_path / "o")], capsys)
         one_line_error(code, err, f"--prompt {expect}" if expect == "is empty" else expect, 2)
     assert not (tmp_path / "o").exists()
+    code, _, err = run_cli(["check", str(bundle), "--backends", "onnxruntime", "--prompt", prompt], capsys)
+    one_line_error(code, err, f"--prompt {expect}" if expect == "is empty" else expect, 2)
     body = json.dumps({"prompt": prompt}).encode()  # JSON escapes a lone surrogate: it reaches the server as one
     for parse in (lambda: parse_request(body, 4, ["full"]), lambda: parse_generation(body, Served(str(bundle), 16, 16), 4)):
         with pytest.raises(RequestError) as refused:
@@ -465,6 +467,11 @@ def test_prompt_rules_are_the_same_in_infer_generate_and_serve(prompt, expect, i
         args = ["generate", "--model", str(bundle), "--prompts-file", str(tmp_path / "p.txt"), "--out", str(tmp_path / "g")]
         code, _, err = run_cli(args, capsys)
         one_line_error(code, err, in_a_file, 2)
+        if "UTF-8" not in in_a_file:  # calibrate reads its prompts before any work, by the same rules
+            before = sorted(p.name for p in bundle.iterdir())
+            code, _, err = run_cli(["calibrate", str(bundle), "--prompts", str(tmp_path / "p.txt")], capsys)
+            one_line_error(code, err, in_a_file.replace("p.txt", str(tmp_path / "p.txt")) if "p.txt:" in in_a_file else in_a_file, 2)
+            assert sorted(p.name for p in bundle.iterdir()) == before
 
 
 BODIES = {

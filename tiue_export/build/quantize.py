@@ -133,10 +133,11 @@ def default_prompts_file(manifest) -> Path:
 def read_prompt_file(path: Path) -> list[str]:
     """Non-empty lines, ``#`` comments skipped."""
     from ..files import read_text
+    from ..prompts import check_prompt
 
     path = Path(path)
     lines = [ln.strip() for ln in read_text(path, "prompts file").splitlines()]
-    prompts = [ln for ln in lines if ln and not ln.startswith("#")]
+    prompts = [check_prompt(ln, f"{path}:{i}: the prompt") for i, ln in enumerate(lines, 1) if ln and not ln.startswith("#")]
     if not prompts:
         raise InputError(f"{path} holds no prompts")
     return prompts

@@ -31,12 +31,13 @@ def check(bundle, backends, prompts, seed, model, reference, json_path, image_pa
 
     quiet_libraries()  # no-op without torch
     from ..files import writable_file
+    from ..prompts import check_prompt
     from ..verify.check import DEFAULT_PROMPTS, CheckConfig, run_check, table, write_image_grid, write_json
 
     cfg = CheckConfig(
         bundle=bundle,
         backends=tuple(b.strip() for b in backends.split(",") if b.strip()) if backends else None,
-        prompts=tuple(prompts) or DEFAULT_PROMPTS,
+        prompts=tuple(check_prompt(p, "--prompt") for p in prompts) or DEFAULT_PROMPTS,
         seed=seed,
         model=model,
         reference=reference,

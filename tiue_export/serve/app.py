@@ -322,10 +322,13 @@ def start(cfg: ServeConfig, ray_options: dict | None = None) -> str:
     except Exception as exc:
         status = serve.status().applications.get(cfg.app_name)
         found = project_error(exc, "\n".join(d.message for d in status.deployments.values()) if status else "")
+        serve.delete(cfg.app_name)  # never leave a half-deployed application holding replicas
         if found is None:
             raise
-        serve.delete(cfg.app_name)
         raise found from None  # the replica's own one line (a bundle it cannot load ...), not Serve's wrapping
+    except BaseException:  # Ctrl-C while replicas load: the same
+        serve.delete(cfg.app_name)
+        raise
     return f"http://{cfg.host}:{cfg.port}"
 
 
