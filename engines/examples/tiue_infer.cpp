@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
+#include <iterator>
 #include <limits>
 #include <map>
 #include <string>
@@ -185,15 +186,8 @@ std::vector<std::string> read_prompts_file(const std::string& path) {
   if (fs::is_directory(path)) throw tiue::InputError(path + " is a directory, not a prompts file");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw tiue::InputError(path + ": cannot open the prompts file (no such file?)");
-  std::vector<std::string> out;
-  std::string line;
-  const char* space = " \t\r\n\v\f\x1c\x1d\x1e\x1f";
-  for (int n = 1; std::getline(in, line); ++n) {
-    const auto b = line.find_first_not_of(space);
-    if (b == std::string::npos || tiue::is_blank(line)) continue;
-    out.push_back(line.substr(b, line.find_last_not_of(space) - b + 1));
-    tiue::check_prompt(out.back(), path + ":" + std::to_string(n) + ": the prompt");
-  }
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::vector<std::string> out = tiue::read_prompt_lines(bytes, path);
   if (out.empty()) throw tiue::InputError(path + ": no prompt in the file");
   return out;
 }
@@ -275,11 +269,12 @@ int run(int argc, char** argv) {
   if (prompts.empty()) {
     g = gen.run(ids, z);
   } else {
-    if (!a.save_ids.empty()) tiue::write_npy(a.save_ids, gen.tokenize(prompts));
-    if (!a.save_noise.empty()) tiue::write_npy(a.save_noise, gen.noise(seeds));
     g = gen.generate(prompts, seeds);
   }
-  // Everything is computed (and checked finite) before the first file is written.
+  // Everything is computed (and checked finite) before the first file is written, so a failed run
+  // leaves none of them behind.
+  if (!prompts.empty() && !a.save_ids.empty()) tiue::write_npy(a.save_ids, gen.tokenize(prompts));
+  if (!prompts.empty() && !a.save_noise.empty()) tiue::write_npy(a.save_noise, gen.noise(seeds));
   if (!a.latents.empty()) tiue::write_npy(a.latents, g.latents);
   if (!a.images.empty()) tiue::write_npy(a.images, g.float_images);
   if (!a.out.empty()) {

@@ -5,6 +5,7 @@
 #include <unicode/unistr.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -30,7 +31,12 @@ Codepoints decode_utf8(const std::string& s) {
   Codepoints out;
   out.reserve(s.size());
   std::size_t i = 0;
-  auto bad = [&] { return InputError("prompt is not valid UTF-8 (byte " + std::to_string(i) + ")"); };
+  auto bad = [&] {  // tiue_export.prompts' wording: the byte, and how many characters precede it
+    char hex[8];
+    std::snprintf(hex, sizeof hex, "%#04x", static_cast<unsigned>(static_cast<unsigned char>(s[i])));
+    return InputError("prompt holds a byte " + std::string(hex) + " at character " + std::to_string(out.size()) +
+                      " that is not UTF-8 text: give the prompt in UTF-8");
+  };
   while (i < s.size()) {
     const auto b0 = static_cast<unsigned char>(s[i]);
     int len = b0 < 0x80 ? 1 : (b0 >> 5) == 0x6 ? 2 : (b0 >> 4) == 0xe ? 3 : (b0 >> 3) == 0x1e ? 4 : 0;
@@ -506,15 +512,88 @@ Tokenizer::Encoding Tokenizer::encode(const std::string& text) const {
   return e;
 }
 
+namespace {
+// Python's str.isspace: Unicode White_Space and the information separators U+001C..U+001F
+bool py_space(char32_t c) { return is_space(c) || (c >= 0x1c && c <= 0x1f); }
+
+/// decode_utf8, its error naming the prompt as `what` does ("--prompt", "FILE:3: the prompt").
+Codepoints decode_prompt(const std::string& text, const std::string& what) {
+  try {
+    return decode_utf8(text);
+  } catch (const InputError& e) {  // "prompt holds a byte ..."
+    throw InputError(what + std::string(e.what()).substr(std::string("prompt").size()));
+  }
+}
+/// The offset of the first byte where `bytes` stops being valid UTF-8 (decode_utf8 throws there).
+std::size_t first_bad_byte(const std::string& bytes) {
+  std::size_t at = 0;
+  while (at < bytes.size()) {
+    const auto b0 = static_cast<unsigned char>(bytes[at]);
+    const std::size_t len = b0 < 0x80 ? 1 : (b0 >> 5) == 0x6 ? 2 : (b0 >> 4) == 0xe ? 3 : (b0 >> 3) == 0x1e ? 4 : 0;
+    if (len == 0 || at + len > bytes.size()) return at;
+    try {
+      decode_utf8(bytes.substr(at, len));
+    } catch (const InputError&) {
+      return at;
+    }
+    at += len;
+  }
+  return at;
+}
+}  // namespace
+
 bool is_blank(const std::string& text) {
-  const Codepoints cps = decode_utf8(text);
-  // Python's str.isspace: Unicode White_Space and the information separators U+001C..U+001F
-  return std::all_of(cps.begin(), cps.end(), [](char32_t c) { return is_space(c) || (c >= 0x1c && c <= 0x1f); });
+  for (unsigned char b : text)
+    if (b >= 0x80) {  // not plain ASCII: decoded; text that is not UTF-8 holds a byte that is no space
+      try {
+        const Codepoints cps = decode_utf8(text);
+        return std::all_of(cps.begin(), cps.end(), py_space);
+      } catch (const InputError&) {
+        return false;
+      }
+    }
+  return std::all_of(text.begin(), text.end(), [](unsigned char b) { return py_space(b); });
+}
+
+std::vector<std::string> read_prompt_lines(const std::string& bytes, const std::string& path) {
+  Codepoints text;
+  try {
+    text = decode_utf8(bytes);
+  } catch (const InputError&) {
+    const std::size_t at = first_bad_byte(bytes);
+    char hex[8];
+    std::snprintf(hex, sizeof hex, "%02x", static_cast<unsigned>(static_cast<unsigned char>(bytes[at])));
+    const auto line = std::count(bytes.begin(), bytes.begin() + static_cast<std::ptrdiff_t>(at), '\n') + 1;
+    throw InputError("prompts file " + path + " is not UTF-8 text (line " + std::to_string(line) + ", byte " + std::to_string(at) +
+                     ": b'\\x" + hex + "')");
+  }
+  // Python's universal newlines (\r\n is one break), then str.splitlines' line boundaries
+  auto boundary = [](char32_t c) {
+    return c == U'\n' || c == U'\r' || c == 0x0b || c == 0x0c || c == 0x1c || c == 0x1d || c == 0x1e || c == 0x85 || c == 0x2028 ||
+           c == 0x2029;
+  };
+  std::vector<std::string> out;
+  std::size_t n = 0, begin = 0;
+  for (std::size_t i = 0; i <= text.size(); ++i) {
+    if (i < text.size() && !boundary(text[i])) continue;
+    if (i == text.size() && begin == i) break;  // no line after a final line break
+    ++n;
+    auto first = text.begin() + static_cast<std::ptrdiff_t>(begin), last = text.begin() + static_cast<std::ptrdiff_t>(i);
+    while (first < last && py_space(*first)) ++first;
+    while (last > first && py_space(*(last - 1))) --last;
+    if (first < last) {
+      out.push_back(encode_utf8(Codepoints(first, last)));
+      check_prompt(out.back(), path + ":" + std::to_string(n) + ": the prompt");
+    }
+    if (i + 1 < text.size() && text[i] == U'\r' && text[i + 1] == U'\n') ++i;
+    begin = i + 1;
+  }
+  return out;
 }
 
 void check_prompt(const std::string& prompt, const std::string& what) {
-  if (is_blank(prompt)) throw InputError(what + " is empty");
-  const Codepoints cps = decode_utf8(prompt);
+  const Codepoints cps = decode_prompt(prompt, what);
+  if (std::all_of(cps.begin(), cps.end(), py_space)) throw InputError(what + " is empty");
   if (cps.size() > kMaxPromptChars)
     throw InputError(what + " is " + std::to_string(cps.size()) + " characters long, over " + std::to_string(kMaxPromptChars) +
                      ": the text encoder reads only the first 77 tokens (a few hundred characters)");

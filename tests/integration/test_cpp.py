@@ -355,7 +355,8 @@ def test_error_replace_says_why(tiue_infer, bundle, inputs, tmp_path):
 
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "unfused"])
 def test_error_non_finite_stage(tiue_infer, bundle, inputs, tmp_path, fused):
-    """NaN weights in the decoder: exit 1, one line naming it, nothing written."""
+    """NaN weights in the decoder: exit 1, one line naming it, nothing written (--save-ids and
+    --save-noise neither)."""
     import onnx
     from onnx import numpy_helper
 
@@ -370,6 +371,10 @@ def test_error_non_finite_stage(tiue_infer, bundle, inputs, tmp_path, fused):
     proc = run(tiue_infer, "--bundle", copy, *inputs, "--out", out, "--latents", tmp_path / "z0.npy", *([] if fused else ["--unfused"]))
     expect_error(proc, 1, f"{graph} produced non-finite values (NaN or Inf) in {'z0' if fused else 'eps'}: no image written", out)
     assert not (tmp_path / "z0.npy").exists() and not (tmp_path / "x_0.png").exists()
+    saved = ["--save-ids", tmp_path / "ids.npy", "--save-noise", tmp_path / "noise.npy"]  # written with the images
+    proc = run(tiue_infer, copy, "--prompt", "a cat", *saved, "--out", out, *([] if fused else ["--unfused"]))
+    expect_error(proc, 1, "produced non-finite values (NaN or Inf)", out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
 
 
 # -- the second bad-input sweep: the decisions of the Python runtime, in one line ----------------
@@ -468,3 +473,36 @@ def test_error_destinations_and_bundle_paths(tiue_infer, bundle, tmp_path):
     expect_error(run(tiue_infer, tmp_path / "file", "--prompt", "a cat", "--out", tmp_path / "x.png"), 2, f"bundle {tmp_path / 'file'} is not a directory")
     expect_error(run(tiue_infer, *base, "--seed", str(2**64), "--out", tmp_path / "x.png"), 2, "--seed must be an integer from 0 to 18446744073709551615")
     assert not list(tmp_path.glob(".tiue-probe-*")) and sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_prompts_file_read_as_infer_reads_it(tiue_infer, bundle, tmp_path):
+    """tiue_infer --prompts-file takes the prompts tiue-export infer's --prompts-file takes: lines
+    as Python's str.splitlines splits them (\\r\\n, \\r, U+2028, U+001C ...), Unicode whitespace
+    stripped, blank lines skipped; the same ids come out."""
+    from tiue_export.cli.infer import read_prompts
+    from tiue_export.runtime import Pipeline
+
+    text = "\u3000a cat\u00a0\r\n\r\n a dog\ra bird\u2028a fish\x1ca cow\x85\t\n"
+    (tmp_path / "p.txt").write_bytes(text.encode())
+    prompts = read_prompts((), str(tmp_path / "p.txt"))
+    assert prompts == ["a cat", "a dog", "a bird", "a fish", "a cow"]
+    proc = run(tiue_infer, bundle, "--prompts-file", tmp_path / "p.txt", "--save-ids", tmp_path / "ids.npy")
+    assert proc.returncode == 0, proc.stderr
+    with Pipeline.load(bundle, providers=["CPUExecutionProvider"]) as pipe:
+        assert np.array_equal(np.load(tmp_path / "ids.npy"), pipe.tokenize(prompts))
+
+
+def test_error_prompt_not_utf8_named_as_python_names_it(tiue_infer, bundle, tmp_path):
+    """A byte that is not UTF-8 in --prompt or in a prompts file: the words of tiue-export infer."""
+    from tiue_export.cli.infer import read_prompts
+    from tiue_export.errors import InputError
+
+    out = tmp_path / "x.png"
+    proc = subprocess.run([str(tiue_infer), str(bundle), "--prompt", b"caf\xe9", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    expect_error(proc, 2, "--prompt holds a byte 0xe9 at character 3 that is not UTF-8 text: give the prompt in UTF-8", out)
+    (tmp_path / "p.txt").write_bytes(b"a cat\n\nz caf\xe9 au lait\n")
+    with pytest.raises(InputError) as python:
+        read_prompts((), str(tmp_path / "p.txt"))
+    expect_error(run(tiue_infer, bundle, "--prompts-file", tmp_path / "p.txt", "--out", out), 2, str(python.value), out)
+    assert "(line 3, byte 12: b'\\xe9')" in str(python.value)
+

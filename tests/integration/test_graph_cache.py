@@ -16,6 +16,7 @@ from helpers.cli import run_cli as run
 
 from tiue_export.backends import graph_cache
 from tiue_export.errors import InputError
+from tiue_export.files import OWNER
 
 
 def fill(root: Path, key: str, nbytes: int, used: float) -> Path:
@@ -44,6 +45,24 @@ def test_entries_are_evicted_least_recently_used_first(tmp_path):
     assert [e.key for e in graph_cache.evict(root, limit=0)] == ["a"]
     graph_cache.release("d")
     assert [e.key for e in graph_cache.evict(root, limit=0)] == ["d"] and graph_cache.entries(root) == []
+
+
+def test_a_writer_killed_before_its_rename_leaves_a_folder_that_is_swept(tmp_path):
+    """The staging folder names its writer until the rename (its owner file goes only after it):
+    a writer killed just before the rename leaves a folder the next writer removes; a finished
+    entry holds no owner file."""
+    root = tmp_path / "openvino"
+    script = (
+        "import os, sys; from pathlib import Path; from tiue_export.backends import graph_cache\n"
+        "os.rename = lambda *a: os._exit(9)  # killed once the folder is full, before its rename\n"
+        "graph_cache.entry_dir(Path(sys.argv[1]), 'k', Path('src'), lambda d: (d / 'blob').write_bytes(b'x'))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, str(root)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 9, proc.stderr
+    (left,) = [p for p in root.iterdir()]
+    assert left.name.startswith(".k.entry-") and (left / OWNER).is_file()
+    entry = fill(root, "k", 10, used=1_000_000)  # a new process's first staging folder sweeps
+    assert sorted(p.name for p in root.iterdir()) == ["k"] and not (entry / OWNER).exists()
 
 
 def test_an_entry_held_twice_stays_until_both_release(tmp_path):
@@ -149,6 +168,38 @@ def test_loaders_evict_past_the_cap_and_a_changed_graph_misses(bundle, tmp_path,
     monkeypatch.setenv("TIUE_EXPORT_OV_CACHE_MAX", "much")
     with pytest.raises(InputError, match="TIUE_EXPORT_OV_CACHE_MAX 'much'"):
         load(changed)
+
+
+def test_an_entry_evicted_under_a_loader_is_made_again(bundle, tmp_path, monkeypatch):
+    """Another process may evict the entry between its lookup and the compile: the loader makes
+    it again and compiles the fp16 IR (not the bundle's fp32 ONNX), without a warning. (The failed
+    compile leaves a folder of that name holding only OpenVINO's CACHE_DIR: no entry.)"""
+    import shutil
+
+    from tiue_export.backends import openvino as ov_backend
+    from tiue_export.runtime import OvLoader
+
+    cache, compiled, warnings = tmp_path / "ovcache", [], []
+    lookup, compile_ = OvLoader.cached, OvLoader.compile
+
+    def cached_then_evicted(self):
+        found = lookup(self)
+        if not compiled:
+            shutil.rmtree(found[0].parent)  # evicted right after the lookup, before the compile
+        return found
+
+    def compile_seen(self, source, **extra):
+        compiled.append(Path(source).name)
+        return compile_(self, source, **extra)
+
+    monkeypatch.setattr(OvLoader, "cached", cached_then_evicted)
+    monkeypatch.setattr(OvLoader, "compile", compile_seen)
+    monkeypatch.setattr(ov_backend.log, "warning", lambda *a: warnings.append(a[0] % a[1:]))
+    loader = OvLoader(bundle / "vae_decoder.onnx", "bf16", cache_dir=cache)
+    assert loader() is not None
+    assert compiled == ["model.xml", "model.xml"] and warnings == [], (compiled, warnings)
+    assert [e.key for e in graph_cache.entries(cache)] == [loader.key()] and (cache / loader.key() / "model.xml").is_file()
+    loader.release_entry()
 
 
 WORKER = """

@@ -117,18 +117,23 @@ def entry_dir(root: Path, key: str, source: Path, write=None) -> Path:
     """The entry ``key`` under ``root``, made if missing: ``write(folder)`` fills a staging folder
     (nothing to fill: None), then it is renamed into place; marked as used either way."""
     entry = Path(root) / key
+    if entry.is_dir() and not (entry / INFO).is_file():
+        # Not one of ours (every entry is renamed into place with its INFO): the remains of a
+        # compile whose entry was evicted under it (OpenVINO makes CACHE_DIR again). Made anew.
+        remove(entry)
     if not entry.is_dir():
         tmp = staging_dir(entry, "entry")
         try:
             if write is not None:
                 write(tmp)
             (tmp / INFO).write_text(json.dumps({"source": str(Path(source).resolve()), "created": time.time()}) + "\n")
-            (tmp / OWNER).unlink()
             try:
                 os.rename(tmp, entry)
             except OSError:  # another process finished the same entry first
                 if not entry.is_dir():
                     raise
+            else:  # the owner file goes only now: a staging folder killed before the rename is swept
+                (entry / OWNER).unlink(missing_ok=True)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     _IN_USE[key] += 1

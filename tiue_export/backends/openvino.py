@@ -164,16 +164,20 @@ class OvLoader:
 
     def __call__(self):
         limit = disk_cache.max_bytes() if self.cache_dir is not None else 0  # a bad cap fails before any work
-        cached = self.cached()
-        if cached is not None:
+        for attempt in (1, 2):
+            cached = self.cached()
+            if cached is None:
+                break
             try:
                 model, cache_dir, properties = cached
                 compiled = self.compile(str(model), CACHE_DIR=str(cache_dir), **properties)
             except TiueError as exc:
-                # The entry may have been removed under us (another process's eviction) or be
-                # damaged: the bundle's own file is the truth.
-                log.warning("OpenVINO graph cache entry for %s not usable (%s): compiling it without the cache", self.path.name, exc)
+                # The entry may have been removed under us (another process's eviction: made
+                # again by the second attempt, fp16 weights and all) or be damaged: then the
+                # bundle's own file is the truth.
                 self.release_entry()
+                if attempt == 2:
+                    log.warning("OpenVINO graph cache entry for %s not usable (%s): compiling it without the cache", self.path.name, exc)
             else:
                 disk_cache.evict(Path(self.cache_dir), limit)
                 return compiled

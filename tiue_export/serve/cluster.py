@@ -52,8 +52,14 @@ def check_resources(asks: dict[str, tuple[str, float]], count: int, what: str) -
             continue
         has = total.get(resource, 0.0)
         largest = max((n.get(resource, 0.0) for n in nodes), default=0.0)
-        if each > largest:
+        if _units(each) > _units(largest):
             where = f"its largest node has {largest:g}, " if len(nodes) > 1 else ""
             raise InputError(f"{flag} {each:g} asks for more {resource}s than the Ray cluster can give one actor ({where}{has:g} {resource}s in all)")
-        if each * count > has:
+        if _units(each) * count > _units(has):
             raise InputError(f"{count} {what} x {flag} {each:g} is {each * count:g} {resource}s; the Ray cluster has {has:g}: ask for fewer")
+
+
+def _units(amount: float) -> int:
+    """``amount`` in Ray's own unit of a resource (1/10000: it keeps them as fixed-point numbers), so
+    that 50 asks of 0.14 CPUs fit 7 CPUs as they do in Ray, where 0.14 * 50 is 7.000000000000001."""
+    return round(amount * 10_000)

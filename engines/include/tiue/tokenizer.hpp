@@ -34,8 +34,12 @@ constexpr std::size_t kMaxPromptChars = 10000;
 /// message ("--prompt", "FILE:3: the prompt"). Throws InputError.
 void check_prompt(const std::string& prompt, const std::string& what = "prompt");
 /// Whether `text` is empty or only whitespace as Python's str.isspace has it (a prompts file's
-/// blank line). Throws InputError for text that is not valid UTF-8.
+/// blank line). Text that is not valid UTF-8 is not blank.
 bool is_blank(const std::string& text);
+/// The prompts of a text prompts file's bytes, as tiue-export infer reads `--prompts-file`: UTF-8
+/// (else InputError naming the line and byte), split as Python's str.splitlines, each line stripped
+/// of Unicode whitespace, blank lines skipped, every prompt passing check_prompt ("PATH:N: the prompt").
+std::vector<std::string> read_prompt_lines(const std::string& bytes, const std::string& path);
 
 class Tokenizer {
  public:
