@@ -16,6 +16,7 @@ pytest.importorskip("nncf", reason="nncf is not installed (pip install 'tiue-exp
 import openvino as ov  # noqa: E402
 
 import tiue_export  # noqa: E402
+from tiue_export.backends import graph_cache  # noqa: E402
 from tiue_export.build import quantize  # noqa: E402
 from tiue_export.build import quantize_openvino as ov_quantize  # noqa: E402
 from tiue_export.build.quantize_openvino import VARIANT, activation_matmuls, float_scope  # noqa: E402
@@ -106,6 +107,10 @@ def test_int8_matmul_recipe_quantizes_projections_not_attention(tiny_models, tmp
     """The default recipe, int8-matmul: every projection / feed-forward MatMul reads a quantized activation,
     attention's QK^T and PV (activation x activation) never do, and the manifest names the recipe."""
     out = calibrated(tiny_models, tmp_path_factory)
+    # the graph cache keeps what calibrate's measurement compiled from the bundle (text encoder,
+    # VAE), not the entries of the staged int8 graphs, which no load would meet again
+    sources = [Path(e.source) for e in graph_cache.entries(graph_cache.cache_root())]
+    assert sources and all(s.parent == out.resolve() for s in sources), sources
     record = Bundle.open(out).manifest.extra["openvino_calibration"]
     assert record["recipe"].startswith("int8-matmul:") and record["config"]["recipe"] == "int8-matmul"
     core = ov.Core()

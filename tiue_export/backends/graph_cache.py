@@ -187,6 +187,18 @@ def evict(root: Path, limit: int, keep=frozenset()) -> list[Entry]:
     return removed
 
 
+def forget(folder: Path, root: Path | None = None) -> list[Entry]:
+    """Remove the entries (of ``root``; None: :func:`cache_root`) made from graphs inside
+    ``folder``: a staging folder about to be deleted (calibrate's int8 graphs, measured before they
+    are published) whose entries no load would ever meet again. Returns what went."""
+    root = cache_root() if root is None else Path(root)
+    if root is None:
+        return []
+    folder = Path(folder).resolve()
+    gone = [e for e in entries(root) if e.key not in _IN_USE and Path(e.source).is_relative_to(folder)]
+    return [e for e in gone if remove(e.path)]
+
+
 def _sweep_removed(root: Path) -> None:
     """Finish the removals of killed processes (their renamed entries would otherwise stay)."""
     for p in root.glob(".removed-*"):

@@ -16,6 +16,7 @@ import shutil
 import time
 from pathlib import Path
 
+from ..backends import graph_cache
 from ..bundle import Bundle, publish
 from ..files import staging_dir
 from .quantize import (
@@ -81,5 +82,6 @@ def calibrate_bundle(cfg: CalibrationConfig) -> CalibrationReport:
         publish(root, {f: staging / f for e in entries.values() for f in (e.file, *e.external_data)}, manifest)
     finally:
         fp32.close()
+        graph_cache.forget(staging)  # the staged graphs' entries: the published graphs get their own
         shutil.rmtree(staging, ignore_errors=True)
     return CalibrationReport(root, entries, quality, seconds)
