@@ -5,6 +5,7 @@ with several processes filling and evicting it at once."""
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -63,6 +64,22 @@ def test_a_writer_killed_before_its_rename_leaves_a_folder_that_is_swept(tmp_pat
     assert left.name.startswith(".k.entry-") and (left / OWNER).is_file()
     entry = fill(root, "k", 10, used=1_000_000)  # a new process's first staging folder sweeps
     assert sorted(p.name for p in root.iterdir()) == ["k"] and not (entry / OWNER).exists()
+
+
+def test_remains_without_info_are_no_entry_and_a_whole_entry_is_never_set_aside(tmp_path):
+    """A folder named like an entry but without its info file (what a compile leaves where its
+    entry was evicted) is replaced by a whole entry; a folder that turns out whole when set aside
+    (another process renamed its entry in meanwhile) goes back in place."""
+    root = tmp_path / "openvino"
+    (root / "k" / "compiled").mkdir(parents=True)
+    entry = graph_cache.entry_dir(root, "k", Path("src/k"), lambda d: (d / "blob").write_bytes(b"x"))
+    graph_cache.release("k")
+    assert (entry / graph_cache.INFO).is_file() and (entry / "blob").is_file() and sorted(p.name for p in root.iterdir()) == ["k"]
+    graph_cache._set_aside(entry)  # whole: it stays
+    assert (entry / "blob").is_file() and sorted(p.name for p in root.iterdir()) == ["k"]
+    (root / "j").mkdir()
+    graph_cache._set_aside(root / "j")
+    assert sorted(p.name for p in root.iterdir()) == ["k"]
 
 
 def test_an_entry_held_twice_stays_until_both_release(tmp_path):
@@ -174,8 +191,6 @@ def test_an_entry_evicted_under_a_loader_is_made_again(bundle, tmp_path, monkeyp
     """Another process may evict the entry between its lookup and the compile: the loader makes
     it again and compiles the fp16 IR (not the bundle's fp32 ONNX), without a warning. (The failed
     compile leaves a folder of that name holding only OpenVINO's CACHE_DIR: no entry.)"""
-    import shutil
-
     from tiue_export.backends import openvino as ov_backend
     from tiue_export.runtime import OvLoader
 
@@ -200,6 +215,25 @@ def test_an_entry_evicted_under_a_loader_is_made_again(bundle, tmp_path, monkeyp
     assert compiled == ["model.xml", "model.xml"] and warnings == [], (compiled, warnings)
     assert [e.key for e in graph_cache.entries(cache)] == [loader.key()] and (cache / loader.key() / "model.xml").is_file()
     loader.release_entry()
+
+
+def test_a_damaged_entry_is_discarded_and_made_again(bundle, tmp_path, monkeypatch):
+    """An entry whose IR no longer reads (a disk error, a truncated copy) is removed after the
+    failed compile and made again from the bundle by the second attempt, without a warning."""
+    from tiue_export.backends import openvino as ov_backend
+    from tiue_export.runtime import OvLoader
+
+    cache, warnings = tmp_path / "ovcache", []
+    loader = OvLoader(bundle / "vae_decoder.onnx", "bf16", cache_dir=cache)
+    assert loader() is not None
+    loader.release_entry()
+    shutil.rmtree(cache / loader.key() / "compiled")
+    (cache / loader.key() / "model.xml").write_text("<net broken")
+    monkeypatch.setattr(ov_backend.log, "warning", lambda *a: warnings.append(a[0] % a[1:]))
+    again = OvLoader(bundle / "vae_decoder.onnx", "bf16", cache_dir=cache)
+    assert again() is not None and warnings == []
+    assert (cache / again.key() / "model.xml").read_text().startswith("<?xml")
+    again.release_entry()
 
 
 WORKER = """

@@ -115,13 +115,17 @@ def entries(root: Path) -> list[Entry]:
 
 def entry_dir(root: Path, key: str, source: Path, write=None) -> Path:
     """The entry ``key`` under ``root``, made if missing: ``write(folder)`` fills a staging folder
-    (nothing to fill: None), then it is renamed into place; marked as used either way."""
+    (nothing to fill: None), then it is renamed into place; marked as used either way.
+
+    Every entry is renamed into place holding its info file, so a folder of that name without one
+    is not an entry: the remains of a compile whose entry was evicted under it (OpenVINO makes its
+    ``CACHE_DIR`` again). It is set aside and the entry made anew."""
     entry = Path(root) / key
-    if entry.is_dir() and not (entry / INFO).is_file():
-        # Not one of ours (every entry is renamed into place with its INFO): the remains of a
-        # compile whose entry was evicted under it (OpenVINO makes CACHE_DIR again). Made anew.
-        remove(entry)
-    if not entry.is_dir():
+    for attempt in (1, 2):
+        if (entry / INFO).is_file():
+            break
+        if entry.is_dir():
+            _set_aside(entry)
         tmp = staging_dir(entry, "entry")
         try:
             if write is not None:
@@ -129,8 +133,8 @@ def entry_dir(root: Path, key: str, source: Path, write=None) -> Path:
             (tmp / INFO).write_text(json.dumps({"source": str(Path(source).resolve()), "created": time.time()}) + "\n")
             try:
                 os.rename(tmp, entry)
-            except OSError:  # another process finished the same entry first
-                if not entry.is_dir():
+            except OSError:  # another process finished the same entry first, or remains came back
+                if attempt == 2 and not (entry / INFO).is_file():
                     raise
             else:  # the owner file goes only now: a staging folder killed before the rename is swept
                 (entry / OWNER).unlink(missing_ok=True)
@@ -139,6 +143,23 @@ def entry_dir(root: Path, key: str, source: Path, write=None) -> Path:
     _IN_USE[key] += 1
     touch(entry)
     return entry
+
+
+def _set_aside(folder: Path) -> None:
+    """Remove a folder that held no entry when looked at. Renamed away first, then judged: another
+    process may have removed it and renamed a whole entry into its place meanwhile, which goes back."""
+    gone = folder.with_name(f".removed-{folder.name}-{os.getpid()}-{time.monotonic_ns()}")
+    try:
+        os.rename(folder, gone)
+    except OSError:  # removed by another process already
+        return
+    if (gone / INFO).is_file():
+        try:
+            os.rename(gone, folder)
+            return
+        except OSError:  # a third made it meanwhile: this copy is one too many
+            pass
+    shutil.rmtree(gone, ignore_errors=True)
 
 
 def touch(entry: Path) -> None:
@@ -162,6 +183,14 @@ def remove(entry: Path) -> bool:
         return False
     shutil.rmtree(gone, ignore_errors=True)
     return True
+
+
+def discard(root: Path, key: str) -> bool:
+    """Remove the entry ``key`` that failed to load (damaged: the next load makes it anew), unless
+    another holder in this process still has it open. False when it stays or was gone."""
+    if key in _IN_USE:
+        return False
+    return remove(Path(root) / key)
 
 
 def evict(root: Path, limit: int, keep=frozenset()) -> list[Entry]:

@@ -172,10 +172,13 @@ class OvLoader:
                 model, cache_dir, properties = cached
                 compiled = self.compile(str(model), CACHE_DIR=str(cache_dir), **properties)
             except TiueError as exc:
-                # The entry may have been removed under us (another process's eviction: made
-                # again by the second attempt, fp16 weights and all) or be damaged: then the
-                # bundle's own file is the truth.
+                # The entry may have been removed under us (another process's eviction) or be
+                # damaged: it is discarded and the second attempt makes it again, fp16 weights and
+                # all; if that fails too, the bundle's own file is the truth.
+                key = self.held
                 self.release_entry()
+                if key is not None:
+                    disk_cache.discard(Path(self.cache_dir), key)
                 if attempt == 2:
                     log.warning("OpenVINO graph cache entry for %s not usable (%s): compiling it without the cache", self.path.name, exc)
             else:
