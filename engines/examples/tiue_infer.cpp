@@ -188,7 +188,6 @@ std::vector<std::string> read_prompts_file(const std::string& path) {
   if (!in) throw tiue::InputError(path + ": cannot open the prompts file (no such file?)");
   const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   std::vector<std::string> out = tiue::read_prompt_lines(bytes, path);
-  if (out.empty()) throw tiue::InputError(path + ": no prompt in the file");
   return out;
 }
 
@@ -220,6 +219,8 @@ int run(int argc, char** argv) {
   for (const auto& p : given) tiue::check_prompt(p, "--prompt");  // before any file is read
   if (!a.prompts_file.empty())
     for (auto& p : read_prompts_file(a.prompts_file)) given.push_back(std::move(p));
+  if (!a.prompts_file.empty() && given.empty())  // a file of blank lines and no --prompt, as infer
+    throw tiue::InputError("no prompt given: use --prompt TEXT or --prompts-file FILE");
   for (const auto& p : given)
     for (int64_t j = 0; j < a.num_images; ++j) {
       if (a.seed > std::numeric_limits<uint64_t>::max() - static_cast<uint64_t>(j))

@@ -506,3 +506,18 @@ def test_error_prompt_not_utf8_named_as_python_names_it(tiue_infer, bundle, tmp_
     expect_error(run(tiue_infer, bundle, "--prompts-file", tmp_path / "p.txt", "--out", out), 2, str(python.value), out)
     assert "(line 3, byte 12: b'\\xe9')" in str(python.value)
 
+
+
+def test_prompts_file_of_blank_lines(tiue_infer, bundle, tmp_path):
+    """A prompts file with no prompt is no error beside --prompt, and alone gives infer's words."""
+    from tiue_export.cli.infer import read_prompts
+    from tiue_export.errors import InputError
+
+    (tmp_path / "blank.txt").write_text("\n \u3000\n")
+    assert read_prompts(("a cat",), str(tmp_path / "blank.txt")) == ["a cat"]
+    proc = run(tiue_infer, bundle, "--prompt", "a cat", "--prompts-file", tmp_path / "blank.txt", "--save-ids", tmp_path / "ids.npy")
+    assert proc.returncode == 0, proc.stderr
+    assert np.load(tmp_path / "ids.npy").shape[0] == 1
+    with pytest.raises(InputError) as python:
+        read_prompts((), str(tmp_path / "blank.txt"))
+    expect_error(run(tiue_infer, bundle, "--prompts-file", tmp_path / "blank.txt", "--out", tmp_path / "x.png"), 2, str(python.value), tmp_path / "x.png")
