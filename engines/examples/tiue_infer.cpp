@@ -187,8 +187,7 @@ std::vector<std::string> read_prompts_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw tiue::InputError(path + ": cannot open the prompts file (no such file?)");
   const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  std::vector<std::string> out = tiue::read_prompt_lines(bytes, path);
-  return out;
+  return tiue::read_prompt_lines(bytes, path);
 }
 
 fs::path image_path(const std::string& out, std::size_t i, std::size_t count) {

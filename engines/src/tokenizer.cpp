@@ -27,31 +27,42 @@ const char* const kClipPattern =
     "<\\|startoftext\\|>|<\\|endoftext\\|>|'s|'t|'re|'ve|'m|'ll|'d|[\\p{L}]+|[\\p{N}]|[^\\s\\p{L}\\p{N}]+";
 
 // -- UTF-8 <-> code points -----------------------------------------------------------------------
-Codepoints decode_utf8(const std::string& s) {
-  Codepoints out;
+/// Decodes `s` into `out`; returns the offset of the first byte that is not UTF-8 (`out` then holds
+/// the characters before it), or std::string::npos.
+std::size_t decode_utf8_into(const std::string& s, Codepoints& out) {
+  out.clear();
   out.reserve(s.size());
   std::size_t i = 0;
-  auto bad = [&] {  // tiue_export.prompts' wording: the byte, and how many characters precede it
-    char hex[8];
-    std::snprintf(hex, sizeof hex, "%#04x", static_cast<unsigned>(static_cast<unsigned char>(s[i])));
-    return InputError("prompt holds a byte " + std::string(hex) + " at character " + std::to_string(out.size()) +
-                      " that is not UTF-8 text: give the prompt in UTF-8");
-  };
   while (i < s.size()) {
     const auto b0 = static_cast<unsigned char>(s[i]);
     int len = b0 < 0x80 ? 1 : (b0 >> 5) == 0x6 ? 2 : (b0 >> 4) == 0xe ? 3 : (b0 >> 3) == 0x1e ? 4 : 0;
-    if (len == 0 || i + len > s.size()) throw bad();
+    if (len == 0 || i + len > s.size()) return i;
     char32_t c = len == 1 ? b0 : len == 2 ? (b0 & 0x1f) : len == 3 ? (b0 & 0x0f) : (b0 & 0x07);
     for (int k = 1; k < len; ++k) {
       const auto b = static_cast<unsigned char>(s[i + k]);
-      if ((b >> 6) != 0x2) throw bad();
+      if ((b >> 6) != 0x2) return i;
       c = (c << 6) | (b & 0x3f);
     }
     const char32_t min[] = {0, 0, 0x80, 0x800, 0x10000};
-    if (c < min[len] || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff)) throw bad();  // overlong, out of range, surrogate
+    if (c < min[len] || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff)) return i;  // overlong, out of range, surrogate
     out.push_back(c);
     i += static_cast<std::size_t>(len);
   }
+  return std::string::npos;
+}
+
+std::string byte_hex(unsigned char b, const char* format) {
+  char hex[8];
+  std::snprintf(hex, sizeof hex, format, static_cast<unsigned>(b));
+  return hex;
+}
+
+Codepoints decode_utf8(const std::string& s) {
+  Codepoints out;
+  const std::size_t bad = decode_utf8_into(s, out);
+  if (bad != std::string::npos)  // tiue_export.prompts' wording: the byte, and how many characters precede it
+    throw InputError("prompt holds a byte " + byte_hex(static_cast<unsigned char>(s[bad]), "%#04x") + " at character " +
+                     std::to_string(out.size()) + " that is not UTF-8 text: give the prompt in UTF-8");
   return out;
 }
 
@@ -524,48 +535,19 @@ Codepoints decode_prompt(const std::string& text, const std::string& what) {
     throw InputError(what + std::string(e.what()).substr(std::string("prompt").size()));
   }
 }
-/// The offset of the first byte where `bytes` stops being valid UTF-8 (decode_utf8 throws there).
-std::size_t first_bad_byte(const std::string& bytes) {
-  std::size_t at = 0;
-  while (at < bytes.size()) {
-    const auto b0 = static_cast<unsigned char>(bytes[at]);
-    const std::size_t len = b0 < 0x80 ? 1 : (b0 >> 5) == 0x6 ? 2 : (b0 >> 4) == 0xe ? 3 : (b0 >> 3) == 0x1e ? 4 : 0;
-    if (len == 0 || at + len > bytes.size()) return at;
-    try {
-      decode_utf8(bytes.substr(at, len));
-    } catch (const InputError&) {
-      return at;
-    }
-    at += len;
-  }
-  return at;
-}
 }  // namespace
 
 bool is_blank(const std::string& text) {
-  for (unsigned char b : text)
-    if (b >= 0x80) {  // not plain ASCII: decoded; text that is not UTF-8 holds a byte that is no space
-      try {
-        const Codepoints cps = decode_utf8(text);
-        return std::all_of(cps.begin(), cps.end(), py_space);
-      } catch (const InputError&) {
-        return false;
-      }
-    }
-  return std::all_of(text.begin(), text.end(), [](unsigned char b) { return py_space(b); });
+  Codepoints cps;
+  return decode_utf8_into(text, cps) == std::string::npos && std::all_of(cps.begin(), cps.end(), py_space);
 }
 
 std::vector<std::string> read_prompt_lines(const std::string& bytes, const std::string& path) {
   Codepoints text;
-  try {
-    text = decode_utf8(bytes);
-  } catch (const InputError&) {
-    const std::size_t at = first_bad_byte(bytes);
-    char hex[8];
-    std::snprintf(hex, sizeof hex, "%02x", static_cast<unsigned>(static_cast<unsigned char>(bytes[at])));
+  if (const std::size_t at = decode_utf8_into(bytes, text); at != std::string::npos) {  // as tiue_export.files.read_text
     const auto line = std::count(bytes.begin(), bytes.begin() + static_cast<std::ptrdiff_t>(at), '\n') + 1;
     throw InputError("prompts file " + path + " is not UTF-8 text (line " + std::to_string(line) + ", byte " + std::to_string(at) +
-                     ": b'\\x" + hex + "')");
+                     ": b'\\x" + byte_hex(static_cast<unsigned char>(bytes[at]), "%02x") + "')");
   }
   // Python's universal newlines (\r\n is one break), then str.splitlines' line boundaries
   auto boundary = [](char32_t c) {
