@@ -21,6 +21,7 @@ from tiue_export.build import quantize
 from tiue_export.build.calibrate import calibrate_bundle
 from tiue_export.build.quantize import CalibrationConfig, keep_float_nodes, split_prompts
 from tiue_export.errors import ModelError, TiueError
+from tiue_export.reference.builtin import ASSETS
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = ["a photo of a cat", "a red cube on a blue table", "an oil painting of a lighthouse at night", "two dogs playing in the snow"]
@@ -90,6 +91,12 @@ def test_shipped_prompt_sets():
     assert len(set(general)) == len(general) >= 200
     assert quantize.default_prompts_file(SimpleNamespace(source={"model": "/x/assets/toy-student"})).name == "toy_prompts.txt"
     assert quantize.default_prompts_file(SimpleNamespace(source={"model": "/x/sd21-student"})).name == "prompts.txt"
+    # A student distilled from the built-in toy teacher, wherever it lives, reads only toy words.
+    shipped = json.loads((ASSETS / "toy-student" / "tiue.json").read_text())
+    own = {"model": "/runs/my-student", "tiue": {"provenance": shipped["provenance"]}}
+    assert quantize.default_prompts_file(SimpleNamespace(source=own)).name == "toy_prompts.txt"
+    own["tiue"]["provenance"] = {**shipped["provenance"], "teacher_unet_sha256": "0" * 64}
+    assert quantize.default_prompts_file(SimpleNamespace(source=own)).name == "prompts.txt"
 
 
 # -- the calibrated bundle ---------------------------------------------------------------------

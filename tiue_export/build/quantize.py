@@ -16,6 +16,7 @@ manifest is rewritten last (:func:`tiue_export.runtime.bundle.publish`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import re
@@ -125,9 +126,26 @@ class CalibrationReport:
 
 # -- prompts --------------------------------------------------------------------------------------
 def default_prompts_file(manifest) -> Path:
-    """The shipped prompt set that suits the bundle: toy captions for the built-in toy models."""
-    source = Path(str(manifest.source.get("model", ""))).name
-    return CALIBRATION_DIR / ("toy_prompts.txt" if source in TOY_MODELS else "prompts.txt")
+    """The shipped prompt set that suits the bundle: toy captions for the built-in toy models and
+    for any student distilled from the built-in toy teacher (its provenance names the teacher's
+    UNet hash), which reads only the toy's words; general prompts otherwise."""
+    return CALIBRATION_DIR / ("toy_prompts.txt" if _is_toy(manifest.source) else "prompts.txt")
+
+
+def _is_toy(source: dict) -> bool:
+    if Path(str(source.get("model", ""))).name in TOY_MODELS:
+        return True
+    provenance = (source.get("tiue") or {}).get("provenance") or {}
+    teacher_hash = provenance.get("teacher_unet_sha256")
+    return bool(teacher_hash) and teacher_hash == _toy_teacher_unet_sha256()
+
+
+@functools.cache
+def _toy_teacher_unet_sha256() -> str:
+    from ..files import sha256_of_weights
+    from ..reference.builtin import ASSETS
+
+    return sha256_of_weights(ASSETS / "toy-teacher" / "unet")
 
 
 def read_prompt_file(path: Path) -> list[str]:

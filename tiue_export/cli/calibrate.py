@@ -12,7 +12,7 @@ from .types import COUNT, SEED, Finite
 
 @click.command("calibrate")
 @click.argument("bundle", type=click.Path())
-@click.option("--prompts", type=click.Path(), default=None, help="Calibration prompts, one per line [default: tiue_export/calibration/toy_prompts.txt for the built-in toy models, tiue_export/calibration/prompts.txt otherwise].")
+@click.option("--prompts", type=click.Path(), default=None, help="Calibration prompts, one per line [default: tiue_export/calibration/toy_prompts.txt for the built-in toy models and students distilled from the toy teacher, tiue_export/calibration/prompts.txt otherwise].")
 @click.option("--num", type=COUNT, default=64, show_default=True, help="Calibration images (prompts repeat with new seeds).")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the prompt order; image i uses seed+i.")
 @click.option("--method", type=click.Choice(METHODS), default="percentile", show_default=True, help="Activation range estimator.")
