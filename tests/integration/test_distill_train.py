@@ -412,11 +412,13 @@ def test_recorded_recipes_read_only_live_options(teacher, prompts_file, tmp_path
 
     from tiue_export.reference.builtin import default_model
 
-    shipped = json.loads((default_model() / "tiue.json").read_text())["provenance"]["recipe"]
+    provenance = json.loads((default_model() / "tiue.json").read_text())["provenance"]
+    assert provenance["steps"] == 16500  # exported at the teacher's budget from a run planned longer
+    shipped = provenance["recipe"]
     cfg = DistillConfig.from_dict(shipped)
     assert set(shipped) <= {f.name for f in fields(DistillConfig)}
-    assert (cfg.regression_pairs, cfg.lambda_reg, cfg.regression_steps, cfg.regression_guidance) == (512, 1.0, 50, 5.0)
-    assert (cfg.lr, cfg.steps, cfg.baseline) == (1e-4, 3600, None)
+    assert (cfg.regression_pairs, cfg.lambda_reg, cfg.regression_steps, cfg.regression_guidance) == (8192, 1.0, 16, 5.0)
+    assert (cfg.lr, cfg.lr_schedule, cfg.guidance, cfg.steps, cfg.baseline) == (1e-4, "constant", 5.0, 40000, None)
     with pytest.raises(InputError, match="unknown distill config keys: no_such_key"):
         DistillConfig.from_dict({**shipped, "no_such_key": 1})
 
