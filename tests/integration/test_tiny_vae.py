@@ -87,6 +87,22 @@ def test_distill_vae_on_the_models_own_samples(tiny_models, tmp_path):
     assert result.psnr_held_out is not None
 
 
+def test_distill_vae_on_the_toy_students_own_samples(tmp_path):
+    """The toy VAE learns on toy renders by default; given --prompts, on the z0 the toy student
+    samples itself, as any other model (what its tiny decoder will decode)."""
+    from tiue_export.reference.builtin import default_model
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a small red triangle on a blue background\n")
+    out = tmp_path / "tiny"
+    cfg = VaeDistillConfig(out=str(out), samples=10, prompts=str(prompts), steps=1, batch_size=2, width=8, checkpoint_every=1)
+    distill_vae(cfg)
+    record = json.loads((out / "distill_vae.json").read_text())
+    assert record["data"].startswith("10 samples of the model (one-pass, prompts from") and str(default_model().name) in record["distilled_from"]["model"]
+    pool = torch.load(tmp_path / "tiny.run" / "latents.pt", weights_only=True)
+    assert pool["train"]["mean"].shape[0] == 9 and not pool["train"]["std"].any()
+
+
 def test_distill_vae_errors(tiny_vae, tiny_models, images, tmp_path, capsys):
     model = str(tiny_models("sd21"))
     code, _, err = run_cli(["distill-vae", "--model", model, "--images", str(images), "--prompts", str(images), "--out", str(tmp_path / "a")], capsys)

@@ -4,8 +4,9 @@ The tiny decoder learns to reproduce the model's full VAE decoder, image for ima
 draws latents, decodes them with the frozen full decoder, and moves the tiny decoder's output
 towards that image (pixel MSE, the quantity PSNR measures). The latents are the model's VAE
 encoder posterior on training images (a folder, or renders of the toy domain for the toy models),
-or, for any other model without ``--images``, the z0 the model itself samples (its default
-sampler over ``--prompts``): exactly what its tiny decoder will decode.
+or, for any other model without ``--images`` and for a toy model given ``--prompts``, the z0 the
+model itself samples (its default sampler over ``--prompts``): exactly what its tiny decoder will
+decode.
 
 The latent contract is the full ``vae_decoder`` graph's: the tiny decoder takes ``z0`` exactly as
 the UNet makes it (the VAE's ``scaling_factor`` applied) and gives images in [-1, 1]. Its config
@@ -59,9 +60,9 @@ class VaeDistillConfig:
     out: str  # the AutoencoderTiny directory written at the end
     model: str | None = None  # a diffusers pipeline directory (its vae/); None: the built-in model
     run_dir: str | None = None  # checkpoints, log, config, latent pool; None: "<out>.run"
-    images: str | None = None  # a folder of training images; None: toy-domain renders (toy VAE), else the model's own samples
+    images: str | None = None  # a folder of training images; None: toy-domain renders (toy VAE without --prompts), else the model's own samples
     samples: int = 4096  # toy renders or model samples in the latent pool (ignored with --images)
-    prompts: str | None = None  # prompts the model samples from (one a line); None: the shipped calibration prompts
+    prompts: str | None = None  # prompts the model samples from (one a line); given, the toy VAE too learns the model's z0; None: the shipped calibration prompts
 
     # -- the tiny decoder: AutoencoderTiny's decoder; all stages share one width (DecoderTiny's rule)
     width: int = 64  # TAESD's 64 channels; the shipped toy decoder uses 48 (64x64 images)
@@ -313,7 +314,7 @@ def load_or_encode_pool(cfg: VaeDistillConfig, vae, vae_dir: Path, resolution: i
     """The run's latent pools (train, held out), encoded once by the main process and kept in the run directory."""
     path = cfg.run_path / POOL_FILE
     if main and not path.exists():
-        if cfg.images or is_toy_vae(vae_dir):
+        if cfg.images or (is_toy_vae(vae_dir) and not cfg.prompts):  # --prompts: the model's own z0, toy VAE too
             train, held, source = training_images(cfg, vae_dir, resolution)
             log.info("encoding %s with the model's VAE encoder", source)
             pools = {"train": encode_pool(vae, train), "held_out": encode_pool(vae, held), "source": source}
