@@ -63,7 +63,6 @@ KEEP_FLOAT_OPENVINO = (r"/conv_in/", r"/conv_out/")
 
 #: The shipped prompt sets (package data).
 CALIBRATION_DIR = Path(__file__).resolve().parent.parent / "calibration"
-TOY_MODELS = ("toy-student", "toy-teacher")
 
 #: The gate of each engine: the worst end-to-end image PSNR (int8 vs fp32, same held-out prompts and
 #: seeds) under which calibrate refuses to publish. Each sits a few dB under what the engine's
@@ -133,7 +132,9 @@ def default_prompts_file(manifest) -> Path:
 
 
 def _is_toy(source: dict) -> bool:
-    if Path(str(source.get("model", ""))).name in TOY_MODELS:
+    from ..reference.builtin import BUILTIN
+
+    if Path(str(source.get("model", ""))).name in BUILTIN:
         return True
     provenance = (source.get("tiue") or {}).get("provenance") or {}
     teacher_hash = provenance.get("teacher_unet_sha256")
